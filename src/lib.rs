@@ -1,0 +1,12 @@
+//! shardcast: a Socket.IO v5 / Engine.IO v4 server built thread-per-core on io_uring.
+//!
+//! # Layout
+//! - [`proto`]: the sans-IO protocol core — WebSocket (RFC 6455 + permessage-deflate),
+//!   Engine.IO v4 and Socket.IO v5 codecs and state machines. Bytes in, events and bytes out;
+//!   no sockets, threads or clocks, so every rule is unit-tested, property-tested and fuzzed.
+//!
+//! Dependencies point one way: `proto` imports nothing else of the crate.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod proto;

@@ -1,0 +1,13 @@
+//! Engine.IO v4, sans-IO: packets, long-polling payloads, the open handshake, and the request
+//! verification rules of the reference server.
+//!
+//! Must never: import the runtime, hold sessions, or perform I/O.
+
+pub mod open;
+pub mod packet;
+pub mod payload;
+pub mod query;
+
+pub use packet::{decode_text, encode_text, Packet, PacketError, PacketType};
+pub use payload::{decode_payload, PayloadWriter};
+pub use query::{parse_query, verify, EioError, Query, Transport, Verified};

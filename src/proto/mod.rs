@@ -1,0 +1,11 @@
+//! The sans-IO protocol core: bytes in, events and bytes out. No sockets, no threads, no clocks.
+//!
+//! - [`ws`]: RFC 6455 WebSocket (server side) with permessage-deflate.
+//! - [`eio`]: Engine.IO v4 packets, long-polling payloads, the handshake query and open packet.
+//! - [`sio`]: Socket.IO v5 packets, binary attachments, and encode-once frames.
+//!
+//! Must never: import anything else of this crate, or perform I/O.
+
+pub mod eio;
+pub mod sio;
+pub mod ws;

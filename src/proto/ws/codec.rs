@@ -1,0 +1,496 @@
+//! The server side of one WebSocket connection's framing state (RFC 6455 §5, RFC 7692).
+//!
+//! Owns: turning received bytes into messages — header rules that depend on state (masking,
+//! RSV bits, fragmentation order), the message size limit, UTF-8 validity of text (checked per
+//! fragment, so a code point may straddle frames), close frames, and inflation — and turning
+//! outgoing messages into frames (deflating them when negotiated).
+//!
+//! Zero copy where possible: an unfragmented, uncompressed frame is unmasked in place in the
+//! caller's receive buffer and handed back as a slice of it. Only fragmented or compressed
+//! messages are assembled in the codec's own buffer.
+//!
+//! Must never: do I/O, look at a clock, or send anything by itself (a ping is reported to the
+//! caller, which decides to answer with [`encode_control`]).
+
+use super::close::{parse_close_payload, CloseFrame};
+use super::deflate::{Deflate, DeflateParams, InflateError};
+use super::error::{ProtocolViolation, WsError};
+use super::frame::{self, parse_header, HeaderStatus, OpCode};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+
+/// Settings of one connection's codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodecConfig {
+    /// Largest message accepted, after reassembly and after decompression (else close 1009).
+    pub max_message_size: usize,
+    /// permessage-deflate parameters, when the handshake negotiated it.
+    pub deflate: Option<DeflateParams>,
+    /// Outgoing messages smaller than this are sent uncompressed even with deflate on.
+    pub compress_threshold: usize,
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        CodecConfig { max_message_size: 1 << 20, deflate: None, compress_threshold: 1024 }
+    }
+}
+
+/// A message or control frame received from the client. Data borrow either the caller's
+/// receive buffer (unmasked in place) or the codec's reassembly buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A complete text message, already checked to be UTF-8.
+    Text(&'a mut [u8]),
+    /// A complete binary message.
+    Binary(&'a mut [u8]),
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    /// The client's close frame; `None` when it carried no status code.
+    Close(Option<CloseFrame<'a>>),
+}
+
+/// Result of one [`ServerCodec::decode`] step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// The input holds no whole frame yet; at least `needed` more bytes are required.
+    Incomplete { needed: usize },
+    /// One frame was consumed from the front of the input. `message` is `None` for a
+    /// fragment that does not finish its message.
+    Frame { consumed: usize, message: Option<Message<'a>> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataKind {
+    Text,
+    Binary,
+}
+
+#[derive(Debug)]
+struct Partial {
+    kind: DataKind,
+    compressed: bool,
+    /// Bytes received on the wire for this message so far.
+    wire_size: u64,
+}
+
+/// Framing state of one server-side connection.
+#[derive(Debug)]
+pub struct ServerCodec {
+    cfg: CodecConfig,
+    deflate: Option<Deflate>,
+    partial: Option<Partial>,
+    assembled: Vec<u8>,
+    utf8: Utf8Validator,
+    closed: bool,
+}
+
+impl ServerCodec {
+    pub fn new(cfg: CodecConfig) -> ServerCodec {
+        ServerCodec {
+            cfg,
+            deflate: cfg.deflate.map(Deflate::new),
+            partial: None,
+            assembled: Vec::new(),
+            utf8: Utf8Validator::default(),
+            closed: false,
+        }
+    }
+
+    pub fn config(&self) -> &CodecConfig {
+        &self.cfg
+    }
+
+    /// Whether a close frame has been received.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Compressed frames may exceed the message limit by deflate's framing overhead on
+    /// incompressible data; the inflated size is what the limit really bounds.
+    fn wire_limit(&self, compressed: bool) -> u64 {
+        let max = self.cfg.max_message_size as u64;
+        if compressed {
+            max + max / 256 + 64
+        } else {
+            max
+        }
+    }
+
+    /// Decodes at most one frame from the front of `input`, unmasking it in place.
+    pub fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, WsError> {
+        if self.closed {
+            return Err(ProtocolViolation::FrameAfterClose.into());
+        }
+        let (h, header_len) = match parse_header(input)? {
+            HeaderStatus::Incomplete { needed } => return Ok(Decoded::Incomplete { needed }),
+            HeaderStatus::Complete { header, header_len } => (header, header_len),
+        };
+        let mask = h.mask.ok_or(ProtocolViolation::UnmaskedClientFrame)?;
+        if h.rsv2 || h.rsv3 {
+            return Err(ProtocolViolation::ReservedBits.into());
+        }
+        let starts_data = matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        if h.rsv1 && !(starts_data && self.deflate.is_some()) {
+            return Err(ProtocolViolation::ReservedBits.into());
+        }
+        match (h.opcode, &self.partial) {
+            (OpCode::Continuation, None) => return Err(ProtocolViolation::UnexpectedContinuation.into()),
+            (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolViolation::ExpectedContinuation.into()),
+            _ => {}
+        }
+        if !h.opcode.is_control() {
+            let (so_far, compressed) = match &self.partial {
+                Some(p) => (p.wire_size, p.compressed),
+                None => (0, h.rsv1),
+            };
+            let size = so_far.saturating_add(h.payload_len);
+            if size > self.wire_limit(compressed) {
+                return Err(WsError::MessageTooBig { size, max: self.cfg.max_message_size });
+            }
+        }
+        let total = header_len + h.payload_len as usize;
+        if input.len() < total {
+            return Ok(Decoded::Incomplete { needed: total - input.len() });
+        }
+        let payload = &mut input[header_len..total];
+        apply_mask(payload, mask, 0);
+
+        let message = match h.opcode {
+            OpCode::Ping => Some(Message::Ping(payload)),
+            OpCode::Pong => Some(Message::Pong(payload)),
+            OpCode::Close => {
+                let close = parse_close_payload(payload)?;
+                self.closed = true;
+                Some(Message::Close(close))
+            }
+            OpCode::Text | OpCode::Binary if h.fin && !h.rsv1 => {
+                if h.opcode == OpCode::Text && simdutf8::basic::from_utf8(payload).is_err() {
+                    return Err(WsError::InvalidUtf8);
+                }
+                Some(if h.opcode == OpCode::Text { Message::Text(payload) } else { Message::Binary(payload) })
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                if h.opcode != OpCode::Continuation {
+                    let kind = if h.opcode == OpCode::Text { DataKind::Text } else { DataKind::Binary };
+                    self.partial = Some(Partial { kind, compressed: h.rsv1, wire_size: 0 });
+                    self.assembled.clear();
+                    self.utf8.reset();
+                }
+                return self.take_fragment(payload, h.fin, total);
+            }
+        };
+        Ok(Decoded::Frame { consumed: total, message })
+    }
+
+    /// Appends (or inflates) one data fragment into the reassembly buffer.
+    fn take_fragment<'a>(&'a mut self, payload: &[u8], fin: bool, consumed: usize) -> Result<Decoded<'a>, WsError> {
+        let partial = self.partial.as_mut().expect("a message is in progress");
+        partial.wire_size += payload.len() as u64;
+        let (kind, compressed) = (partial.kind, partial.compressed);
+        let before = self.assembled.len();
+        let max = self.cfg.max_message_size;
+        if compressed {
+            let deflate = self.deflate.as_mut().expect("RSV1 is only accepted with deflate negotiated");
+            deflate.decompress_fragment(payload, fin, &mut self.assembled, max).map_err(|e| match e {
+                InflateError::TooBig { limit } => WsError::MessageTooBig { size: limit as u64 + 1, max },
+                InflateError::Corrupt(m) => WsError::BadCompression(m),
+            })?;
+        } else {
+            self.assembled.extend_from_slice(payload);
+        }
+        if kind == DataKind::Text && !self.utf8.feed(&self.assembled[before..], fin) {
+            return Err(WsError::InvalidUtf8);
+        }
+        if !fin {
+            return Ok(Decoded::Frame { consumed, message: None });
+        }
+        self.partial = None;
+        let data = &mut self.assembled[..];
+        let message = match kind {
+            DataKind::Text => Message::Text(data),
+            DataKind::Binary => Message::Binary(data),
+        };
+        Ok(Decoded::Frame { consumed, message: Some(message) })
+    }
+
+    /// Whether an outgoing message of `len` bytes would be compressed on this connection.
+    pub fn compresses(&self, len: usize) -> bool {
+        self.deflate.is_some() && len >= self.cfg.compress_threshold
+    }
+
+    /// Appends one complete outgoing data frame to `out`, compressed when negotiated and the
+    /// payload reaches the threshold. Uncompressed shared frames (broadcasts) do not need
+    /// this: they are framed once with [`frame::frame_in_place`].
+    pub fn encode_message(&mut self, binary: bool, payload: &[u8], out: &mut Vec<u8>) {
+        let opcode = if binary { OpCode::Binary } else { OpCode::Text };
+        let mut hdr = [0u8; frame::MAX_SERVER_HEADER];
+        if self.compresses(payload.len()) {
+            let deflate = self.deflate.as_mut().expect("checked by compresses()");
+            let at = out.len();
+            out.extend_from_slice(&hdr);
+            deflate.compress_message(payload, out);
+            let clen = out.len() - at - frame::MAX_SERVER_HEADER;
+            let n = frame::write_server_header(&mut hdr, true, true, opcode, clen);
+            // Move the header next to the compressed bytes: drop the unused reserved bytes.
+            out.drain(at..at + frame::MAX_SERVER_HEADER - n);
+            out[at..at + n].copy_from_slice(&hdr[..n]);
+        } else {
+            let n = frame::write_server_header(&mut hdr, true, false, opcode, payload.len());
+            out.extend_from_slice(&hdr[..n]);
+            out.extend_from_slice(payload);
+        }
+    }
+}
+
+/// Encodes a server control frame (ping, pong or close).
+pub fn encode_control(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    debug_assert!(opcode.is_control() && payload.len() <= frame::MAX_CONTROL_PAYLOAD);
+    frame::encode_frame(opcode, false, payload)
+}
+
+/// Encodes a close frame with a code and reason.
+pub fn encode_close(code: u16, reason: &str) -> Vec<u8> {
+    encode_control(OpCode::Close, &super::close::close_payload(code, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ws::close::code;
+    use crate::proto::ws::deflate::{negotiate, parse_extensions, DeflatePolicy};
+    use crate::proto::ws::frame::encode_client_frame;
+    use proptest::prelude::*;
+
+    const M: [u8; 4] = [1, 2, 3, 4];
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Owned {
+        Text(Vec<u8>),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    /// Feeds `wire` in chunks split at `cuts`, like partial reads into a growing buffer.
+    fn run(codec: &mut ServerCodec, wire: &[u8], cuts: &[usize]) -> Result<Vec<Owned>, WsError> {
+        let mut pts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        pts.push(wire.len());
+        pts.sort_unstable();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        for p in pts {
+            buf.extend_from_slice(&wire[fed..p]);
+            fed = p;
+            loop {
+                match codec.decode(&mut buf)? {
+                    Decoded::Incomplete { needed } => {
+                        assert!(needed > 0);
+                        break;
+                    }
+                    Decoded::Frame { consumed, message } => {
+                        if let Some(m) = message {
+                            out.push(match m {
+                                Message::Text(d) => Owned::Text(d.to_vec()),
+                                Message::Binary(d) => Owned::Binary(d.to_vec()),
+                                Message::Ping(d) => Owned::Ping(d.to_vec()),
+                                Message::Pong(d) => Owned::Pong(d.to_vec()),
+                                Message::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_string()))),
+                            });
+                        }
+                        buf.drain(..consumed);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn codec() -> ServerCodec {
+        ServerCodec::new(CodecConfig { max_message_size: 1000, ..Default::default() })
+    }
+
+    fn deflate_codec(offer: &str) -> ServerCodec {
+        let p = negotiate(&parse_extensions([offer]), &DeflatePolicy::default()).unwrap().0;
+        ServerCodec::new(CodecConfig { max_message_size: 1000, deflate: Some(p), compress_threshold: 0 })
+    }
+
+    fn cf(fin: bool, op: OpCode, p: &[u8]) -> Vec<u8> {
+        encode_client_frame(fin, false, op, M, p)
+    }
+
+    fn err(codec: &mut ServerCodec, wire: &[u8]) -> u16 {
+        run(codec, wire, &[]).unwrap_err().close_code()
+    }
+
+    #[test]
+    fn rfc_examples_and_fragmentation_with_interleaved_ping() {
+        let mut wire = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        wire.extend(cf(false, OpCode::Text, b"Hel"));
+        wire.extend(cf(true, OpCode::Ping, b"p"));
+        wire.extend(cf(true, OpCode::Continuation, b"lo"));
+        wire.extend(cf(true, OpCode::Binary, &[0, 1, 2]));
+        wire.extend(cf(true, OpCode::Close, &[0x03, 0xe8, b'b', b'y', b'e']));
+        let got = run(&mut codec(), &wire, &[]).unwrap();
+        assert_eq!(got, vec![
+            Owned::Text(b"Hello".to_vec()),
+            Owned::Ping(b"p".to_vec()),
+            Owned::Text(b"Hello".to_vec()),
+            Owned::Binary(vec![0, 1, 2]),
+            Owned::Close(Some((1000, "bye".into()))),
+        ]);
+    }
+
+    #[test]
+    fn protocol_violations_close_1002() {
+        // Unmasked client frame.
+        assert_eq!(err(&mut codec(), &[0x81, 0x01, b'a']), code::PROTOCOL_ERROR);
+        // RSV1 without deflate; RSV2; RSV3.
+        for rsv in [0x40u8, 0x20, 0x10] {
+            let mut f = cf(true, OpCode::Text, b"a");
+            f[0] |= rsv;
+            assert_eq!(err(&mut codec(), &f), code::PROTOCOL_ERROR);
+        }
+        // RSV1 on a control frame even with deflate.
+        let mut f = cf(true, OpCode::Ping, b"a");
+        f[0] |= 0x40;
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &f), code::PROTOCOL_ERROR);
+        // Continuation with nothing started; new data frame inside a fragmented message.
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Continuation, b"a")), code::PROTOCOL_ERROR);
+        let mut w = cf(false, OpCode::Text, b"a");
+        w.extend(cf(true, OpCode::Text, b"b"));
+        assert_eq!(err(&mut codec(), &w), code::PROTOCOL_ERROR);
+        // Fragmented and oversized control frames; reserved opcodes.
+        assert_eq!(err(&mut codec(), &cf(false, OpCode::Ping, b"a")), code::PROTOCOL_ERROR);
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Ping, &[0; 126])), code::PROTOCOL_ERROR);
+        assert_eq!(err(&mut codec(), &[0x83, 0x80, 1, 2, 3, 4]), code::PROTOCOL_ERROR);
+        // Close frames: 1-byte payload, codes that may not be sent, non-UTF-8 reason.
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Close, &[3])), code::PROTOCOL_ERROR);
+        for c in [999u16, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert_eq!(err(&mut codec(), &cf(true, OpCode::Close, &c.to_be_bytes())), code::PROTOCOL_ERROR, "{c}");
+        }
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Close, &[0x03, 0xe8, 0xc0])), code::PROTOCOL_ERROR);
+        // Anything after the close frame.
+        let mut w = cf(true, OpCode::Close, &[]);
+        w.extend(cf(true, OpCode::Text, b"x"));
+        assert_eq!(err(&mut codec(), &w), code::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn size_limit_1009_before_the_payload_arrives() {
+        let f = cf(true, OpCode::Binary, &[0; 1001]);
+        // Only the header is given: the codec refuses without waiting for the payload.
+        assert_eq!(codec().decode(&mut f[..8].to_vec()).unwrap_err().close_code(), code::MESSAGE_TOO_BIG);
+        let mut w = cf(false, OpCode::Binary, &[0; 600]);
+        w.extend(cf(true, OpCode::Continuation, &[0; 401]));
+        assert_eq!(err(&mut codec(), &w), code::MESSAGE_TOO_BIG);
+        assert!(run(&mut codec(), &cf(true, OpCode::Binary, &[0; 1000]), &[]).is_ok());
+    }
+
+    #[test]
+    fn invalid_utf8_1007_fails_fast_in_a_fragment() {
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Text, b"\xff")), code::INVALID_PAYLOAD);
+        let mut c = codec();
+        // The first fragment alone is already invalid: the error comes before the message ends.
+        let mut f = cf(false, OpCode::Text, b"ab\xc0\xafcd");
+        assert_eq!(c.decode(&mut f).unwrap_err().close_code(), code::INVALID_PAYLOAD);
+        // A message truncated inside a code point.
+        let mut w = cf(false, OpCode::Text, b"\xe2\x82");
+        w.extend(cf(true, OpCode::Continuation, b""));
+        assert_eq!(err(&mut codec(), &w), code::INVALID_PAYLOAD);
+        // A code point straddling two fragments is fine.
+        let mut w = cf(false, OpCode::Text, b"\xe2\x82");
+        w.extend(cf(true, OpCode::Continuation, b"\xac"));
+        assert_eq!(run(&mut codec(), &w, &[]).unwrap(), vec![Owned::Text("€".as_bytes().to_vec())]);
+    }
+
+    #[test]
+    fn inflates_compressed_messages_and_stops_bombs() {
+        // RFC 7692 §7.2.3.1/2: "Hello" then a back-reference to it (context takeover).
+        let mut c = deflate_codec("permessage-deflate");
+        let mut w = encode_client_frame(true, true, OpCode::Text, M, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+        w.extend(encode_client_frame(true, true, OpCode::Text, M, &[0xf2, 0x00, 0x11, 0x00, 0x00]));
+        // §7.2.3.3 compressed data split over two fragments.
+        w.extend(encode_client_frame(false, true, OpCode::Text, M, &[0xf2, 0x48, 0xcd]));
+        w.extend(encode_client_frame(true, false, OpCode::Continuation, M, &[0xc9, 0xc9, 0x07, 0x00]));
+        let got = run(&mut c, &w, &[]).unwrap();
+        assert_eq!(got, vec![Owned::Text(b"Hello".to_vec()); 3]);
+        // RSV1 on a continuation frame is a protocol error.
+        let mut w = encode_client_frame(false, true, OpCode::Text, M, &[0xf2]);
+        w.extend(encode_client_frame(true, true, OpCode::Continuation, M, &[0x48]));
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::PROTOCOL_ERROR);
+        // A bomb: 1 MB of zeros compresses to ~1 KB; the limit is 1000 bytes inflated.
+        let mut server = Deflate::new(*c.deflate.as_ref().unwrap().params());
+        let mut bomb = Vec::new();
+        server.compress_message(&vec![0u8; 1 << 20], &mut bomb);
+        let w = encode_client_frame(true, true, OpCode::Binary, M, &bomb);
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::MESSAGE_TOO_BIG);
+        // Corrupt deflate data.
+        let w = encode_client_frame(true, true, OpCode::Binary, M, &[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn encodes_compressed_frames_the_client_can_inflate() {
+        for offer in ["permessage-deflate", "permessage-deflate; server_no_context_takeover; server_max_window_bits=10"] {
+            let mut server = deflate_codec(offer);
+            let params = *server.deflate.as_ref().unwrap().params();
+            // A mirror codec plays the client: it inflates with the server's window.
+            let mut client = ServerCodec::new(CodecConfig {
+                max_message_size: 1 << 20,
+                deflate: Some(DeflateParams { client_max_window_bits: params.server_max_window_bits, client_no_context_takeover: params.server_no_context_takeover, ..params }),
+                compress_threshold: 0,
+            });
+            for msg in ["hello hello hello hello", "second message, hello again", ""] {
+                let mut out = Vec::new();
+                server.encode_message(false, msg.as_bytes(), &mut out);
+                assert_eq!(out[0], 0xC1, "FIN + RSV1 + text");
+                // Re-mask the server frame as a client frame for the mirror.
+                let (h, n) = match parse_header(&out).unwrap() { HeaderStatus::Complete { header, header_len } => (header, header_len), _ => unreachable!() };
+                assert_eq!(h.payload_len as usize, out.len() - n);
+                let wire = encode_client_frame(true, true, OpCode::Text, M, &out[n..]);
+                assert_eq!(run(&mut client, &wire, &[]).unwrap(), vec![Owned::Text(msg.as_bytes().to_vec())]);
+            }
+        }
+    }
+
+    fn arb_message() -> impl Strategy<Value = (u8, Vec<u8>, usize)> {
+        // (kind: 0 text, 1 binary, 2 ping; payload; fragments)
+        (0u8..3, proptest::collection::vec(any::<u8>(), 0..300), 1usize..4).prop_map(|(k, p, f)| {
+            let p = if k == 0 { String::from_utf8_lossy(&p).into_owned().into_bytes() } else { p };
+            let p = if k == 2 { p[..p.len().min(125)].to_vec() } else { p };
+            (k, p, if k == 2 { 1 } else { f })
+        })
+    }
+
+    proptest! {
+        /// Encode → decode is the identity for any messages, fragmented any way, with the
+        /// wire cut into partial reads at any positions.
+        #[test]
+        fn roundtrip_any_split(msgs in proptest::collection::vec(arb_message(), 1..6),
+                               cuts in proptest::collection::vec(any::<usize>(), 0..8),
+                               mask in any::<[u8; 4]>()) {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for (k, p, frags) in &msgs {
+                match k {
+                    2 => { wire.extend(encode_client_frame(true, false, OpCode::Ping, mask, p)); expected.push(Owned::Ping(p.clone())); }
+                    _ => {
+                        let op = if *k == 0 { OpCode::Text } else { OpCode::Binary };
+                        let step = p.len().div_ceil(*frags).max(1);
+                        let chunks: Vec<&[u8]> = if p.is_empty() { vec![&p[..]] } else { p.chunks(step).collect() };
+                        for (i, c) in chunks.iter().enumerate() {
+                            let o = if i == 0 { op } else { OpCode::Continuation };
+                            wire.extend(encode_client_frame(i == chunks.len() - 1, false, o, mask, c));
+                        }
+                        expected.push(if *k == 0 { Owned::Text(p.clone()) } else { Owned::Binary(p.clone()) });
+                    }
+                }
+            }
+            let mut c = ServerCodec::new(CodecConfig { max_message_size: 1 << 16, ..Default::default() });
+            prop_assert_eq!(run(&mut c, &wire, &cuts).unwrap(), expected);
+        }
+    }
+}
