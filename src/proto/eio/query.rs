@@ -148,7 +148,7 @@ mod tests {
 
     const BOTH: &[Transport] = &[Polling, WebSocket];
 
-    fn v(target: &str, method: &str, upgrade: bool) -> Result<Verified<'_>, EioError> {
+    fn v<'a>(target: &'a str, method: &str, upgrade: bool) -> Result<Verified<'a>, EioError> {
         verify(&parse_query(target), method, upgrade, BOTH, |sid| match sid {
             "poll" => Some(Polling),
             "ws" => Some(WebSocket),

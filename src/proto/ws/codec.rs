@@ -264,7 +264,7 @@ mod tests {
 
     const M: [u8; 4] = [1, 2, 3, 4];
 
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, Clone, PartialEq, Eq)]
     enum Owned {
         Text(Vec<u8>),
         Binary(Vec<u8>),
@@ -284,7 +284,7 @@ mod tests {
         for p in pts {
             buf.extend_from_slice(&wire[fed..p]);
             fed = p;
-            loop {
+            while !(codec.is_closed() && buf.is_empty()) {
                 match codec.decode(&mut buf)? {
                     Decoded::Incomplete { needed } => {
                         assert!(needed > 0);
