@@ -7,5 +7,7 @@
 //! Must never: import anything else of this crate, or perform I/O.
 
 pub mod eio;
+#[doc(hidden)]
+pub mod harness;
 pub mod sio;
 pub mod ws;
