@@ -7,7 +7,9 @@ pub mod open;
 pub mod packet;
 pub mod payload;
 pub mod query;
+pub mod session;
 
 pub use packet::{decode_text, encode_text, Packet, PacketError, PacketType};
 pub use payload::{decode_payload, PayloadWriter};
 pub use query::{parse_query, verify, EioError, Query, Transport, Verified};
+pub use session::{Action, CloseReason, Session, SessionConfig};

@@ -1,0 +1,88 @@
+//! CORS for the Engine.IO endpoint, python-engineio style: an allowed `Origin` gets
+//! `Access-Control-Allow-Origin` (and `-Credentials` when configured); a disallowed one gets
+//! `400 Not an accepted origin.` and no CORS headers — WebSocket upgrades included, since
+//! browsers apply no CORS to WebSockets and the server must stop cross-site hijacking itself.
+//!
+//! Must never: do I/O.
+
+/// Which origins are allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    pub origins: AllowedOrigins,
+    pub credentials: bool,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig { origins: AllowedOrigins::Any, credentials: false }
+    }
+}
+
+/// The body of the refusal.
+pub const REJECTED_BODY: &str = "Not an accepted origin.";
+
+/// The CORS verdict for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsDecision {
+    /// Allowed; these header lines go into the response.
+    Allowed(String),
+    /// Refused: answer 400 [`REJECTED_BODY`].
+    Rejected,
+}
+
+impl CorsConfig {
+    /// Decides for a request with this `Origin` (none: same-origin or not a browser).
+    pub fn decide(&self, origin: Option<&str>) -> CorsDecision {
+        let Some(origin) = origin else {
+            return CorsDecision::Allowed(String::new());
+        };
+        let mut h = String::new();
+        match &self.origins {
+            AllowedOrigins::Any if !self.credentials => h.push_str("Access-Control-Allow-Origin: *\r\n"),
+            AllowedOrigins::Any => {
+                h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"))
+            }
+            AllowedOrigins::List(list) if list.iter().any(|o| o == origin) => {
+                h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"))
+            }
+            AllowedOrigins::List(_) => return CorsDecision::Rejected,
+        }
+        if self.credentials {
+            h.push_str("Access-Control-Allow-Credentials: true\r\n");
+        }
+        CorsDecision::Allowed(h)
+    }
+
+    /// Extra header lines of a preflight (OPTIONS) answer.
+    pub fn preflight_headers(&self, requested_headers: Option<&str>) -> String {
+        let mut h = String::from("Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Max-Age: 86400\r\n");
+        if let Some(r) = requested_headers {
+            h.push_str(&format!("Access-Control-Allow-Headers: {r}\r\n"));
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions() {
+        let any = CorsConfig::default();
+        assert_eq!(any.decide(Some("http://x")), CorsDecision::Allowed("Access-Control-Allow-Origin: *\r\n".into()));
+        assert_eq!(any.decide(None), CorsDecision::Allowed(String::new()));
+        let list = CorsConfig { origins: AllowedOrigins::List(vec!["http://a".into()]), credentials: true };
+        assert_eq!(list.decide(Some("http://b")), CorsDecision::Rejected);
+        assert_eq!(
+            list.decide(Some("http://a")),
+            CorsDecision::Allowed("Access-Control-Allow-Origin: http://a\r\nVary: Origin\r\nAccess-Control-Allow-Credentials: true\r\n".into())
+        );
+    }
+}
