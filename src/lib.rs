@@ -10,3 +10,4 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod proto;
+pub mod rt;

@@ -8,8 +8,10 @@ pub mod packet;
 pub mod payload;
 pub mod query;
 pub mod session;
+pub mod shared;
 
 pub use packet::{decode_text, encode_text, Packet, PacketError, PacketType};
 pub use payload::{decode_payload, PayloadWriter};
 pub use query::{parse_query, verify, EioError, Query, Transport, Verified};
 pub use session::{Action, CloseReason, Session, SessionConfig};
+pub use shared::SharedPacket;

@@ -16,41 +16,38 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::packet::PacketType;
-use crate::proto::ws::frame::{self, OpCode, MAX_SERVER_HEADER};
+use crate::proto::eio::{PacketType as EioType, SharedPacket};
 
-/// One packet encoded once for every transport.
+/// One Socket.IO packet encoded once for every transport: the header packet and, for binary
+/// packets, one shared binary message per attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    buf: Bytes,
-    frame_start: usize,
-    attachment_frames: Vec<Bytes>,
-    attachments: Vec<Bytes>,
+    pub packet: SharedPacket,
+    pub attachments: Vec<SharedPacket>,
 }
 
 impl Encoded {
     /// The complete WebSocket text frame (header + `4` + packet).
     pub fn ws_frame(&self) -> Bytes {
-        self.buf.slice(self.frame_start..)
+        self.packet.ws_frame().clone()
     }
 
     /// The Engine.IO packet text (`4` + packet) for polling payloads.
     pub fn text(&self) -> Bytes {
-        self.buf.slice(MAX_SERVER_HEADER..)
+        match &self.packet {
+            SharedPacket::Text { text, .. } => text.clone(),
+            SharedPacket::Binary { .. } => unreachable!("a Socket.IO packet is text"),
+        }
     }
 
     /// The Socket.IO packet text alone (without the Engine.IO `4`).
-    pub fn packet_text(&self) -> &[u8] {
-        &self.buf[MAX_SERVER_HEADER + 1..]
+    pub fn packet_text(&self) -> Bytes {
+        self.text().slice(1..)
     }
 
-    /// The binary attachments' complete WebSocket binary frames, in order.
-    pub fn ws_attachment_frames(&self) -> &[Bytes] {
-        &self.attachment_frames
-    }
-
-    /// The raw attachments (for polling, sent as `b<base64>`).
-    pub fn attachments(&self) -> &[Bytes] {
-        &self.attachments
+    /// Every Engine.IO packet to send, in order: the header packet, then the attachments.
+    pub fn packets(&self) -> impl Iterator<Item = &SharedPacket> {
+        std::iter::once(&self.packet).chain(self.attachments.iter())
     }
 }
 
@@ -62,33 +59,28 @@ pub fn encode_with(
     attachments: Vec<Bytes>,
     data: impl FnOnce(&mut Vec<u8>),
 ) -> Encoded {
-    let mut buf = Vec::with_capacity(64 + nsp.len());
-    buf.resize(MAX_SERVER_HEADER, 0);
-    buf.push(b'4');
     let kind = match (kind, attachments.is_empty()) {
         (PacketType::Event, false) => PacketType::BinaryEvent,
         (PacketType::Ack, false) => PacketType::BinaryAck,
         (k, _) => k,
     };
-    buf.push(b'0' + kind as u8);
-    if kind.is_binary() {
-        buf.extend_from_slice(itoa::Buffer::new().format(attachments.len()).as_bytes());
-        buf.push(b'-');
-    }
-    if nsp != "/" {
-        buf.extend_from_slice(nsp.as_bytes());
-        buf.push(b',');
-    }
-    if let Some(id) = id {
-        buf.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-    }
-    data(&mut buf);
-    let frame_start = frame::frame_in_place(&mut buf, MAX_SERVER_HEADER, false, OpCode::Text);
-    let attachment_frames = attachments
-        .iter()
-        .map(|a| Bytes::from(frame::encode_frame(OpCode::Binary, false, a)))
-        .collect();
-    Encoded { buf: Bytes::from(buf), frame_start, attachment_frames, attachments }
+    let packet = SharedPacket::text_with(EioType::Message, |buf| {
+        buf.push(b'0' + kind as u8);
+        if kind.is_binary() {
+            buf.extend_from_slice(itoa::Buffer::new().format(attachments.len()).as_bytes());
+            buf.push(b'-');
+        }
+        if nsp != "/" {
+            buf.extend_from_slice(nsp.as_bytes());
+            buf.push(b',');
+        }
+        if let Some(id) = id {
+            buf.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        }
+        data(buf);
+    });
+    let attachments = attachments.into_iter().map(SharedPacket::binary).collect();
+    Encoded { packet, attachments }
 }
 
 fn write_json(out: &mut Vec<u8>, v: &impl Serialize) {
@@ -169,7 +161,7 @@ mod tests {
         assert_eq!(&disconnect("/").text()[..], b"41");
         let b = event("/", "bin", &[placeholder(0)], None, vec![Bytes::from_static(&[1, 2, 3])]);
         assert_eq!(&b.text()[..], br#"451-["bin",{"_placeholder":true,"num":0}]"#);
-        assert_eq!(b.ws_attachment_frames()[0].as_ref(), &[0x82, 3, 1, 2, 3]);
+        assert_eq!(b.attachments[0].ws_frame().as_ref(), &[0x82, 3, 1, 2, 3]);
         assert_eq!(&ack("/", 1, &[placeholder(0)], vec![Bytes::from_static(b"z")]).text()[..], br#"461-1[{"_placeholder":true,"num":0}]"#);
     }
 

@@ -1,0 +1,172 @@
+//! Starting the workers: one thread per core, each pinned, each with its own `SO_REUSEPORT`
+//! listener; a handle to post mail to them, shut them down and join them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::bus::Mailbox;
+use super::listener;
+use super::ring::RingError;
+use super::worker::{RtMail, Service, Worker, WorkerConfig};
+
+/// Why the runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the mailbox eventfd: {0}")]
+    Mailbox(std::io::Error),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub bind: SocketAddr,
+    pub threads: usize,
+    pub pin: bool,
+    pub backlog: i32,
+    pub worker: WorkerConfig,
+}
+
+/// The running workers.
+pub struct Runtime<M: Send + 'static> {
+    addr: SocketAddr,
+    mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Posts mail to the workers from any thread.
+pub struct Poster<M: Send + 'static> {
+    mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
+}
+
+impl<M: Send + 'static> Clone for Poster<M> {
+    fn clone(&self) -> Self {
+        Poster { mailboxes: self.mailboxes.clone() }
+    }
+}
+
+impl<M: Send + 'static> Poster<M> {
+    pub fn workers(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    pub fn post(&self, worker: usize, m: M) {
+        self.mailboxes[worker].post(RtMail::User(m));
+    }
+}
+
+fn pin_to(core: usize) {
+    // SAFETY: `set` is a plain bit set initialised by CPU_ZERO; failure leaves the thread
+    // unpinned, which is only slower.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Starts `cfg.threads` workers; `make(i)` builds worker i's service on its own thread.
+/// Returns once every worker's ring is up, or the first worker's error.
+pub fn start<S, F>(cfg: RuntimeConfig, make: F) -> Result<Runtime<S::Mail>, StartError>
+where
+    S: Service,
+    F: Fn(usize, Poster<S::Mail>) -> S + Send + Sync + 'static,
+{
+    let threads = cfg.threads.max(1);
+    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
+    let first_fd = listener::into_raw(first);
+    let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
+    let mut fds = vec![first_fd];
+    for _ in 1..threads {
+        let l = listener::bind(addr, cfg.backlog).map_err(|source| StartError::Bind { addr, source })?;
+        fds.push(listener::into_raw(l));
+    }
+    let mut boxes = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        boxes.push(Mailbox::new().map_err(StartError::Mailbox)?);
+    }
+    let mailboxes = Arc::new(boxes);
+    let make = Arc::new(make);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
+    let mut handles = Vec::with_capacity(threads);
+    for (i, fd) in fds.into_iter().enumerate() {
+        let peers = mailboxes.clone();
+        let make = make.clone();
+        let ready = ready_tx.clone();
+        let wcfg = cfg.worker.clone();
+        let pin = cfg.pin;
+        let h = std::thread::Builder::new()
+            .name(format!("shardcast-w{i}"))
+            .spawn(move || {
+                if pin {
+                    pin_to(i % cores);
+                }
+                let service = make(i, Poster { mailboxes: peers.clone() });
+                match Worker::new(i, fd, peers, service, wcfg) {
+                    Ok(w) => {
+                        let _ = ready.send(Ok(()));
+                        w.run();
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
+            .expect("spawning a worker thread");
+        handles.push(h);
+    }
+    drop(ready_tx);
+    let mut rt = Runtime { addr, mailboxes, threads: handles };
+    for _ in 0..threads {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                rt.shutdown();
+                rt.join();
+                return Err(e.into());
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(rt)
+}
+
+impl<M: Send + 'static> Runtime<M> {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn poster(&self) -> Poster<M> {
+        Poster { mailboxes: self.mailboxes.clone() }
+    }
+
+    /// Asks every worker to stop accepting, close its sessions politely and exit.
+    pub fn shutdown(&self) {
+        for m in self.mailboxes.iter() {
+            m.post(RtMail::Shutdown);
+        }
+    }
+
+    /// Waits for every worker to exit.
+    pub fn join(&mut self) {
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl<M: Send + 'static> Drop for Runtime<M> {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+            self.join();
+        }
+    }
+}
