@@ -9,5 +9,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod cli;
+pub mod engine;
 pub mod proto;
 pub mod rt;

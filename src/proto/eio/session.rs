@@ -153,6 +153,13 @@ impl Session {
         true
     }
 
+    /// The probing WebSocket went away: the session stays on polling and may try again.
+    pub fn abort_upgrade(&mut self) {
+        if self.is_upgrading() {
+            self.upgrade = Upgrade::None;
+        }
+    }
+
     fn close(&mut self, reason: CloseReason) -> Action {
         if self.closed.is_none() {
             self.closed = Some(reason);

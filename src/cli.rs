@@ -1,0 +1,132 @@
+//! Command-line options shared by every mode of the binary, and how they become the
+//! runtime's and the engine's configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::engine::{EngineConfig, SlowConsumer};
+use crate::proto::eio::{SessionConfig, Transport};
+use crate::proto::http::{AllowedOrigins, CorsConfig};
+use crate::rt::threads::RuntimeConfig;
+use crate::rt::WorkerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    Polling,
+    Websocket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowConsumerArg {
+    /// Close the session of a client whose send buffer is full.
+    Disconnect,
+    /// Drop volatile messages for it; close it when a regular message does not fit.
+    DropVolatile,
+}
+
+/// Server options. The defaults are the test application's (`shared/CONTRACT.md`); for
+/// production, the reference servers use `--ping-interval 25000 --ping-timeout 20000`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:3000")]
+    pub bind: SocketAddr,
+    /// Worker threads, one per core, each with its own io_uring (default: available cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Do not pin worker threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Engine.IO endpoint path.
+    #[arg(long, default_value = "/socket.io/")]
+    pub path: String,
+    /// Milliseconds between server pings.
+    #[arg(long, default_value_t = 300)]
+    pub ping_interval: u64,
+    /// Milliseconds to wait for a pong before closing the session.
+    #[arg(long, default_value_t = 200)]
+    pub ping_timeout: u64,
+    /// Milliseconds a WebSocket upgrade may take.
+    #[arg(long, default_value_t = 10_000)]
+    pub upgrade_timeout: u64,
+    /// Largest Engine.IO packet or polling body, in bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_payload: usize,
+    /// Transports offered.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "polling,websocket")]
+    pub transports: Vec<TransportArg>,
+    /// Allowed origin (repeatable), or `*` for any.
+    #[arg(long = "cors-origin", default_value = "*")]
+    pub cors_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`.
+    #[arg(long)]
+    pub cors_credentials: bool,
+    /// Offer permessage-deflate on WebSockets.
+    #[arg(long)]
+    pub websocket_compression: bool,
+    /// Compress polling responses of at least this many bytes (0 turns it off).
+    #[arg(long, default_value_t = 1024)]
+    pub http_compression_threshold: usize,
+    /// Set a cookie with this name carrying the session id.
+    #[arg(long)]
+    pub cookie: Option<String>,
+    /// Refuse connections beyond this many with 503.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_connections: usize,
+    /// Bytes that may wait in one client's send queue.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_send_buffer: usize,
+    /// What to do with a client that does not read fast enough.
+    #[arg(long, value_enum, default_value = "disconnect")]
+    pub slow_consumer: SlowConsumerArg,
+}
+
+impl ServerOptions {
+    pub fn engine_config(&self) -> EngineConfig {
+        let origins = if self.cors_origins.iter().any(|o| o == "*") {
+            AllowedOrigins::Any
+        } else {
+            AllowedOrigins::List(self.cors_origins.clone())
+        };
+        EngineConfig {
+            path: self.path.clone(),
+            session: SessionConfig {
+                ping_interval: Duration::from_millis(self.ping_interval),
+                ping_timeout: Duration::from_millis(self.ping_timeout),
+                upgrade_timeout: Duration::from_millis(self.upgrade_timeout),
+            },
+            max_payload: self.max_payload,
+            transports: self
+                .transports
+                .iter()
+                .map(|t| match t {
+                    TransportArg::Polling => Transport::Polling,
+                    TransportArg::Websocket => Transport::WebSocket,
+                })
+                .collect(),
+            cors: CorsConfig { origins, credentials: self.cors_credentials },
+            websocket_compression: self.websocket_compression,
+            http_compression_threshold: (self.http_compression_threshold > 0).then_some(self.http_compression_threshold),
+            cookie: self.cookie.clone(),
+            max_connections: self.max_connections,
+            slow_consumer: match self.slow_consumer {
+                SlowConsumerArg::Disconnect => SlowConsumer::Disconnect,
+                SlowConsumerArg::DropVolatile => SlowConsumer::DropVolatile,
+            },
+            max_send_buffer: self.max_send_buffer,
+            raw_ws_echo: false,
+        }
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            bind: self.bind,
+            threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            pin: !self.no_pin,
+            backlog: 4096,
+            worker: WorkerConfig { max_send_buffer: self.max_send_buffer, ..WorkerConfig::default() },
+        }
+    }
+}

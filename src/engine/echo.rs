@@ -1,0 +1,28 @@
+//! The Engine.IO echo handler (`shardcast echo`): every message is sent back unchanged — the
+//! server the official engine.io-protocol test suite expects.
+
+use bytes::Bytes;
+
+use super::{Ctx, Handler, Sid};
+use crate::proto::eio::{CloseReason, PacketType, SharedPacket};
+
+#[derive(Debug, Default)]
+pub struct EioEcho;
+
+impl Handler for EioEcho {
+    type Mail = ();
+
+    fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid) {}
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, text: &mut [u8]) {
+        let _ = ctx.send(sid, &SharedPacket::text(PacketType::Message, text), false);
+    }
+
+    fn on_binary(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, data: Bytes) {
+        let _ = ctx.send(sid, &SharedPacket::binary(data), false);
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _reason: CloseReason) {}
+
+    fn on_mail(&mut self, _ctx: &mut Ctx<'_, ()>, _mail: ()) {}
+}

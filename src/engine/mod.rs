@@ -1,0 +1,116 @@
+//! The Engine.IO v4 server: HTTP long-polling, WebSocket, the upgrade between them, heartbeats,
+//! CORS and limits — a [`crate::rt::Service`] that the runtime drives, with a [`Handler`] on top
+//! (the Socket.IO layer, or the echo handlers of `shardcast echo`).
+//!
+//! - [`server`]: the service: HTTP routing, sessions, transports, timers.
+//! - [`sid`]: session ids that also name their owning worker.
+//! - [`echo`]: the Engine.IO echo handler.
+//!
+//! Must never: parse WebSocket, Engine.IO or HTTP bytes itself (it calls `proto`), or touch
+//! io_uring (it calls `rt::Io`).
+
+pub mod echo;
+pub mod server;
+pub mod sid;
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::proto::eio::{CloseReason, SessionConfig, Transport};
+use crate::proto::http::CorsConfig;
+
+pub use server::{ConnState, EioServer};
+
+/// A session id, cheap to clone within a worker.
+pub type Sid = Rc<str>;
+
+/// What to do with a client whose send queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close its session.
+    Disconnect,
+    /// Drop volatile messages for it; close it only when a non-volatile one does not fit.
+    DropVolatile,
+}
+
+/// Every Engine.IO option.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Engine.IO endpoint, e.g. `/socket.io/`.
+    pub path: String,
+    pub session: SessionConfig,
+    /// Largest Engine.IO packet / polling body accepted.
+    pub max_payload: usize,
+    pub transports: Vec<Transport>,
+    pub cors: CorsConfig,
+    /// Offer permessage-deflate on WebSockets.
+    pub websocket_compression: bool,
+    /// Compress polling responses of at least this many bytes (gzip/deflate as accepted).
+    pub http_compression_threshold: Option<usize>,
+    /// Name of a cookie carrying the sid (for load balancers routing by cookie).
+    pub cookie: Option<String>,
+    /// Connections beyond this (across all workers) are refused with 503.
+    pub max_connections: usize,
+    pub slow_consumer: SlowConsumer,
+    /// Bytes a client may have queued before the slow-consumer policy applies.
+    pub max_send_buffer: usize,
+    /// Serve a raw WebSocket echo on every path other than `path` (the `echo` mode).
+    pub raw_ws_echo: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            path: "/socket.io/".into(),
+            session: SessionConfig::default(),
+            max_payload: 1_000_000,
+            transports: vec![Transport::Polling, Transport::WebSocket],
+            cors: CorsConfig::default(),
+            websocket_compression: true,
+            http_compression_threshold: Some(1024),
+            cookie: None,
+            max_connections: 1_000_000,
+            slow_consumer: SlowConsumer::Disconnect,
+            max_send_buffer: 4 << 20,
+            raw_ws_echo: false,
+        }
+    }
+}
+
+/// What the layer above Engine.IO implements. Callbacks run on the worker that owns the
+/// session, synchronously; `ctx` sends, closes and posts mail.
+pub trait Handler: 'static {
+    type Mail: Send + 'static;
+    /// A session was opened (its open packet is on its way).
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid);
+    /// A text message (valid UTF-8, rewritable in place).
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, text: &mut [u8]);
+    /// A binary message.
+    fn on_binary(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, data: Bytes);
+    /// The session ended.
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, reason: CloseReason);
+    /// Mail from another worker or a `ServerHandle`.
+    fn on_mail(&mut self, ctx: &mut Ctx<'_, Self::Mail>, mail: Self::Mail);
+    /// Timers of the handler (e.g. ack timeouts).
+    fn on_timers(&mut self, _ctx: &mut Ctx<'_, Self::Mail>, _now: Instant) {}
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The server is shutting down.
+    fn on_shutdown(&mut self, _ctx: &mut Ctx<'_, Self::Mail>) {}
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// No such session (closed, or owned by another worker).
+    NoSession,
+    /// Volatile message dropped: the client cannot take it now.
+    Dropped,
+    /// The client was too slow and its session is being closed.
+    SlowConsumer,
+}
+
+pub use server::Ctx;
