@@ -472,7 +472,14 @@ impl<H: Handler> EioServer<H> {
             *st = ConnState::Poll { sid: sid.clone(), headers: cors, encoding, keep_alive: req.keep_alive };
         }
         e.poll = Some(id);
-        if !e.outbox.is_empty() {
+        if e.session.is_upgrading() {
+            // The client is pausing polling: answer at once.
+            let mut packets = std::mem::take(&mut e.outbox);
+            e.outbox_bytes = 0;
+            packets.push(noop().clone());
+            e.poll = None;
+            self.answer_poll(io, id, packets);
+        } else if !e.outbox.is_empty() {
             self.core.dirty_polls.push(sid);
         }
     }
@@ -544,8 +551,15 @@ impl<H: Handler> EioServer<H> {
                     let pong = SharedPacket::text(PacketType::Pong, b"probe");
                     let _ = ws_send(io, &mut self.core.deferred, probe, &pong);
                 }
-                // Release a pending poll so the client can pause polling and finish the upgrade.
-                self.core.send_control(io, sid, noop());
+                // Release a pending poll (now, or as soon as one arrives) so the client can
+                // pause polling and finish the upgrade. The noop never enters the outbox: it
+                // is for the polling transport only.
+                if let Some(poll) = e.poll.take() {
+                    let mut packets = std::mem::take(&mut e.outbox);
+                    e.outbox_bytes = 0;
+                    packets.push(noop().clone());
+                    self.answer_poll(io, poll, packets);
+                }
             }
             Action::Upgraded => {
                 let ws = e.probe.take().expect("upgraded from a probe");
