@@ -9,6 +9,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod app;
 pub mod cli;
 pub mod engine;
 pub mod proto;

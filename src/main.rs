@@ -9,7 +9,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use shardcast::cli::ServerOptions;
 use shardcast::engine::echo::EioEcho;
-use shardcast::engine::{EioServer, Handler};
+use shardcast::app::{contract, Server};
+use shardcast::engine::EioServer;
 use shardcast::rt::threads;
 
 #[global_allocator]
@@ -48,20 +49,24 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn serve<H, F>(opts: &ServerOptions, mut cfg: shardcast::engine::EngineConfig, raw_ws_echo: bool, make: F) -> ExitCode
-where
-    H: Handler,
-    F: Fn(usize) -> H + Send + Sync + 'static,
-{
-    cfg.raw_ws_echo = raw_ws_echo;
+fn wait_for_signal(set: &libc::sigset_t) {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` holds the blocked signals; sigwait writes the received one into `sig`.
+    unsafe { libc::sigwait(set, &mut sig) };
+    tracing::info!(signal = sig, "shutting down");
+}
+
+fn serve_echo(opts: &ServerOptions) -> ExitCode {
+    let mut cfg = opts.engine_config();
+    if opts.path == "/socket.io/" {
+        cfg.path = "/engine.io/".into();
+    }
+    cfg.raw_ws_echo = true;
     let set = block_signals();
     let conns = Arc::new(AtomicUsize::new(0));
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let cfg = Arc::new(cfg);
-    let started = threads::start(rtcfg, move |i, _poster| {
-        EioServer::new(Rc::new((*cfg).clone()), conns.clone(), make(i))
-    });
+    let started = threads::start(rtcfg, move |_, _| EioServer::new(Rc::new(cfg.clone()), conns.clone(), EioEcho));
     let mut rt = match started {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,13 +74,28 @@ where
             return ExitCode::FAILURE;
         }
     };
-    println!("shardcast listening on {} ({} workers)", rt.local_addr(), workers);
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` holds the blocked signals; sigwait writes the received one into `sig`.
-    unsafe { libc::sigwait(&set, &mut sig) };
-    tracing::info!(signal = sig, "shutting down");
+    println!("shardcast echo listening on {} ({} workers)", rt.local_addr(), workers);
+    wait_for_signal(&set);
     rt.shutdown();
     rt.join();
+    ExitCode::SUCCESS
+}
+
+fn serve_app(opts: &ServerOptions) -> ExitCode {
+    let set = block_signals();
+    let rtcfg = opts.runtime_config();
+    let workers = rtcfg.threads;
+    let builder = Server::builder().engine(opts.engine_config()).runtime(rtcfg);
+    let server = match contract::app(builder).start() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("shardcast listening on {} ({} workers)", server.local_addr(), workers);
+    wait_for_signal(&set);
+    server.shutdown();
     ExitCode::SUCCESS
 }
 
@@ -86,16 +106,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.mode {
-        Some(Mode::Echo { opts }) => {
-            let mut cfg = opts.engine_config();
-            if opts.path == "/socket.io/" {
-                cfg.path = "/engine.io/".into();
-            }
-            serve(&opts, cfg, true, |_| EioEcho)
-        }
-        None => {
-            let cfg = cli.opts.engine_config();
-            serve(&cli.opts, cfg, false, |_| EioEcho)
-        }
+        Some(Mode::Echo { opts }) => serve_echo(&opts),
+        None => serve_app(&cli.opts),
     }
 }

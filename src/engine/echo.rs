@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{Ctx, Handler, Sid};
+use super::{Ctx, Handler, OpenInfo, Sid};
 use crate::proto::eio::{CloseReason, PacketType, SharedPacket};
 
 #[derive(Debug, Default)]
@@ -12,7 +12,7 @@ pub struct EioEcho;
 impl Handler for EioEcho {
     type Mail = ();
 
-    fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid) {}
+    fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _info: &OpenInfo<'_>) {}
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, text: &mut [u8]) {
         let _ = ctx.send(sid, &SharedPacket::text(PacketType::Message, text), false);

@@ -79,12 +79,21 @@ impl Default for EngineConfig {
     }
 }
 
+/// What the handshake request said, for the layer above (e.g. Socket.IO's handshake data).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenInfo<'a> {
+    /// The request's query string (after `?`).
+    pub query: &'a str,
+    pub origin: Option<&'a str>,
+    pub transport: Transport,
+}
+
 /// What the layer above Engine.IO implements. Callbacks run on the worker that owns the
 /// session, synchronously; `ctx` sends, closes and posts mail.
 pub trait Handler: 'static {
     type Mail: Send + 'static;
     /// A session was opened (its open packet is on its way).
-    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid);
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, info: &OpenInfo<'_>);
     /// A text message (valid UTF-8, rewritable in place).
     fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, text: &mut [u8]);
     /// A binary message.

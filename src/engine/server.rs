@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{sid, EngineConfig, Handler, SendFailure, Sid, SlowConsumer};
+use super::{sid, EngineConfig, Handler, OpenInfo, SendFailure, Sid, SlowConsumer};
 use crate::proto::eio::{self, open::Handshake, Action, CloseReason, Packet, PacketType, Session, SharedPacket, Transport, Verified};
 use crate::proto::http::{self, response, CorsDecision, Method, Request};
 use crate::proto::ws::{self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Message, OpCode, ServerCodec};
@@ -56,6 +56,8 @@ struct Entry {
     outbox_bytes: usize,
     /// Closed; kept only until a last poll collects the outbox (or the grace period ends).
     closing: bool,
+    /// Closed while packets were queued: the close packet follows once they are collected.
+    close_after_drain: bool,
 }
 
 /// Everything of the engine except the handler, so handler callbacks can borrow it.
@@ -197,6 +199,10 @@ fn ws_send<M>(io: &mut Io<ConnState, M>, deferred: &mut Vec<(ConnId, SharedPacke
         }
         _ => Err(SendError::Gone),
     }
+}
+
+fn open_info(req: &Request, transport: Transport) -> OpenInfo<'_> {
+    OpenInfo { query: req.target.split_once('?').map_or("", |(_, q)| q), origin: req.origin.as_deref(), transport }
 }
 
 /// The Engine.IO service of one worker, with handler `H` on top.
@@ -360,7 +366,7 @@ impl<H: Handler> EioServer<H> {
         self.core.ping_due.push(now + cfg.session.ping_interval, sid.clone());
         self.core.sessions.insert(
             sid.clone(),
-            Entry { session, ws: None, probe: None, poll: None, outbox: Vec::new(), outbox_bytes: 0, closing: false },
+            Entry { session, ws: None, probe: None, poll: None, outbox: Vec::new(), outbox_bytes: 0, closing: false, close_after_drain: false },
         );
         (sid, open)
     }
@@ -377,8 +383,9 @@ impl<H: Handler> EioServer<H> {
         let headers = format!("{cors}{}", self.cookie_header(&sid));
         let resp = response::build(200, &headers, Some("text/plain; charset=UTF-8"), &open, req.keep_alive);
         Self::respond(io, id, resp, req.keep_alive);
+        let info = open_info(req, Transport::Polling);
         let mut ctx = Self::ctx(&mut self.core, io);
-        self.handler.on_open(&mut ctx, &sid);
+        self.handler.on_open(&mut ctx, &sid, &info);
         self.finish(io);
     }
 
@@ -427,8 +434,9 @@ impl<H: Handler> EioServer<H> {
                     b.extend_from_slice(&open);
                     b
                 }));
+                let info = open_info(req, Transport::WebSocket);
                 let mut ctx = Self::ctx(&mut self.core, io);
-                self.handler.on_open(&mut ctx, &sid);
+                self.handler.on_open(&mut ctx, &sid, &info);
                 self.finish(io);
             }
             Some(sid) => {
@@ -610,13 +618,18 @@ impl<H: Handler> EioServer<H> {
                     io.close(ws);
                 }
             } else {
-                // Polling: the close packet goes out with whatever is queued, on the next poll.
-                e.outbox.push(close_packet().clone());
+                // Polling, as the reference server does it: what is queued drains first, and
+                // the close packet goes out on the poll after that (a client handles a poll's
+                // packets asynchronously, so a close in the same response would overtake them).
+                if e.outbox.is_empty() {
+                    e.outbox.push(close_packet().clone());
+                } else {
+                    e.close_after_drain = true;
+                }
                 if e.poll.is_some() {
                     self.core.dirty_polls.push(sid.clone());
-                } else {
-                    self.core.grace_due.push(io.now() + self.core.cfg.session.ping_interval + self.core.cfg.session.ping_timeout, sid.clone());
                 }
+                self.core.grace_due.push(io.now() + self.core.cfg.session.ping_interval + self.core.cfg.session.ping_timeout, sid.clone());
             }
             let remove = ws.is_some();
             let mut ctx = Self::ctx(&mut self.core, io);
@@ -661,7 +674,11 @@ impl<H: Handler> EioServer<H> {
             let Some(conn) = e.poll.take() else { continue };
             let packets = std::mem::take(&mut e.outbox);
             e.outbox_bytes = 0;
-            let done = e.closing;
+            let done = e.closing && !e.close_after_drain;
+            if e.close_after_drain {
+                e.close_after_drain = false;
+                e.outbox.push(close_packet().clone());
+            }
             self.answer_poll(io, conn, packets);
             if done {
                 self.core.sessions.remove(&sid);

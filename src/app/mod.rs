@@ -1,0 +1,24 @@
+//! What users program against: the server builder, namespaces and their handlers, sockets,
+//! rooms, acks, broadcast operators, the thread-safe `ServerHandle`, and the default (contract)
+//! application.
+//!
+//! - [`server`]: `Server::builder()` and the running server.
+//! - [`namespace`]: namespace definitions, events, handshake, disconnect reasons.
+//! - [`socket`]: the `Socket` handle inside handlers, and broadcast operators.
+//! - [`worker`]: one worker's Socket.IO state: clients, sockets, its shard of the rooms.
+//! - [`handle`]: `ServerHandle`, usable from any thread.
+//! - [`contract`]: the default application of `shared/CONTRACT.md`.
+//!
+//! Must never: see io_uring or raw bytes; it works through `engine::Ctx` and `proto::sio`.
+
+pub mod contract;
+pub mod handle;
+pub mod namespace;
+pub mod server;
+pub mod socket;
+pub mod worker;
+
+pub use handle::ServerHandle;
+pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
+pub use server::{RunningServer, Server, ServerBuilder};
+pub use socket::{Operator, Socket};

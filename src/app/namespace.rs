@@ -1,0 +1,153 @@
+//! Namespaces as the user defines them: connect middleware, the connection handler, event
+//! handlers, a catch-all, and the disconnect handler. Definitions are shared by every worker
+//! (`Arc`); the callbacks run on the worker that owns the socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::socket::Socket;
+
+/// An incoming event: name, arguments (binary arguments stay as placeholders that refer to
+/// `attachments`, see [`Event::binary`]), and the ack id when the client asked for an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: String,
+    pub args: Vec<Value>,
+    pub attachments: Vec<Bytes>,
+    pub ack: Option<AckId>,
+}
+
+impl Event {
+    /// The attachment an argument (or a value inside one) stands for, if it is a placeholder.
+    pub fn binary(&self, v: &Value) -> Option<&Bytes> {
+        crate::proto::sio::packet::placeholder_num(v).and_then(|n| self.attachments.get(n as usize))
+    }
+}
+
+/// The id of an incoming event that wants an ack; answer with [`Socket::ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckId(pub u64);
+
+/// Why a socket left its namespace (the reference server's reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    ClientNamespaceDisconnect,
+    ServerNamespaceDisconnect,
+    TransportClose,
+    TransportError,
+    PingTimeout,
+    ParseError,
+    ServerShuttingDown,
+    /// The handler panicked; the socket was disconnected to protect the worker.
+    HandlerPanic,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::TransportClose => "transport close",
+            DisconnectReason::TransportError => "transport error",
+            DisconnectReason::PingTimeout => "ping timeout",
+            DisconnectReason::ParseError => "parse error",
+            DisconnectReason::ServerShuttingDown => "server shutting down",
+            DisconnectReason::HandlerPanic => "server namespace disconnect",
+        }
+    }
+}
+
+/// What the client sent when connecting to a namespace, for middleware to judge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handshake {
+    pub nsp: String,
+    /// The CONNECT packet's auth payload, if any.
+    pub auth: Option<Value>,
+    /// The Engine.IO handshake request's query string.
+    pub query: String,
+    pub origin: Option<String>,
+    /// Milliseconds since the Unix epoch when the socket connected.
+    pub issued: u64,
+}
+
+/// An ack that did not come back in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("operation has timed out")]
+pub struct AckTimeout;
+
+pub type Middleware = Arc<dyn Fn(&Handshake) -> Result<(), Value> + Send + Sync>;
+pub type ConnectionHandler = Arc<dyn Fn(&mut Socket<'_, '_>) + Send + Sync>;
+pub type EventHandler = Arc<dyn Fn(&mut Socket<'_, '_>, Event) + Send + Sync>;
+pub type DisconnectHandler = Arc<dyn Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync>;
+/// Called with an ack's arguments (and attachments), or the timeout.
+pub type AckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>)>;
+
+/// One namespace's handlers.
+#[derive(Clone, Default)]
+pub struct Namespace {
+    pub(crate) middleware: Vec<Middleware>,
+    pub(crate) on_connection: Option<ConnectionHandler>,
+    pub(crate) events: HashMap<String, EventHandler>,
+    pub(crate) any: Option<EventHandler>,
+    pub(crate) on_disconnect: Option<DisconnectHandler>,
+}
+
+impl Namespace {
+    pub fn new() -> Namespace {
+        Namespace::default()
+    }
+
+    /// Adds connect middleware: it sees the handshake (auth, query) and may refuse with the
+    /// CONNECT_ERROR data (e.g. `{"message": "not authorized"}`).
+    pub fn use_middleware(mut self, f: impl Fn(&Handshake) -> Result<(), Value> + Send + Sync + 'static) -> Self {
+        self.middleware.push(Arc::new(f));
+        self
+    }
+
+    /// Runs when a socket has joined the namespace.
+    pub fn on_connection(mut self, f: impl Fn(&mut Socket<'_, '_>) + Send + Sync + 'static) -> Self {
+        self.on_connection = Some(Arc::new(f));
+        self
+    }
+
+    /// Handles one event name.
+    pub fn on(mut self, event: &str, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
+        self.events.insert(event.to_string(), Arc::new(f));
+        self
+    }
+
+    /// Handles every event without a handler of its own.
+    pub fn on_any(mut self, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
+        self.any = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs when a socket leaves the namespace, with the reason.
+    pub fn on_disconnect(mut self, f: impl Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync + 'static) -> Self {
+        self.on_disconnect = Some(Arc::new(f));
+        self
+    }
+}
+
+/// The namespaces of a server.
+#[derive(Clone, Default)]
+pub struct Namespaces {
+    pub(crate) fixed: HashMap<String, Arc<Namespace>>,
+    pub(crate) dynamic: Option<(Arc<dyn Fn(&str) -> bool + Send + Sync>, Arc<Namespace>)>,
+}
+
+impl Namespaces {
+    /// The definition serving `nsp`, if it exists.
+    pub fn resolve(&self, nsp: &str) -> Option<Arc<Namespace>> {
+        if let Some(n) = self.fixed.get(nsp) {
+            return Some(n.clone());
+        }
+        match &self.dynamic {
+            Some((accept, ns)) if accept(nsp) => Some(ns.clone()),
+            _ => None,
+        }
+    }
+}

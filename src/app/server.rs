@@ -1,0 +1,109 @@
+//! The server builder: Engine.IO options, runtime options and namespaces, started as one
+//! `SioWorker` per worker thread.
+
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use super::handle::ServerHandle;
+use super::namespace::{Namespace, Namespaces};
+use super::worker::{SioMail, SioWorker};
+use crate::engine::{EioServer, EngineConfig};
+use crate::proto::sio::Limits;
+use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
+
+/// Entry point: `Server::builder()`.
+pub struct Server;
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            engine: EngineConfig::default(),
+            runtime: RuntimeConfig {
+                bind: "127.0.0.1:3000".parse().expect("valid address"),
+                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                pin: true,
+                backlog: 4096,
+                worker: Default::default(),
+            },
+            namespaces: Namespaces::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+pub struct ServerBuilder {
+    engine: EngineConfig,
+    runtime: RuntimeConfig,
+    namespaces: Namespaces,
+    limits: Limits,
+}
+
+impl ServerBuilder {
+    /// Every Engine.IO option (path, ping interval and timeout, max payload, transports, CORS,
+    /// compression, cookie, connection limit, slow-consumer policy).
+    pub fn engine(mut self, cfg: EngineConfig) -> Self {
+        self.engine = cfg;
+        self
+    }
+
+    /// Bind address, worker threads, pinning, send buffer.
+    pub fn runtime(mut self, cfg: RuntimeConfig) -> Self {
+        self.runtime = cfg;
+        self
+    }
+
+    /// Socket.IO decoding limits (nesting depth, attachments, packet size).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Adds a namespace.
+    pub fn namespace(mut self, name: &str, ns: Namespace) -> Self {
+        self.namespaces.fixed.insert(name.to_string(), Arc::new(ns));
+        self
+    }
+
+    /// Namespaces created on first CONNECT when `accept(name)` says so, all served by `ns`.
+    pub fn dynamic_namespaces(mut self, accept: impl Fn(&str) -> bool + Send + Sync + 'static, ns: Namespace) -> Self {
+        self.namespaces.dynamic = Some((Arc::new(accept), Arc::new(ns)));
+        self
+    }
+
+    /// Starts the workers.
+    pub fn start(self) -> Result<RunningServer, StartError> {
+        let mut limits = self.limits;
+        limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);
+        let engine = Arc::new(self.engine);
+        let namespaces = Arc::new(self.namespaces);
+        let conns = Arc::new(AtomicUsize::new(0));
+        let rt = threads::start(self.runtime, move |_, _| {
+            EioServer::new(Rc::new((*engine).clone()), conns.clone(), SioWorker::new(namespaces.clone(), limits))
+        })?;
+        let handle = ServerHandle::new(rt.poster());
+        Ok(RunningServer { rt, handle })
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    rt: Runtime<SioMail>,
+    handle: ServerHandle,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.rt.local_addr()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Closes every session politely and waits for the workers to exit.
+    pub fn shutdown(mut self) {
+        self.rt.shutdown();
+        self.rt.join();
+    }
+}

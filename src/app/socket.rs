@@ -1,0 +1,205 @@
+//! The `Socket` handle that handlers receive: one client's connection to one namespace, with
+//! emit, acks, rooms, broadcast operators, disconnect and a per-socket data slot.
+//!
+//! Must never: outlive the handler call (it borrows the worker's state).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::namespace::{AckId, AckTimeout, Handshake};
+use super::worker::{disconnect_client, remove_socket, Broadcast, SioMail, WorkerCore};
+use crate::engine::Ctx;
+use crate::proto::sio::encode;
+
+/// One socket, inside a handler.
+pub struct Socket<'a, 'c> {
+    core: &'a mut WorkerCore,
+    ctx: &'a mut Ctx<'c, SioMail>,
+    idx: u32,
+}
+
+impl<'a, 'c> Socket<'a, 'c> {
+    pub(crate) fn new(core: &'a mut WorkerCore, ctx: &'a mut Ctx<'c, SioMail>, idx: u32) -> Self {
+        Socket { core, ctx, idx }
+    }
+
+    fn alive(&self) -> bool {
+        self.core.sockets.get(self.idx as usize).is_some_and(|s| s.as_ref().is_some_and(|s| s.connected))
+    }
+
+    /// The socket id (also the name of the room only it is in).
+    pub fn id(&self) -> &str {
+        &self.core.socket(self.idx).id
+    }
+
+    pub fn nsp(&self) -> &str {
+        &self.core.socket(self.idx).nsp
+    }
+
+    /// What the client sent when it connected.
+    pub fn handshake(&self) -> &Handshake {
+        &self.core.socket(self.idx).handshake
+    }
+
+    /// Whether the socket is still connected (a handler may have disconnected it).
+    pub fn connected(&self) -> bool {
+        self.alive()
+    }
+
+    /// Emits an event to this socket.
+    pub fn emit(&mut self, event: &str, args: &[Value]) {
+        self.emit_binary(event, args, Vec::new());
+    }
+
+    /// Emits an event whose arguments hold placeholders for `attachments`.
+    pub fn emit_binary(&mut self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
+        if !self.alive() {
+            return;
+        }
+        let enc = encode::event(self.nsp(), event, args, None, attachments);
+        self.core.send_to(self.ctx, self.idx, &enc, false);
+    }
+
+    /// Emits an event the client may drop: not queued when its buffer is full.
+    pub fn emit_volatile(&mut self, event: &str, args: &[Value]) {
+        if !self.alive() {
+            return;
+        }
+        let enc = encode::event(self.nsp(), event, args, None, Vec::new());
+        self.core.send_to(self.ctx, self.idx, &enc, true);
+    }
+
+    /// Emits an event and waits for the client's ack: `cb` gets the ack's arguments (and
+    /// attachments), or [`AckTimeout`] after `timeout`. A late ack is ignored.
+    pub fn emit_with_ack(
+        &mut self,
+        event: &str,
+        args: &[Value],
+        timeout: Duration,
+        cb: impl FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>) + 'static,
+    ) {
+        if !self.alive() {
+            return;
+        }
+        let now = self.ctx.now();
+        let id = self.core.add_ack(self.idx, now, timeout, Box::new(cb));
+        let enc = encode::event(self.nsp(), event, args, Some(id), Vec::new());
+        self.core.send_to(self.ctx, self.idx, &enc, false);
+    }
+
+    /// Answers an incoming event's ack.
+    pub fn ack(&mut self, ack: AckId, args: &[Value]) {
+        self.ack_binary(ack, args, Vec::new());
+    }
+
+    /// Answers an ack with binary attachments (placeholders in `args`).
+    pub fn ack_binary(&mut self, ack: AckId, args: &[Value], attachments: Vec<Bytes>) {
+        if !self.alive() {
+            return;
+        }
+        let enc = encode::ack(self.nsp(), ack.0, args, attachments);
+        self.core.send_to(self.ctx, self.idx, &enc, false);
+    }
+
+    pub fn join(&mut self, room: &str) {
+        if self.alive() {
+            self.core.join(self.idx, room);
+        }
+    }
+
+    pub fn leave(&mut self, room: &str) {
+        if self.alive() {
+            self.core.leave(self.idx, room);
+        }
+    }
+
+    /// The rooms this socket is in (its own id included).
+    pub fn rooms(&self) -> Vec<String> {
+        self.core.socket(self.idx).rooms.iter().map(|r| r.to_string()).collect()
+    }
+
+    /// Sockets in `room`, except this one (the reference's `socket.to(room)`).
+    pub fn to(&mut self, room: &str) -> Operator<'_, 'a, 'c> {
+        let mut op = self.broadcast();
+        op.sel.rooms.push(room.to_string());
+        op
+    }
+
+    /// Every socket of the namespace except this one (`socket.broadcast`).
+    pub fn broadcast(&mut self) -> Operator<'_, 'a, 'c> {
+        let me = self.id().to_string();
+        let mut op = self.within_namespace();
+        op.sel.except_ids.push(me);
+        op
+    }
+
+    /// Sockets of the whole namespace, this one included (the reference's `io.of(nsp)`).
+    pub fn within_namespace(&mut self) -> Operator<'_, 'a, 'c> {
+        let nsp = self.nsp().to_string();
+        Operator { sel: super::worker::Selector { nsp, ..Default::default() }, volatile: false, socket: self }
+    }
+
+    /// Leaves this namespace: the client gets a DISCONNECT for it.
+    pub fn disconnect(&mut self) {
+        if self.alive() {
+            remove_socket(self.core, self.ctx, self.idx, super::DisconnectReason::ServerNamespaceDisconnect, true);
+        }
+    }
+
+    /// Disconnects the whole client: every namespace it joined (in that order), then its
+    /// Engine.IO session.
+    pub fn disconnect_client(&mut self) {
+        if self.alive() {
+            let client = self.core.socket(self.idx).client.clone();
+            disconnect_client(self.core, self.ctx, &client);
+        }
+    }
+
+    /// The per-socket data slot.
+    pub fn data<T: 'static>(&mut self) -> Option<&mut T> {
+        self.core.socket_mut(self.idx).data.as_mut()?.downcast_mut()
+    }
+
+    pub fn set_data<T: 'static>(&mut self, value: T) {
+        self.core.socket_mut(self.idx).data = Some(Box::new(value));
+    }
+}
+
+/// Emits to a selection of sockets, on every worker; the packet is encoded once.
+pub struct Operator<'s, 'a, 'c> {
+    socket: &'s mut Socket<'a, 'c>,
+    sel: super::worker::Selector,
+    volatile: bool,
+}
+
+impl Operator<'_, '_, '_> {
+    /// Adds a room (sockets in any of the rooms are picked, each once).
+    pub fn to(mut self, room: &str) -> Self {
+        self.sel.rooms.push(room.to_string());
+        self
+    }
+
+    /// Leaves out sockets in `room`.
+    pub fn except(mut self, room: &str) -> Self {
+        self.sel.except_rooms.push(room.to_string());
+        self
+    }
+
+    /// Drop the message for clients that cannot take it now.
+    pub fn volatile(mut self) -> Self {
+        self.volatile = true;
+        self
+    }
+
+    pub fn emit(self, event: &str, args: &[Value]) {
+        self.emit_binary(event, args, Vec::new());
+    }
+
+    pub fn emit_binary(self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
+        let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
+        let b = Broadcast { sel: self.sel, packet, volatile: self.volatile };
+        self.socket.core.broadcast(self.socket.ctx, b);
+    }
+}

@@ -1,0 +1,86 @@
+//! The official clients against the real binary: `socket.io-client` 4.8 (Node) and
+//! `python-socketio` (Python), every CONTRACT row in three transport modes, 500 clients at
+//! once, rooms across 2 workers; and a packet-for-packet comparison with Node's own socket.io
+//! server running the same contract. The clients are installed by `scripts/test`; a missing
+//! one fails these tests, it never skips them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use support::Server;
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+fn require(path: &Path, what: &str) {
+    assert!(path.exists(), "{what} is not installed at {}: run `scripts/test` (it installs the interop clients)", path.display());
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{what} failed:\n{text}");
+}
+
+#[test]
+fn official_js_client_passes_the_contract() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io-client"), "socket.io-client");
+    let s = Server::start(&["--threads", "2"]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "--test-reporter=spec", "contract.test.js"])
+        .env("SHARDCAST_URL", format!("http://{}", s.addr))
+        .env("SHARDCAST_WORKERS", "2");
+    run(cmd, "the socket.io-client suite");
+}
+
+#[test]
+fn official_python_client_passes_the_contract() {
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    require(&python, "the python-socketio virtualenv");
+    let s = Server::start(&["--threads", "2"]);
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(&py)
+        .args(["-m", "unittest", "-v", "test_contract"])
+        .env("SHARDCAST_URL", format!("http://{}", s.addr))
+        .env("PY_CLIENTS", "100");
+    run(cmd, "the python-socketio suite");
+}
+
+#[test]
+fn packets_match_node_socket_io() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io"), "Node's socket.io (the reference server)");
+    let mut reference = Command::new("node")
+        .current_dir(&js)
+        .arg("reference-server.js")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the reference server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(reference.stdout.take().unwrap()), &mut line).unwrap();
+    let ref_addr = line.trim().trim_start_matches("listening on ").to_string();
+    let s = Server::start(&["--threads", "1"]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "wire-compare.test.js"])
+        .env("REFERENCE_URL", format!("http://{ref_addr}"))
+        .env("SHARDCAST_URL", format!("http://{}", s.addr));
+    let _stop = KillOnDrop(reference);
+    run(cmd, "the wire comparison");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,44 @@
+// shared/CONTRACT.md on Node's own socket.io 4.8: the reference the interop suite is checked
+// against (`node reference-server.js [port]` prints "listening on 127.0.0.1:PORT").
+"use strict";
+const { createServer } = require("node:http");
+const { Server } = require("socket.io");
+
+const httpServer = createServer();
+const io = new Server(httpServer, {
+  path: "/socket.io/",
+  pingInterval: 300,
+  pingTimeout: 200,
+  maxHttpBufferSize: 1e6,
+  cors: { origin: "*" },
+  transports: ["polling", "websocket"],
+});
+
+function contract(nsp) {
+  nsp.on("connection", (socket) => {
+    socket.emit("auth", socket.handshake.auth || {});
+    socket.on("message", (...args) => socket.emit("message-back", ...args));
+    socket.on("message-with-ack", (...args) => {
+      const cb = typeof args[args.length - 1] === "function" ? args.pop() : null;
+      if (cb) cb(...args);
+    });
+    const withAck = (fn) => (...args) => {
+      const cb = typeof args[args.length - 1] === "function" ? args.pop() : null;
+      fn(cb, ...args);
+    };
+    socket.on("join", withAck((cb, room) => { socket.join(room); if (cb) cb(true); }));
+    socket.on("leave", withAck((cb, room) => { socket.leave(room); if (cb) cb(true); }));
+    socket.on("to-room", withAck((cb, room, ...args) => { if (cb) cb(true); nsp.to(room).emit("room-message", ...args); }));
+    socket.on("broadcast", withAck((cb, ...args) => { if (cb) cb(true); socket.broadcast.emit("broadcast-back", ...args); }));
+    socket.on("call-me", (...args) => {
+      socket.timeout(5000).emit("ping-back", ...args, (err, ...vals) => { if (!err) socket.emit("pong-result", ...vals); });
+    });
+    socket.on("disconnect-me", () => socket.disconnect(true));
+  });
+}
+contract(io.of("/"));
+contract(io.of("/custom"));
+
+httpServer.listen(Number(process.argv[2] || 0), "127.0.0.1", () => {
+  console.log(`listening on 127.0.0.1:${httpServer.address().port}`);
+});
