@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::worker::{Broadcast, Selector, SioMail};
+use crate::engine::SendFlags;
 use crate::proto::sio::encode;
 use crate::rt::threads::Poster;
 
@@ -24,7 +25,7 @@ impl ServerHandle {
 
     /// Operations on namespace `nsp`.
     pub fn of(&self, nsp: &str) -> Operator {
-        Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, volatile: false }
+        Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, flags: SendFlags::default() }
     }
 
     /// Removes every socket of `nsp` from `room`.
@@ -38,7 +39,7 @@ impl ServerHandle {
 pub struct Operator {
     poster: Poster<SioMail>,
     sel: Selector,
-    volatile: bool,
+    flags: SendFlags,
 }
 
 impl Operator {
@@ -64,7 +65,13 @@ impl Operator {
     }
 
     pub fn volatile(mut self) -> Self {
-        self.volatile = true;
+        self.flags.volatile = true;
+        self
+    }
+
+    /// Whether to compress for clients that negotiated permessage-deflate (default true).
+    pub fn compress(mut self, compress: bool) -> Self {
+        self.flags.compress = compress;
         self
     }
 
@@ -81,7 +88,7 @@ impl Operator {
 
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, volatile: self.volatile });
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
         self.all(|| SioMail::Broadcast(b.clone()));
     }
 

@@ -85,6 +85,20 @@ pub type DisconnectHandler = Arc<dyn Fn(&mut Socket<'_, '_>, DisconnectReason) +
 /// Called with an ack's arguments (and attachments), or the timeout.
 pub type AckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>)>;
 
+/// Every answer to a broadcast with ack: each recipient's arguments and attachments.
+pub type Responses = Vec<(Vec<Value>, Vec<Bytes>)>;
+
+/// Not every recipient answered in time; these did.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("operation has timed out ({} responses arrived)", responses.len())]
+pub struct PartialResponses {
+    pub responses: Responses,
+}
+
+/// Called on the emitting socket with every recipient's answer, or with those that arrived
+/// before the timeout.
+pub type BroadcastAckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<Responses, PartialResponses>)>;
+
 /// One namespace's handlers.
 #[derive(Clone, Default)]
 pub struct Namespace {

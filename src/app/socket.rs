@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::namespace::{AckId, AckTimeout, Handshake};
+use super::namespace::{AckId, AckTimeout, Handshake, PartialResponses, Responses};
 use super::worker::{disconnect_client, remove_socket, Broadcast, SioMail, WorkerCore};
-use crate::engine::Ctx;
+use crate::engine::{Ctx, SendFlags};
 use crate::proto::sio::encode;
 
 /// One socket, inside a handler.
@@ -55,20 +55,22 @@ impl<'a, 'c> Socket<'a, 'c> {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&mut self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
+        self.emit_with_flags(event, args, attachments, SendFlags::default());
+    }
+
+    /// Emits an event the client may drop when it cannot take it right now (the reference's
+    /// `socket.volatile.emit`).
+    pub fn emit_volatile(&mut self, event: &str, args: &[Value]) {
+        self.emit_with_flags(event, args, Vec::new(), SendFlags { volatile: true, ..SendFlags::default() });
+    }
+
+    /// Emits with explicit flags (`volatile`, `compress`).
+    pub fn emit_with_flags(&mut self, event: &str, args: &[Value], attachments: Vec<Bytes>, flags: SendFlags) {
         if !self.alive() {
             return;
         }
         let enc = encode::event(self.nsp(), event, args, None, attachments);
-        self.core.send_to(self.ctx, self.idx, &enc, false);
-    }
-
-    /// Emits an event the client may drop: not queued when its buffer is full.
-    pub fn emit_volatile(&mut self, event: &str, args: &[Value]) {
-        if !self.alive() {
-            return;
-        }
-        let enc = encode::event(self.nsp(), event, args, None, Vec::new());
-        self.core.send_to(self.ctx, self.idx, &enc, true);
+        self.core.send_to(self.ctx, self.idx, &enc, flags);
     }
 
     /// Emits an event and waits for the client's ack: `cb` gets the ack's arguments (and
@@ -86,7 +88,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         let now = self.ctx.now();
         let id = self.core.add_ack(self.idx, now, timeout, Box::new(cb));
         let enc = encode::event(self.nsp(), event, args, Some(id), Vec::new());
-        self.core.send_to(self.ctx, self.idx, &enc, false);
+        self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
     }
 
     /// Answers an incoming event's ack.
@@ -100,7 +102,7 @@ impl<'a, 'c> Socket<'a, 'c> {
             return;
         }
         let enc = encode::ack(self.nsp(), ack.0, args, attachments);
-        self.core.send_to(self.ctx, self.idx, &enc, false);
+        self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
     }
 
     pub fn join(&mut self, room: &str) {
@@ -138,7 +140,7 @@ impl<'a, 'c> Socket<'a, 'c> {
     /// Sockets of the whole namespace, this one included (the reference's `io.of(nsp)`).
     pub fn within_namespace(&mut self) -> Operator<'_, 'a, 'c> {
         let nsp = self.nsp().to_string();
-        Operator { sel: super::worker::Selector { nsp, ..Default::default() }, volatile: false, socket: self }
+        Operator { sel: super::worker::Selector { nsp, ..Default::default() }, flags: SendFlags::default(), socket: self }
     }
 
     /// Leaves this namespace: the client gets a DISCONNECT for it.
@@ -171,7 +173,7 @@ impl<'a, 'c> Socket<'a, 'c> {
 pub struct Operator<'s, 'a, 'c> {
     socket: &'s mut Socket<'a, 'c>,
     sel: super::worker::Selector,
-    volatile: bool,
+    flags: SendFlags,
 }
 
 impl Operator<'_, '_, '_> {
@@ -189,7 +191,13 @@ impl Operator<'_, '_, '_> {
 
     /// Drop the message for clients that cannot take it now.
     pub fn volatile(mut self) -> Self {
-        self.volatile = true;
+        self.flags.volatile = true;
+        self
+    }
+
+    /// Whether to compress for clients that negotiated permessage-deflate (default true).
+    pub fn compress(mut self, compress: bool) -> Self {
+        self.flags.compress = compress;
         self
     }
 
@@ -199,7 +207,24 @@ impl Operator<'_, '_, '_> {
 
     pub fn emit_binary(self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Broadcast { sel: self.sel, packet, volatile: self.volatile };
+        let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None };
         self.socket.core.broadcast(self.socket.ctx, b);
+    }
+
+    /// Emits to every selected socket, on every worker, and collects each one's ack (the
+    /// reference's `timeout(d).emitWithAck()`): `cb` runs on this socket with all the answers,
+    /// or with the answers that came before `timeout`.
+    pub fn emit_with_ack(
+        self,
+        event: &str,
+        args: &[Value],
+        timeout: Duration,
+        cb: impl FnOnce(&mut Socket<'_, '_>, Result<Responses, PartialResponses>) + 'static,
+    ) {
+        let s = self.socket;
+        if !s.alive() {
+            return;
+        }
+        s.core.broadcast_with_ack(s.ctx, s.idx, self.sel, event, args, Vec::new(), self.flags, timeout, Box::new(cb));
     }
 }

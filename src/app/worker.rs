@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces};
+use super::namespace::{AckCallback, AckTimeout, BroadcastAckCallback, DisconnectReason, Event, Handshake, Namespaces, PartialResponses, Responses};
 use super::socket::Socket;
-use crate::engine::{sid as ids, Ctx, Handler, OpenInfo, Sid};
+use crate::engine::{sid as ids, Ctx, Handler, OpenInfo, SendFlags, Sid};
 use crate::proto::eio::CloseReason;
 use crate::proto::sio::{encode, BinaryAssembler, Decoder, Encoded, Limits, Packet, PacketType};
 use crate::rt::timer::Fifo;
@@ -39,7 +39,17 @@ pub struct Selector {
 pub struct Broadcast {
     pub sel: Selector,
     pub packet: Encoded,
-    pub volatile: bool,
+    pub flags: SendFlags,
+    /// Set when every recipient's ack is collected by the origin worker.
+    pub ack: Option<BroadcastAck>,
+}
+
+/// The ack of a broadcast: the id every recipient answers with, and who collects.
+#[derive(Debug, Clone, Copy)]
+pub struct BroadcastAck {
+    pub id: u64,
+    pub origin: usize,
+    pub deadline: Instant,
 }
 
 /// Mail between workers (and from `ServerHandle`s).
@@ -50,6 +60,26 @@ pub enum SioMail {
     Disconnect { sel: Arc<Selector>, close_client: bool },
     /// Count the selected sockets; every worker answers on `reply`.
     Count { sel: Arc<Selector>, reply: std::sync::mpsc::Sender<usize> },
+    /// To a broadcast's origin: this worker sent it to `count` sockets.
+    AckCount { id: u64, count: usize },
+    /// To a broadcast's origin: one recipient's answer.
+    AckAnswer { id: u64, args: Vec<Value>, attachments: Vec<Bytes> },
+}
+
+/// An ack a socket owes: to a callback of this worker, or to a broadcast's collector.
+pub(crate) enum PendingAck {
+    Callback(AckCallback),
+    Collect { origin: usize },
+}
+
+/// Gathers the answers to one broadcast with ack, on its origin worker.
+struct Collector {
+    socket: (u32, u32),
+    /// Workers that have not reported their recipient count yet.
+    waiting: usize,
+    expected: usize,
+    responses: Responses,
+    cb: BroadcastAckCallback,
 }
 
 pub(crate) struct SocketState {
@@ -60,7 +90,7 @@ pub(crate) struct SocketState {
     pub(crate) handshake: Rc<Handshake>,
     pub(crate) data: Option<Box<dyn std::any::Any>>,
     pub(crate) next_ack: u64,
-    pub(crate) acks: HashMap<u64, AckCallback>,
+    pub(crate) acks: HashMap<u64, PendingAck>,
     pub(crate) ns: Arc<super::namespace::Namespace>,
     gen: u32,
     stamp: u64,
@@ -97,7 +127,17 @@ pub struct WorkerCore {
     connect_due: Fifo<Sid>,
     connect_timeout: Duration,
     stamp: u64,
+    ack_counter: u64,
+    collectors: HashMap<u64, Collector>,
+    collect_due: Fifo<u64>,
 }
+
+/// A socket's own acks are numbered from 0 like the reference server's. A broadcast's ack id
+/// (the same for every recipient, on every worker) comes from a range no socket reaches, and
+/// names its worker: `BROADCAST_ACK_BASE + n * MAX_WORKERS + worker`, so it never collides with
+/// an id a recipient already waits on. All stay below 2^53, exact in JavaScript.
+const BROADCAST_ACK_BASE: u64 = 1 << 40;
+const MAX_WORKERS: u64 = 4096;
 
 /// The Socket.IO [`Handler`] of one worker.
 pub struct SioWorker {
@@ -124,6 +164,9 @@ impl SioWorker {
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 stamp: 0,
+                ack_counter: 0,
+                collectors: HashMap::new(),
+                collect_due: Fifo::default(),
             },
         }
     }
@@ -139,13 +182,18 @@ impl WorkerCore {
     }
 
     /// Sends an encoded packet (and its attachments) to one socket's client.
-    pub(crate) fn send_to(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, enc: &Encoded, volatile: bool) {
+    pub(crate) fn send_to(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, enc: &Encoded, flags: SendFlags) {
         let client = self.socket(idx).client.clone();
         for p in enc.packets() {
-            if ctx.send(&client, p, volatile).is_err() {
+            if ctx.send(&client, p, flags).is_err() {
                 break;
             }
         }
+    }
+
+    fn next_broadcast_ack_id(&mut self, worker: usize) -> u64 {
+        self.ack_counter += 1;
+        BROADCAST_ACK_BASE + self.ack_counter * MAX_WORKERS + worker as u64
     }
 
     /// Registers an ack callback and returns its id.
@@ -153,7 +201,7 @@ impl WorkerCore {
         let s = self.socket_mut(idx);
         let id = s.next_ack;
         s.next_ack += 1;
-        s.acks.insert(id, cb);
+        s.acks.insert(id, PendingAck::Callback(cb));
         let gen = s.gen;
         self.ack_due.push(now + timeout, (idx, gen, id));
         id
@@ -185,20 +233,27 @@ impl WorkerCore {
         }
     }
 
-    /// Delivers a broadcast to this worker's matching sockets.
-    pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) {
+    /// Delivers a broadcast to this worker's matching sockets; returns how many got it.
+    pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
         let targets = self.select(&b.sel);
         let mut clients: Vec<Sid> = Vec::with_capacity(targets.len());
-        for idx in targets {
-            clients.push(self.socket(idx).client.clone());
+        for &idx in &targets {
+            let s = self.socket_mut(idx);
+            clients.push(s.client.clone());
+            if let Some(ack) = b.ack {
+                s.acks.insert(ack.id, PendingAck::Collect { origin: ack.origin });
+                let gen = s.gen;
+                self.ack_due.push(ack.deadline, (idx, gen, ack.id));
+            }
         }
         for c in &clients {
             for p in b.packet.packets() {
-                if ctx.send(c, p, b.volatile).is_err() {
+                if ctx.send(c, p, b.flags).is_err() {
                     break;
                 }
             }
         }
+        targets.len()
     }
 
     /// The slots of this worker's sockets a selector picks, each once.
@@ -232,12 +287,71 @@ impl WorkerCore {
     }
 
     /// Broadcasts: local delivery, plus one post of the same `Arc` to every other worker.
-    pub(crate) fn broadcast(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Broadcast) {
+    pub(crate) fn broadcast(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Broadcast) -> usize {
         let b = Arc::new(b);
-        self.deliver(ctx, &b);
+        let n = self.deliver(ctx, &b);
         let me = ctx.worker();
         for w in (0..ctx.workers()).filter(|&w| w != me) {
             ctx.post(w, SioMail::Broadcast(b.clone()));
+        }
+        n
+    }
+
+    /// Broadcasts an event whose every recipient must ack within `timeout`; `cb` runs on the
+    /// emitting socket with every answer, or with those that came before the timeout.
+    pub(crate) fn broadcast_with_ack(
+        &mut self,
+        ctx: &mut Ctx<'_, SioMail>,
+        idx: u32,
+        sel: Selector,
+        event: &str,
+        args: &[Value],
+        attachments: Vec<Bytes>,
+        flags: SendFlags,
+        timeout: Duration,
+        cb: BroadcastAckCallback,
+    ) {
+        let worker = ctx.worker();
+        let id = self.next_broadcast_ack_id(worker);
+        let deadline = ctx.now() + timeout;
+        let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
+        let gen = self.socket(idx).gen;
+        self.collectors.insert(id, Collector { socket: (idx, gen), waiting: ctx.workers() - 1, expected: 0, responses: Vec::new(), cb });
+        self.collect_due.push(deadline, id);
+        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: worker, deadline }) };
+        let n = self.broadcast(ctx, b);
+        self.collector_count(ctx, id, n);
+    }
+
+    fn collector_count(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64, count: usize) {
+        if let Some(c) = self.collectors.get_mut(&id) {
+            c.expected += count;
+            self.check_collector(ctx, id);
+        }
+    }
+
+    fn collector_answer(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64, answer: (Vec<Value>, Vec<Bytes>)) {
+        if let Some(c) = self.collectors.get_mut(&id) {
+            c.responses.push(answer);
+            self.check_collector(ctx, id);
+        }
+    }
+
+    fn check_collector(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64) {
+        let done = self.collectors.get(&id).is_some_and(|c| c.waiting == 0 && c.responses.len() >= c.expected);
+        if done {
+            self.finish_collector(ctx, id, false);
+        }
+    }
+
+    fn finish_collector(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64, timed_out: bool) {
+        let Some(c) = self.collectors.remove(&id) else { return };
+        let (idx, gen) = c.socket;
+        let alive = self.sockets.get(idx as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.gen == gen && s.connected);
+        if alive {
+            let result = if timed_out { Err(PartialResponses { responses: c.responses }) } else { Ok(c.responses) };
+            let cb = c.cb;
+            guarded(self, ctx, idx, move |s| cb(s, result));
         }
     }
 
@@ -336,7 +450,7 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
     }
     if send_packet {
         let enc = encode::disconnect(&s.nsp);
-        core.send_to(ctx, idx, &enc, false);
+        core.send_to(ctx, idx, &enc, SendFlags::default());
     }
     core.detach(idx);
     if let Some(h) = core.socket(idx).ns.on_disconnect.clone() {
@@ -406,13 +520,17 @@ impl SioWorker {
                 let Some(idx) = core.client_socket(sid, &p.nsp) else { return };
                 let Some(id) = p.id else { return };
                 // A late or unknown ack is ignored.
-                let Some(cb) = core.socket_mut(idx).acks.remove(&id) else { return };
+                let Some(pending) = core.socket_mut(idx).acks.remove(&id) else { return };
                 let args = match p.data {
                     Some(Value::Array(a)) => a,
                     _ => Vec::new(),
                 };
                 let atts = p.attachments;
-                guarded(core, ctx, idx, |s| cb(s, Ok((args, atts))));
+                match pending {
+                    PendingAck::Callback(cb) => guarded(core, ctx, idx, |s| cb(s, Ok((args, atts)))),
+                    PendingAck::Collect { origin } if origin == ctx.worker() => core.collector_answer(ctx, id, (args, atts)),
+                    PendingAck::Collect { origin } => ctx.post(origin, SioMail::AckAnswer { id, args, attachments: atts }),
+                }
             }
             PacketType::ConnectError => self.fail(ctx, sid, &"a client may not send CONNECT_ERROR"),
         }
@@ -426,7 +544,7 @@ impl SioWorker {
         let Some(ns) = core.namespaces.resolve(&p.nsp) else {
             let enc = encode::connect_error(&p.nsp, &serde_json::json!({ "message": "Invalid namespace" }));
             for pk in enc.packets() {
-                let _ = ctx.send(sid, pk, false);
+                let _ = ctx.send(sid, pk, SendFlags::default());
             }
             return;
         };
@@ -446,14 +564,14 @@ impl SioWorker {
                 };
                 let enc = encode::connect_error(&p.nsp, &data);
                 for pk in enc.packets() {
-                    let _ = ctx.send(sid, pk, false);
+                    let _ = ctx.send(sid, pk, SendFlags::default());
                 }
                 return;
             }
         }
         let idx = core.new_socket(sid, &p.nsp, ns.clone(), hs, ctx.worker());
         let enc = encode::connect(&p.nsp, &core.socket(idx).id.clone());
-        core.send_to(ctx, idx, &enc, false);
+        core.send_to(ctx, idx, &enc, SendFlags::default());
         if let Some(h) = ns.on_connection.clone() {
             guarded(core, ctx, idx, |s| h(s));
         }
@@ -462,7 +580,19 @@ impl SioWorker {
     fn apply_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
         let core = &mut self.core;
         match mail {
-            SioMail::Broadcast(b) => core.deliver(ctx, &b),
+            SioMail::Broadcast(b) => {
+                let n = core.deliver(ctx, &b);
+                if let Some(ack) = b.ack {
+                    ctx.post(ack.origin, SioMail::AckCount { id: ack.id, count: n });
+                }
+            }
+            SioMail::AckCount { id, count } => {
+                if let Some(c) = core.collectors.get_mut(&id) {
+                    c.waiting = c.waiting.saturating_sub(1);
+                }
+                core.collector_count(ctx, id, count);
+            }
+            SioMail::AckAnswer { id, args, attachments } => core.collector_answer(ctx, id, (args, attachments)),
             SioMail::Join { sel, rooms } => {
                 for idx in core.select(&sel) {
                     for r in rooms.iter() {
@@ -568,9 +698,12 @@ impl Handler for SioWorker {
             if !live {
                 continue;
             }
-            if let Some(cb) = self.core.socket_mut(idx).acks.remove(&id) {
+            if let Some(PendingAck::Callback(cb)) = self.core.socket_mut(idx).acks.remove(&id) {
                 guarded(&mut self.core, ctx, idx, |s| cb(s, Err(AckTimeout)));
             }
+        }
+        while let Some(id) = self.core.collect_due.pop_due(now) {
+            self.core.finish_collector(ctx, id, true);
         }
         while let Some(sid) = self.core.connect_due.pop_due(now) {
             if self.core.clients.get(&sid).is_some_and(|c| c.sockets.is_empty()) {
@@ -581,6 +714,6 @@ impl Handler for SioWorker {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.core.ack_due.next(), self.core.connect_due.next()].into_iter().flatten().min()
+        [self.core.ack_due.next(), self.core.connect_due.next(), self.core.collect_due.next()].into_iter().flatten().min()
     }
 }

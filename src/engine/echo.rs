@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{Ctx, Handler, OpenInfo, Sid};
+use super::{Ctx, Handler, OpenInfo, SendFlags, Sid};
 use crate::proto::eio::{CloseReason, PacketType, SharedPacket};
 
 #[derive(Debug, Default)]
@@ -15,11 +15,11 @@ impl Handler for EioEcho {
     fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _info: &OpenInfo<'_>) {}
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, text: &mut [u8]) {
-        let _ = ctx.send(sid, &SharedPacket::text(PacketType::Message, text), false);
+        let _ = ctx.send(sid, &SharedPacket::text(PacketType::Message, text), SendFlags::default());
     }
 
     fn on_binary(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, data: Bytes) {
-        let _ = ctx.send(sid, &SharedPacket::binary(data), false);
+        let _ = ctx.send(sid, &SharedPacket::binary(data), SendFlags::default());
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _reason: CloseReason) {}

@@ -111,6 +111,22 @@ pub trait Handler: 'static {
     fn on_shutdown(&mut self, _ctx: &mut Ctx<'_, Self::Mail>) {}
 }
 
+/// Per-send options, as the reference's emit flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendFlags {
+    /// May be dropped when the client cannot take it right now (no pending poll, or a
+    /// WebSocket that already has a backlog), instead of being queued.
+    pub volatile: bool,
+    /// Compress with permessage-deflate when the connection negotiated it.
+    pub compress: bool,
+}
+
+impl Default for SendFlags {
+    fn default() -> Self {
+        SendFlags { volatile: false, compress: true }
+    }
+}
+
 /// Why a send failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendFailure {

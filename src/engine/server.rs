@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{sid, EngineConfig, Handler, OpenInfo, SendFailure, Sid, SlowConsumer};
+use super::{sid, EngineConfig, Handler, OpenInfo, SendFailure, SendFlags, Sid, SlowConsumer};
 use crate::proto::eio::{self, open::Handshake, Action, CloseReason, Packet, PacketType, Session, SharedPacket, Transport, Verified};
 use crate::proto::http::{self, response, CorsDecision, Method, Request};
 use crate::proto::ws::{self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Message, OpCode, ServerCodec};
@@ -66,7 +66,7 @@ pub struct Core {
     sessions: HashMap<Sid, Entry>,
     dirty_polls: Vec<Sid>,
     closing: Vec<(Sid, CloseReason)>,
-    deferred: Vec<(ConnId, SharedPacket)>,
+    deferred: Vec<(ConnId, SharedPacket, bool)>,
     ping_due: Fifo<Sid>,
     pong_due: Fifo<Sid>,
     upgrade_due: Fifo<Sid>,
@@ -118,10 +118,9 @@ impl<M> Ctx<'_, M> {
         self.core.sessions.get(sid).is_some_and(|e| !e.closing)
     }
 
-    /// Sends one packet to a session. `volatile` packets are dropped rather than queued past
-    /// the send buffer.
-    pub fn send(&mut self, sid: &str, p: &SharedPacket, volatile: bool) -> Result<(), SendFailure> {
-        self.core.send(self.io, sid, p, volatile)
+    /// Sends one packet to a session.
+    pub fn send(&mut self, sid: &str, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
+        self.core.send(self.io, sid, p, flags)
     }
 
     /// Closes a session ("forced close"); `Handler::on_close` follows.
@@ -133,7 +132,7 @@ impl<M> Ctx<'_, M> {
 }
 
 impl Core {
-    fn send<M>(&mut self, io: &mut Io<ConnState, M>, sid: &str, p: &SharedPacket, volatile: bool) -> Result<(), SendFailure> {
+    fn send<M>(&mut self, io: &mut Io<ConnState, M>, sid: &str, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
         let limit = self.cfg.max_send_buffer;
         let policy = self.cfg.slow_consumer;
         let key = self.sessions.get_key_value(sid).ok_or(SendFailure::NoSession)?.0.clone();
@@ -141,50 +140,58 @@ impl Core {
         if e.closing {
             return Err(SendFailure::NoSession);
         }
-        let overflow = if e.session.transport() == Transport::WebSocket {
+        if e.session.transport() == Transport::WebSocket {
             let conn = e.ws.expect("a WebSocket session has its connection");
-            match ws_send(io, &mut self.deferred, conn, p) {
+            if flags.volatile && io.queued_bytes(conn) >= VOLATILE_BACKLOG {
+                return Err(SendFailure::Dropped);
+            }
+            match ws_send(io, &mut self.deferred, conn, p, flags.compress) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Gone) => return Err(SendFailure::NoSession),
-                Err(SendError::Overflow) => true,
+                Err(SendError::Overflow) => {}
             }
         } else {
+            if flags.volatile && e.poll.is_none() {
+                return Err(SendFailure::Dropped);
+            }
             let len = p.ws_frame().len();
-            if e.outbox_bytes + len > limit && !e.outbox.is_empty() {
-                true
-            } else {
+            if e.outbox_bytes + len <= limit || e.outbox.is_empty() {
                 e.outbox_bytes += len;
                 e.outbox.push(p.clone());
                 if e.poll.is_some() {
-                    self.dirty_polls.push(key.clone());
+                    self.dirty_polls.push(key);
                 }
                 return Ok(());
             }
-        };
-        debug_assert!(overflow);
-        if volatile && policy == SlowConsumer::DropVolatile {
+        }
+        // The client's buffer is full.
+        if flags.volatile && policy == SlowConsumer::DropVolatile {
             return Err(SendFailure::Dropped);
         }
         tracing::debug!(sid, "slow consumer: closing its session");
-        self.closing.push((key.clone(), CloseReason::TransportError));
+        self.closing.push((key, CloseReason::TransportError));
         Err(SendFailure::SlowConsumer)
     }
 
     /// Sends to the session's active transport without the slow-consumer bookkeeping (control
     /// packets of the engine itself).
     fn send_control<M>(&mut self, io: &mut Io<ConnState, M>, sid: &Sid, p: &SharedPacket) {
-        let _ = self.send(io, sid, p, false);
+        let _ = self.send(io, sid, p, SendFlags::default());
     }
 }
 
+/// A volatile packet is dropped for a WebSocket with at least this many bytes waiting.
+const VOLATILE_BACKLOG: usize = 64 * 1024;
+
 /// Sends one packet on a WebSocket connection: the shared frame, or a per-connection
-/// compressed one when deflate applies. While the connection's codec is busy decoding (the
+/// compressed one when deflate applies (and `compress` allows it). While the connection's codec is busy decoding (the
 /// handler answers from inside it), the packet waits in `deferred`, in order.
-fn ws_send<M>(io: &mut Io<ConnState, M>, deferred: &mut Vec<(ConnId, SharedPacket)>, conn: ConnId, p: &SharedPacket) -> Result<(), SendError> {
+fn ws_send<M>(io: &mut Io<ConnState, M>, deferred: &mut Vec<(ConnId, SharedPacket, bool)>, conn: ConnId, p: &SharedPacket, compress: bool) -> Result<(), SendError> {
     match io.state(conn) {
         Some(ConnState::Ws { compress: false, .. }) => io.send(conn, p.ws_frame().clone()),
+        Some(ConnState::Ws { .. }) if !compress => io.send(conn, p.ws_frame().clone()),
         Some(ConnState::Ws { compress: true, inner: None }) => {
-            deferred.push((conn, p.clone()));
+            deferred.push((conn, p.clone(), compress));
             Ok(())
         }
         Some(ConnState::Ws { compress: true, inner: Some(w) }) => {
@@ -429,11 +436,7 @@ impl<H: Handler> EioServer<H> {
                 Self::set_ws(io, id, codec, WsRole::Session(sid.clone()));
                 let e = self.core.sessions.get_mut(&sid).expect("just inserted");
                 e.ws = Some(id);
-                let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::frame({
-                    let mut b = vec![0u8; ws::frame::MAX_SERVER_HEADER];
-                    b.extend_from_slice(&open);
-                    b
-                }));
+                let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::raw_text(&open), true);
                 let info = open_info(req, Transport::WebSocket);
                 let mut ctx = Self::ctx(&mut self.core, io);
                 self.handler.on_open(&mut ctx, &sid, &info);
@@ -557,7 +560,7 @@ impl<H: Handler> EioServer<H> {
             Action::ProbeAccepted => {
                 if let Some(probe) = e.probe {
                     let pong = SharedPacket::text(PacketType::Pong, b"probe");
-                    let _ = ws_send(io, &mut self.core.deferred, probe, &pong);
+                    let _ = ws_send(io, &mut self.core.deferred, probe, &pong, true);
                 }
                 // Release a pending poll (now, or as soon as one arrives) so the client can
                 // pause polling and finish the upgrade. The noop never enters the outbox: it
@@ -579,7 +582,7 @@ impl<H: Handler> EioServer<H> {
                 e.outbox_bytes = 0;
                 let parked = e.poll.take();
                 for p in &outbox {
-                    let _ = ws_send(io, &mut self.core.deferred, ws, p);
+                    let _ = ws_send(io, &mut self.core.deferred, ws, p, true);
                 }
                 if let Some(poll) = parked {
                     self.answer_poll(io, poll, vec![noop().clone()]);
@@ -718,16 +721,16 @@ impl<H: Handler> EioServer<H> {
             *inner = Some(w);
         }
         let mut waiting = Vec::new();
-        self.core.deferred.retain(|(c, p)| {
+        self.core.deferred.retain(|(c, p, compress)| {
             if *c == id {
-                waiting.push(p.clone());
+                waiting.push((p.clone(), *compress));
                 false
             } else {
                 true
             }
         });
-        for p in waiting {
-            let _ = ws_send(io, &mut self.core.deferred, id, &p);
+        for (p, compress) in waiting {
+            let _ = ws_send(io, &mut self.core.deferred, id, &p, compress);
         }
         self.finish(io);
         pos
@@ -750,12 +753,7 @@ impl<H: Handler> EioServer<H> {
             }
             Message::Text(t) => match role.clone() {
                 WsRole::Echo => {
-                    let p = SharedPacket::frame({
-                        let mut b = vec![0u8; ws::frame::MAX_SERVER_HEADER];
-                        b.extend_from_slice(t);
-                        b
-                    });
-                    let _ = ws_send(io, &mut self.core.deferred, id, &p);
+                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::raw_text(t), true);
                     false
                 }
                 WsRole::Session(sid) | WsRole::Probe(sid) => match eio::decode_text(t) {
@@ -775,7 +773,7 @@ impl<H: Handler> EioServer<H> {
             },
             Message::Binary(b) => match role.clone() {
                 WsRole::Echo => {
-                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::binary(Bytes::copy_from_slice(b)));
+                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::binary(Bytes::copy_from_slice(b)), true);
                     false
                 }
                 WsRole::Session(sid) | WsRole::Probe(sid) => {

@@ -37,6 +37,15 @@ impl SharedPacket {
         SharedPacket::Text { ws: all.slice(start..), text: all.slice(MAX_SERVER_HEADER..) }
     }
 
+    /// A text frame carrying `text` exactly (already a whole packet text, or any text for the
+    /// raw WebSocket echo).
+    pub fn raw_text(text: &[u8]) -> SharedPacket {
+        let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + text.len());
+        buf.resize(MAX_SERVER_HEADER, 0);
+        buf.extend_from_slice(text);
+        Self::frame(buf)
+    }
+
     /// A text packet with the given data.
     pub fn text(ty: PacketType, data: &[u8]) -> SharedPacket {
         Self::text_with(ty, |b| b.extend_from_slice(data))

@@ -17,7 +17,7 @@ const SCRIPT = [
   [[], 1], // open packet
   [["40"], 2], // CONNECT → CONNECT answer, auth event
   [['40/custom,{"token":1}'], 2],
-  [['42["message",1,"a",{"b":[true,null]}]'], 1],
+  [['42["message",1,"a",{"b":[true,null]},{"z":1,"a":{"y":2,"b":3}}]'], 1],
   [['421["message-with-ack",{"x":1},"y"]'], 1],
   [['42/custom,7["join","r"]'], 1],
   [['42/custom,8["to-room","r","hi",3]'], 2],
@@ -44,7 +44,10 @@ function transcript(base) {
     let step = 0;
     let want = 0;
     let waiting = [];
-    const timer = setTimeout(() => reject(new Error(`timed out at step ${step}: ${JSON.stringify(got)}`)), 10000);
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error(`timed out at step ${step}: ${JSON.stringify(got)}`));
+    }, 10000);
     const next = () => {
       if (step === SCRIPT.length) {
         clearTimeout(timer);
@@ -64,7 +67,11 @@ function transcript(base) {
       waiting.push(p);
       if (waiting.length === want) next();
     });
-    ws.on("error", reject);
+    ws.on("error", (e) => {
+      clearTimeout(timer);
+      ws.terminate();
+      reject(e);
+    });
     ws.on("open", () => {
       step = 0;
       next();

@@ -1,0 +1,254 @@
+//! The Socket.IO library API on the wire: an in-process server built with `Server::builder()`
+//! and raw WebSocket clients speaking Engine.IO / Socket.IO bytes. Covers what the contract app
+//! does not show: server-side disconnect reasons, bad input closing only its own session,
+//! handler panics, broadcast acks across workers, `ServerHandle`, middleware and dynamic
+//! namespaces.
+
+mod support;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use shardcast::app::{DisconnectReason, Namespace, RunningServer, Server};
+use shardcast::engine::EngineConfig;
+use shardcast::proto::eio::SessionConfig;
+use shardcast::rt::threads::RuntimeConfig;
+use support::Ws;
+
+fn start(threads: usize, configure: impl FnOnce(shardcast::app::ServerBuilder) -> shardcast::app::ServerBuilder) -> RunningServer {
+    let engine = EngineConfig {
+        session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
+        ..Default::default()
+    };
+    let runtime = RuntimeConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, pin: false, backlog: 1024, worker: Default::default() };
+    configure(Server::builder().engine(engine).runtime(runtime)).start().expect("server starts")
+}
+
+/// A raw Socket.IO client over WebSocket, connected to `nsp`.
+fn client(server: &RunningServer, nsp: &str) -> Ws {
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    ws.set_timeout(Duration::from_secs(5));
+    assert!(ws.recv_text().starts_with("0{"));
+    if nsp == "/" {
+        ws.send_text("40");
+    } else {
+        ws.send_text(&format!("40{nsp},"));
+    }
+    let ok = ws.recv_eio();
+    assert!(ok.starts_with("40"), "{ok}");
+    ws
+}
+
+/// Whether the server closed this connection.
+fn closed(ws: &mut Ws) -> bool {
+    ws.set_timeout(Duration::from_secs(3));
+    loop {
+        match ws.recv() {
+            None => return true,
+            Some(f) if f.opcode == 8 => return true,
+            Some(f) if f.opcode == 1 && f.payload == b"2" => ws.send_text("3"),
+            Some(_) => {}
+        }
+    }
+}
+
+fn recording() -> (Namespace, mpsc::Receiver<DisconnectReason>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let ns = Namespace::new()
+        .on("bye", |s, _| s.disconnect())
+        .on("boom", |_, _| panic!("handler bug"))
+        .on("echo", |s, ev| s.emit("echo", &ev.args))
+        .on_disconnect(move |_, reason| {
+            let _ = tx.lock().unwrap().send(reason);
+        });
+    (ns, rx)
+}
+
+#[test]
+fn server_side_disconnect_reasons() {
+    let (ns, reasons) = recording();
+    let server = start(1, |b| b.namespace("/", ns));
+    let next = || reasons.recv_timeout(Duration::from_secs(5)).expect("a disconnect");
+
+    let mut ws = client(&server, "/");
+    ws.send_text("41");
+    assert_eq!(next(), DisconnectReason::ClientNamespaceDisconnect);
+
+    let mut ws = client(&server, "/");
+    ws.send_text(r#"42["bye"]"#);
+    assert_eq!(ws.recv_eio(), "41", "the server's DISCONNECT");
+    assert_eq!(next(), DisconnectReason::ServerNamespaceDisconnect);
+
+    let ws = client(&server, "/");
+    drop(ws);
+    assert_eq!(next(), DisconnectReason::TransportClose);
+
+    let mut ws = client(&server, "/");
+    ws.send_frame(true, 3, b""); // reserved opcode: a WebSocket protocol error
+    assert_eq!(next(), DisconnectReason::TransportError);
+
+    let mut ws = client(&server, "/");
+    // Never answer pings.
+    ws.set_timeout(Duration::from_secs(2));
+    while ws.recv().is_some_and(|f| f.opcode != 8) {}
+    assert_eq!(next(), DisconnectReason::PingTimeout);
+    server.shutdown();
+}
+
+#[test]
+fn bad_input_closes_only_that_session() {
+    let (ns, _reasons) = recording();
+    let server = start(2, |b| b.namespace("/", ns).namespace("/other", Namespace::new()));
+    let mut bystander = client(&server, "/");
+    let deep = format!(r#"42["echo",{}{}]"#, "[".repeat(200), "]".repeat(200));
+    let bad: Vec<Box<dyn Fn(&mut Ws)>> = vec![
+        Box::new(|ws| ws.send_text("47")),                                   // unknown packet type
+        Box::new(|ws| ws.send_text(r#"42["echo",{"a":]"#)),                    // bad JSON
+        Box::new(move |ws| ws.send_text(&deep)),                               // too deep
+        Box::new(|ws| ws.send_text(r#"42/other,["echo"]"#)),                   // event before CONNECT
+        Box::new(|ws| ws.send_text("4218446744073709551616[\"echo\"]")),        // ack id overflows u64
+        Box::new(|ws| {
+            ws.send_text(r#"451-["echo",{"_placeholder":true,"num":3}]"#);    // index out of range
+            ws.send_binary(b"x");
+        }),
+        Box::new(|ws| ws.send_binary(b"unexpected")),                          // binary with no packet
+        Box::new(|ws| {
+            ws.send_text(r#"452-["echo",{"_placeholder":true,"num":0}]"#);    // attachment never comes
+            ws.send_text(r#"42["echo"]"#);
+        }),
+        Box::new(|ws| ws.send_text("4")),                                      // empty Socket.IO packet
+        Box::new(|ws| ws.send_text(r#"44{"message":"clients may not"}"#)),     // CONNECT_ERROR from a client
+    ];
+    for (i, send) in bad.iter().enumerate() {
+        let mut ws = client(&server, "/");
+        send(&mut ws);
+        assert!(closed(&mut ws), "case {i}: the offending session is closed");
+        bystander.send_text(&format!(r#"42["echo",{i}]"#));
+        assert_eq!(bystander.recv_eio(), format!(r#"42["echo",{i}]"#), "case {i}: others keep working");
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_panicking_handler_disconnects_only_its_socket() {
+    let (ns, reasons) = recording();
+    let server = start(1, |b| b.namespace("/", ns));
+    let mut a = client(&server, "/");
+    let mut b = client(&server, "/");
+    a.send_text(r#"42["boom"]"#);
+    assert_eq!(a.recv_eio(), "41");
+    assert_eq!(reasons.recv_timeout(Duration::from_secs(5)).unwrap(), DisconnectReason::HandlerPanic);
+    b.send_text(r#"42["echo","still alive"]"#);
+    assert_eq!(b.recv_eio(), r#"42["echo","still alive"]"#);
+    server.shutdown();
+}
+
+#[test]
+fn broadcast_ack_collects_every_answer_across_workers() {
+    let results = Arc::new(Mutex::new(None));
+    let r2 = results.clone();
+    let ns = Namespace::new().on("ask", move |s, _| {
+        let r = r2.clone();
+        s.broadcast().emit_with_ack("question", &[json!(1)], Duration::from_millis(1500), move |s, answers| {
+            let got = answers.map(|v| v.len()).map_err(|p| p.responses.len());
+            *r.lock().unwrap() = Some(got);
+            s.emit("done", &[json!(format!("{got:?}"))]);
+        });
+    });
+    let server = start(2, |b| b.namespace("/", ns));
+    let mut asker = client(&server, "/");
+    let mut others: Vec<Ws> = (0..12).map(|_| client(&server, "/")).collect();
+    asker.send_text(r#"42["ask"]"#);
+    for (i, ws) in others.iter_mut().enumerate() {
+        let q = ws.recv_eio();
+        // `42<id>["question",1]`: answer with the same id.
+        let id: String = q[2..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        assert!(!id.is_empty(), "{q}");
+        ws.send_text(&format!("43{id}[{i}]"));
+    }
+    assert_eq!(asker.recv_eio(), r#"42["done","Ok(12)"]"#);
+    // Again, but one client does not answer: at the timeout the callback gets the 11 answers.
+    asker.send_text(r#"42["ask"]"#);
+    let silent = others.len() - 1;
+    for (i, ws) in others.iter_mut().enumerate() {
+        let q = ws.recv_eio();
+        if i == silent {
+            continue;
+        }
+        let id: String = q[2..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        ws.send_text(&format!("43{id}[{i}]"));
+    }
+    assert_eq!(asker.recv_eio(), r#"42["done","Err(11)"]"#);
+    server.shutdown();
+}
+
+#[test]
+fn server_handle_from_another_thread() {
+    let ns = Namespace::new().on("join", |s, ev| {
+        if let Some(r) = ev.args.first().and_then(|v| v.as_str()) {
+            s.join(r);
+        }
+        if let Some(a) = ev.ack {
+            s.ack(a, &[json!(true)]);
+        }
+    });
+    let server = start(2, |b| b.namespace("/", ns));
+    let handle = server.handle();
+    let mut members: Vec<Ws> = (0..6).map(|_| client(&server, "/")).collect();
+    let mut outsider = client(&server, "/");
+    for ws in &mut members {
+        ws.send_text(r#"421["join","feed"]"#);
+        assert_eq!(ws.recv_eio(), "431[true]");
+    }
+    let h = handle.clone();
+    std::thread::spawn(move || {
+        assert_eq!(h.of("/").to("feed").count(), 6);
+        assert_eq!(h.of("/").count(), 7);
+        h.of("/").to("feed").emit("tick", &[json!(42)]);
+    })
+    .join()
+    .unwrap();
+    for ws in &mut members {
+        assert_eq!(ws.recv_eio(), r#"42["tick",42]"#);
+    }
+    handle.of("/").to("feed").sockets_join(&["vip"]);
+    assert_eq!(handle.of("/").to("vip").count(), 6);
+    handle.close_room("/", "vip");
+    assert_eq!(handle.of("/").to("vip").count(), 0);
+    handle.of("/").to("feed").disconnect_sockets(false);
+    for ws in &mut members {
+        assert_eq!(ws.recv_eio(), "41");
+    }
+    outsider.send_text(r#"421["join","x"]"#);
+    assert_eq!(outsider.recv_eio(), "431[true]");
+    server.shutdown();
+}
+
+#[test]
+fn middleware_and_dynamic_namespaces() {
+    let guarded = Namespace::new().use_middleware(|hs| match hs.auth.as_ref().and_then(|a| a.get("token")) {
+        Some(t) if t == "ok" => Ok(()),
+        _ => Err(json!({"message": "not authorized", "data": {"code": 401}})),
+    });
+    let server = start(1, |b| {
+        b.namespace("/admin", guarded).dynamic_namespaces(|n| n.starts_with("/room-"), Namespace::new().on_connection(|s| {
+            let nsp = s.nsp().to_string();
+            s.emit("welcome", &[json!(nsp)]);
+        }))
+    });
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    ws.recv_text();
+    ws.send_text(r#"40/admin,{"token":"nope"}"#);
+    assert_eq!(ws.recv_eio(), r#"44/admin,{"data":{"code":401},"message":"not authorized"}"#);
+    ws.send_text(r#"40/admin,{"token":"ok"}"#);
+    assert!(ws.recv_eio().starts_with(r#"40/admin,{"sid":""#));
+    ws.send_text("40/room-7,");
+    assert!(ws.recv_eio().starts_with(r#"40/room-7,{"sid":""#));
+    assert_eq!(ws.recv_eio(), r#"42/room-7,["welcome","/room-7"]"#);
+    ws.send_text("40/lobby,");
+    assert_eq!(ws.recv_eio(), r#"44/lobby,{"message":"Invalid namespace"}"#);
+    server.shutdown();
+}
