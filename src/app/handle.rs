@@ -14,6 +14,7 @@ use crate::proto::sio::encode;
 use crate::rt::threads::Poster;
 
 #[derive(Clone)]
+/// A handle to a running server, for any thread: `Send + Sync + Clone`.
 pub struct ServerHandle {
     poster: Poster<SioMail>,
 }
@@ -54,16 +55,19 @@ impl Operator {
         self.to(id)
     }
 
+    /// Leaves out sockets in `room`.
     pub fn except(mut self, room: &str) -> Self {
         self.sel.except_rooms.push(room.to_string());
         self
     }
 
+    /// Leaves out one socket, by id.
     pub fn except_socket(mut self, id: &str) -> Self {
         self.sel.except_ids.push(id.to_string());
         self
     }
 
+    /// Drop the message for clients that cannot take it right now.
     pub fn volatile(mut self) -> Self {
         self.flags.volatile = true;
         self
@@ -86,6 +90,7 @@ impl Operator {
         self.emit_binary(event, args, Vec::new());
     }
 
+    /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });

@@ -11,6 +11,8 @@
 //!
 //! Must never: see io_uring or raw bytes; it works through `engine::Ctx` and `proto::sio`.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 pub mod handle;
 pub mod namespace;

@@ -14,9 +14,13 @@ use super::socket::Socket;
 /// `attachments`, see [`Event::binary`]), and the ack id when the client asked for an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// The event name.
     pub name: String,
+    /// The arguments after the name.
     pub args: Vec<Value>,
+    /// Binary attachments, referenced by placeholders in `args`.
     pub attachments: Vec<Bytes>,
+    /// Present when the client asked for an answer.
     pub ack: Option<AckId>,
 }
 
@@ -34,18 +38,26 @@ pub struct AckId(pub u64);
 /// Why a socket left its namespace (the reference server's reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
+    /// The client left the namespace (it sent DISCONNECT).
     ClientNamespaceDisconnect,
+    /// The server disconnected the socket.
     ServerNamespaceDisconnect,
+    /// The connection was closed (or the client sent an Engine.IO close).
     TransportClose,
+    /// The connection failed (protocol error, write error, slow consumer).
     TransportError,
+    /// The client stopped answering pings.
     PingTimeout,
+    /// The client sent something that could not be decoded.
     ParseError,
+    /// The server is shutting down.
     ServerShuttingDown,
     /// The handler panicked; the socket was disconnected to protect the worker.
     HandlerPanic,
 }
 
 impl DisconnectReason {
+    /// The reference server's text for this reason.
     pub fn as_str(self) -> &'static str {
         match self {
             DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
@@ -63,11 +75,13 @@ impl DisconnectReason {
 /// What the client sent when connecting to a namespace, for middleware to judge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handshake {
+    /// The namespace joined.
     pub nsp: String,
     /// The CONNECT packet's auth payload, if any.
     pub auth: Option<Value>,
     /// The Engine.IO handshake request's query string.
     pub query: String,
+    /// The `Origin` of the Engine.IO handshake request.
     pub origin: Option<String>,
     /// Milliseconds since the Unix epoch when the socket connected.
     pub issued: u64,
@@ -78,9 +92,13 @@ pub struct Handshake {
 #[error("operation has timed out")]
 pub struct AckTimeout;
 
+/// Connect middleware: `Err(data)` refuses with CONNECT_ERROR `data`.
 pub type Middleware = Arc<dyn Fn(&Handshake) -> Result<(), Value> + Send + Sync>;
+/// Runs when a socket has joined its namespace.
 pub type ConnectionHandler = Arc<dyn Fn(&mut Socket<'_, '_>) + Send + Sync>;
+/// Handles one event.
 pub type EventHandler = Arc<dyn Fn(&mut Socket<'_, '_>, Event) + Send + Sync>;
+/// Runs when a socket leaves its namespace.
 pub type DisconnectHandler = Arc<dyn Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync>;
 /// Called with an ack's arguments (and attachments), or the timeout.
 pub type AckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>)>;
@@ -92,6 +110,7 @@ pub type Responses = Vec<(Vec<Value>, Vec<Bytes>)>;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("operation has timed out ({} responses arrived)", responses.len())]
 pub struct PartialResponses {
+    /// The answers that arrived in time.
     pub responses: Responses,
 }
 
@@ -110,6 +129,7 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// A namespace with no handlers yet.
     pub fn new() -> Namespace {
         Namespace::default()
     }

@@ -16,6 +16,7 @@ use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
 pub struct Server;
 
 impl Server {
+    /// A builder with the default options, binding 127.0.0.1:3000 with one worker per core.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             engine: EngineConfig::default(),
@@ -32,6 +33,7 @@ impl Server {
     }
 }
 
+/// Collects options and namespaces; [`ServerBuilder::start`] starts the workers.
 pub struct ServerBuilder {
     engine: EngineConfig,
     runtime: RuntimeConfig,
@@ -93,10 +95,12 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// The address the server listens on (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.rt.local_addr()
     }
 
+    /// A handle usable from any thread.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
     }

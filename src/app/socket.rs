@@ -34,6 +34,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         &self.core.socket(self.idx).id
     }
 
+    /// The namespace of this socket.
     pub fn nsp(&self) -> &str {
         &self.core.socket(self.idx).nsp
     }
@@ -105,12 +106,14 @@ impl<'a, 'c> Socket<'a, 'c> {
         self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
     }
 
+    /// Joins a room (on this worker's shard of the room table).
     pub fn join(&mut self, room: &str) {
         if self.alive() {
             self.core.join(self.idx, room);
         }
     }
 
+    /// Leaves a room.
     pub fn leave(&mut self, room: &str) {
         if self.alive() {
             self.core.leave(self.idx, room);
@@ -164,6 +167,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         self.core.socket_mut(self.idx).data.as_mut()?.downcast_mut()
     }
 
+    /// Stores a value in the per-socket data slot.
     pub fn set_data<T: 'static>(&mut self, value: T) {
         self.core.socket_mut(self.idx).data = Some(Box::new(value));
     }
@@ -201,10 +205,12 @@ impl Operator<'_, '_, '_> {
         self
     }
 
+    /// Emits an event to the selection.
     pub fn emit(self, event: &str, args: &[Value]) {
         self.emit_binary(event, args, Vec::new());
     }
 
+    /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
         let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None };

@@ -27,18 +27,24 @@ use crate::rt::timer::Fifo;
 /// Which sockets of a namespace an operation applies to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
+    /// The namespace.
     pub nsp: String,
     /// Sockets in any of these rooms; all sockets of the namespace when empty.
     pub rooms: Vec<String>,
+    /// Sockets in any of these rooms are left out.
     pub except_rooms: Vec<String>,
+    /// These sockets are left out.
     pub except_ids: Vec<String>,
 }
 
 /// A packet for the sockets a selector picks, encoded once.
 #[derive(Debug)]
 pub struct Broadcast {
+    /// Who gets it.
     pub sel: Selector,
+    /// The packet, encoded once for every transport.
     pub packet: Encoded,
+    /// Emit flags.
     pub flags: SendFlags,
     /// Set when every recipient's ack is collected by the origin worker.
     pub ack: Option<BroadcastAck>,
@@ -47,23 +53,62 @@ pub struct Broadcast {
 /// The ack of a broadcast: the id every recipient answers with, and who collects.
 #[derive(Debug, Clone, Copy)]
 pub struct BroadcastAck {
+    /// The ack id every recipient answers with.
     pub id: u64,
+    /// The worker that collects the answers.
     pub origin: usize,
+    /// When the collection ends.
     pub deadline: Instant,
 }
 
 /// Mail between workers (and from `ServerHandle`s).
 pub enum SioMail {
+    /// Deliver a broadcast to this worker's matching sockets.
     Broadcast(Arc<Broadcast>),
-    Join { sel: Arc<Selector>, rooms: Arc<Vec<String>> },
-    Leave { sel: Arc<Selector>, rooms: Arc<Vec<String>> },
-    Disconnect { sel: Arc<Selector>, close_client: bool },
+    /// Make the selected sockets join rooms.
+    Join {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// The rooms to join.
+        rooms: Arc<Vec<String>>,
+    },
+    /// Make the selected sockets leave rooms.
+    Leave {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// The rooms to leave.
+        rooms: Arc<Vec<String>>,
+    },
+    /// Disconnect the selected sockets.
+    Disconnect {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// Close their whole clients, not only this namespace.
+        close_client: bool,
+    },
     /// Count the selected sockets; every worker answers on `reply`.
-    Count { sel: Arc<Selector>, reply: std::sync::mpsc::Sender<usize> },
+    Count {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// Where to answer.
+        reply: std::sync::mpsc::Sender<usize>,
+    },
     /// To a broadcast's origin: this worker sent it to `count` sockets.
-    AckCount { id: u64, count: usize },
+    AckCount {
+        /// The broadcast's ack id.
+        id: u64,
+        /// Recipients on the reporting worker.
+        count: usize,
+    },
     /// To a broadcast's origin: one recipient's answer.
-    AckAnswer { id: u64, args: Vec<Value>, attachments: Vec<Bytes> },
+    AckAnswer {
+        /// The broadcast's ack id.
+        id: u64,
+        /// The answer's arguments.
+        args: Vec<Value>,
+        /// The answer's attachments.
+        attachments: Vec<Bytes>,
+    },
 }
 
 /// An ack a socket owes: to a callback of this worker, or to a broadcast's collector.
@@ -149,6 +194,7 @@ fn now_ms() -> u64 {
 }
 
 impl SioWorker {
+    /// The Socket.IO layer of one worker, serving `namespaces`.
     pub fn new(namespaces: Arc<Namespaces>, limits: Limits) -> SioWorker {
         SioWorker {
             core: WorkerCore {

@@ -7,6 +7,7 @@ use super::{Ctx, Handler, OpenInfo, SendFlags, Sid};
 use crate::proto::eio::{CloseReason, PacketType, SharedPacket};
 
 #[derive(Debug, Default)]
+/// Sends every Engine.IO message back to its sender.
 pub struct EioEcho;
 
 impl Handler for EioEcho {

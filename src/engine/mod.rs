@@ -9,6 +9,8 @@
 //! Must never: parse WebSocket, Engine.IO or HTTP bytes itself (it calls `proto`), or touch
 //! io_uring (it calls `rt::Io`).
 
+#![warn(missing_docs)]
+
 pub mod echo;
 pub mod server;
 pub mod sid;
@@ -40,10 +42,13 @@ pub enum SlowConsumer {
 pub struct EngineConfig {
     /// Engine.IO endpoint, e.g. `/socket.io/`.
     pub path: String,
+    /// Heartbeat and upgrade timing.
     pub session: SessionConfig,
     /// Largest Engine.IO packet / polling body accepted.
     pub max_payload: usize,
+    /// Transports offered.
     pub transports: Vec<Transport>,
+    /// Allowed origins.
     pub cors: CorsConfig,
     /// Offer permessage-deflate on WebSockets.
     pub websocket_compression: bool,
@@ -53,6 +58,7 @@ pub struct EngineConfig {
     pub cookie: Option<String>,
     /// Connections beyond this (across all workers) are refused with 503.
     pub max_connections: usize,
+    /// What to do with a client that does not read fast enough.
     pub slow_consumer: SlowConsumer,
     /// Bytes a client may have queued before the slow-consumer policy applies.
     pub max_send_buffer: usize,
@@ -84,13 +90,16 @@ impl Default for EngineConfig {
 pub struct OpenInfo<'a> {
     /// The request's query string (after `?`).
     pub query: &'a str,
+    /// The request's `Origin` header.
     pub origin: Option<&'a str>,
+    /// The transport of the handshake.
     pub transport: Transport,
 }
 
 /// What the layer above Engine.IO implements. Callbacks run on the worker that owns the
 /// session, synchronously; `ctx` sends, closes and posts mail.
 pub trait Handler: 'static {
+    /// Messages other workers (and `ServerHandle`s) send to the handler.
     type Mail: Send + 'static;
     /// A session was opened (its open packet is on its way).
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, info: &OpenInfo<'_>);
@@ -104,6 +113,7 @@ pub trait Handler: 'static {
     fn on_mail(&mut self, ctx: &mut Ctx<'_, Self::Mail>, mail: Self::Mail);
     /// Timers of the handler (e.g. ack timeouts).
     fn on_timers(&mut self, _ctx: &mut Ctx<'_, Self::Mail>, _now: Instant) {}
+    /// The earliest instant `on_timers` has work.
     fn next_deadline(&self) -> Option<Instant> {
         None
     }

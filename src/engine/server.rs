@@ -27,11 +27,26 @@ pub enum ConnState {
     /// Over `--max-connections`: answered 503 and closed.
     Refused,
     /// A long-polling GET parked until its session has something to send.
-    Poll { sid: Sid, headers: String, encoding: Option<response::Encoding>, keep_alive: bool },
+    Poll {
+        /// The session it polls for.
+        sid: Sid,
+        /// CORS header lines for the response.
+        headers: String,
+        /// Content coding for the response, if the client accepts one.
+        encoding: Option<response::Encoding>,
+        /// Whether the connection stays open after the response.
+        keep_alive: bool,
+    },
     /// A WebSocket. `inner` is taken out while its bytes are being processed.
-    Ws { compress: bool, inner: Option<Box<WsConn>> },
+    Ws {
+        /// Whether permessage-deflate was negotiated.
+        compress: bool,
+        /// The codec and role; `None` while its bytes are being processed.
+        inner: Option<Box<WsConn>>,
+    },
 }
 
+/// A WebSocket connection: its codec and what it carries.
 pub struct WsConn {
     codec: ServerCodec,
     role: WsRole,
@@ -96,14 +111,17 @@ fn close_packet() -> &'static SharedPacket {
 }
 
 impl<M> Ctx<'_, M> {
+    /// The index of this worker.
     pub fn worker(&self) -> usize {
         self.io.worker()
     }
 
+    /// How many workers the server runs.
     pub fn workers(&self) -> usize {
         self.io.workers()
     }
 
+    /// The time at the start of this loop pass.
     pub fn now(&self) -> Instant {
         self.io.now()
     }
