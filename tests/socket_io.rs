@@ -242,7 +242,7 @@ fn middleware_and_dynamic_namespaces() {
     let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
     ws.recv_text();
     ws.send_text(r#"40/admin,{"token":"nope"}"#);
-    assert_eq!(ws.recv_eio(), r#"44/admin,{"data":{"code":401},"message":"not authorized"}"#);
+    assert_eq!(ws.recv_eio(), r#"44/admin,{"message":"not authorized","data":{"code":401}}"#);
     ws.send_text(r#"40/admin,{"token":"ok"}"#);
     assert!(ws.recv_eio().starts_with(r#"40/admin,{"sid":""#));
     ws.send_text("40/room-7,");
@@ -250,5 +250,25 @@ fn middleware_and_dynamic_namespaces() {
     assert_eq!(ws.recv_eio(), r#"42/room-7,["welcome","/room-7"]"#);
     ws.send_text("40/lobby,");
     assert_eq!(ws.recv_eio(), r#"44/lobby,{"message":"Invalid namespace"}"#);
+    server.shutdown();
+}
+
+#[test]
+fn polling_client_collects_disconnects_then_close_after_disconnect_me() {
+    // The client has no poll pending when the server disconnects it: its next polls must still
+    // get the DISCONNECTs (in connect order), then the close packet, then an unknown session.
+    let server = start(1, shardcast::app::contract::app);
+    let addr = server.local_addr();
+    let sid = support::handshake(addr, "/socket.io/");
+    let q = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let mut h = support::Http::connect(addr);
+    assert_eq!(h.post(&q, b"40\x1e40/custom,", "").text(), "ok");
+    let connects = h.get(&q, "").text();
+    assert!(connects.contains(r#"42["auth",{}]"#) && connects.contains(r#"42/custom,["auth",{}]"#), "{connects}");
+    assert_eq!(h.post(&q, br#"42/custom,["disconnect-me"]"#, "").text(), "ok");
+    assert_eq!(h.get(&q, "").text(), "41\x1e41/custom,");
+    assert_eq!(h.get(&q, "").text(), "1");
+    let r = h.get(&q, "");
+    assert_eq!((r.status, r.text().as_str()), (400, r#"{"code":1,"message":"Session ID unknown"}"#));
     server.shutdown();
 }

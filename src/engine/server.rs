@@ -339,8 +339,10 @@ impl<H: Handler> EioServer<H> {
         }
         let query = eio::parse_query(&req.target);
         let sessions = &self.core.sessions;
+        // A closed polling session still answers polls until its last packets are collected.
+        let collecting = req.method == Method::Get && req.upgrade.is_none();
         let verified = eio::verify(&query, req.method.as_str(), req.upgrade.is_some(), &cfg.transports, |s| {
-            sessions.get(s).filter(|e| !e.closing).map(|e| e.session.transport())
+            sessions.get(s).filter(|e| !e.closing || (collecting && !e.outbox.is_empty())).map(|e| e.session.transport())
         });
         let verified = match verified {
             Ok(v) => v,
