@@ -1,0 +1,383 @@
+//! Lean clients: Socket.IO v5 over Engine.IO v4 on WebSocket or long-polling, and a raw
+//! WebSocket echo client. Only what the scenarios need: connect to a namespace, emit, acks,
+//! answer pings, and hand every received event to a callback without a full JSON parse.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Where to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+/// Opens a TCP connection, optionally from a given loopback source address (to get past one
+/// address's ephemeral ports).
+pub async fn tcp(target: &Target, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let sock = if target.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let s = sock.connect(target.addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// An incoming Socket.IO packet, as text after the Engine.IO `4`.
+pub enum Incoming<'a> {
+    /// `2[...]`: an event; the text is the whole packet (e.g. `2["room-message",{...}]`).
+    Event(&'a str),
+    /// `3<id>[...]`: an ack, by id.
+    Ack(u64),
+    /// Anything else (CONNECT answers, DISCONNECT, errors).
+    Other,
+}
+
+fn classify(p: &str) -> Incoming<'_> {
+    let body = match p.find([',', '[']) {
+        Some(i) if p.as_bytes()[i] == b',' && p.len() > 1 && p.as_bytes()[1] == b'/' => &p[i + 1..],
+        _ => &p[1..],
+    };
+    match p.as_bytes().first() {
+        Some(b'2') => Incoming::Event(p),
+        Some(b'3') => {
+            let digits: String = body.chars().take_while(|c| c.is_ascii_digit()).collect();
+            Incoming::Ack(digits.parse().unwrap_or(u64::MAX))
+        }
+        _ => Incoming::Other,
+    }
+}
+
+/// A Socket.IO client on a WebSocket.
+pub struct SioWs {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl SioWs {
+    /// Connects, completes the Engine.IO handshake and CONNECTs to namespace `/`.
+    pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<SioWs> {
+        let stream = tcp(target, source).await?;
+        let url = format!("ws://{}{}?EIO=4&transport=websocket", target.addr, target.path);
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| err(e.to_string()))?;
+        let mut c = SioWs { ws };
+        let open = c.next_text().await?.ok_or_else(|| err("closed before the open packet"))?;
+        if !open.starts_with('0') {
+            return Err(err(format!("expected an open packet, got {open}")));
+        }
+        c.send_raw("40".into()).await?;
+        loop {
+            let t = c.next_text().await?.ok_or_else(|| err("closed before CONNECT was answered"))?;
+            if t.starts_with("40") {
+                return Ok(c);
+            }
+            if t.starts_with("44") {
+                return Err(err(format!("connect refused: {t}")));
+            }
+        }
+    }
+
+    /// Sends an Engine.IO packet text.
+    pub async fn send_raw(&mut self, text: String) -> io::Result<()> {
+        self.ws.send(Message::text(text)).await.map_err(|e| err(e.to_string()))
+    }
+
+    /// Emits `42<packet>` where `packet` is `[event,...]` or `<id>[event,...]`.
+    pub async fn emit(&mut self, packet: &str) -> io::Result<()> {
+        self.send_raw(format!("42{packet}")).await
+    }
+
+    /// The next Engine.IO text, answering pings; `None` when the connection closed.
+    async fn next_text(&mut self) -> io::Result<Option<String>> {
+        loop {
+            match self.ws.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(err(e.to_string())),
+                Some(Ok(Message::Text(t))) => {
+                    if t.as_str() == "2" {
+                        self.send_raw("3".into()).await?;
+                        continue;
+                    }
+                    return Ok(Some(t.to_string()));
+                }
+                Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next Socket.IO packet (Engine.IO message), passed to `f`; `false` when closed.
+    pub async fn recv(&mut self, mut f: impl FnMut(Incoming<'_>)) -> io::Result<bool> {
+        loop {
+            let Some(t) = self.next_text().await? else { return Ok(false) };
+            if let Some(p) = t.strip_prefix('4') {
+                f(classify(p));
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Emits with an ack id and waits for the ack (other packets are passed to `other`).
+    pub async fn call(&mut self, id: u64, packet: &str, mut other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
+        self.emit(&format!("{id}{packet}")).await?;
+        loop {
+            let mut done = false;
+            let open = self
+                .recv(|p| match p {
+                    Incoming::Ack(a) if a == id => done = true,
+                    p => other(p),
+                })
+                .await?;
+            if done {
+                return Ok(());
+            }
+            if !open {
+                return Err(err("closed while waiting for an ack"));
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and closes.
+    pub async fn disconnect(mut self) -> io::Result<()> {
+        let _ = self.send_raw("41".into()).await;
+        self.ws.close(None).await.map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A raw WebSocket echo client.
+pub struct RawWs {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl RawWs {
+    pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<RawWs> {
+        let stream = tcp(target, source).await?;
+        let url = format!("ws://{}{}", target.addr, target.path);
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| err(e.to_string()))?;
+        Ok(RawWs { ws })
+    }
+
+    pub async fn send(&mut self, text: String) -> io::Result<()> {
+        self.ws.send(Message::text(text)).await.map_err(|e| err(e.to_string()))
+    }
+
+    pub async fn recv(&mut self) -> io::Result<Option<String>> {
+        loop {
+            match self.ws.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(err(e.to_string())),
+                Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection (for the polling transport).
+struct Http {
+    s: TcpStream,
+    buf: Vec<u8>,
+    host: String,
+}
+
+impl Http {
+    async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<Http> {
+        Ok(Http { s: tcp(target, source).await?, buf: Vec::new(), host: target.addr.to_string() })
+    }
+
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n", self.host, body.len());
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.s.write_all(&req).await?;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).map_err(|e| err(e.to_string()))? {
+                let status = r.code.unwrap_or(0);
+                let len: usize = r
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= n + len {
+                    let body = self.buf[n..n + len].to_vec();
+                    self.buf.drain(..n + len);
+                    return Ok((status, body));
+                }
+            }
+            let mut tmp = [0u8; 16384];
+            let k = self.s.read(&mut tmp).await?;
+            if k == 0 {
+                return Err(err("connection closed"));
+            }
+            self.buf.extend_from_slice(&tmp[..k]);
+        }
+    }
+}
+
+/// A Socket.IO client on HTTP long-polling: one connection long-polls, another posts.
+pub struct SioPolling {
+    /// Engine.IO packet texts to post.
+    pub tx: mpsc::UnboundedSender<String>,
+    /// Socket.IO packets received (Engine.IO `4` stripped).
+    pub rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl SioPolling {
+    pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<SioPolling> {
+        let mut get = Http::connect(target, source).await?;
+        let (status, open) = get.request("GET", &format!("{}?EIO=4&transport=polling", target.path), b"").await?;
+        if status != 200 || open.first() != Some(&b'0') {
+            return Err(err(format!("polling handshake failed: {status}")));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&open[1..]).map_err(|e| err(e.to_string()))?;
+        let sid = v["sid"].as_str().ok_or_else(|| err("no sid"))?.to_string();
+        let q = format!("{}?EIO=4&transport=polling&sid={sid}", target.path);
+        let mut post = Http::connect(target, source).await?;
+        let (tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let (in_tx, rx) = mpsc::unbounded_channel::<String>();
+        let q2 = q.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(first) = out_rx.recv().await {
+                let mut body = first.into_bytes();
+                while let Ok(more) = out_rx.try_recv() {
+                    body.push(0x1e);
+                    body.extend_from_slice(more.as_bytes());
+                }
+                if post.request("POST", &q2, &body).await.map(|(s, _)| s != 200).unwrap_or(true) {
+                    break;
+                }
+            }
+        });
+        let pong = tx.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                let Ok((200, body)) = get.request("GET", &q, b"").await else { break };
+                for p in body.split(|&b| b == 0x1e) {
+                    match p.first() {
+                        Some(b'2') => {
+                            let _ = pong.send("3".into());
+                        }
+                        Some(b'4') => {
+                            let _ = in_tx.send(String::from_utf8_lossy(&p[1..]).into_owned());
+                        }
+                        Some(b'1') => return,
+                        _ => {}
+                    }
+                }
+            }
+        });
+        let mut c = SioPolling { tx, rx };
+        c.tx.send("40".into()).map_err(|_| err("poster gone"))?;
+        loop {
+            let p = c.rx.recv().await.ok_or_else(|| err("closed before CONNECT was answered"))?;
+            if p.starts_with('0') {
+                return Ok(c);
+            }
+        }
+    }
+
+    pub fn emit(&self, packet: &str) -> io::Result<()> {
+        self.tx.send(format!("42{packet}")).map_err(|_| err("poster gone"))
+    }
+
+    pub async fn recv(&mut self, mut f: impl FnMut(Incoming<'_>)) -> io::Result<bool> {
+        match self.rx.recv().await {
+            Some(p) => {
+                f(classify(&p));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub async fn call(&mut self, id: u64, packet: &str, mut other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
+        self.emit(&format!("{id}{packet}"))?;
+        loop {
+            let mut done = false;
+            let open = self
+                .recv(|p| match p {
+                    Incoming::Ack(a) if a == id => done = true,
+                    p => other(p),
+                })
+                .await?;
+            if done {
+                return Ok(());
+            }
+            if !open {
+                return Err(err("closed while waiting for an ack"));
+            }
+        }
+    }
+}
+
+/// Either transport, behind one interface.
+pub enum Sio {
+    Ws(SioWs),
+    Polling(SioPolling),
+}
+
+impl Sio {
+    pub async fn connect(target: &Target, polling: bool, source: Option<IpAddr>) -> io::Result<Sio> {
+        if polling {
+            Ok(Sio::Polling(SioPolling::connect(target, source).await?))
+        } else {
+            Ok(Sio::Ws(SioWs::connect(target, source).await?))
+        }
+    }
+
+    pub async fn emit(&mut self, packet: &str) -> io::Result<()> {
+        match self {
+            Sio::Ws(c) => c.emit(packet).await,
+            Sio::Polling(c) => c.emit(packet),
+        }
+    }
+
+    pub async fn recv(&mut self, f: impl FnMut(Incoming<'_>)) -> io::Result<bool> {
+        match self {
+            Sio::Ws(c) => c.recv(f).await,
+            Sio::Polling(c) => c.recv(f).await,
+        }
+    }
+
+    pub async fn call(&mut self, id: u64, packet: &str, other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
+        match self {
+            Sio::Ws(c) => c.call(id, packet, other).await,
+            Sio::Polling(c) => c.call(id, packet, other).await,
+        }
+    }
+}
+
+/// The send timestamp carried in a payload as `"t":<ns>`, found without parsing the JSON.
+pub fn timestamp(packet: &str) -> Option<u64> {
+    let at = packet.find("\"t\":")? + 4;
+    let digits: &str = &packet[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_timestamps_and_acks() {
+        assert_eq!(timestamp(r#"2["room-message",{"t":12345,"p":"x"}]"#), Some(12345));
+        assert!(matches!(classify("312[true]"), Incoming::Ack(12)));
+        assert!(matches!(classify("3/custom,7[true]"), Incoming::Ack(7)));
+        assert!(matches!(classify(r#"2["x"]"#), Incoming::Event(_)));
+    }
+}

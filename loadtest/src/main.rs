@@ -1,0 +1,740 @@
+//! `shardcast-loadtest`: the load generator for large-fanout benchmarks against any server that
+//! implements `shared/CONTRACT.md` (and raw WebSocket echo servers).
+//!
+//! Scenarios: `fanout`, `echo`, `conns`, `churn`; `compare a.json b.json` prints two runs side
+//! by side. Every run prints its own CPU use, and with `--server-pid` the server's CPU per
+//! delivery and memory per connection. Loopback only unless pointed elsewhere; bounded in count
+//! and time; Ctrl-C prints the partial results.
+
+mod client;
+mod metrics;
+mod report;
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+
+use client::{Incoming, RawWs, Sio, Target};
+use metrics::{histogram, Counters};
+use report::{Latency, Report, ServerCost};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+#[derive(Parser)]
+#[command(name = "shardcast-loadtest", about = "Load generator for Socket.IO servers (shared/CONTRACT.md)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Transport {
+    Websocket,
+    Polling,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Protocol {
+    /// Socket.IO over Engine.IO (the contract app).
+    Sio,
+    /// A plain WebSocket echo server.
+    Raw,
+}
+
+#[derive(Args, Clone, Debug)]
+struct Common {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    target: SocketAddr,
+    /// Endpoint path (`/socket.io/` for Socket.IO; any path for a raw echo server).
+    #[arg(long, default_value = "/socket.io/")]
+    path: String,
+    /// Client threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: Transport,
+    /// Sample this server process's CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<String>,
+    /// Write an SVG report (latency percentiles and throughput over time) to this file.
+    #[arg(long)]
+    svg: Option<String>,
+    /// A label for the report (e.g. the server's name).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// C subscribers in K rooms; publishers emit `to-room` at R messages/s for D seconds.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Messages per second, all publishers together.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// C clients in a closed `message` → `message-back` loop (or raw WebSocket echo).
+    Echo {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, value_enum, default_value = "sio")]
+        protocol: Protocol,
+    },
+    /// Ramp to N idle connections, hold them, report connect rate and memory per connection.
+    Conns {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Seconds to hold them.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+        #[arg(long, value_enum, default_value = "sio")]
+        protocol: Protocol,
+    },
+    /// connect → join → disconnect cycles, with the latency of each step.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent cycling clients.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Prints two JSON reports side by side with ratios.
+    Compare { a: String, b: String },
+}
+
+/// Runs `f(thread)` on `threads` OS threads, each with its own single-threaded runtime, and
+/// returns what each produced.
+fn on_threads<T: Send + 'static, F, Fut>(threads: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, f(t))
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
+}
+
+/// Loopback source address for connection `i` (20,000 per address, past one address's
+/// ephemeral ports).
+fn source(i: usize, target: &SocketAddr) -> Option<IpAddr> {
+    if !target.ip().is_loopback() || !target.is_ipv4() {
+        return None;
+    }
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8)))
+}
+
+fn payload(size: usize) -> String {
+    "x".repeat(size)
+}
+
+fn wait_until(cond: impl Fn() -> bool, limit: Duration) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if STOP.load(Ordering::Relaxed) || t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Live progress on stderr while a phase runs.
+fn progress(counters: Arc<Counters>, label: &'static str) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let h = std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new_spinner();
+        let mut last = (Instant::now(), counters.received.load(Ordering::Relaxed));
+        while !d.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = (Instant::now(), counters.received.load(Ordering::Relaxed));
+            let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
+            last = now;
+            bar.set_message(format!(
+                "{label}: connected {} | sent {} | received {} | {:.0}/s | errors {}",
+                counters.connected.load(Ordering::Relaxed),
+                counters.sent.load(Ordering::Relaxed),
+                now.1,
+                rate,
+                counters.errors.load(Ordering::Relaxed)
+            ));
+            bar.tick();
+        }
+        bar.finish_and_clear();
+    });
+    (done, h)
+}
+
+struct Window {
+    t0: Instant,
+    own0: u64,
+    server0: Option<metrics::ProcSample>,
+}
+
+impl Window {
+    fn open(pid: Option<u32>) -> Window {
+        Window { t0: Instant::now(), own0: metrics::own_cpu_us(), server0: pid.and_then(metrics::sample) }
+    }
+
+    /// Closes the window: (seconds, own CPU µs, server (CPU µs, RSS before, RSS after)).
+    fn close(&self, pid: Option<u32>) -> (f64, u64, Option<(u64, u64, u64)>) {
+        let own = metrics::own_cpu_us() - self.own0;
+        let server = match (self.server0, pid.and_then(metrics::sample)) {
+            (Some(a), Some(b)) => Some((b.cpu_us - a.cpu_us, a.rss, b.rss)),
+            _ => None,
+        };
+        (self.t0.elapsed().as_secs_f64(), own, server)
+    }
+}
+
+fn merge(hs: Vec<Histogram<u64>>) -> Histogram<u64> {
+    let mut all = histogram();
+    for h in hs {
+        all.add(h).expect("same bounds");
+    }
+    all
+}
+
+fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: u64, duration: u64, size: usize) -> Report {
+    let counters = Arc::new(Counters::new(duration as usize + 60));
+    let expected = Arc::new(AtomicU64::new(0));
+    let go = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let target = Target { addr: c.target, path: c.path.clone() };
+    let polling = c.transport == Transport::Polling;
+    let threads = c.threads;
+    let body = payload(size);
+    let (cs, ex, g, d) = (counters.clone(), expected.clone(), go.clone(), done.clone());
+    let room_size = move |k: usize| (subscribers / rooms + usize::from(k < subscribers % rooms)) as u64;
+    let (pdone, prog) = progress(counters.clone(), "fanout");
+    let runner = std::thread::spawn(move || {
+        on_threads(threads, move |t| {
+            let (counters, expected, go, done, target, body) = (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone());
+            async move {
+                let hist = Rc::new(RefCell::new(histogram()));
+                let mut tasks = Vec::new();
+                for i in (t..subscribers).step_by(threads) {
+                    let (counters, done, target, hist) = (counters.clone(), done.clone(), target.clone(), hist.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        };
+                        if s.call(1, &format!(r#"["join","r{}"]"#, i % rooms), |_| {}).await.is_err() {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        counters.connected.fetch_add(1, Ordering::Relaxed);
+                        while !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
+                            let recv = s.recv(|p| {
+                                if let Incoming::Event(e) = p {
+                                    if let Some(ts) = client::timestamp(e) {
+                                        let lat = counters.now_ns().saturating_sub(ts) / 1000;
+                                        let _ = hist.borrow_mut().record(lat.max(1));
+                                        counters.delivered();
+                                    }
+                                }
+                            });
+                            match tokio::time::timeout(Duration::from_millis(200), recv).await {
+                                Ok(Ok(true)) | Err(_) => {}
+                                _ => {
+                                    counters.closed.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                            }
+                        }
+                    }));
+                }
+                for p in (t..publishers).step_by(threads) {
+                    let (counters, expected, go, done, target, body) = (counters.clone(), expected.clone(), go.clone(), done.clone(), target.clone(), body.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        };
+                        while !go.load(Ordering::Relaxed) {
+                            if STOP.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            let _ = tokio::time::timeout(Duration::from_millis(5), s.recv(|_| {})).await;
+                        }
+                        let per_pub = rate as f64 / publishers as f64;
+                        let start = Instant::now();
+                        let mut sent = 0u64;
+                        let mut tick = tokio::time::interval(Duration::from_millis(1));
+                        let mut k = p;
+                        while start.elapsed() < Duration::from_secs(duration) && !STOP.load(Ordering::Relaxed) {
+                            tokio::select! {
+                                _ = tick.tick() => {
+                                    let due = (start.elapsed().as_secs_f64() * per_pub) as u64;
+                                    while sent < due {
+                                        let room = k % rooms;
+                                        k += publishers;
+                                        let pkt = format!(r#"["to-room","r{room}",{{"t":{},"p":"{body}"}}]"#, counters.now_ns());
+                                        if s.emit(&pkt).await.is_err() {
+                                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                                            return;
+                                        }
+                                        sent += 1;
+                                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                                        expected.fetch_add(room_size(room), Ordering::Relaxed);
+                                    }
+                                }
+                                _ = s.recv(|_| {}) => {}
+                            }
+                        }
+                        while !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
+                            let _ = tokio::time::timeout(Duration::from_millis(50), s.recv(|_| {})).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
+            }
+        })
+    });
+    let joined = wait_until(|| counters.connected.load(Ordering::Relaxed) as usize + counters.errors.load(Ordering::Relaxed) as usize >= subscribers, Duration::from_secs(300));
+    if !joined {
+        eprintln!("not every subscriber joined in time; publishing anyway");
+    }
+    // Let connections settle (and give polling clients their first poll) before measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    let window = Window::open(c.server_pid);
+    let t_pub = Instant::now();
+    go.store(true, Ordering::SeqCst);
+    wait_until(|| t_pub.elapsed() >= Duration::from_secs(duration), Duration::from_secs(duration + 1));
+    // Drain: until every expected delivery arrived or 5 s passed.
+    wait_until(|| counters.received.load(Ordering::Relaxed) >= expected.load(Ordering::Relaxed), Duration::from_secs(5));
+    let publish_secs = t_pub.elapsed().as_secs_f64().min(duration as f64).max(0.001);
+    let (_secs, own_cpu, server) = window.close(c.server_pid);
+    done.store(true, Ordering::SeqCst);
+    let hist = merge(runner.join().expect("clients"));
+    pdone.store(true, Ordering::SeqCst);
+    let _ = prog.join();
+    let received = counters.received.load(Ordering::Relaxed);
+    let expected = expected.load(Ordering::Relaxed);
+    let start_s = (t_pub - counters.start).as_secs() as usize;
+    Report::new(
+        "fanout",
+        &c,
+        serde_json::json!({"subscribers": subscribers, "rooms": rooms, "publishers": publishers, "rate": rate, "duration": duration, "size": size}),
+        expected,
+        received,
+        received as f64 / publish_secs,
+        Latency::from(&hist),
+        report::percentile_curve(&hist),
+        counters.per_second.iter().skip(start_s).take(duration as usize + 5).map(|a| a.load(Ordering::Relaxed)).collect(),
+        own_cpu,
+        server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, received, subscribers + publishers)),
+        counters.errors.load(Ordering::Relaxed),
+        counters.closed.load(Ordering::Relaxed),
+        None,
+    )
+}
+
+fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protocol) -> Report {
+    let counters = Arc::new(Counters::new(duration as usize + 60));
+    let go = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let target = Target { addr: c.target, path: c.path.clone() };
+    let polling = c.transport == Transport::Polling;
+    let threads = c.threads;
+    let body = payload(size);
+    let (cs, g, d) = (counters.clone(), go.clone(), done.clone());
+    let (pdone, prog) = progress(counters.clone(), "echo");
+    let runner = std::thread::spawn(move || {
+        on_threads(threads, move |t| {
+            let (counters, go, done, target, body) = (cs.clone(), g.clone(), d.clone(), target.clone(), body.clone());
+            async move {
+                let hist = Rc::new(RefCell::new(histogram()));
+                let mut tasks = Vec::new();
+                for i in (t..clients).step_by(threads) {
+                    let (counters, go, done, target, body, hist) = (counters.clone(), go.clone(), done.clone(), target.clone(), body.clone(), hist.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let wait_go = || async {
+                            while !go.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        };
+                        let running = || !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed);
+                        match protocol {
+                            Protocol::Raw => {
+                                let Ok(mut ws) = RawWs::connect(&target, source(i, &target.addr)).await else {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                };
+                                counters.connected.fetch_add(1, Ordering::Relaxed);
+                                wait_go().await;
+                                while running() {
+                                    let t0 = counters.now_ns();
+                                    if ws.send(format!(r#"{{"t":{t0},"p":"{body}"}}"#)).await.is_err() || !matches!(ws.recv().await, Ok(Some(_))) {
+                                        counters.closed.fetch_add(1, Ordering::Relaxed);
+                                        return;
+                                    }
+                                    let _ = hist.borrow_mut().record(((counters.now_ns() - t0) / 1000).max(1));
+                                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                                    counters.delivered();
+                                }
+                            }
+                            Protocol::Sio => {
+                                let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                };
+                                counters.connected.fetch_add(1, Ordering::Relaxed);
+                                wait_go().await;
+                                while running() {
+                                    let t0 = counters.now_ns();
+                                    if s.emit(&format!(r#"["message",{{"t":{t0},"p":"{body}"}}]"#)).await.is_err() {
+                                        counters.closed.fetch_add(1, Ordering::Relaxed);
+                                        return;
+                                    }
+                                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                                    let mut got = false;
+                                    while !got && running() {
+                                        let open = s.recv(|p| {
+                                            if let Incoming::Event(e) = p {
+                                                got = e.starts_with(r#"2["message-back""#);
+                                            }
+                                        });
+                                        match tokio::time::timeout(Duration::from_secs(5), open).await {
+                                            Ok(Ok(true)) => {}
+                                            _ => {
+                                                counters.closed.fetch_add(1, Ordering::Relaxed);
+                                                return;
+                                            }
+                                        }
+                                    }
+                                    let _ = hist.borrow_mut().record(((counters.now_ns() - t0) / 1000).max(1));
+                                    counters.delivered();
+                                }
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
+            }
+        })
+    });
+    wait_until(|| counters.connected.load(Ordering::Relaxed) as usize + counters.errors.load(Ordering::Relaxed) as usize >= clients, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(300));
+    let window = Window::open(c.server_pid);
+    let r0 = counters.received.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    go.store(true, Ordering::SeqCst);
+    wait_until(|| t0.elapsed() >= Duration::from_secs(duration), Duration::from_secs(duration + 1));
+    let received = counters.received.load(Ordering::Relaxed) - r0;
+    let (secs, own_cpu, server) = window.close(c.server_pid);
+    done.store(true, Ordering::SeqCst);
+    let hist = merge(runner.join().expect("clients"));
+    pdone.store(true, Ordering::SeqCst);
+    let _ = prog.join();
+    let start_s = (t0 - counters.start).as_secs() as usize;
+    Report::new(
+        "echo",
+        &c,
+        serde_json::json!({"clients": clients, "duration": duration, "size": size, "protocol": format!("{protocol:?}").to_lowercase()}),
+        received,
+        received,
+        received as f64 / secs,
+        Latency::from(&hist),
+        report::percentile_curve(&hist),
+        counters.per_second.iter().skip(start_s).take(duration as usize).map(|a| a.load(Ordering::Relaxed)).collect(),
+        own_cpu,
+        server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, received, clients)),
+        counters.errors.load(Ordering::Relaxed),
+        counters.closed.load(Ordering::Relaxed),
+        None,
+    )
+}
+
+fn conns(c: Common, n: usize, hold: u64, protocol: Protocol) -> Report {
+    let limit = metrics::raise_fd_limit();
+    if (n as u64) + 64 > limit {
+        eprintln!("warning: {n} connections need more than the open-file limit of {limit}");
+    }
+    let counters = Arc::new(Counters::new(hold as usize + 600));
+    let done = Arc::new(AtomicBool::new(false));
+    let target = Target { addr: c.target, path: c.path.clone() };
+    let polling = c.transport == Transport::Polling;
+    let threads = c.threads;
+    let before = c.server_pid.and_then(metrics::sample);
+    let window = Window::open(c.server_pid);
+    let hist_connect = Arc::new(std::sync::Mutex::new(histogram()));
+    let (cs, d, hc) = (counters.clone(), done.clone(), hist_connect.clone());
+    let (pdone, prog) = progress(counters.clone(), "conns");
+    let t0 = Instant::now();
+    let runner = std::thread::spawn(move || {
+        on_threads(threads, move |t| {
+            let (counters, done, target, hc) = (cs.clone(), d.clone(), target.clone(), hc.clone());
+            async move {
+                let gate = Rc::new(tokio::sync::Semaphore::new(128));
+                let mut tasks = Vec::new();
+                for i in (t..n).step_by(threads) {
+                    let (counters, done, target, gate, hc) = (counters.clone(), done.clone(), target.clone(), gate.clone(), hc.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let permit = gate.acquire().await;
+                        let c0 = Instant::now();
+                        let src = source(i, &target.addr);
+                        let alive = |counters: &Counters| !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) && counters.closed.load(Ordering::Relaxed) < u64::MAX;
+                        match protocol {
+                            Protocol::Raw => {
+                                let Ok(mut ws) = RawWs::connect(&target, src).await else {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                };
+                                let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
+                                counters.connected.fetch_add(1, Ordering::Relaxed);
+                                drop(permit);
+                                while alive(&counters) {
+                                    match tokio::time::timeout(Duration::from_millis(500), ws.recv()).await {
+                                        Ok(Ok(Some(_))) | Err(_) => {}
+                                        _ => {
+                                            counters.closed.fetch_add(1, Ordering::Relaxed);
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                            Protocol::Sio => {
+                                let Ok(mut s) = Sio::connect(&target, polling, src).await else {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                };
+                                let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
+                                counters.connected.fetch_add(1, Ordering::Relaxed);
+                                drop(permit);
+                                while alive(&counters) {
+                                    match tokio::time::timeout(Duration::from_millis(500), s.recv(|_| {})).await {
+                                        Ok(Ok(true)) | Err(_) => {}
+                                        _ => {
+                                            counters.closed.fetch_add(1, Ordering::Relaxed);
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            }
+        })
+    });
+    wait_until(|| counters.connected.load(Ordering::Relaxed) as usize + counters.errors.load(Ordering::Relaxed) as usize >= n, Duration::from_secs(600));
+    let ramp = t0.elapsed().as_secs_f64();
+    let connected = counters.connected.load(Ordering::Relaxed);
+    let (_, ramp_cpu, ramp_server) = window.close(c.server_pid);
+    // Hold: heartbeats keep flowing; nothing may close.
+    std::thread::sleep(Duration::from_millis(500));
+    let hold_window = Window::open(c.server_pid);
+    wait_until(|| false, Duration::from_secs(hold));
+    let (hold_secs, _, hold_server) = hold_window.close(c.server_pid);
+    let after = c.server_pid.and_then(metrics::sample);
+    let closed_during_hold = counters.closed.load(Ordering::Relaxed);
+    done.store(true, Ordering::SeqCst);
+    let _ = runner.join();
+    pdone.store(true, Ordering::SeqCst);
+    let _ = prog.join();
+    let hist = hist_connect.lock().unwrap().clone();
+    let server = match (before, after, ramp_server) {
+        (Some(b), Some(a), Some((cpu, _, _))) => {
+            let mut s = ServerCost::new(cpu, b.rss, a.rss, connected, connected as usize);
+            s.cpu_us_per_connect = Some(cpu as f64 / connected.max(1) as f64);
+            s.hold_cpu_percent = hold_server.map(|(cpu, _, _)| cpu as f64 / hold_secs / 10_000.0);
+            Some(s)
+        }
+        _ => None,
+    };
+    Report::new(
+        "conns",
+        &c,
+        serde_json::json!({"connections": n, "hold": hold, "protocol": format!("{protocol:?}").to_lowercase()}),
+        n as u64,
+        connected,
+        connected as f64 / ramp,
+        Latency::from(&hist),
+        report::percentile_curve(&hist),
+        Vec::new(),
+        ramp_cpu,
+        server,
+        counters.errors.load(Ordering::Relaxed),
+        closed_during_hold,
+        Some(serde_json::json!({"ramp_seconds": ramp, "connect_rate": connected as f64 / ramp, "held_seconds": hold_secs, "closed_during_hold": closed_during_hold})),
+    )
+}
+
+fn churn(c: Common, clients: usize, duration: u64) -> Report {
+    let counters = Arc::new(Counters::new(duration as usize + 60));
+    let target = Target { addr: c.target, path: c.path.clone() };
+    let polling = c.transport == Transport::Polling;
+    let threads = c.threads;
+    let window = Window::open(c.server_pid);
+    let cs = counters.clone();
+    let (pdone, prog) = progress(counters.clone(), "churn");
+    let deadline = Instant::now() + Duration::from_secs(duration);
+    let hists = on_threads(threads, move |t| {
+        let (counters, target) = (cs.clone(), target.clone());
+        async move {
+            let hs = Rc::new(RefCell::new([histogram(), histogram(), histogram()]));
+            let mut tasks = Vec::new();
+            for i in (t..clients).step_by(threads) {
+                let (counters, target, hs) = (counters.clone(), target.clone(), hs.clone());
+                tasks.push(tokio::task::spawn_local(async move {
+                    while Instant::now() < deadline && !STOP.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let t1 = Instant::now();
+                        if s.call(1, r#"["join","churn"]"#, |_| {}).await.is_err() {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let t2 = Instant::now();
+                        match s {
+                            Sio::Ws(w) => {
+                                let _ = w.disconnect().await;
+                            }
+                            Sio::Polling(p) => {
+                                let _ = p.tx.send("41".into());
+                                let _ = p.tx.send("1".into());
+                            }
+                        }
+                        let t3 = Instant::now();
+                        let mut h = hs.borrow_mut();
+                        let _ = h[0].record((t1 - t0).as_micros() as u64 + 1);
+                        let _ = h[1].record((t2 - t1).as_micros() as u64 + 1);
+                        let _ = h[2].record((t3 - t2).as_micros() as u64 + 1);
+                        counters.delivered();
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            let h = hs.borrow().clone();
+            h
+        }
+    });
+    let (secs, own_cpu, server) = window.close(c.server_pid);
+    pdone.store(true, Ordering::SeqCst);
+    let _ = prog.join();
+    let mut steps = [histogram(), histogram(), histogram()];
+    for h in hists {
+        for (a, b) in steps.iter_mut().zip(h) {
+            a.add(b).expect("same bounds");
+        }
+    }
+    let cycles = counters.received.load(Ordering::Relaxed);
+    let mut total = histogram();
+    for h in &steps {
+        total.add(h).expect("same bounds");
+    }
+    let mut server = server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, cycles, clients));
+    if let Some(s) = server.as_mut() {
+        s.cpu_us_per_connect = Some(s.cpu_us as f64 / cycles.max(1) as f64);
+    }
+    Report::new(
+        "churn",
+        &c,
+        serde_json::json!({"clients": clients, "duration": duration}),
+        cycles,
+        cycles,
+        cycles as f64 / secs,
+        Latency::from(&total),
+        report::percentile_curve(&total),
+        Vec::new(),
+        own_cpu,
+        server,
+        counters.errors.load(Ordering::Relaxed),
+        0,
+        Some(serde_json::json!({
+            "connect": Latency::from(&steps[0]),
+            "join": Latency::from(&steps[1]),
+            "disconnect": Latency::from(&steps[2]),
+        })),
+    )
+}
+
+fn main() {
+    // SAFETY: installing a plain signal handler that only stores an atomic flag.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let cli = Cli::parse();
+    let (report, common) = match cli.cmd {
+        Cmd::Fanout { common, subscribers, rooms, publishers, rate, duration, size } => {
+            (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size), common)
+        }
+        Cmd::Echo { common, clients, duration, size, protocol } => (echo(common.clone(), clients, duration, size, protocol), common),
+        Cmd::Conns { common, connections, hold, protocol } => (conns(common.clone(), connections, hold, protocol), common),
+        Cmd::Churn { common, clients, duration } => (churn(common.clone(), clients, duration), common),
+        Cmd::Compare { a, b } => {
+            report::compare(&a, &b);
+            return;
+        }
+    };
+    if STOP.load(Ordering::Relaxed) {
+        eprintln!("interrupted: partial results");
+    }
+    report.print();
+    if let Some(path) = &common.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("a report serializes")).expect("write the JSON report");
+    }
+    if let Some(path) = &common.svg {
+        std::fs::write(path, report::svg(&report)).expect("write the SVG report");
+    }
+}
