@@ -25,18 +25,18 @@ fn rotated(mask: [u8; 4], phase: usize) -> [u8; 4] {
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        if buf.len() >= 64 && std::arch::is_x86_feature_detected!("avx2") {
+        if buf.len() >= 256 && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the AVX2 feature was detected on this CPU just above.
             return unsafe { apply_mask_avx2(buf, mask, phase) };
         }
-        if buf.len() >= 32 {
+        if buf.len() >= 128 {
             // SSE2 is part of the x86_64 baseline, so it is always available.
             return apply_mask_sse2(buf, mask, phase);
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
-        if buf.len() >= 32 {
+        if buf.len() >= 128 {
             return apply_mask_neon(buf, mask, phase);
         }
     }
@@ -52,39 +52,41 @@ pub fn apply_mask_naive(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
     (phase + buf.len()) & 3
 }
 
-/// Portable fallback: bytes up to the first 8-byte boundary, then whole `u64` words, then the
-/// tail. Works on every target.
+/// The key, rotated to `phase`, as a native-endian `u32` (its bytes in memory are the key
+/// bytes in order, so XOR-ing any 4-byte-aligned offset of the payload with it is correct).
+#[inline]
+fn key32(mask: [u8; 4], phase: usize) -> u32 {
+    u32::from_ne_bytes(rotated(mask, phase))
+}
+
+/// Portable fallback: unaligned 8-byte words, then the tail bytes. Works on every target.
 pub fn apply_mask_word(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
     let end_phase = (phase + buf.len()) & 3;
-    // SAFETY: `u64` has no invalid bit patterns and `align_to_mut` only hands out the middle
-    // part that is correctly aligned and sized for `u64`; head and tail stay `u8` slices.
-    let (head, words, tail) = unsafe { buf.align_to_mut::<u64>() };
-    let phase = apply_mask_naive(head, mask, phase);
     let m = rotated(mask, phase);
-    let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
-    for w in words.iter_mut() {
-        *w ^= word;
+    let k = key32(mask, phase) as u64;
+    let word = k | (k << 32);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes((&*c).try_into().expect("8-byte chunk")) ^ word;
+        c.copy_from_slice(&v.to_ne_bytes());
     }
-    // A whole number of words is a multiple of 4 bytes, so the phase is unchanged here.
-    apply_mask_naive(tail, mask, phase);
+    // The tail starts a multiple of 8 bytes in: the rotated key applies from its index 0.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= m[i & 3];
+    }
     end_phase
 }
 
 /// SSE2: 16 bytes per step with unaligned loads and stores.
 #[cfg(target_arch = "x86_64")]
 pub fn apply_mask_sse2(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_xor_si128};
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128};
     let end_phase = (phase + buf.len()) & 3;
-    let m = rotated(mask, phase);
-    let mut key = [0u8; 16];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = m[i & 3];
-    }
     let mut chunks = buf.chunks_exact_mut(16);
-    // SAFETY: SSE2 is in the x86_64 baseline. `key` is 16 readable bytes; each `chunk` is
-    // exactly 16 bytes owned by this exclusive borrow; loadu/storeu accept any alignment.
+    // SAFETY: SSE2 is in the x86_64 baseline. Each `chunk` is exactly 16 bytes owned by this
+    // exclusive borrow; loadu/storeu accept any alignment.
     unsafe {
-        let k = _mm_loadu_si128(key.as_ptr() as *const __m128i);
+        let k = _mm_set1_epi32(key32(mask, phase) as i32);
         for chunk in &mut chunks {
             let p = chunk.as_mut_ptr() as *mut __m128i;
             _mm_storeu_si128(p, _mm_xor_si128(_mm_loadu_si128(p), k));
@@ -102,52 +104,33 @@ pub fn apply_mask_sse2(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub unsafe fn apply_mask_avx2(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
-    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_xor_si256};
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256};
     let end_phase = (phase + buf.len()) & 3;
-    let m = rotated(mask, phase);
-    let mut key = [0u8; 32];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = m[i & 3];
-    }
     let mut chunks = buf.chunks_exact_mut(32);
-    // SAFETY: the caller guarantees AVX2. `key` is 32 readable bytes; each `chunk` is exactly
-    // 32 bytes owned by this exclusive borrow; loadu/storeu accept any alignment.
+    // SAFETY: the caller guarantees AVX2. Each `chunk` is exactly 32 bytes owned by this
+    // exclusive borrow; loadu/storeu accept any alignment.
     unsafe {
-        let k = _mm256_loadu_si256(key.as_ptr() as *const __m256i);
+        let k = _mm256_set1_epi32(key32(mask, phase) as i32);
         for chunk in &mut chunks {
             let p = chunk.as_mut_ptr() as *mut __m256i;
             _mm256_storeu_si256(p, _mm256_xor_si256(_mm256_loadu_si256(p), k));
         }
     }
-    apply_mask_sse2_or_word(chunks.into_remainder(), mask, phase);
+    // 32 is a multiple of 4: the tail starts at the same phase as the buffer did.
+    apply_mask_word(chunks.into_remainder(), mask, phase);
     end_phase
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn apply_mask_sse2_or_word(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
-    if buf.len() >= 16 {
-        apply_mask_sse2(buf, mask, phase)
-    } else {
-        apply_mask_word(buf, mask, phase)
-    }
 }
 
 /// NEON: 16 bytes per step (NEON is mandatory on aarch64).
 #[cfg(target_arch = "aarch64")]
 pub fn apply_mask_neon(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
-    use std::arch::aarch64::{veorq_u8, vld1q_u8, vst1q_u8};
+    use std::arch::aarch64::{vdupq_n_u32, veorq_u8, vld1q_u8, vreinterpretq_u8_u32, vst1q_u8};
     let end_phase = (phase + buf.len()) & 3;
-    let m = rotated(mask, phase);
-    let mut key = [0u8; 16];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = m[i & 3];
-    }
     let mut chunks = buf.chunks_exact_mut(16);
-    // SAFETY: NEON is in the aarch64 baseline. `key` is 16 readable bytes; each `chunk` is
-    // exactly 16 bytes owned by this exclusive borrow; vld1q/vst1q accept any alignment.
+    // SAFETY: NEON is in the aarch64 baseline. Each `chunk` is exactly 16 bytes owned by this
+    // exclusive borrow; vld1q/vst1q accept any alignment.
     unsafe {
-        let k = vld1q_u8(key.as_ptr());
+        let k = vreinterpretq_u8_u32(vdupq_n_u32(key32(mask, phase)));
         for chunk in &mut chunks {
             let p = chunk.as_mut_ptr();
             vst1q_u8(p, veorq_u8(vld1q_u8(p), k));
