@@ -89,8 +89,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_once_and_deliver", |b| {
         b.iter(|| {
             room.emit("tick", &payload);
-            // Mail is FIFO per worker: once both workers answer the count, both delivered.
-            room.count()
+            // Mail is FIFO per worker: once both workers pass the barrier, both delivered.
+            handle.flush()
         })
     });
     g.bench_function("encode_only_10k_times", |b| {

@@ -78,6 +78,10 @@ pub struct ServerOptions {
     /// Bytes that may wait in one client's send queue.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_send_buffer: usize,
+    /// Milliseconds an HTTP connection may take to send a complete request (idle keep-alive
+    /// connections and slowloris heads are closed after it).
+    #[arg(long, default_value_t = 30_000)]
+    pub http_timeout: u64,
     /// What to do with a client that does not read fast enough.
     #[arg(long, value_enum, default_value = "disconnect")]
     pub slow_consumer: SlowConsumerArg,
@@ -117,6 +121,7 @@ impl ServerOptions {
             },
             max_send_buffer: self.max_send_buffer,
             raw_ws_echo: false,
+            http_timeout: Duration::from_millis(self.http_timeout),
         }
     }
 

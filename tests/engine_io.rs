@@ -247,3 +247,27 @@ fn graceful_shutdown_closes_sessions_and_exits() {
     }
     assert!(saw_close, "sessions get a close frame (1001 going away)");
 }
+
+#[test]
+fn slow_heads_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let s = echo(&["--threads", "1", "--http-timeout", "400"]);
+    // Slowloris: a head trickled in, never finished.
+    let mut slow = Http::connect(s.addr);
+    slow.send_raw(b"GET /engine.io/?EIO=4&transport=polling HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    slow.stream.write_all(b"X-Slow: 1\r\n").unwrap();
+    // An idle keep-alive connection after one request.
+    let mut idle = Http::connect(s.addr);
+    assert_eq!(idle.get(&format!("{P}?EIO=4&transport=polling"), "").status, 200);
+    let t = Instant::now();
+    assert!(slow.closed_by_server(), "the slow head is cut off");
+    assert!(idle.closed_by_server(), "the idle connection is closed");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // A connection that keeps completing requests stays open past the timeout.
+    let mut busy = Http::connect(s.addr);
+    for _ in 0..4 {
+        assert_eq!(busy.get("/nowhere", "").status, 404);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -29,6 +29,17 @@ impl ServerHandle {
         Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, flags: SendFlags::default() }
     }
 
+    /// Waits until every worker has handled everything this handle posted before (mail is
+    /// FIFO per worker). Call it from outside the workers.
+    pub fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for w in 0..self.poster.workers() {
+            self.poster.post(w, SioMail::Flush { reply: tx.clone() });
+        }
+        drop(tx);
+        let _ = rx.iter().take(self.poster.workers()).count();
+    }
+
     /// Removes every socket of `nsp` from `room`.
     pub fn close_room(&self, nsp: &str, room: &str) {
         self.of(nsp).to(room).sockets_leave(&[room]);

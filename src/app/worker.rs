@@ -8,7 +8,7 @@
 //! Must never: parse bytes itself (it calls `proto::sio`), touch another worker's sockets, or
 //! let a panicking user handler take the worker down.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -85,6 +85,11 @@ pub enum SioMail {
         sel: Arc<Selector>,
         /// Close their whole clients, not only this namespace.
         close_client: bool,
+    },
+    /// Answer on `reply` once everything posted before has been handled (a barrier).
+    Flush {
+        /// Where to answer.
+        reply: std::sync::mpsc::Sender<()>,
     },
     /// Count the selected sockets; every worker answers on `reply`.
     Count {
@@ -200,18 +205,18 @@ impl SioWorker {
             core: WorkerCore {
                 namespaces,
                 decoder: Decoder::new(limits),
-                clients: HashMap::new(),
+                clients: HashMap::default(),
                 sockets: Vec::new(),
                 gens: Vec::new(),
                 free: Vec::new(),
-                by_id: HashMap::new(),
-                nsps: HashMap::new(),
+                by_id: HashMap::default(),
+                nsps: HashMap::default(),
                 ack_due: Fifo::default(),
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 stamp: 0,
                 ack_counter: 0,
-                collectors: HashMap::new(),
+                collectors: HashMap::default(),
                 collect_due: Fifo::default(),
             },
         }
@@ -282,19 +287,14 @@ impl WorkerCore {
     /// Delivers a broadcast to this worker's matching sockets; returns how many got it.
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
         let targets = self.select(&b.sel);
-        let mut clients: Vec<Sid> = Vec::with_capacity(targets.len());
         for &idx in &targets {
-            let s = self.socket_mut(idx);
-            clients.push(s.client.clone());
+            let s = self.sockets[idx as usize].as_mut().expect("selected sockets are live");
             if let Some(ack) = b.ack {
                 s.acks.insert(ack.id, PendingAck::Collect { origin: ack.origin });
-                let gen = s.gen;
-                self.ack_due.push(ack.deadline, (idx, gen, ack.id));
+                self.ack_due.push(ack.deadline, (idx, s.gen, ack.id));
             }
-        }
-        for c in &clients {
             for p in b.packet.packets() {
-                if ctx.send(c, p, b.flags).is_err() {
+                if ctx.send(&s.client, p, b.flags).is_err() {
                     break;
                 }
             }
@@ -421,11 +421,11 @@ impl WorkerCore {
             id: id.clone(),
             nsp: nsp.clone(),
             client: client.clone(),
-            rooms: HashSet::new(),
+            rooms: HashSet::default(),
             handshake: Rc::new(hs),
             data: None,
             next_ack: 0,
-            acks: HashMap::new(),
+            acks: HashMap::default(),
             ns,
             gen: self.gens[idx as usize],
             stamp: 0,
@@ -627,7 +627,9 @@ impl SioWorker {
         let core = &mut self.core;
         match mail {
             SioMail::Broadcast(b) => {
-                let n = core.deliver(ctx, &b);
+                // One copy per worker, not per recipient: keeps reference counts core-local.
+                let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack };
+                let n = core.deliver(ctx, &local);
                 if let Some(ack) = b.ack {
                     ctx.post(ack.origin, SioMail::AckCount { id: ack.id, count: n });
                 }
@@ -662,6 +664,9 @@ impl SioWorker {
                         remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
                     }
                 }
+            }
+            SioMail::Flush { reply } => {
+                let _ = reply.send(());
             }
             SioMail::Count { sel, reply } => {
                 let _ = reply.send(core.select(&sel).len());

@@ -16,7 +16,7 @@ pub mod server;
 pub mod sid;
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -64,6 +64,9 @@ pub struct EngineConfig {
     pub max_send_buffer: usize,
     /// Serve a raw WebSocket echo on every path other than `path` (the `echo` mode).
     pub raw_ws_echo: bool,
+    /// An HTTP connection that does not complete a request within this time is closed (idle
+    /// keep-alive connections, and heads sent too slowly: slowloris).
+    pub http_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +84,7 @@ impl Default for EngineConfig {
             slow_consumer: SlowConsumer::Disconnect,
             max_send_buffer: 4 << 20,
             raw_ws_echo: false,
+            http_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Must never: block, or keep a session's memory once the session is over.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,8 +22,13 @@ use crate::rt::{ConnId, Io, SendError, Service};
 
 /// Per-connection state.
 pub enum ConnState {
-    /// Reading HTTP requests.
-    Http,
+    /// Reading HTTP requests; `since` is when it last started waiting for one (a connection
+    /// that does not complete a request within the HTTP timeout is closed: idle keep-alive
+    /// connections and slowloris heads alike).
+    Http {
+        /// When the connection started waiting for its next request.
+        since: Instant,
+    },
     /// Over `--max-connections`: answered 503 and closed.
     Refused,
     /// A long-polling GET parked until its session has something to send.
@@ -63,6 +68,8 @@ enum WsRole {
 }
 
 struct Entry {
+    /// The session id (the map's key), so one lookup gives both.
+    sid: Sid,
     session: Session,
     ws: Option<ConnId>,
     probe: Option<ConnId>,
@@ -86,6 +93,8 @@ pub struct Core {
     pong_due: Fifo<Sid>,
     upgrade_due: Fifo<Sid>,
     grace_due: Fifo<Sid>,
+    /// Connections waiting for an HTTP request, with when they started waiting.
+    http_due: Fifo<(ConnId, Instant)>,
     conns_total: Arc<AtomicUsize>,
     shutting_down: bool,
 }
@@ -153,8 +162,7 @@ impl Core {
     fn send<M>(&mut self, io: &mut Io<ConnState, M>, sid: &str, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
         let limit = self.cfg.max_send_buffer;
         let policy = self.cfg.slow_consumer;
-        let key = self.sessions.get_key_value(sid).ok_or(SendFailure::NoSession)?.0.clone();
-        let e = self.sessions.get_mut(sid).expect("looked up above");
+        let e = self.sessions.get_mut(sid).ok_or(SendFailure::NoSession)?;
         if e.closing {
             return Err(SendFailure::NoSession);
         }
@@ -177,7 +185,7 @@ impl Core {
                 e.outbox_bytes += len;
                 e.outbox.push(p.clone());
                 if e.poll.is_some() {
-                    self.dirty_polls.push(key);
+                    self.dirty_polls.push(e.sid.clone());
                 }
                 return Ok(());
             }
@@ -187,7 +195,7 @@ impl Core {
             return Err(SendFailure::Dropped);
         }
         tracing::debug!(sid, "slow consumer: closing its session");
-        self.closing.push((key, CloseReason::TransportError));
+        self.closing.push((e.sid.clone(), CloseReason::TransportError));
         Err(SendFailure::SlowConsumer)
     }
 
@@ -242,7 +250,7 @@ impl<H: Handler> EioServer<H> {
         EioServer {
             core: Core {
                 cfg,
-                sessions: HashMap::new(),
+                sessions: HashMap::default(),
                 dirty_polls: Vec::new(),
                 closing: Vec::new(),
                 deferred: Vec::new(),
@@ -250,6 +258,7 @@ impl<H: Handler> EioServer<H> {
                 pong_due: Fifo::default(),
                 upgrade_due: Fifo::default(),
                 grace_due: Fifo::default(),
+                http_due: Fifo::default(),
                 conns_total,
                 shutting_down: false,
             },
@@ -272,7 +281,7 @@ impl<H: Handler> EioServer<H> {
         let mut pos = 0;
         loop {
             match io.state(id) {
-                Some(ConnState::Http) => {}
+                Some(ConnState::Http { .. }) => {}
                 Some(ConnState::Ws { .. }) => return pos + self.ws_data(io, id, &mut data[pos..]),
                 _ => return pos,
             }
@@ -302,11 +311,13 @@ impl<H: Handler> EioServer<H> {
             self.request(io, id, &req, body);
             pos += total;
             if !req.keep_alive {
-                if matches!(io.state(id), Some(ConnState::Http)) {
+                if matches!(io.state(id), Some(ConnState::Http { .. })) {
                     io.close_after_flush(id);
                 }
                 return data.len();
             }
+            // A request completed: the wait for the next one starts now.
+            self.wait_http(io, id);
         }
     }
 
@@ -393,7 +404,7 @@ impl<H: Handler> EioServer<H> {
         self.core.ping_due.push(now + cfg.session.ping_interval, sid.clone());
         self.core.sessions.insert(
             sid.clone(),
-            Entry { session, ws: None, probe: None, poll: None, outbox: Vec::new(), outbox_bytes: 0, closing: false, close_after_drain: false },
+            Entry { sid: sid.clone(), session, ws: None, probe: None, poll: None, outbox: Vec::new(), outbox_bytes: 0, closing: false, close_after_drain: false },
         );
         (sid, open)
     }
@@ -664,8 +675,10 @@ impl<H: Handler> EioServer<H> {
     }
 
     fn answer_poll(&mut self, io: &mut Io<ConnState, H::Mail>, conn: ConnId, packets: Vec<SharedPacket>) {
+        let now = io.now();
         let Some(st) = io.state(conn) else { return };
-        let ConnState::Poll { headers, encoding, keep_alive, .. } = std::mem::replace(st, ConnState::Http) else { return };
+        let ConnState::Poll { headers, encoding, keep_alive, .. } = std::mem::replace(st, ConnState::Http { since: now }) else { return };
+        self.wait_http(io, conn);
         let mut w = eio::PayloadWriter::new();
         for p in &packets {
             match p {
@@ -835,7 +848,22 @@ impl<H: Handler> EioServer<H> {
         }
     }
 
+    /// The connection starts waiting for its next request now.
+    fn wait_http(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId) {
+        let now = io.now();
+        if let Some(ConnState::Http { since }) = io.state(id) {
+            *since = now;
+            self.core.http_due.push(now + self.core.cfg.http_timeout, (id, now));
+        }
+    }
+
     fn timers(&mut self, io: &mut Io<ConnState, H::Mail>, now: Instant) {
+        while let Some((id, since)) = self.core.http_due.pop_due(now) {
+            if matches!(io.state(id), Some(ConnState::Http { since: s }) if *s == since) {
+                tracing::debug!("closing a connection that sent no complete request in time");
+                io.close(id);
+            }
+        }
         let mut due = Vec::new();
         for q in [&mut self.core.ping_due, &mut self.core.pong_due, &mut self.core.upgrade_due] {
             while let Some(sid) = q.pop_due(now) {
@@ -875,12 +903,13 @@ impl<H: Handler> Service for EioServer<H> {
             io.close_after_flush(id);
             return ConnState::Refused;
         }
-        ConnState::Http
+        self.core.http_due.push(io.now() + self.core.cfg.http_timeout, (id, io.now()));
+        ConnState::Http { since: io.now() }
     }
 
     fn on_data(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, data: &mut [u8]) -> usize {
         let used = match io.state(id) {
-            Some(ConnState::Http) => self.http(io, id, data),
+            Some(ConnState::Http { .. }) => self.http(io, id, data),
             Some(ConnState::Ws { .. }) => self.ws_data(io, id, data),
             Some(ConnState::Poll { .. }) => 0,
             Some(ConnState::Refused) | None => data.len(),
@@ -931,7 +960,7 @@ impl<H: Handler> Service for EioServer<H> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let c = &self.core;
-        [c.ping_due.next(), c.pong_due.next(), c.upgrade_due.next(), c.grace_due.next(), self.handler.next_deadline()]
+        [c.ping_due.next(), c.pong_due.next(), c.upgrade_due.next(), c.grace_due.next(), c.http_due.next(), self.handler.next_deadline()]
             .into_iter()
             .flatten()
             .min()

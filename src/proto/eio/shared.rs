@@ -57,6 +57,16 @@ impl SharedPacket {
         SharedPacket::Binary { ws, raw }
     }
 
+    /// The same packet in a buffer of its own. A worker receiving a broadcast from another
+    /// core makes one such copy, so the reference counting of its many recipients stays on its
+    /// own cache lines instead of bouncing one counter between cores.
+    pub fn to_local(&self) -> SharedPacket {
+        match self {
+            SharedPacket::Text { text, .. } => SharedPacket::raw_text(text),
+            SharedPacket::Binary { raw, .. } => SharedPacket::binary(Bytes::copy_from_slice(raw)),
+        }
+    }
+
     /// The complete WebSocket frame.
     pub fn ws_frame(&self) -> &Bytes {
         match self {

@@ -45,6 +45,11 @@ impl Encoded {
         self.text().slice(1..)
     }
 
+    /// A copy in buffers of this thread's own (see [`SharedPacket::to_local`]).
+    pub fn to_local(&self) -> Encoded {
+        Encoded { packet: self.packet.to_local(), attachments: self.attachments.iter().map(SharedPacket::to_local).collect() }
+    }
+
     /// Every Engine.IO packet to send, in order: the header packet, then the attachments.
     pub fn packets(&self) -> impl Iterator<Item = &SharedPacket> {
         std::iter::once(&self.packet).chain(self.attachments.iter())
