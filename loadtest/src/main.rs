@@ -123,6 +123,9 @@ enum Cmd {
         hold: u64,
         #[arg(long, value_enum, default_value = "sio")]
         protocol: Protocol,
+        /// Connections per second during the ramp (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        ramp_rate: f64,
     },
     /// connect → join → disconnect cycles, with the latency of each step.
     Churn {
@@ -498,7 +501,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
     )
 }
 
-fn conns(c: Common, n: usize, hold: u64, protocol: Protocol) -> Report {
+fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> Report {
     let limit = metrics::raise_fd_limit();
     if (n as u64) + 64 > limit {
         eprintln!("warning: {n} connections need more than the open-file limit of {limit}");
@@ -523,6 +526,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol) -> Report {
                 for i in (t..n).step_by(threads) {
                     let (counters, done, target, gate, hc) = (counters.clone(), done.clone(), target.clone(), gate.clone(), hc.clone());
                     tasks.push(tokio::task::spawn_local(async move {
+                        if ramp_rate > 0.0 {
+                            tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
+                        }
                         let permit = gate.acquire().await;
                         let c0 = Instant::now();
                         let src = source(i, &target.addr);
@@ -579,11 +585,12 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol) -> Report {
     let (_, ramp_cpu, ramp_server) = window.close(c.server_pid);
     // Hold: heartbeats keep flowing; nothing may close.
     std::thread::sleep(Duration::from_millis(500));
+    let closed_in_ramp = counters.closed.load(Ordering::Relaxed);
     let hold_window = Window::open(c.server_pid);
     wait_until(|| false, Duration::from_secs(hold));
     let (hold_secs, _, hold_server) = hold_window.close(c.server_pid);
     let after = c.server_pid.and_then(metrics::sample);
-    let closed_during_hold = counters.closed.load(Ordering::Relaxed);
+    let closed_during_hold = counters.closed.load(Ordering::Relaxed) - closed_in_ramp;
     done.store(true, Ordering::SeqCst);
     let _ = runner.join();
     pdone.store(true, Ordering::SeqCst);
@@ -612,7 +619,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol) -> Report {
         server,
         counters.errors.load(Ordering::Relaxed),
         closed_during_hold,
-        Some(serde_json::json!({"ramp_seconds": ramp, "connect_rate": connected as f64 / ramp, "held_seconds": hold_secs, "closed_during_hold": closed_during_hold})),
+        Some(serde_json::json!({"ramp_seconds": ramp, "connect_rate": connected as f64 / ramp, "held_seconds": hold_secs, "closed_during_ramp": closed_in_ramp, "closed_during_hold": closed_during_hold})),
     )
 }
 
@@ -720,7 +727,7 @@ fn main() {
             (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size), common)
         }
         Cmd::Echo { common, clients, duration, size, protocol } => (echo(common.clone(), clients, duration, size, protocol), common),
-        Cmd::Conns { common, connections, hold, protocol } => (conns(common.clone(), connections, hold, protocol), common),
+        Cmd::Conns { common, connections, hold, protocol, ramp_rate } => (conns(common.clone(), connections, hold, protocol, ramp_rate), common),
         Cmd::Churn { common, clients, duration } => (churn(common.clone(), clients, duration), common),
         Cmd::Compare { a, b } => {
             report::compare(&a, &b);
