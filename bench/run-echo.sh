@@ -47,7 +47,7 @@ done
 
 # 10,000 idle Socket.IO sessions on the default app (pingInterval 300 ms, pingTimeout 200 ms).
 start soak target/release/shardcast --bind 127.0.0.1:9000 --threads 1 --no-pin
-$LG conns --target 127.0.0.1:9000 --connections "$IDLE" --hold "$SOAK" --server-pid "$PID" \
+$LG conns --target 127.0.0.1:9000 --connections "$IDLE" --hold "$SOAK" --ramp-rate 1000 --server-pid "$PID" \
    --label shardcast-soak --json "$OUT/soak.json" > "$OUT/soak.txt"
 stop
 

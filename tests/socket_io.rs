@@ -104,7 +104,8 @@ fn bad_input_closes_only_that_session() {
     let server = start(2, |b| b.namespace("/", ns).namespace("/other", Namespace::new()));
     let mut bystander = client(&server, "/");
     let deep = format!(r#"42["echo",{}{}]"#, "[".repeat(200), "]".repeat(200));
-    let bad: Vec<Box<dyn Fn(&mut Ws)>> = vec![
+    type Send = Box<dyn Fn(&mut Ws)>;
+    let bad: Vec<Send> = vec![
         Box::new(|ws| ws.send_text("47")),                                   // unknown packet type
         Box::new(|ws| ws.send_text(r#"42["echo",{"a":]"#)),                    // bad JSON
         Box::new(move |ws| ws.send_text(&deep)),                               // too deep

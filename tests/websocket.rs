@@ -62,7 +62,8 @@ fn echoes_text_binary_and_fragmented_messages() {
 #[test]
 fn protocol_errors_get_their_close_codes() {
     let s = server(&["--max-payload", "1000"]);
-    let cases: [(&dyn Fn(&mut Ws), u16); 6] = [
+    type Send<'a> = &'a dyn Fn(&mut Ws);
+    let cases: [(Send, u16); 6] = [
         (&|ws| ws.send_frame(true, 1, b"\xff\xfe"), 1007),
         (&|ws| ws.send_frame(true, 3, b""), 1002),
         (&|ws| ws.send_frame(true, 0, b"orphan"), 1002),

@@ -326,7 +326,7 @@ impl SioPolling {
 
 /// Either transport, behind one interface.
 pub enum Sio {
-    Ws(SioWs),
+    Ws(Box<SioWs>),
     Polling(SioPolling),
 }
 
@@ -335,7 +335,7 @@ impl Sio {
         if polling {
             Ok(Sio::Polling(SioPolling::connect(target, source).await?))
         } else {
-            Ok(Sio::Ws(SioWs::connect(target, source).await?))
+            Ok(Sio::Ws(Box::new(SioWs::connect(target, source).await?)))
         }
     }
 

@@ -170,8 +170,11 @@ impl Namespace {
 #[derive(Clone, Default)]
 pub struct Namespaces {
     pub(crate) fixed: HashMap<String, Arc<Namespace>>,
-    pub(crate) dynamic: Option<(Arc<dyn Fn(&str) -> bool + Send + Sync>, Arc<Namespace>)>,
+    pub(crate) dynamic: Option<(NamespaceFilter, Arc<Namespace>)>,
 }
+
+/// Decides whether a dynamic namespace exists.
+pub type NamespaceFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Namespaces {
     /// The definition serving `nsp`, if it exists.

@@ -343,6 +343,7 @@ impl WorkerCore {
         n
     }
 
+    #[allow(clippy::too_many_arguments)] // one broadcast's whole description; called in one place
     /// Broadcasts an event whose every recipient must ack within `timeout`; `cb` runs on the
     /// emitting socket with every answer, or with those that came before the timeout.
     pub(crate) fn broadcast_with_ack(

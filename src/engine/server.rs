@@ -871,8 +871,7 @@ impl<H: Handler> EioServer<H> {
             }
         }
         for sid in due {
-            loop {
-                let Some(e) = self.core.sessions.get_mut(&sid) else { break };
+            while let Some(e) = self.core.sessions.get_mut(&sid) {
                 if e.closing {
                     break;
                 }

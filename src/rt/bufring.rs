@@ -71,7 +71,7 @@ impl BufRing {
     /// # Safety
     /// `bid` must come from a completion of this group and not have been recycled since, and no
     /// other reference to the same buffer may be alive.
-    pub unsafe fn buffer(&self, bid: u16, len: usize) -> &mut [u8] {
+    pub unsafe fn buffer(&mut self, bid: u16, len: usize) -> &mut [u8] {
         debug_assert!(bid < self.entries && len <= self.buf_size);
         // SAFETY: per the caller's contract the buffer is ours and in bounds.
         unsafe { std::slice::from_raw_parts_mut(self.bufs.add(bid as usize * self.buf_size), len) }

@@ -185,6 +185,9 @@ impl<T, M> Io<T, M> {
     }
 }
 
+/// Every worker's mailbox, by worker index.
+pub type Peers<M> = Arc<Vec<Arc<Mailbox<RtMail<M>>>>>;
+
 /// Settings of the runtime.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -234,7 +237,7 @@ impl<S: Service> Worker<S> {
     pub fn new(
         index: usize,
         listener: RawFd,
-        peers: Arc<Vec<Arc<Mailbox<RtMail<S::Mail>>>>>,
+        peers: Peers<S::Mail>,
         service: S,
         cfg: WorkerConfig,
     ) -> Result<Worker<S>, RingError> {

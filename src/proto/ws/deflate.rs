@@ -223,7 +223,7 @@ impl Deflate {
     fn inflate_into(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         loop {
             if out.len() == out.capacity() {
-                if out.len() >= limit + 1 {
+                if out.len() > limit {
                     return Err(InflateError::TooBig { limit });
                 }
                 let grow = (out.len().max(1024)).min(limit + 1 - out.len());
