@@ -273,3 +273,31 @@ fn polling_client_collects_disconnects_then_close_after_disconnect_me() {
     assert_eq!((r.status, r.text().as_str()), (400, r#"{"code":1,"message":"Session ID unknown"}"#));
     server.shutdown();
 }
+
+#[test]
+fn middleware_sees_headers_and_error_handler_sees_protocol_errors() {
+    let (tx, errors) = mpsc::channel::<String>();
+    let tx = Mutex::new(tx);
+    let ns = Namespace::new()
+        .use_middleware(|hs| {
+            let key = hs.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("x-api-key")).map(|(_, v)| v.as_str());
+            if key == Some("k1") { Ok(()) } else { Err(json!({"message": "bad key"})) }
+        })
+        .on_error(move |_, e| {
+            let _ = tx.lock().unwrap().send(e.to_string());
+        });
+    let server = start(1, |b| b.namespace("/", ns));
+    let mut no_key = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    no_key.recv_text();
+    no_key.send_text("40");
+    assert_eq!(no_key.recv_eio(), r#"44{"message":"bad key"}"#);
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "X-Api-Key: k1\r\n");
+    ws.recv_text();
+    ws.send_text("40");
+    assert!(ws.recv_eio().starts_with("40{\"sid\""));
+    ws.send_text(r#"42["x",{"a":]"#);
+    let e = errors.recv_timeout(Duration::from_secs(5)).expect("the error handler ran");
+    assert!(e.starts_with("invalid JSON"), "{e}");
+    assert!(closed(&mut ws));
+    server.shutdown();
+}

@@ -83,6 +83,8 @@ pub struct Handshake {
     pub query: String,
     /// The `Origin` of the Engine.IO handshake request.
     pub origin: Option<String>,
+    /// Every header of the Engine.IO handshake request (name as sent, value).
+    pub headers: Vec<(String, String)>,
     /// Milliseconds since the Unix epoch when the socket connected.
     pub issued: u64,
 }
@@ -100,6 +102,8 @@ pub type ConnectionHandler = Arc<dyn Fn(&mut Socket<'_, '_>) + Send + Sync>;
 pub type EventHandler = Arc<dyn Fn(&mut Socket<'_, '_>, Event) + Send + Sync>;
 /// Runs when a socket leaves its namespace.
 pub type DisconnectHandler = Arc<dyn Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync>;
+/// Told about a protocol error on the socket's connection, just before it is closed.
+pub type ErrorHandler = Arc<dyn Fn(&mut Socket<'_, '_>, &str) + Send + Sync>;
 /// Called with an ack's arguments (and attachments), or the timeout.
 pub type AckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>)>;
 
@@ -126,6 +130,7 @@ pub struct Namespace {
     pub(crate) events: HashMap<String, EventHandler>,
     pub(crate) any: Option<EventHandler>,
     pub(crate) on_disconnect: Option<DisconnectHandler>,
+    pub(crate) on_error: Option<ErrorHandler>,
 }
 
 impl Namespace {
@@ -156,6 +161,13 @@ impl Namespace {
     /// Handles every event without a handler of its own.
     pub fn on_any(mut self, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
         self.any = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs when the client sent something that breaks the protocol (bad packet, bad JSON,
+    /// attachments that do not match, ...), with the error, just before its session is closed.
+    pub fn on_error(mut self, f: impl Fn(&mut Socket<'_, '_>, &str) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(f));
         self
     }
 

@@ -159,6 +159,7 @@ struct Client {
     assembler: Option<BinaryAssembler>,
     query: String,
     origin: Option<String>,
+    headers: Vec<(String, String)>,
     /// Set when this layer closes the session, so its sockets get the right reason.
     closing_reason: Option<DisconnectReason>,
 }
@@ -526,11 +527,19 @@ pub(crate) fn disconnect_client(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail
 }
 
 impl SioWorker {
+    /// A protocol error: logged once, the error handlers told, the session closed.
     fn fail(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, why: &dyn std::fmt::Display) {
-        tracing::debug!(sid = %sid, error = %why, "closing a session after a protocol error");
-        if let Some(c) = self.core.clients.get_mut(sid) {
-            if c.closing_reason.is_none() {
-                c.closing_reason = Some(DisconnectReason::ParseError);
+        let Some(c) = self.core.clients.get_mut(sid) else { return };
+        if c.closing_reason.is_some() {
+            return; // already failing: one log line per session
+        }
+        c.closing_reason = Some(DisconnectReason::ParseError);
+        tracing::info!(sid = %sid, error = %why, "closing a session after a protocol error");
+        let message = why.to_string();
+        let socks: Vec<u32> = c.sockets.iter().map(|(_, i)| *i).collect();
+        for idx in socks {
+            if let Some(h) = self.core.socket(idx).ns.on_error.clone() {
+                guarded(&mut self.core, ctx, idx, |s| h(s, &message));
             }
         }
         ctx.close(sid);
@@ -601,6 +610,7 @@ impl SioWorker {
             auth: p.data,
             query: client.query.clone(),
             origin: client.origin.clone(),
+            headers: client.headers.clone(),
             issued: now_ms(),
         };
         for m in &ns.middleware {
@@ -687,6 +697,7 @@ impl Handler for SioWorker {
                 assembler: None,
                 query: info.query.to_string(),
                 origin: info.origin.map(str::to_string),
+                headers: info.headers.to_vec(),
                 closing_reason: None,
             },
         );

@@ -98,6 +98,8 @@ pub struct OpenInfo<'a> {
     pub origin: Option<&'a str>,
     /// The transport of the handshake.
     pub transport: Transport,
+    /// Every header of the handshake request.
+    pub headers: &'a [(String, String)],
 }
 
 /// What the layer above Engine.IO implements. Callbacks run on the worker that owns the

@@ -235,7 +235,7 @@ fn ws_send<M>(io: &mut Io<ConnState, M>, deferred: &mut Vec<(ConnId, SharedPacke
 }
 
 fn open_info(req: &Request, transport: Transport) -> OpenInfo<'_> {
-    OpenInfo { query: req.target.split_once('?').map_or("", |(_, q)| q), origin: req.origin.as_deref(), transport }
+    OpenInfo { query: req.target.split_once('?').map_or("", |(_, q)| q), origin: req.origin.as_deref(), transport, headers: &req.headers }
 }
 
 /// The Engine.IO service of one worker, with handler `H` on top.

@@ -55,6 +55,8 @@ pub struct Request {
     pub accept_encoding: Option<String>,
     pub cookie: Option<String>,
     pub access_control_request_headers: Option<String>,
+    /// Every header as sent (name, value), for the layers above (e.g. Socket.IO middleware).
+    pub headers: Vec<(String, String)>,
     /// `Some` when the request asks for a WebSocket upgrade: the validated handshake, or why
     /// it is refused.
     pub upgrade: Option<Result<Upgrade, HandshakeError>>,
@@ -127,11 +129,13 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
         accept_encoding: None,
         cookie: None,
         access_control_request_headers: None,
+        headers: Vec::with_capacity(req.headers.len()),
         upgrade: None,
     };
     let text = |v: &[u8]| std::str::from_utf8(v).map(|s| s.trim().to_owned()).map_err(|_| HttpError::Malformed);
     for h in req.headers.iter() {
         let n = h.name;
+        out.headers.push((n.to_owned(), String::from_utf8_lossy(h.value).into_owned()));
         if n.eq_ignore_ascii_case("content-length") {
             let v: usize = text(h.value)?.parse().map_err(|_| HttpError::Malformed)?;
             if content_length.is_some_and(|c| c != v) {
