@@ -128,26 +128,6 @@ impl SioWs {
         }
     }
 
-    /// Emits with an ack id and waits for the ack (other packets are passed to `other`).
-    pub async fn call(&mut self, id: u64, packet: &str, mut other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
-        self.emit(&format!("{id}{packet}")).await?;
-        loop {
-            let mut done = false;
-            let open = self
-                .recv(|p| match p {
-                    Incoming::Ack(a) if a == id => done = true,
-                    p => other(p),
-                })
-                .await?;
-            if done {
-                return Ok(());
-            }
-            if !open {
-                return Err(err("closed while waiting for an ack"));
-            }
-        }
-    }
-
     /// Sends DISCONNECT and closes.
     pub async fn disconnect(mut self) -> io::Result<()> {
         let _ = self.send_raw("41".into()).await;
@@ -304,24 +284,6 @@ impl SioPolling {
         }
     }
 
-    pub async fn call(&mut self, id: u64, packet: &str, mut other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
-        self.emit(&format!("{id}{packet}"))?;
-        loop {
-            let mut done = false;
-            let open = self
-                .recv(|p| match p {
-                    Incoming::Ack(a) if a == id => done = true,
-                    p => other(p),
-                })
-                .await?;
-            if done {
-                return Ok(());
-            }
-            if !open {
-                return Err(err("closed while waiting for an ack"));
-            }
-        }
-    }
 }
 
 /// Either transport, behind one interface.
@@ -353,10 +315,23 @@ impl Sio {
         }
     }
 
-    pub async fn call(&mut self, id: u64, packet: &str, other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
-        match self {
-            Sio::Ws(c) => c.call(id, packet, other).await,
-            Sio::Polling(c) => c.call(id, packet, other).await,
+    /// Emits with an ack id and waits for the ack (other packets are passed to `other`).
+    pub async fn call(&mut self, id: u64, packet: &str, mut other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
+        self.emit(&format!("{id}{packet}")).await?;
+        loop {
+            let mut done = false;
+            let open = self
+                .recv(|p| match p {
+                    Incoming::Ack(a) if a == id => done = true,
+                    p => other(p),
+                })
+                .await?;
+            if done {
+                return Ok(());
+            }
+            if !open {
+                return Err(err("closed while waiting for an ack"));
+            }
         }
     }
 }
