@@ -98,6 +98,9 @@ enum Cmd {
         /// Payload bytes per message.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Subscriber connections per second while ramping up (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        ramp_rate: f64,
     },
     /// C clients in a closed `message` → `message-back` loop (or raw WebSocket echo).
     Echo {
@@ -243,7 +246,8 @@ fn merge(hs: Vec<Histogram<u64>>) -> Histogram<u64> {
     all
 }
 
-fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: u64, duration: u64, size: usize) -> Report {
+#[allow(clippy::too_many_arguments)]
+fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: u64, duration: u64, size: usize, ramp_rate: f64) -> Report {
     let counters = Arc::new(Counters::new(duration as usize + 60));
     let expected = Arc::new(AtomicU64::new(0));
     let go = Arc::new(AtomicBool::new(false));
@@ -264,6 +268,9 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                 for i in (t..subscribers).step_by(threads) {
                     let (counters, done, target, hist) = (counters.clone(), done.clone(), target.clone(), hist.clone());
                     tasks.push(tokio::task::spawn_local(async move {
+                        if ramp_rate > 0.0 {
+                            tokio::time::sleep_until((counters.start + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
+                        }
                         let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
                             return;
@@ -719,8 +726,8 @@ fn main() {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let cli = Cli::parse();
     let (report, common) = match cli.cmd {
-        Cmd::Fanout { common, subscribers, rooms, publishers, rate, duration, size } => {
-            (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size), common)
+        Cmd::Fanout { common, subscribers, rooms, publishers, rate, duration, size, ramp_rate } => {
+            (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size, ramp_rate), common)
         }
         Cmd::Echo { common, clients, duration, size, protocol } => (echo(common.clone(), clients, duration, size, protocol), common),
         Cmd::Conns { common, connections, hold, protocol, ramp_rate } => (conns(common.clone(), connections, hold, protocol, ramp_rate), common),
