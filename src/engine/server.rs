@@ -743,7 +743,7 @@ impl<H: Handler> EioServer<H> {
                     tracing::debug!(error = %err, "websocket protocol error");
                     let _ = io.send(id, Bytes::from(ws::codec::encode_close(err.close_code(), "")));
                     io.close_after_flush(id);
-                    self.ws_gone(io, role, CloseReason::TransportError);
+                    self.ws_gone(role, CloseReason::TransportError);
                     pos = data.len();
                     ended = true;
                 }
@@ -781,7 +781,7 @@ impl<H: Handler> EioServer<H> {
                 let code = c.map_or(code::NORMAL, |c| c.code);
                 let _ = io.send(id, Bytes::from(ws::codec::encode_close(code, "")));
                 io.close_after_flush(id);
-                self.ws_gone(io, role, CloseReason::TransportClose);
+                self.ws_gone(role, CloseReason::TransportClose);
                 true
             }
             Message::Text(t) => match role.clone() {
@@ -792,14 +792,14 @@ impl<H: Handler> EioServer<H> {
                 WsRole::Session(sid) | WsRole::Probe(sid) => match eio::decode_text(t) {
                     Ok(p) => {
                         self.packet(io, &sid, Transport::WebSocket, p);
-                        self.sync_role(io, role, &sid);
+                        self.sync_role(role, &sid);
                         false
                     }
                     Err(err) => {
                         tracing::debug!(error = %err, "bad Engine.IO packet");
                         let _ = io.send(id, Bytes::from(ws::codec::encode_close(code::PROTOCOL_ERROR, "")));
                         io.close_after_flush(id);
-                        self.ws_gone(io, role, CloseReason::ParseError);
+                        self.ws_gone(role, CloseReason::ParseError);
                         true
                     }
                 },
@@ -819,8 +819,7 @@ impl<H: Handler> EioServer<H> {
 
     /// After an upgrade completes on the connection being processed, its role becomes the
     /// session's transport.
-    fn sync_role(&mut self, io: &mut Io<ConnState, H::Mail>, role: &mut WsRole, sid: &Sid) {
-        let _ = io;
+    fn sync_role(&mut self, role: &mut WsRole, sid: &Sid) {
         if let WsRole::Probe(_) = role {
             if self.core.sessions.get(sid).is_some_and(|e| e.ws.is_some() && e.probe.is_none()) {
                 *role = WsRole::Session(sid.clone());
@@ -829,8 +828,7 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// The WebSocket of `role` is ending: its session closes, or its upgrade is abandoned.
-    fn ws_gone(&mut self, io: &mut Io<ConnState, H::Mail>, role: &WsRole, reason: CloseReason) {
-        let _ = io;
+    fn ws_gone(&mut self, role: &WsRole, reason: CloseReason) {
         match role {
             WsRole::Echo => {}
             WsRole::Session(sid) => {
@@ -936,7 +934,7 @@ impl<H: Handler> Service for EioServer<H> {
                     WsRole::Echo => false,
                 };
                 if is_current {
-                    self.ws_gone(io, &w.role, CloseReason::TransportClose);
+                    self.ws_gone(&w.role, CloseReason::TransportClose);
                 }
             }
             _ => {}

@@ -107,14 +107,13 @@ pub fn probe_multishot_recv(ring: &mut IoUring, bgid: u16) -> bool {
         // SAFETY: writing one byte from a valid static buffer to a socket we own.
         unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
         if ring.submit_and_wait(1).is_ok() {
-            let mut bid = None;
+            // The probe's buffer group is thrown away afterwards, so the buffer it used is not
+            // given back.
             for cqe in ring.completion() {
                 if cqe.user_data() == ud {
                     ok = cqe.result() == 1 && io_uring::cqueue::more(cqe.flags());
-                    bid = io_uring::cqueue::buffer_select(cqe.flags());
                 }
             }
-            let _ = bid; // the caller's buffer ring re-posts buffers it never saw (see BufRing)
         }
     }
     // SAFETY: closing the two descriptors we created; this ends the probe's recv.
