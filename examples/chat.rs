@@ -6,7 +6,6 @@
 
 use serde_json::json;
 use shardcast::app::{Namespace, Server};
-use shardcast::rt::threads::RuntimeConfig;
 
 fn main() {
     let bind = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
@@ -44,14 +43,7 @@ fn main() {
             let name = s.data::<String>().cloned().unwrap_or_default();
             s.within_namespace().emit("left", &[json!(name), json!(reason.as_str())]);
         });
-    let runtime = RuntimeConfig {
-        bind: bind.parse().expect("an address like 127.0.0.1:3000"),
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        pin: true,
-        backlog: 1024,
-        worker: Default::default(),
-    };
-    let server = Server::builder().runtime(runtime).namespace("/", chat).start().expect("io_uring is available");
+    let server = Server::builder().bind(bind.parse().expect("an address like 127.0.0.1:3000")).namespace("/", chat).start().expect("io_uring is available");
     println!("chat listening on {}", server.local_addr());
     std::thread::park();
 }

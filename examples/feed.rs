@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use shardcast::app::{Namespace, Server};
-use shardcast::rt::threads::RuntimeConfig;
 
 fn main() {
     let bind = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
@@ -23,14 +22,7 @@ fn main() {
                 s.leave(&topic);
             }
         });
-    let runtime = RuntimeConfig {
-        bind: bind.parse().expect("an address like 127.0.0.1:3000"),
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        pin: true,
-        backlog: 1024,
-        worker: Default::default(),
-    };
-    let server = Server::builder().runtime(runtime).namespace("/", ns).start().expect("io_uring is available");
+    let server = Server::builder().bind(bind.parse().expect("an address like 127.0.0.1:3000")).namespace("/", ns).start().expect("io_uring is available");
     println!("feed listening on {}", server.local_addr());
     let handle = server.handle();
     let publisher = std::thread::spawn(move || {

@@ -66,7 +66,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let conns = Arc::new(AtomicUsize::new(0));
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let started = threads::start(rtcfg, move |_, _| EioServer::new(Rc::new(cfg.clone()), conns.clone(), EioEcho));
+    let started = threads::start(rtcfg, move |_| EioServer::new(Rc::new(cfg.clone()), conns.clone(), EioEcho));
     let mut rt = match started {
         Ok(rt) => rt,
         Err(e) => {

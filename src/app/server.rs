@@ -49,6 +49,12 @@ impl ServerBuilder {
         self
     }
 
+    /// The address to listen on.
+    pub fn bind(mut self, addr: std::net::SocketAddr) -> Self {
+        self.runtime.bind = addr;
+        self
+    }
+
     /// Bind address, worker threads, pinning, send buffer.
     pub fn runtime(mut self, cfg: RuntimeConfig) -> Self {
         self.runtime = cfg;
@@ -80,7 +86,7 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let conns = Arc::new(AtomicUsize::new(0));
-        let rt = threads::start(self.runtime, move |_, _| {
+        let rt = threads::start(self.runtime, move |_| {
             EioServer::new(Rc::new((*engine).clone()), conns.clone(), SioWorker::new(namespaces.clone(), limits))
         })?;
         let handle = ServerHandle::new(rt.poster());

@@ -604,11 +604,9 @@ impl<H: Handler> EioServer<H> {
                 }
             }
             Action::Upgraded => {
+                // The probe's role becomes Session in `sync_role`, once its packet is handled.
                 let ws = e.probe.take().expect("upgraded from a probe");
                 e.ws = Some(ws);
-                if let Some(ConnState::Ws { inner: Some(w), .. }) = io.state(ws) {
-                    w.role = WsRole::Session(sid.clone());
-                }
                 let outbox = std::mem::take(&mut e.outbox);
                 e.outbox_bytes = 0;
                 let parked = e.poll.take();

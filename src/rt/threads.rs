@@ -75,7 +75,7 @@ fn pin_to(core: usize) {
 pub fn start<S, F>(cfg: RuntimeConfig, make: F) -> Result<Runtime<S::Mail>, StartError>
 where
     S: Service,
-    F: Fn(usize, Poster<S::Mail>) -> S + Send + Sync + 'static,
+    F: Fn(usize) -> S + Send + Sync + 'static,
 {
     let threads = cfg.threads.max(1);
     let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
@@ -107,7 +107,7 @@ where
                 if pin {
                     pin_to(i % cores);
                 }
-                let service = make(i, Poster { mailboxes: peers.clone() });
+                let service = make(i);
                 match Worker::new(i, fd, peers, service, wcfg) {
                     Ok(w) => {
                         let _ = ready.send(Ok(()));

@@ -387,19 +387,13 @@ impl<S: Service> Worker<S> {
             if c.handoff_to.is_some() {
                 return;
             }
+            // Nothing else writes `rbuf` while the service runs, so the rest simply goes back.
             let mut buf = std::mem::take(&mut c.rbuf);
             let used = self.service.on_data(&mut self.io, id, &mut buf);
             if let Some(c) = self.io.conn(id) {
                 buf.drain(..used.min(buf.len()));
-                if c.rbuf.is_empty() {
-                    c.rbuf = buf;
-                } else {
-                    buf.extend_from_slice(&c.rbuf);
-                    c.rbuf = buf;
-                }
-                if c.rbuf.is_empty() {
-                    c.rbuf = Vec::new(); // an idle connection holds no buffer
-                }
+                // An idle connection holds no buffer.
+                c.rbuf = if buf.is_empty() { Vec::new() } else { buf };
             }
             return;
         }

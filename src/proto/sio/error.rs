@@ -49,7 +49,7 @@ pub enum SioError {
 impl SioError {
     /// The answer on the wire for this error.
     pub fn answer(&self) -> ProtocolAnswer {
-        use super::super::ws::close::code;
+        use crate::proto::ws::close::code;
         match self {
             SioError::InvalidNamespace => ProtocolAnswer::ConnectError("Invalid namespace"),
             SioError::TooLarge { .. } => {
