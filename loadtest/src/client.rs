@@ -1,16 +1,16 @@
 //! Lean clients: Socket.IO v5 over Engine.IO v4 on WebSocket or long-polling, and a raw
 //! WebSocket echo client. Only what the scenarios need: connect to a namespace, emit, acks,
-//! answer pings, and hand every received event to a callback without a full JSON parse.
+//! answer pings, and hand every received event to a callback without a full JSON parse or a
+//! copy (the WebSocket side is `ws::WsConn`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+
+use crate::ws::WsConn;
 
 /// Where to connect.
 #[derive(Debug, Clone)]
@@ -24,6 +24,20 @@ pub struct Target {
 pub async fn tcp(target: &Target, source: Option<IpAddr>) -> io::Result<TcpStream> {
     let sock = if target.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
+        // Let connect() pick the port for the whole 4-tuple: bound to port 0 without this,
+        // the kernel picks a port at bind time, which cannot reuse ports still in TIME_WAIT
+        // and searches longer the more there are (churn leaves thousands).
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own with a pointer to a live c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         sock.bind(SocketAddr::new(ip, 0))?;
     }
     let s = sock.connect(target.addr).await?;
@@ -62,103 +76,132 @@ fn classify(p: &str) -> Incoming<'_> {
 
 /// A Socket.IO client on a WebSocket.
 pub struct SioWs {
-    ws: WebSocketStream<TcpStream>,
+    ws: WsConn,
 }
 
 impl SioWs {
     /// Connects, completes the Engine.IO handshake and CONNECTs to namespace `/`.
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<SioWs> {
         let stream = tcp(target, source).await?;
-        let url = format!("ws://{}{}?EIO=4&transport=websocket", target.addr, target.path);
-        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| err(e.to_string()))?;
+        let ws = WsConn::handshake(stream, &target.addr.to_string(), &format!("{}?EIO=4&transport=websocket", target.path)).await?;
         let mut c = SioWs { ws };
-        let open = c.next_text().await?.ok_or_else(|| err("closed before the open packet"))?;
-        if !open.starts_with('0') {
-            return Err(err(format!("expected an open packet, got {open}")));
+        let mut open = false;
+        while !open {
+            c.engine_packets(|p| open |= p.first() == Some(&b'0')).await?;
         }
-        c.send_raw("40".into()).await?;
+        c.ws.send_text(b"40").await?;
         loop {
-            let t = c.next_text().await?.ok_or_else(|| err("closed before CONNECT was answered"))?;
-            if t.starts_with("40") {
-                return Ok(c);
-            }
-            if t.starts_with("44") {
-                return Err(err(format!("connect refused: {t}")));
+            let mut answer = None;
+            c.engine_packets(|p| {
+                if p.starts_with(b"40") || p.starts_with(b"44") {
+                    answer = Some(p.starts_with(b"40"));
+                }
+            })
+            .await?;
+            match answer {
+                Some(true) => return Ok(c),
+                Some(false) => return Err(err("connect refused")),
+                None => {}
             }
         }
     }
 
-    /// Sends an Engine.IO packet text.
-    pub async fn send_raw(&mut self, text: String) -> io::Result<()> {
-        self.ws.send(Message::text(text)).await.map_err(|e| err(e.to_string()))
+    /// Waits until at least one Engine.IO packet other than PING arrived and hands every one
+    /// received so far to `f`; pings are answered. An error once the connection closed.
+    async fn engine_packets(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        loop {
+            let mut pongs = 0;
+            let n = self.ws.messages(|p| {
+                if p == b"2" {
+                    pongs += 1;
+                } else {
+                    f(p)
+                }
+            })?;
+            for _ in 0..pongs {
+                self.ws.queue_text(b"3");
+            }
+            self.ws.flush().await?;
+            if n > pongs {
+                return Ok(());
+            }
+            if self.ws.is_closed() || !self.ws.read_more().await? {
+                return Err(err("connection closed"));
+            }
+        }
     }
 
     /// Emits `42<packet>` where `packet` is `[event,...]` or `<id>[event,...]`.
     pub async fn emit(&mut self, packet: &str) -> io::Result<()> {
-        self.send_raw(format!("42{packet}")).await
+        let mut text = Vec::with_capacity(packet.len() + 2);
+        text.extend_from_slice(b"42");
+        text.extend_from_slice(packet.as_bytes());
+        self.ws.send_text(&text).await
     }
 
-    /// The next Engine.IO text, answering pings; `None` when the connection closed.
-    async fn next_text(&mut self) -> io::Result<Option<String>> {
-        loop {
-            match self.ws.next().await {
-                None => return Ok(None),
-                Some(Err(e)) => return Err(err(e.to_string())),
-                Some(Ok(Message::Text(t))) => {
-                    if t.as_str() == "2" {
-                        self.send_raw("3".into()).await?;
-                        continue;
-                    }
-                    return Ok(Some(t.to_string()));
-                }
-                Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(_)) => continue,
-            }
-        }
-    }
-
-    /// The next Socket.IO packet (Engine.IO message), passed to `f`; `false` when closed.
+    /// Waits for Socket.IO packets and hands every one received so far to `f`; `false` once
+    /// the connection closed.
     pub async fn recv(&mut self, mut f: impl FnMut(Incoming<'_>)) -> io::Result<bool> {
-        loop {
-            let Some(t) = self.next_text().await? else { return Ok(false) };
-            if let Some(p) = t.strip_prefix('4') {
-                f(classify(p));
-                return Ok(true);
-            }
+        match self
+            .engine_packets(|p| {
+                if let Some(b'4') = p.first() {
+                    if let Ok(t) = std::str::from_utf8(&p[1..]) {
+                        f(classify(t));
+                    }
+                }
+            })
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(_) if self.ws.is_closed() => Ok(false),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Handles whatever already arrived (answering pings) without waiting; `false` once closed.
+    pub async fn poll(&mut self) -> io::Result<bool> {
+        self.ws.try_read_more()?;
+        let mut pongs = 0;
+        self.ws.messages(|p| pongs += usize::from(p == b"2"))?;
+        for _ in 0..pongs {
+            self.ws.queue_text(b"3");
+        }
+        self.ws.flush().await?;
+        Ok(!self.ws.is_closed())
     }
 
     /// Sends DISCONNECT and closes.
     pub async fn disconnect(mut self) -> io::Result<()> {
-        let _ = self.send_raw("41".into()).await;
-        self.ws.close(None).await.map_err(|e| err(e.to_string()))
+        self.ws.queue_text(b"41");
+        self.ws.close().await
     }
 }
 
 /// A raw WebSocket echo client.
 pub struct RawWs {
-    ws: WebSocketStream<TcpStream>,
+    ws: WsConn,
 }
 
 impl RawWs {
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<RawWs> {
         let stream = tcp(target, source).await?;
-        let url = format!("ws://{}{}", target.addr, target.path);
-        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| err(e.to_string()))?;
-        Ok(RawWs { ws })
+        Ok(RawWs { ws: WsConn::handshake(stream, &target.addr.to_string(), &target.path).await? })
     }
 
-    pub async fn send(&mut self, text: String) -> io::Result<()> {
-        self.ws.send(Message::text(text)).await.map_err(|e| err(e.to_string()))
+    pub async fn send(&mut self, text: &[u8]) -> io::Result<()> {
+        self.ws.send_text(text).await
     }
 
-    pub async fn recv(&mut self) -> io::Result<Option<String>> {
+    /// Waits for at least one message; returns how many arrived (0: closed).
+    pub async fn recv(&mut self) -> io::Result<usize> {
         loop {
-            match self.ws.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Err(e)) => return Err(err(e.to_string())),
-                Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
-                Some(Ok(_)) => continue,
+            let n = self.ws.messages(|_| {})?;
+            self.ws.flush().await?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if self.ws.is_closed() || !self.ws.read_more().await? {
+                return Ok(0);
             }
         }
     }
@@ -274,16 +317,26 @@ impl SioPolling {
         self.tx.send(format!("42{packet}")).map_err(|_| err("poster gone"))
     }
 
+    /// Waits for packets and hands every one received so far to `f`; `false` once closed.
     pub async fn recv(&mut self, mut f: impl FnMut(Incoming<'_>)) -> io::Result<bool> {
-        match self.rx.recv().await {
-            Some(p) => {
-                f(classify(&p));
-                Ok(true)
-            }
-            None => Ok(false),
+        let Some(p) = self.rx.recv().await else { return Ok(false) };
+        f(classify(&p));
+        while let Ok(p) = self.rx.try_recv() {
+            f(classify(&p));
         }
+        Ok(true)
     }
 
+    /// Drops whatever arrived (pings are answered by the polling task).
+    pub fn poll(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(_) => {}
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
 }
 
 /// Either transport, behind one interface.
@@ -312,6 +365,14 @@ impl Sio {
         match self {
             Sio::Ws(c) => c.recv(f).await,
             Sio::Polling(c) => c.recv(f).await,
+        }
+    }
+
+    /// Handles what already arrived without waiting (answering pings); `false` once closed.
+    pub async fn poll(&mut self) -> io::Result<bool> {
+        match self {
+            Sio::Ws(c) => c.poll().await,
+            Sio::Polling(c) => Ok(c.poll()),
         }
     }
 

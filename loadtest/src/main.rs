@@ -9,6 +9,7 @@
 mod client;
 mod metrics;
 mod report;
+mod ws;
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -165,6 +166,13 @@ where
     handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
 }
 
+/// Keeps a client thread's tasks running until `done` (or Ctrl-C): returning drops them.
+async fn run_until(done: &AtomicBool) {
+    while !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Loopback source address for connection `i` (20,000 per address, past one address's
 /// ephemeral ports).
 fn source(i: usize, target: &SocketAddr) -> Option<IpAddr> {
@@ -266,87 +274,92 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                 let hist = Rc::new(RefCell::new(histogram()));
                 let mut tasks = Vec::new();
                 for i in (t..subscribers).step_by(threads) {
-                    let (counters, done, target, hist) = (counters.clone(), done.clone(), target.clone(), hist.clone());
+                    let (counters, target, hist) = (counters.clone(), target.clone(), hist.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
                             tokio::time::sleep_until((counters.start + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
                         }
-                        let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            return;
+                        let mut s = match Sio::connect(&target, polling, source(i, &target.addr)).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                counters.error(&e);
+                                return;
+                            }
                         };
                         if s.call(1, &format!(r#"["join","r{}"]"#, i % rooms), |_| {}).await.is_err() {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
                         counters.connected.fetch_add(1, Ordering::Relaxed);
-                        while !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
-                            let recv = s.recv(|p| {
+                        loop {
+                            let mut n = 0;
+                            let open = s.recv(|p| {
                                 if let Incoming::Event(e) = p {
                                     if let Some(ts) = client::timestamp(e) {
                                         let lat = counters.now_ns().saturating_sub(ts) / 1000;
                                         let _ = hist.borrow_mut().record(lat.max(1));
-                                        counters.delivered();
+                                        n += 1;
                                     }
                                 }
                             });
-                            match tokio::time::timeout(Duration::from_millis(200), recv).await {
-                                Ok(Ok(true)) | Err(_) => {}
-                                _ => {
-                                    counters.closed.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
+                            let open = matches!(open.await, Ok(true));
+                            counters.delivered_n(n);
+                            if !open {
+                                counters.closed.fetch_add(1, Ordering::Relaxed);
+                                break;
                             }
                         }
                     }));
                 }
                 for p in (t..publishers).step_by(threads) {
-                    let (counters, expected, go, done, target, body) = (counters.clone(), expected.clone(), go.clone(), done.clone(), target.clone(), body.clone());
+                    let (counters, expected, go, target, body) = (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
                             return;
                         };
                         while !go.load(Ordering::Relaxed) {
-                            if STOP.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) {
+                            if !matches!(s.poll().await, Ok(true)) {
+                                counters.errors.fetch_add(1, Ordering::Relaxed);
                                 return;
                             }
-                            let _ = tokio::time::timeout(Duration::from_millis(5), s.recv(|_| {})).await;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         let per_pub = rate as f64 / publishers as f64;
                         let start = Instant::now();
                         let mut sent = 0u64;
                         let mut tick = tokio::time::interval(Duration::from_millis(1));
                         let mut k = p;
-                        while start.elapsed() < Duration::from_secs(duration) && !STOP.load(Ordering::Relaxed) {
-                            tokio::select! {
-                                _ = tick.tick() => {
-                                    let due = (start.elapsed().as_secs_f64() * per_pub) as u64;
-                                    while sent < due {
-                                        let room = k % rooms;
-                                        k += publishers;
-                                        let pkt = format!(r#"["to-room","r{room}",{{"t":{},"p":"{body}"}}]"#, counters.now_ns());
-                                        if s.emit(&pkt).await.is_err() {
-                                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                                            return;
-                                        }
-                                        sent += 1;
-                                        counters.sent.fetch_add(1, Ordering::Relaxed);
-                                        expected.fetch_add(room_size(room), Ordering::Relaxed);
-                                    }
+                        while start.elapsed() < Duration::from_secs(duration) {
+                            tick.tick().await;
+                            let due = (start.elapsed().as_secs_f64() * per_pub) as u64;
+                            while sent < due {
+                                let room = k % rooms;
+                                k += publishers;
+                                let pkt = format!(r#"["to-room","r{room}",{{"t":{},"p":"{body}"}}]"#, counters.now_ns());
+                                if s.emit(&pkt).await.is_err() {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
                                 }
-                                _ = s.recv(|_| {}) => {}
+                                sent += 1;
+                                counters.sent.fetch_add(1, Ordering::Relaxed);
+                                expected.fetch_add(room_size(room), Ordering::Relaxed);
+                            }
+                            if !matches!(s.poll().await, Ok(true)) {
+                                counters.errors.fetch_add(1, Ordering::Relaxed);
+                                return;
                             }
                         }
-                        while !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
-                            let _ = tokio::time::timeout(Duration::from_millis(50), s.recv(|_| {})).await;
+                        // Stay connected (answering pings) until the run ends.
+                        while matches!(s.poll().await, Ok(true)) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }));
                 }
-                for t in tasks {
-                    let _ = t.await;
-                }
-                Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
+                run_until(&done).await;
+                drop(tasks);
+                let h = hist.borrow().clone();
+                h
             }
         })
     });
@@ -423,7 +436,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                 wait_go().await;
                                 while running() {
                                     let t0 = counters.now_ns();
-                                    if ws.send(format!(r#"{{"t":{t0},"p":"{body}"}}"#)).await.is_err() || !matches!(ws.recv().await, Ok(Some(_))) {
+                                    if ws.send(format!(r#"{{"t":{t0},"p":"{body}"}}"#).as_bytes()).await.is_err() || !matches!(ws.recv().await, Ok(1..)) {
                                         counters.closed.fetch_add(1, Ordering::Relaxed);
                                         return;
                                     }
@@ -453,8 +466,8 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                                 got = e.starts_with(r#"2["message-back""#);
                                             }
                                         });
-                                        match tokio::time::timeout(Duration::from_secs(5), open).await {
-                                            Ok(Ok(true)) => {}
+                                        match open.await {
+                                            Ok(true) => {}
                                             _ => {
                                                 counters.closed.fetch_add(1, Ordering::Relaxed);
                                                 return;
@@ -468,10 +481,10 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                         }
                     }));
                 }
-                for t in tasks {
-                    let _ = t.await;
-                }
-                Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
+                run_until(&done).await;
+                drop(tasks);
+                let h = hist.borrow().clone();
+                h
             }
         })
     });
@@ -529,7 +542,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
                 let gate = Rc::new(tokio::sync::Semaphore::new(128));
                 let mut tasks = Vec::new();
                 for i in (t..n).step_by(threads) {
-                    let (counters, done, target, gate, hc) = (counters.clone(), done.clone(), target.clone(), gate.clone(), hc.clone());
+                    let (counters, target, gate, hc) = (counters.clone(), target.clone(), gate.clone(), hc.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
                             tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
@@ -537,7 +550,6 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
                         let permit = gate.acquire().await;
                         let c0 = Instant::now();
                         let src = source(i, &target.addr);
-                        let alive = |counters: &Counters| !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) && counters.closed.load(Ordering::Relaxed) < u64::MAX;
                         match protocol {
                             Protocol::Raw => {
                                 let Ok(mut ws) = RawWs::connect(&target, src).await else {
@@ -547,15 +559,8 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
                                 let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 drop(permit);
-                                while alive(&counters) {
-                                    match tokio::time::timeout(Duration::from_millis(500), ws.recv()).await {
-                                        Ok(Ok(Some(_))) | Err(_) => {}
-                                        _ => {
-                                            counters.closed.fetch_add(1, Ordering::Relaxed);
-                                            return;
-                                        }
-                                    }
-                                }
+                                while let Ok(1..) = ws.recv().await {}
+                                counters.closed.fetch_add(1, Ordering::Relaxed);
                             }
                             Protocol::Sio => {
                                 let Ok(mut s) = Sio::connect(&target, polling, src).await else {
@@ -565,22 +570,14 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
                                 let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 drop(permit);
-                                while alive(&counters) {
-                                    match tokio::time::timeout(Duration::from_millis(500), s.recv(|_| {})).await {
-                                        Ok(Ok(true)) | Err(_) => {}
-                                        _ => {
-                                            counters.closed.fetch_add(1, Ordering::Relaxed);
-                                            return;
-                                        }
-                                    }
-                                }
+                                while let Ok(true) = s.recv(|_| {}).await {}
+                                counters.closed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }));
                 }
-                for t in tasks {
-                    let _ = t.await;
-                }
+                run_until(&done).await;
+                drop(tasks);
             }
         })
     });
@@ -675,9 +672,13 @@ fn churn(c: Common, clients: usize, duration: u64) -> Report {
                     }
                 }));
             }
-            for t in tasks {
-                let _ = t.await;
-            }
+            // Every task stops at the deadline; one stuck on a silent server is dropped 5 s later.
+            let _ = tokio::time::timeout_at((deadline + Duration::from_secs(5)).into(), async {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+            .await;
             let h = hs.borrow().clone();
             h
         }

@@ -37,10 +37,25 @@ impl Counters {
     }
 
     pub fn delivered(&self) {
-        self.received.fetch_add(1, Ordering::Relaxed);
+        self.delivered_n(1);
+    }
+
+    /// Counts an error; the first one is printed (the rest are only counted).
+    pub fn error(&self, e: &dyn std::fmt::Display) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("first error: {e}");
+        }
+    }
+
+    /// Counts `n` deliveries at once (one batch of frames from one read).
+    pub fn delivered_n(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.received.fetch_add(n, Ordering::Relaxed);
         let s = self.start.elapsed().as_secs() as usize;
         if let Some(c) = self.per_second.get(s) {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
