@@ -90,20 +90,21 @@ impl SioWs {
             c.engine_packets(|p| open |= p.first() == Some(&b'0')).await?;
         }
         c.ws.send_text(b"40").await?;
-        loop {
-            let mut answer = None;
+        // Connected once CONNECT is answered and the contract's `auth` event arrived: the app
+        // has then run its connection handler, so events sent next are handled.
+        let (mut connected, mut authed, mut refused) = (false, false, false);
+        while !(connected && authed) {
             c.engine_packets(|p| {
-                if p.starts_with(b"40") || p.starts_with(b"44") {
-                    answer = Some(p.starts_with(b"40"));
-                }
+                connected |= p.starts_with(b"40");
+                refused |= p.starts_with(b"44");
+                authed |= p.starts_with(br#"42["auth""#);
             })
             .await?;
-            match answer {
-                Some(true) => return Ok(c),
-                Some(false) => return Err(err("connect refused")),
-                None => {}
+            if refused {
+                return Err(err("connect refused"));
             }
         }
+        Ok(c)
     }
 
     /// Waits until at least one Engine.IO packet other than PING arrived and hands every one
@@ -305,12 +306,17 @@ impl SioPolling {
         });
         let mut c = SioPolling { tx, rx };
         c.tx.send("40".into()).map_err(|_| err("poster gone"))?;
-        loop {
+        // As on WebSocket: CONNECT answered and the contract's `auth` event arrived.
+        let (mut connected, mut authed) = (false, false);
+        while !(connected && authed) {
             let p = c.rx.recv().await.ok_or_else(|| err("closed before CONNECT was answered"))?;
-            if p.starts_with('0') {
-                return Ok(c);
+            connected |= p.starts_with('0');
+            authed |= p.starts_with(r#"2["auth""#);
+            if p.starts_with('4') {
+                return Err(err(format!("connect refused: {p}")));
             }
         }
+        Ok(c)
     }
 
     pub fn emit(&self, packet: &str) -> io::Result<()> {

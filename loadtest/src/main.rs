@@ -25,6 +25,9 @@ use client::{Incoming, RawWs, Sio, Target};
 use metrics::{histogram, Counters};
 use report::{Latency, Report, ServerCost};
 
+/// How long a client may take to connect (and join) before it counts as an error.
+const SETUP_LIMIT: Duration = Duration::from_secs(10);
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
@@ -173,13 +176,15 @@ async fn run_until(done: &AtomicBool) {
     }
 }
 
-/// Loopback source address for connection `i` (20,000 per address, past one address's
-/// ephemeral ports).
+/// Loopback source address for connection `i`: 4,096 per address, so no address's ephemeral
+/// port range gets crowded (the kernel's port search slows down as it fills) and counts past
+/// one address's ~28,000 ports work.
 fn source(i: usize, target: &SocketAddr) -> Option<IpAddr> {
     if !target.ip().is_loopback() || !target.is_ipv4() {
         return None;
     }
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8)))
+    let n = i / 4096;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8)))
 }
 
 fn payload(size: usize) -> String {
@@ -203,20 +208,28 @@ fn progress(counters: Arc<Counters>, label: &'static str) -> (Arc<AtomicBool>, s
     let d = done.clone();
     let h = std::thread::spawn(move || {
         let bar = indicatif::ProgressBar::new_spinner();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut ticks = 0u64;
         let mut last = (Instant::now(), counters.received.load(Ordering::Relaxed));
         while !d.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
             let now = (Instant::now(), counters.received.load(Ordering::Relaxed));
             let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
             last = now;
-            bar.set_message(format!(
+            let line = format!(
                 "{label}: connected {} | sent {} | received {} | {:.0}/s | errors {}",
                 counters.connected.load(Ordering::Relaxed),
                 counters.sent.load(Ordering::Relaxed),
                 now.1,
                 rate,
                 counters.errors.load(Ordering::Relaxed)
-            ));
+            );
+            // Not a terminal (a script's log): a plain line every 5 s instead of the spinner.
+            ticks += 1;
+            if !tty && ticks % 10 == 0 {
+                eprintln!("{line}");
+            }
+            bar.set_message(line);
             bar.tick();
         }
         bar.finish_and_clear();
@@ -265,31 +278,36 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
     let threads = c.threads;
     let body = payload(size);
     let (cs, ex, g, d) = (counters.clone(), expected.clone(), go.clone(), done.clone());
-    let room_size = move |k: usize| (subscribers / rooms + usize::from(k < subscribers % rooms)) as u64;
+    // Subscribers that joined, per room: a message is expected once by each of them (one that
+    // failed to join is an error, not a loss).
+    let joined_in: Arc<Vec<AtomicU64>> = Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect());
+    let ji = joined_in.clone();
     let (pdone, prog) = progress(counters.clone(), "fanout");
     let runner = std::thread::spawn(move || {
         on_threads(threads, move |t| {
-            let (counters, expected, go, done, target, body) = (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone());
+            let (counters, expected, go, done, target, body, joined_in) = (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone(), ji.clone());
             async move {
                 let hist = Rc::new(RefCell::new(histogram()));
                 let mut tasks = Vec::new();
                 for i in (t..subscribers).step_by(threads) {
-                    let (counters, target, hist) = (counters.clone(), target.clone(), hist.clone());
+                    let (counters, target, hist, joined_in) = (counters.clone(), target.clone(), hist.clone(), joined_in.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
                             tokio::time::sleep_until((counters.start + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
                         }
-                        let mut s = match Sio::connect(&target, polling, source(i, &target.addr)).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                counters.error(&e);
-                                return;
-                            }
+                        let step = std::cell::Cell::new("connect");
+                        let joined = tokio::time::timeout(SETUP_LIMIT, async {
+                            let mut s = Sio::connect(&target, polling, source(i, &target.addr)).await.map_err(|e| format!("connect: {e}"))?;
+                            step.set("join");
+                            s.call(1, &format!(r#"["join","r{}"]"#, i % rooms), |_| {}).await.map_err(|e| format!("join: {e}"))?;
+                            Ok::<_, String>(s)
+                        });
+                        let mut s = match joined.await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return counters.error(&e),
+                            Err(_) => return counters.error(&format!("{}: no answer in {SETUP_LIMIT:?}", step.get())),
                         };
-                        if s.call(1, &format!(r#"["join","r{}"]"#, i % rooms), |_| {}).await.is_err() {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
+                        joined_in[i % rooms].fetch_add(1, Ordering::Relaxed);
                         counters.connected.fetch_add(1, Ordering::Relaxed);
                         loop {
                             let mut n = 0;
@@ -312,7 +330,7 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                     }));
                 }
                 for p in (t..publishers).step_by(threads) {
-                    let (counters, expected, go, target, body) = (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone());
+                    let (counters, expected, go, target, body, joined_in) = (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone(), joined_in.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +361,7 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                                 }
                                 sent += 1;
                                 counters.sent.fetch_add(1, Ordering::Relaxed);
-                                expected.fetch_add(room_size(room), Ordering::Relaxed);
+                                expected.fetch_add(joined_in[room].load(Ordering::Relaxed), Ordering::Relaxed);
                             }
                             if !matches!(s.poll().await, Ok(true)) {
                                 counters.errors.fetch_add(1, Ordering::Relaxed);

@@ -21,7 +21,6 @@ async fn contract(socket: SocketRef, TryData(auth): TryData<Value>) {
         Ok(Value::Null) | Err(_) => Value::Object(Default::default()),
         Ok(v) => v,
     };
-    socket.emit("auth", &auth).ok();
     socket.on("message", |s: SocketRef, Data::<Value>(d)| async move {
         s.emit("message-back", &d).ok();
     });
@@ -53,6 +52,11 @@ async fn contract(socket: SocketRef, TryData(auth): TryData<Value>) {
     socket.on("disconnect-me", |s: SocketRef| async move {
         s.disconnect().ok();
     });
+    // Last, once every handler is registered: socketioxide runs this connect handler as a task
+    // of its own after answering CONNECT, so an event the client sends right after CONNECT can
+    // arrive before the `on(...)` above and be dropped; clients that wait for `auth` (the
+    // load generator does) never hit that window.
+    socket.emit("auth", &auth).ok();
 }
 
 fn main() {
