@@ -282,10 +282,14 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
     // failed to join is an error, not a loss).
     let joined_in: Arc<Vec<AtomicU64>> = Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect());
     let ji = joined_in.clone();
+    // Publishers that have sent their last message.
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pd = published.clone();
     let (pdone, prog) = progress(counters.clone(), "fanout");
     let runner = std::thread::spawn(move || {
         on_threads(threads, move |t| {
             let (counters, expected, go, done, target, body, joined_in) = (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone(), ji.clone());
+            let published = pd.clone();
             async move {
                 let hist = Rc::new(RefCell::new(histogram()));
                 let mut tasks = Vec::new();
@@ -330,7 +334,8 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                     }));
                 }
                 for p in (t..publishers).step_by(threads) {
-                    let (counters, expected, go, target, body, joined_in) = (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone(), joined_in.clone());
+                    let (counters, expected, go, target, body, joined_in, published) =
+                        (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone(), joined_in.clone(), published.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +373,7 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                                 return;
                             }
                         }
+                        published.fetch_add(1, Ordering::SeqCst);
                         // Stay connected (answering pings) until the run ends.
                         while matches!(s.poll().await, Ok(true)) {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -391,7 +397,9 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
     let t_pub = Instant::now();
     go.store(true, Ordering::SeqCst);
     wait_until(|| t_pub.elapsed() >= Duration::from_secs(duration), Duration::from_secs(duration + 1));
-    // Drain: until every expected delivery arrived or 5 s passed.
+    // Every publisher has sent its last message (its clock started a little after ours)...
+    wait_until(|| published.load(Ordering::SeqCst) + counters.errors.load(Ordering::Relaxed) as usize >= publishers, Duration::from_secs(5));
+    // ...then drain: until every expected delivery arrived or 5 s passed.
     wait_until(|| counters.received.load(Ordering::Relaxed) >= expected.load(Ordering::Relaxed), Duration::from_secs(5));
     let publish_secs = t_pub.elapsed().as_secs_f64().min(duration as f64).max(0.001);
     let (_secs, own_cpu, server) = window.close(c.server_pid);

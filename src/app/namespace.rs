@@ -3,6 +3,7 @@
 //! (`Arc`); the callbacks run on the worker that owns the socket.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -80,11 +81,12 @@ pub struct Handshake {
     /// The CONNECT packet's auth payload, if any.
     pub auth: Option<Value>,
     /// The Engine.IO handshake request's query string.
-    pub query: String,
+    pub query: Rc<str>,
     /// The `Origin` of the Engine.IO handshake request.
-    pub origin: Option<String>,
-    /// Every header of the Engine.IO handshake request (name as sent, value).
-    pub headers: Vec<(String, String)>,
+    pub origin: Option<Rc<str>>,
+    /// Every header of the Engine.IO handshake request (name as sent, value). Shared by every
+    /// socket of the client (kept once per connection, not once per namespace).
+    pub headers: Rc<[(String, String)]>,
     /// Milliseconds since the Unix epoch when the socket connected.
     pub issued: u64,
 }

@@ -156,10 +156,12 @@ struct NsState {
 struct Client {
     /// Sockets in the order they connected: (namespace, slot).
     sockets: Vec<(Rc<str>, u32)>,
-    assembler: Option<BinaryAssembler>,
-    query: String,
-    origin: Option<String>,
-    headers: Vec<(String, String)>,
+    /// Boxed: only a client in the middle of a binary packet has one, and inline it would
+    /// more than double every client's entry.
+    assembler: Option<Box<BinaryAssembler>>,
+    query: Rc<str>,
+    origin: Option<Rc<str>>,
+    headers: Rc<[(String, String)]>,
     /// Set when this layer closes the session, so its sockets get the right reason.
     closing_reason: Option<DisconnectReason>,
 }
@@ -695,9 +697,9 @@ impl Handler for SioWorker {
             Client {
                 sockets: Vec::new(),
                 assembler: None,
-                query: info.query.to_string(),
-                origin: info.origin.map(str::to_string),
-                headers: info.headers.to_vec(),
+                query: info.query.into(),
+                origin: info.origin.map(Rc::from),
+                headers: info.headers.into(),
                 closing_reason: None,
             },
         );
@@ -715,7 +717,7 @@ impl Handler for SioWorker {
             Err(e) => self.fail(ctx, sid, &e),
             Ok(p) if p.kind.is_binary() => {
                 if let Some(c) = self.core.clients.get_mut(sid) {
-                    c.assembler = Some(BinaryAssembler::new(p));
+                    c.assembler = Some(Box::new(BinaryAssembler::new(p)));
                 }
             }
             Ok(p) => self.dispatch(ctx, sid, p),
@@ -727,9 +729,9 @@ impl Handler for SioWorker {
         let Some(asm) = client.assembler.take() else {
             return self.fail(ctx, sid, &crate::proto::sio::SioError::UnexpectedBinary);
         };
-        match asm.push(data) {
+        match (*asm).push(data) {
             Ok(Ok(p)) => self.dispatch(ctx, sid, p),
-            Ok(Err(asm)) => client.assembler = Some(asm),
+            Ok(Err(asm)) => client.assembler = Some(Box::new(asm)),
             Err(e) => self.fail(ctx, sid, &e),
         }
     }

@@ -78,7 +78,9 @@ struct Partial {
 #[derive(Debug)]
 pub struct ServerCodec {
     cfg: CodecConfig,
-    deflate: Option<Deflate>,
+    /// Boxed: most connections never negotiate deflate, and its state inline would quadruple
+    /// the size of every connection's codec.
+    deflate: Option<Box<Deflate>>,
     partial: Option<Partial>,
     assembled: Vec<u8>,
     utf8: Utf8Validator,
@@ -89,7 +91,7 @@ impl ServerCodec {
     pub fn new(cfg: CodecConfig) -> ServerCodec {
         ServerCodec {
             cfg,
-            deflate: cfg.deflate.map(Deflate::new),
+            deflate: cfg.deflate.map(|p| Box::new(Deflate::new(p))),
             partial: None,
             assembled: Vec::new(),
             utf8: Utf8Validator::default(),
