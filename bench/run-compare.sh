@@ -39,7 +39,13 @@ start() { # server threads; sets PID and port
   echo "$1 did not start" >&2
   return 1
 }
-stop() { kill -INT "$PID" 2>/dev/null || true; sleep 0.3; kill -9 "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+# SIGTERM (a background job of a script ignores SIGINT), then SIGKILL if it lingers.
+stop() {
+  kill -TERM "$PID" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+}
 
 run() { # server threads scenario args...
   local name=$1 threads=$2 scen=$3

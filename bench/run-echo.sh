@@ -23,7 +23,13 @@ start() { # name, command...; sets PID
   PID=$!
   sleep 1
 }
-stop() { kill -INT "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+# SIGTERM (a background job of a script ignores SIGINT), then SIGKILL if it lingers.
+stop() {
+  kill -TERM "$PID" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+}
 
 declare -A SERVERS=(
   [shardcast]="target/release/shardcast echo --bind 127.0.0.1:9000 --threads 1 --no-pin"
