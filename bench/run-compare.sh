@@ -11,6 +11,8 @@
 # the contract's test values (300/200 ms) would make 19,000 idle connections 63,000 pings/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 OUT=bench/results/compare
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
@@ -38,13 +40,6 @@ start() { # server threads; sets PID and port
   done
   echo "$1 did not start" >&2
   return 1
-}
-# SIGTERM (a background job of a script ignores SIGINT), then SIGKILL if it lingers.
-stop() {
-  kill -TERM "$PID" 2>/dev/null || true
-  for _ in $(seq 30); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
 }
 
 run() { # server threads scenario args...

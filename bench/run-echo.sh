@@ -7,6 +7,8 @@
 # Results: bench/results/*.json and a summary on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 OUT=bench/results
 mkdir -p "$OUT"
 DUR=${DUR:-10}
@@ -22,13 +24,6 @@ start() { # name, command...; sets PID
   taskset -c 0 "$@" > "$OUT/$name.log" 2>&1 &
   PID=$!
   sleep 1
-}
-# SIGTERM (a background job of a script ignores SIGINT), then SIGKILL if it lingers.
-stop() {
-  kill -TERM "$PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
 }
 
 declare -A SERVERS=(
