@@ -2,7 +2,11 @@
 //! CORS and limits — a [`crate::rt::Service`] that the runtime drives, with a [`Handler`] on top
 //! (the Socket.IO layer, or the echo handlers of `shardcast echo`).
 //!
-//! - [`server`]: the service: HTTP routing, sessions, transports, timers.
+//! - [`server`]: the service: connection states, the session life cycle, timers.
+//! - [`http`]: HTTP routing, one request at a time per connection, hand-offs.
+//! - [`polling`]: the long-polling transport.
+//! - [`websocket`]: the WebSocket transport and the upgrade probe.
+//! - [`sessions`]: the session table, deadlines, sending with the slow-consumer policy.
 //! - [`sid`]: session ids that also name their owning worker.
 //! - [`echo`]: the Engine.IO echo handler.
 //!
@@ -12,8 +16,12 @@
 #![warn(missing_docs)]
 
 pub mod echo;
+mod http;
+mod polling;
 pub mod server;
+pub mod sessions;
 pub mod sid;
+mod websocket;
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -24,6 +32,7 @@ use crate::proto::eio::{CloseReason, SessionConfig, Transport};
 use crate::proto::http::CorsConfig;
 
 pub use server::{ConnState, EioServer};
+pub use sessions::{Core, SessionId};
 
 /// A session id, cheap to clone within a worker.
 pub type Sid = Rc<str>;
@@ -139,7 +148,10 @@ pub struct SendFlags {
 
 impl Default for SendFlags {
     fn default() -> Self {
-        SendFlags { volatile: false, compress: true }
+        SendFlags {
+            volatile: false,
+            compress: true,
+        }
     }
 }
 
@@ -154,4 +166,4 @@ pub enum SendFailure {
     SlowConsumer,
 }
 
-pub use server::Ctx;
+pub use sessions::Ctx;

@@ -1,24 +1,32 @@
 //! The per-core machine: io_uring rings, connections, send queues, timers, the cross-worker
 //! mailbox, and the threads that run them.
 //!
+//! - [`conn`]: the connection table, the [`Service`] trait, and the rules every backend shares
+//!   (budgets, pauses, hand-offs, closes).
+//! - [`arena`]: the generational slab behind connection and session handles.
 //! - [`ring`]: ring setup, fallbacks, feature probe, completion tags.
 //! - [`bufring`]: the provided receive-buffer ring.
-//! - [`worker`]: one worker's event loop and the [`worker::Service`] trait it drives.
+//! - [`worker`]: one worker's io_uring event loop (the production backend).
+//! - [`sim`]: the deterministic in-memory backend with an injected clock, for tests.
 //! - [`sendq`]: bounded, corked, vectored per-connection send queues.
 //! - [`bus`]: lock-free mailboxes with eventfd wake-up.
-//! - [`timer`]: FIFO deadline queues.
+//! - [`timer`]: deadlines updated in place, one per key.
 //! - [`listener`]: `SO_REUSEPORT` listening sockets.
 //! - [`threads`]: starting, pinning, signalling and joining the workers.
 //!
 //! Must never: parse protocol bytes; the service on top does.
 
+pub mod arena;
 pub mod bufring;
 pub mod bus;
+pub mod conn;
 pub mod listener;
 pub mod ring;
 pub mod sendq;
+pub mod sim;
 pub mod threads;
 pub mod timer;
 pub mod worker;
 
-pub use worker::{ConnId, Io, RtMail, SendError, Service, WorkerConfig};
+pub use conn::{ConnId, Io, RtMail, SendError, Service, Stats};
+pub use worker::WorkerConfig;

@@ -6,15 +6,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::bus::Mailbox;
+use super::conn::{RtMail, Service};
 use super::listener;
 use super::ring::RingError;
-use super::worker::{RtMail, Service, Worker, WorkerConfig};
+use super::worker::{Worker, WorkerConfig};
 
 /// Why the runtime did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the mailbox eventfd: {0}")]
     Mailbox(std::io::Error),
     #[error(transparent)]
@@ -45,7 +49,9 @@ pub struct Poster<M: Send + 'static> {
 
 impl<M: Send + 'static> Clone for Poster<M> {
     fn clone(&self) -> Self {
-        Poster { mailboxes: self.mailboxes.clone() }
+        Poster {
+            mailboxes: self.mailboxes.clone(),
+        }
     }
 }
 
@@ -78,12 +84,19 @@ where
     F: Fn(usize) -> S + Send + Sync + 'static,
 {
     let threads = cfg.threads.max(1);
-    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
+    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind {
+        addr: cfg.bind,
+        source,
+    })?;
     let first_fd = listener::into_raw(first);
-    let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
+    let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind {
+        addr: cfg.bind,
+        source,
+    })?;
     let mut fds = vec![first_fd];
     for _ in 1..threads {
-        let l = listener::bind(addr, cfg.backlog).map_err(|source| StartError::Bind { addr, source })?;
+        let l = listener::bind(addr, cfg.backlog)
+            .map_err(|source| StartError::Bind { addr, source })?;
         fds.push(listener::into_raw(l));
     }
     let mut boxes = Vec::with_capacity(threads);
@@ -92,6 +105,7 @@ where
     }
     let mailboxes = Arc::new(boxes);
     let make = Arc::new(make);
+    let conns_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
@@ -101,6 +115,7 @@ where
         let ready = ready_tx.clone();
         let wcfg = cfg.worker.clone();
         let pin = cfg.pin;
+        let conns_total = conns_total.clone();
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
@@ -108,7 +123,7 @@ where
                     pin_to(i % cores);
                 }
                 let service = make(i);
-                match Worker::new(i, fd, peers, service, wcfg) {
+                match Worker::new(i, fd, peers, conns_total, service, wcfg) {
                     Ok(w) => {
                         let _ = ready.send(Ok(()));
                         w.run();
@@ -122,7 +137,11 @@ where
         handles.push(h);
     }
     drop(ready_tx);
-    let mut rt = Runtime { addr, mailboxes, threads: handles };
+    let mut rt = Runtime {
+        addr,
+        mailboxes,
+        threads: handles,
+    };
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -144,7 +163,9 @@ impl<M: Send + 'static> Runtime<M> {
     }
 
     pub fn poster(&self) -> Poster<M> {
-        Poster { mailboxes: self.mailboxes.clone() }
+        Poster {
+            mailboxes: self.mailboxes.clone(),
+        }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.

@@ -14,187 +14,35 @@
 //! connections.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::bufring::BufRing;
 use super::bus::Mailbox;
-use super::ring::{self, gen_matches, tag, untag, Op, RingError};
-use super::sendq::{Overflow, SendQueue};
-
-/// A connection's handle: slot index and generation (a reused slot gets a new generation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    pub idx: u32,
-    pub gen: u32,
-}
-
-/// What the runtime drives: the protocol stack of one worker.
-pub trait Service: 'static {
-    /// Per-connection protocol state.
-    type Conn;
-    /// Messages other workers (and `ServerHandle`s) send to this worker.
-    type Mail: Send + 'static;
-
-    /// A connection was accepted (or adopted from another worker): its initial state.
-    fn on_accept(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId) -> Self::Conn;
-    /// Bytes arrived. Returns how many were consumed; the rest is kept and offered again, in
-    /// front of the next bytes. `data` may be unmasked or otherwise rewritten in place.
-    fn on_data(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId, data: &mut [u8]) -> usize;
-    /// The connection is gone (peer closed, error, or the service closed it).
-    fn on_closed(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId, state: Self::Conn);
-    /// Mail from another worker.
-    fn on_mail(&mut self, io: &mut Io<Self::Conn, Self::Mail>, mail: Self::Mail);
-    /// Timers: called every pass with the current time.
-    fn on_timers(&mut self, io: &mut Io<Self::Conn, Self::Mail>, now: Instant);
-    /// The earliest instant `on_timers` has work.
-    fn next_deadline(&self) -> Option<Instant>;
-    /// End of a loop pass: flush what was batched during it.
-    fn on_turn_end(&mut self, io: &mut Io<Self::Conn, Self::Mail>);
-    /// The server is shutting down: close sessions politely.
-    fn on_shutdown(&mut self, io: &mut Io<Self::Conn, Self::Mail>);
-}
-
-/// Mail as the runtime sees it.
-pub enum RtMail<M> {
-    /// Take over a connection another worker accepted, with the bytes it already read.
-    Adopt { fd: RawFd, data: Vec<u8> },
-    User(M),
-    Shutdown,
-}
-
-/// Why a send did not queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
-    /// The connection is closed or closing.
-    Gone,
-    /// Its queue would pass `--max-send-buffer`.
-    Overflow,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    No,
-    AfterFlush,
-    Now,
-}
-
-struct Conn<T> {
-    fd: RawFd,
-    gen: u32,
-    rbuf: Vec<u8>,
-    sendq: SendQueue,
-    recv_armed: bool,
-    cancel_sent: bool,
-    closing: Closing,
-    shut: bool,
-    handoff_to: Option<usize>,
-    state: Option<T>,
-}
-
-/// The service's view of the worker: connections' state, sends, closes, mail.
-pub struct Io<T, M> {
-    worker: usize,
-    conns: Vec<Option<Conn<T>>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
-    live: usize,
-    dirty: Vec<ConnId>,
-    pending: Vec<ConnId>,
-    peers: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
-    max_send_buffer: usize,
-    now: Instant,
-}
-
-impl<T, M> Io<T, M> {
-    pub fn worker(&self) -> usize {
-        self.worker
-    }
-
-    pub fn workers(&self) -> usize {
-        self.peers.len()
-    }
-
-    /// The time at the start of this loop pass.
-    pub fn now(&self) -> Instant {
-        self.now
-    }
-
-    /// Open connections on this worker.
-    pub fn conn_count(&self) -> usize {
-        self.live
-    }
-
-    fn conn(&mut self, id: ConnId) -> Option<&mut Conn<T>> {
-        self.conns.get_mut(id.idx as usize)?.as_mut().filter(|c| c.gen == id.gen)
-    }
-
-    /// The protocol state of a live connection.
-    pub fn state(&mut self, id: ConnId) -> Option<&mut T> {
-        self.conn(id).filter(|c| c.closing == Closing::No && c.handoff_to.is_none())?.state.as_mut()
-    }
-
-    /// Queues a frame; it is written at the end of this loop pass with the others.
-    pub fn send(&mut self, id: ConnId, frame: Bytes) -> Result<(), SendError> {
-        let limit = self.max_send_buffer;
-        let c = self.conn(id).filter(|c| c.closing == Closing::No).ok_or(SendError::Gone)?;
-        c.sendq.push(frame, limit).map_err(|Overflow| SendError::Overflow)?;
-        self.dirty.push(id);
-        Ok(())
-    }
-
-    /// Bytes queued on a connection and not yet written.
-    pub fn queued_bytes(&mut self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.sendq.queued_bytes())
-    }
-
-    /// Closes a connection now (queued frames are dropped). `on_closed` follows.
-    pub fn close(&mut self, id: ConnId) {
-        if let Some(c) = self.conn(id) {
-            c.closing = Closing::Now;
-            self.pending.push(id);
-        }
-    }
-
-    /// Closes a connection once its queued frames are written.
-    pub fn close_after_flush(&mut self, id: ConnId) {
-        if let Some(c) = self.conn(id) {
-            if c.closing == Closing::No {
-                c.closing = Closing::AfterFlush;
-            }
-            self.pending.push(id);
-        }
-    }
-
-    /// Hands the connection (and the bytes not consumed) to another worker, which will see it
-    /// as a new connection whose first bytes are those. No `on_closed` follows.
-    pub fn handoff(&mut self, id: ConnId, worker: usize) {
-        if let Some(c) = self.conn(id) {
-            c.handoff_to = Some(worker);
-            c.state = None;
-            self.pending.push(id);
-        }
-    }
-
-    /// Posts mail to a worker (this one included).
-    pub fn post(&self, worker: usize, mail: M) {
-        self.peers[worker].post(RtMail::User(mail));
-    }
-}
-
-/// Every worker's mailbox, by worker index.
-pub type Peers<M> = Arc<Vec<Arc<Mailbox<RtMail<M>>>>>;
+use super::conn::{ConnId, Driver, Io, Peers, RtMail, Service, Shard};
+use super::ring::{self, tag, untag, Op, RingError};
 
 /// Settings of the runtime.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// Bytes a connection may have queued for sending (the slow-consumer limit).
     pub max_send_buffer: usize,
+    /// Unconsumed bytes a connection may hold (a request head and body, a WebSocket frame);
+    /// a connection past it is closed.
+    pub max_read_buffer: usize,
+    /// Unconsumed bytes every connection of one worker may hold together; past it the
+    /// largest holders are shed.
+    pub read_budget: usize,
+    /// Submission queue entries of the ring.
     pub ring_entries: u32,
+    /// Receive buffers in the provided-buffer ring.
     pub buf_count: u16,
+    /// Size of one receive buffer.
     pub buf_size: usize,
+    /// How long sessions get to close politely at shutdown.
     pub shutdown_grace: Duration,
 }
 
@@ -202,11 +50,21 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             max_send_buffer: 4 << 20,
+            max_read_buffer: (1 << 20) + (64 << 10),
+            read_budget: 64 << 20,
             ring_entries: 4096,
             buf_count: 1024,
             buf_size: 16 * 1024,
             shutdown_grace: Duration::from_secs(3),
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The per-connection read limit for a largest message of `max_payload` bytes: the
+    /// message, its HTTP head or frame header, and one receive's worth of what follows.
+    pub fn read_buffer_for(max_payload: usize) -> usize {
+        max_payload.saturating_add(64 << 10)
     }
 }
 
@@ -222,8 +80,7 @@ pub struct Worker<S: Service> {
     listener: RawFd,
     accept_armed: bool,
     accepting: bool,
-    io: Io<S::Conn, S::Mail>,
-    service: S,
+    shard: Shard<S>,
     mailbox: Arc<Mailbox<RtMail<S::Mail>>>,
     eventfd_buf: Box<u64>,
     mailbox_armed: bool,
@@ -232,12 +89,74 @@ pub struct Worker<S: Service> {
     cqes: Vec<(u64, i32, u32)>,
 }
 
+/// The shard's operations as io_uring submissions.
+struct RingDriver<'a> {
+    ring: &'a mut IoUring,
+    multishot: bool,
+}
+
+/// Pushes one entry, submitting first when the queue is full.
+fn push(ring: &mut IoUring, e: io_uring::squeue::Entry) {
+    // SAFETY: every entry built by this worker references memory that outlives the
+    // operation: provided buffers (owned by `bufs`), the eventfd buffer (boxed in the worker),
+    // and send iovecs/frames kept in the connection's `SendQueue` until its completion.
+    unsafe {
+        while ring.submission().push(&e).is_err() {
+            let _ = ring.submit();
+        }
+    }
+}
+
+impl Driver for RingDriver<'_> {
+    fn arm_recv(&mut self, id: ConnId, fd: RawFd) {
+        let e = if self.multishot {
+            opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+        } else {
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+                .buf_group(BGID)
+                .build()
+                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+        };
+        push(self.ring, e.user_data(tag(Op::Recv, id.idx, id.gen)));
+    }
+
+    fn cancel_recv(&mut self, id: ConnId) {
+        let ud = tag(Op::Recv, id.idx, id.gen);
+        push(
+            self.ring,
+            opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(tag(Op::Cancel, 0, 0)),
+        );
+    }
+
+    fn write(&mut self, id: ConnId, fd: RawFd, iov: *const libc::iovec, n: u32) {
+        push(
+            self.ring,
+            opcode::Writev::new(types::Fd(fd), iov, n)
+                .build()
+                .user_data(tag(Op::Send, id.idx, id.gen)),
+        );
+    }
+
+    fn shutdown(&mut self, fd: RawFd) {
+        // SAFETY: shutting down our own socket; pending operations then complete.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        // SAFETY: no operation on this descriptor is in flight any more; it is closed once.
+        unsafe { libc::close(fd) };
+    }
+}
+
 impl<S: Service> Worker<S> {
     /// Sets up the ring and buffers; must run on the worker's own thread.
     pub fn new(
         index: usize,
         listener: RawFd,
         peers: Peers<S::Mail>,
+        conns_total: Arc<AtomicUsize>,
         service: S,
         cfg: WorkerConfig,
     ) -> Result<Worker<S>, RingError> {
@@ -250,6 +169,7 @@ impl<S: Service> Worker<S> {
         let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size, BGID)?;
         tracing::debug!(worker = index, multishot, "worker ring ready");
         let mailbox = peers[index].clone();
+        let io = Io::new(index, peers, cfg.clone(), conns_total, Instant::now());
         Ok(Worker {
             ring,
             bufs,
@@ -257,19 +177,7 @@ impl<S: Service> Worker<S> {
             listener,
             accept_armed: false,
             accepting: true,
-            io: Io {
-                worker: index,
-                conns: Vec::new(),
-                gens: Vec::new(),
-                free: Vec::new(),
-                live: 0,
-                dirty: Vec::new(),
-                pending: Vec::new(),
-                peers,
-                max_send_buffer: cfg.max_send_buffer,
-                now: Instant::now(),
-            },
-            service,
+            shard: Shard::new(io, service),
             mailbox,
             eventfd_buf: Box::new(0),
             mailbox_armed: false,
@@ -279,20 +187,15 @@ impl<S: Service> Worker<S> {
         })
     }
 
-    fn push(&mut self, e: io_uring::squeue::Entry) {
-        // SAFETY: every entry built by this worker references memory that outlives the
-        // operation: provided buffers (owned by `bufs`), the eventfd buffer (boxed in self),
-        // and send iovecs/frames kept in the connection's `SendQueue` until completion.
-        unsafe {
-            while self.ring.submission().push(&e).is_err() {
-                let _ = self.ring.submit();
-            }
-        }
-    }
-
     fn arm_accept(&mut self) {
         if self.accepting && !self.accept_armed {
-            self.push(opcode::AcceptMulti::new(types::Fd(self.listener)).flags(libc::SOCK_CLOEXEC).build().user_data(tag(Op::Accept, 0, 0)));
+            push(
+                &mut self.ring,
+                opcode::AcceptMulti::new(types::Fd(self.listener))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(tag(Op::Accept, 0, 0)),
+            );
             self.accept_armed = true;
         }
     }
@@ -300,111 +203,14 @@ impl<S: Service> Worker<S> {
     fn arm_mailbox(&mut self) {
         if !self.mailbox_armed {
             let ptr = (&mut *self.eventfd_buf as *mut u64).cast::<u8>();
-            self.push(opcode::Read::new(types::Fd(self.mailbox.eventfd()), ptr, 8).build().user_data(tag(Op::Mailbox, 0, 0)));
+            push(
+                &mut self.ring,
+                opcode::Read::new(types::Fd(self.mailbox.eventfd()), ptr, 8)
+                    .build()
+                    .user_data(tag(Op::Mailbox, 0, 0)),
+            );
             self.mailbox_armed = true;
         }
-    }
-
-    fn arm_recv(&mut self, id: ConnId) {
-        let multishot = self.multishot;
-        let Some(c) = self.io.conn(id) else { return };
-        if c.recv_armed || c.closing != Closing::No || c.handoff_to.is_some() {
-            return;
-        }
-        c.recv_armed = true;
-        let fd = c.fd;
-        let e = if multishot {
-            opcode::RecvMulti::new(types::Fd(fd), BGID).build()
-        } else {
-            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
-                .buf_group(BGID)
-                .build()
-                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
-        };
-        self.push(e.user_data(tag(Op::Recv, id.idx, id.gen)));
-    }
-
-    fn insert(&mut self, fd: RawFd) -> ConnId {
-        let idx = match self.io.free.pop() {
-            Some(i) => i,
-            None => {
-                self.io.conns.push(None);
-                self.io.gens.push(0);
-                (self.io.conns.len() - 1) as u32
-            }
-        };
-        let gen = (self.io.gens[idx as usize].wrapping_add(1)) & 0xff_ffff;
-        self.io.gens[idx as usize] = gen;
-        self.io.conns[idx as usize] = Some(Conn {
-            fd,
-            gen,
-            rbuf: Vec::new(),
-            sendq: SendQueue::default(),
-            recv_armed: false,
-            cancel_sent: false,
-            closing: Closing::No,
-            shut: false,
-            handoff_to: None,
-            state: None,
-        });
-        self.io.live += 1;
-        ConnId { idx, gen }
-    }
-
-    fn open(&mut self, fd: RawFd, initial: Vec<u8>) {
-        super::listener::set_nodelay(fd);
-        let id = self.insert(fd);
-        let state = self.service.on_accept(&mut self.io, id);
-        if let Some(c) = self.io.conn(id) {
-            c.state = Some(state);
-        }
-        if !initial.is_empty() {
-            let mut data = initial;
-            let used = self.service.on_data(&mut self.io, id, &mut data);
-            if let Some(c) = self.io.conn(id) {
-                data.drain(..used.min(data.len()));
-                c.rbuf = data;
-            }
-        }
-        self.arm_recv(id);
-    }
-
-    fn deliver(&mut self, id: ConnId, bid: u16, len: usize) {
-        // SAFETY: `bid` came from this completion of our buffer group and is recycled below
-        // before any other completion is looked at.
-        let data = unsafe { self.bufs.buffer(bid, len) };
-        let Some(c) = self.io.conn(id) else {
-            self.bufs.recycle(bid);
-            return;
-        };
-        if c.closing != Closing::No {
-            self.bufs.recycle(bid);
-            return;
-        }
-        if c.handoff_to.is_some() || !c.rbuf.is_empty() {
-            c.rbuf.extend_from_slice(data);
-            self.bufs.recycle(bid);
-            if c.handoff_to.is_some() {
-                return;
-            }
-            // Nothing else writes `rbuf` while the service runs, so the rest simply goes back.
-            let mut buf = std::mem::take(&mut c.rbuf);
-            let used = self.service.on_data(&mut self.io, id, &mut buf);
-            if let Some(c) = self.io.conn(id) {
-                buf.drain(..used.min(buf.len()));
-                // An idle connection holds no buffer.
-                c.rbuf = if buf.is_empty() { Vec::new() } else { buf };
-            }
-            return;
-        }
-        // Fast path: process straight from the kernel's buffer, keep only a partial tail.
-        let used = self.service.on_data(&mut self.io, id, data);
-        if used < len {
-            if let Some(c) = self.io.conn(id) {
-                c.rbuf.extend_from_slice(&data[used..]);
-            }
-        }
-        self.bufs.recycle(bid);
     }
 
     fn handle_cqe(&mut self, ud: u64, res: i32, flags: u32) {
@@ -412,7 +218,12 @@ impl<S: Service> Worker<S> {
         match op {
             Some(Op::Accept) => {
                 if res >= 0 {
-                    self.open(res, Vec::new());
+                    super::listener::set_nodelay(res);
+                    let mut drv = RingDriver {
+                        ring: &mut self.ring,
+                        multishot: self.multishot,
+                    };
+                    self.shard.accept(&mut drv, res);
                 } else if res != -libc::ECANCELED {
                     tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
@@ -426,123 +237,37 @@ impl<S: Service> Worker<S> {
             Some(Op::Recv) => {
                 let bid = cqueue::buffer_select(flags);
                 let id = ConnId { idx, gen };
-                let current = self.io.conns.get(idx as usize).and_then(|c| c.as_ref()).is_some_and(|c| gen_matches(c.gen, gen));
-                if !current {
-                    if let Some(b) = bid {
-                        self.bufs.recycle(b);
-                    }
-                    return;
-                }
-                if !cqueue::more(flags) {
-                    if let Some(c) = self.io.conn(id) {
-                        c.recv_armed = false;
-                    }
-                }
                 if res > 0 {
                     let b = bid.expect("a successful buffer-select receive names its buffer");
-                    self.deliver(id, b, res as usize);
-                } else if res == -libc::ENOBUFS {
-                    tracing::debug!("receive buffers exhausted; re-arming");
-                } else if res == 0 || res != -libc::ECANCELED {
-                    // End of stream or an error: the connection is over.
-                    if let Some(b) = bid {
-                        self.bufs.recycle(b);
-                    }
-                    if let Some(c) = self.io.conn(id) {
-                        if c.handoff_to.is_none() {
-                            c.closing = Closing::Now;
-                        }
-                    }
+                    // SAFETY: `b` came from this completion of our buffer group and is recycled
+                    // below, before any other completion is looked at.
+                    let data = unsafe { self.bufs.buffer(b, res as usize) };
+                    self.shard.received(id, data);
+                    self.bufs.recycle(b);
+                } else if let Some(b) = bid {
+                    self.bufs.recycle(b);
                 }
-                self.io.pending.push(id);
-            }
-            Some(Op::Send) => {
-                let id = ConnId { idx, gen };
-                if let Some(c) = self.io.conn(id) {
-                    if res >= 0 {
-                        c.sendq.complete(res as usize);
-                        self.io.dirty.push(id);
-                    } else {
-                        c.sendq.complete(0);
-                        c.sendq.clear();
-                        c.closing = Closing::Now;
+                if res <= 0 || !cqueue::more(flags) {
+                    let error = if res > 0 { None } else { Some(-res) };
+                    if res == -libc::ENOBUFS {
+                        tracing::debug!("receive buffers exhausted; re-arming");
                     }
-                    self.io.pending.push(id);
+                    self.shard.recv_ended(id, error);
                 }
             }
+            Some(Op::Send) => self.shard.sent(ConnId { idx, gen }, res),
             Some(Op::Cancel) | None => {}
         }
     }
 
-    /// Applies closes and hand-offs whose conditions are met.
-    fn settle(&mut self) {
-        while let Some(id) = self.io.pending.pop() {
-            let Some(c) = self.io.conn(id) else { continue };
-            if c.closing == Closing::AfterFlush && !c.sendq.has_queued() && !c.sendq.in_flight() {
-                c.closing = Closing::Now;
-            }
-            let busy = c.recv_armed || c.sendq.in_flight();
-            if let Some(target) = c.handoff_to {
-                if c.recv_armed && !c.cancel_sent {
-                    c.cancel_sent = true;
-                    let ud = tag(Op::Recv, id.idx, id.gen);
-                    self.push(opcode::AsyncCancel::new(ud).build().user_data(tag(Op::Cancel, 0, 0)));
-                }
-                if !busy {
-                    let c = self.io.conns[id.idx as usize].take().expect("checked above");
-                    self.io.free.push(id.idx);
-                    self.io.live -= 1;
-                    self.io.peers[target].post(RtMail::Adopt { fd: c.fd, data: c.rbuf });
-                }
-                continue;
-            }
-            if c.closing != Closing::Now {
-                if !c.recv_armed {
-                    self.arm_recv(id);
-                }
-                continue;
-            }
-            if let Some(state) = c.state.take() {
-                self.service.on_closed(&mut self.io, id, state);
-            }
-            let Some(c) = self.io.conn(id) else { continue };
-            c.sendq.clear();
-            if !c.shut {
-                c.shut = true;
-                // SAFETY: shutting down our own socket; pending operations then complete.
-                unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
-            }
-            if !busy {
-                let c = self.io.conns[id.idx as usize].take().expect("checked above");
-                // SAFETY: no operation on this descriptor is in flight any more.
-                unsafe { libc::close(c.fd) };
-                self.io.free.push(id.idx);
-                self.io.live -= 1;
-            }
-        }
-    }
-
-    fn flush_sends(&mut self) {
-        let mut dirty = std::mem::take(&mut self.io.dirty);
-        for id in dirty.drain(..) {
-            let Some(c) = self.io.conn(id) else { continue };
-            if c.closing == Closing::Now {
-                continue;
-            }
-            let fd = c.fd;
-            if let Some((iov, n)) = c.sendq.start_send() {
-                self.push(opcode::Writev::new(types::Fd(fd), iov, n).build().user_data(tag(Op::Send, id.idx, id.gen)));
-            }
-        }
-        self.io.dirty = dirty;
-    }
-
     fn drain_mailbox(&mut self) {
         while let Some(m) = self.mailbox.take() {
-            match m {
-                RtMail::Adopt { fd, data } => self.open(fd, data),
-                RtMail::User(m) => self.service.on_mail(&mut self.io, m),
-                RtMail::Shutdown => self.begin_shutdown(),
+            let mut drv = RingDriver {
+                ring: &mut self.ring,
+                multishot: self.multishot,
+            };
+            if self.shard.mail(&mut drv, m) {
+                self.begin_shutdown();
             }
         }
     }
@@ -551,12 +276,17 @@ impl<S: Service> Worker<S> {
         if self.shutdown_at.is_some() {
             return;
         }
-        self.shutdown_at = Some(self.io.now + self.cfg.shutdown_grace);
+        self.shutdown_at = Some(self.shard.io.now() + self.cfg.shutdown_grace);
         self.accepting = false;
         if self.accept_armed {
-            self.push(opcode::AsyncCancel::new(tag(Op::Accept, 0, 0)).build().user_data(tag(Op::Cancel, 0, 0)));
+            push(
+                &mut self.ring,
+                opcode::AsyncCancel::new(tag(Op::Accept, 0, 0))
+                    .build()
+                    .user_data(tag(Op::Cancel, 0, 0)),
+            );
         }
-        self.service.on_shutdown(&mut self.io);
+        self.shard.service.on_shutdown(&mut self.shard.io);
     }
 
     /// Runs the loop until shutdown completes.
@@ -565,9 +295,15 @@ impl<S: Service> Worker<S> {
         self.arm_mailbox();
         loop {
             let now = Instant::now();
-            let mut wait = self.service.next_deadline().map(|d| d.saturating_duration_since(now));
+            let mut wait = self
+                .shard
+                .service
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
             if let Some(s) = self.shutdown_at {
-                let left = s.saturating_duration_since(now).min(Duration::from_millis(20));
+                let left = s
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(20));
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
             let must_not_sleep = self.mailbox.prepare_sleep();
@@ -582,13 +318,20 @@ impl<S: Service> Worker<S> {
             };
             self.mailbox.awake();
             if let Err(e) = res {
-                if !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) {
                     tracing::error!(error = %e, "io_uring_enter failed");
                 }
             }
-            self.io.now = Instant::now();
+            self.shard.io.set_now(Instant::now());
             self.cqes.clear();
-            self.cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            self.cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             let mut cqes = std::mem::take(&mut self.cqes);
             for &(ud, res, flags) in &cqes {
                 self.handle_cqe(ud, res, flags);
@@ -596,25 +339,72 @@ impl<S: Service> Worker<S> {
             cqes.clear();
             self.cqes = cqes;
             self.drain_mailbox();
-            let now = self.io.now;
-            self.service.on_timers(&mut self.io, now);
-            self.service.on_turn_end(&mut self.io);
-            self.settle();
-            self.flush_sends();
+            let mut drv = RingDriver {
+                ring: &mut self.ring,
+                multishot: self.multishot,
+            };
+            self.shard.turn(&mut drv);
             self.arm_mailbox();
             self.arm_accept();
             if let Some(deadline) = self.shutdown_at {
-                if self.io.live == 0 || Instant::now() >= deadline {
+                if self.shard.live() == 0 || Instant::now() >= deadline {
                     break;
                 }
             }
         }
-        // Whatever is left past the grace period is closed hard.
-        for c in self.io.conns.iter_mut().filter_map(Option::take) {
-            // SAFETY: the loop is over; these descriptors are ours and closed once.
-            unsafe { libc::close(c.fd) };
+        if !self.teardown() {
+            // The kernel may still write into receive buffers or read frames: leak the ring
+            // and every buffer rather than free memory it can touch.
+            std::mem::forget(self);
+        }
+    }
+
+    /// After the grace: every connection is shut down and closed, and completions are reaped
+    /// until no receive or write is in flight, so the kernel never touches a buffer after it
+    /// is freed (the send queues' frames and the provided buffers are dropped after this).
+    /// Returns whether that point was reached.
+    fn teardown(&mut self) -> bool {
+        // Connections handed to this worker after it stopped: their descriptors are ours.
+        while let Some(m) = self.mailbox.take() {
+            if let RtMail::Adopt { fd, .. } = m {
+                // SAFETY: an adopted descriptor belongs to this worker alone; closed once.
+                unsafe { libc::close(fd) };
+            }
+        }
+        let give_up = Instant::now() + Duration::from_secs(1);
+        loop {
+            let mut drv = RingDriver {
+                ring: &mut self.ring,
+                multishot: self.multishot,
+            };
+            self.shard.close_all(&mut drv);
+            if self.shard.in_flight() == 0 {
+                break;
+            }
+            if Instant::now() >= give_up {
+                tracing::error!(
+                    in_flight = self.shard.in_flight(),
+                    "operations still in flight after shutdown; leaking their buffers"
+                );
+                return false;
+            }
+            let ts = ring::timespec(Duration::from_millis(50));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.cqes.clear();
+            self.cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            let cqes = std::mem::take(&mut self.cqes);
+            for &(ud, res, flags) in &cqes {
+                self.handle_cqe(ud, res, flags);
+            }
+            self.cqes = cqes;
         }
         // SAFETY: the listener is ours and is closed once, at exit.
         unsafe { libc::close(self.listener) };
+        true
     }
 }

@@ -1,0 +1,690 @@
+//! The connection table of one worker and the rules every backend shares: what happens when a
+//! connection is accepted or adopted, when bytes arrive, when a write completes, when the
+//! service closes, pauses or hands over a connection, and what a peer may make it hold.
+//!
+//! A backend (the io_uring loop in [`super::worker`], the in-memory harness in [`super::sim`])
+//! turns its completions into calls on [`Shard`] and carries out what the shard asks of it
+//! through [`Driver`]; nothing here knows which backend runs.
+//!
+//! Bounded by construction: a connection holds at most `max_read_buffer` unconsumed bytes (it
+//! is closed beyond that), reading stops while the service has paused it, and the worker's
+//! unconsumed bytes together stay under `read_budget`: past it the largest holders are shed
+//! (the service answers them, then they are closed). Every shed is counted in [`Stats`].
+//!
+//! Must never: parse protocol bytes, read the clock, or keep a connection's memory after it
+//! is gone.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::arena::{Arena, Handle};
+use super::bus::Mailbox;
+use super::sendq::{Overflow, SendQueue};
+use super::worker::WorkerConfig;
+
+/// A connection's handle: slot index and generation (a reused slot gets a new generation).
+pub type ConnId = Handle;
+
+/// What the runtime drives: the protocol stack of one worker.
+pub trait Service: 'static {
+    /// Per-connection protocol state.
+    type Conn;
+    /// Messages other workers (and `ServerHandle`s) send to this worker.
+    type Mail: Send + 'static;
+
+    /// A connection was accepted from the listener: its initial state.
+    fn on_accept(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId) -> Self::Conn;
+    /// A connection another worker accepted was handed over: its initial state. Its first
+    /// bytes (already read by the other worker) follow through `on_data`.
+    fn on_adopt(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId) -> Self::Conn;
+    /// Bytes arrived. Returns how many were consumed; the rest is kept and offered again, in
+    /// front of the next bytes. `data` may be unmasked or otherwise rewritten in place.
+    fn on_data(
+        &mut self,
+        io: &mut Io<Self::Conn, Self::Mail>,
+        id: ConnId,
+        data: &mut [u8],
+    ) -> usize;
+    /// The connection is gone (peer closed, error, or the service closed it).
+    fn on_closed(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId, state: Self::Conn);
+    /// The worker is over its budget and this connection holds the most: queue the protocol's
+    /// answer (e.g. HTTP 503, WebSocket close 1013). The runtime closes it after the answer.
+    fn on_shed(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId);
+    /// Mail from another worker.
+    fn on_mail(&mut self, io: &mut Io<Self::Conn, Self::Mail>, mail: Self::Mail);
+    /// Timers: called every pass with the current time.
+    fn on_timers(&mut self, io: &mut Io<Self::Conn, Self::Mail>, now: Instant);
+    /// The earliest instant `on_timers` has work.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// End of a loop pass: flush what was batched during it.
+    fn on_turn_end(&mut self, io: &mut Io<Self::Conn, Self::Mail>);
+    /// The server is shutting down: close sessions politely.
+    fn on_shutdown(&mut self, io: &mut Io<Self::Conn, Self::Mail>);
+}
+
+/// Mail as the runtime sees it.
+pub enum RtMail<M> {
+    /// Take over a connection another worker accepted, with the bytes it already read.
+    Adopt {
+        /// The connection's descriptor.
+        fd: RawFd,
+        /// Bytes read and not consumed by the other worker.
+        data: Vec<u8>,
+    },
+    /// Mail for the service.
+    User(M),
+    /// Stop accepting, close sessions politely, exit.
+    Shutdown,
+}
+
+/// Why a send did not queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is closed or closing.
+    Gone,
+    /// Its queue would pass `--max-send-buffer`.
+    Overflow,
+}
+
+/// What a backend does for the shard. Each call is one operation on the backend's I/O.
+pub trait Driver {
+    /// Start receiving on `fd`; completions come back as [`Shard::received`] and
+    /// [`Shard::recv_ended`].
+    fn arm_recv(&mut self, id: ConnId, fd: RawFd);
+    /// Stop the receive armed on `id`; it ends with [`Shard::recv_ended`].
+    fn cancel_recv(&mut self, id: ConnId);
+    /// Write the `n` iovecs at `iov` (kept alive by the connection's send queue until
+    /// [`Shard::sent`] is called for it).
+    fn write(&mut self, id: ConnId, fd: RawFd, iov: *const libc::iovec, n: u32);
+    /// Shut the socket down both ways: operations in flight on it complete.
+    fn shutdown(&mut self, fd: RawFd);
+    /// Close the descriptor; no operation on it is in flight.
+    fn close(&mut self, fd: RawFd);
+}
+
+/// Counters of what the worker refused or cut, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections closed for holding more than `max_read_buffer` unconsumed bytes.
+    pub read_overflow: u64,
+    /// Connections shed because the worker's unconsumed bytes passed `read_budget`.
+    pub shed_read_budget: u64,
+    /// Connections shed because the process passed `--max-memory`.
+    pub shed_memory: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    No,
+    AfterFlush,
+    Now,
+}
+
+struct Conn<T> {
+    fd: RawFd,
+    rbuf: Vec<u8>,
+    sendq: SendQueue,
+    recv_armed: bool,
+    cancel_sent: bool,
+    /// The service asked for no more input until it resumes the connection.
+    paused: bool,
+    closing: Closing,
+    shut: bool,
+    handoff_to: Option<usize>,
+    state: Option<T>,
+}
+
+impl<T> Conn<T> {
+    fn new(fd: RawFd) -> Self {
+        Conn {
+            fd,
+            rbuf: Vec::new(),
+            sendq: SendQueue::default(),
+            recv_armed: false,
+            cancel_sent: false,
+            paused: false,
+            closing: Closing::No,
+            shut: false,
+            handoff_to: None,
+            state: None,
+        }
+    }
+
+    /// Whether the service can be given input.
+    fn open(&self) -> bool {
+        self.closing == Closing::No && self.handoff_to.is_none()
+    }
+}
+
+/// Every worker's mailbox, by worker index.
+pub type Peers<M> = Arc<Vec<Arc<Mailbox<RtMail<M>>>>>;
+
+/// The service's view of the worker: connections' state, sends, closes, pauses, mail.
+pub struct Io<T, M> {
+    worker: usize,
+    conns: Arena<Conn<T>>,
+    dirty: Vec<ConnId>,
+    pending: Vec<ConnId>,
+    resumed: Vec<ConnId>,
+    peers: Peers<M>,
+    cfg: WorkerConfig,
+    now: Instant,
+    /// Unconsumed bytes held in read buffers, over every connection.
+    read_held: usize,
+    /// Connections of the whole process (accepted and not yet closed, wherever they are).
+    conns_total: Arc<AtomicUsize>,
+    /// Connections counted in `conns_total` that this worker owns (checked against the table).
+    counted: usize,
+    stats: Stats,
+}
+
+impl<T, M> Io<T, M> {
+    /// A worker's view with no connections. `conns_total` is shared by every worker.
+    pub fn new(
+        worker: usize,
+        peers: Peers<M>,
+        cfg: WorkerConfig,
+        conns_total: Arc<AtomicUsize>,
+        now: Instant,
+    ) -> Self {
+        Io {
+            worker,
+            conns: Arena::default(),
+            dirty: Vec::new(),
+            pending: Vec::new(),
+            resumed: Vec::new(),
+            peers,
+            cfg,
+            now,
+            read_held: 0,
+            conns_total,
+            counted: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// How many workers the server runs.
+    pub fn workers(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The time at the start of this loop pass.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub(super) fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Open connections on this worker.
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections of the whole process.
+    pub fn total_conns(&self) -> usize {
+        self.conns_total.load(Ordering::Relaxed)
+    }
+
+    /// Unconsumed bytes held in this worker's read buffers.
+    pub fn read_held(&self) -> usize {
+        self.read_held
+    }
+
+    /// What this worker refused or cut so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The live connection in slot `idx` (timers keyed by slot find their connection here).
+    pub fn conn_at(&self, idx: u32) -> Option<ConnId> {
+        self.conns.handle_at(idx)
+    }
+
+    fn conn(&mut self, id: ConnId) -> Option<&mut Conn<T>> {
+        self.conns.get_mut(id)
+    }
+
+    /// The protocol state of a live connection.
+    pub fn state(&mut self, id: ConnId) -> Option<&mut T> {
+        self.conn(id).filter(|c| c.open())?.state.as_mut()
+    }
+
+    /// Queues a frame; it is written at the end of this loop pass with the others.
+    pub fn send(&mut self, id: ConnId, frame: Bytes) -> Result<(), SendError> {
+        let limit = self.cfg.max_send_buffer;
+        let c = self
+            .conns
+            .get_mut(id)
+            .filter(|c| c.closing == Closing::No)
+            .ok_or(SendError::Gone)?;
+        c.sendq
+            .push(frame, limit)
+            .map_err(|Overflow| SendError::Overflow)?;
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Bytes queued on a connection and not yet written.
+    pub fn queued_bytes(&mut self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.sendq.queued_bytes())
+    }
+
+    /// Closes a connection now (queued frames are dropped). `on_closed` follows.
+    pub fn close(&mut self, id: ConnId) {
+        if let Some(c) = self.conn(id) {
+            c.closing = Closing::Now;
+            self.pending.push(id);
+        }
+    }
+
+    /// Closes a connection once its queued frames are written. Nothing more is read from it.
+    pub fn close_after_flush(&mut self, id: ConnId) {
+        if let Some(c) = self.conn(id) {
+            if c.closing == Closing::No {
+                c.closing = Closing::AfterFlush;
+            }
+            self.pending.push(id);
+        }
+    }
+
+    /// Stops reading from a connection until [`Io::resume_reading`]: what arrives meanwhile
+    /// stays in the kernel (TCP flow control pushes back on the peer).
+    pub fn pause_reading(&mut self, id: ConnId) {
+        if let Some(c) = self.conn(id) {
+            c.paused = true;
+            self.pending.push(id);
+        }
+    }
+
+    /// Reading resumes: bytes kept from before are offered to the service again this pass.
+    pub fn resume_reading(&mut self, id: ConnId) {
+        if let Some(c) = self.conn(id) {
+            if c.paused {
+                c.paused = false;
+                self.resumed.push(id);
+                self.pending.push(id);
+            }
+        }
+    }
+
+    /// Hands the connection (and the bytes not consumed) to another worker, once what is
+    /// queued on it is written; the other worker adopts it with those bytes first. No
+    /// `on_closed` follows.
+    pub fn handoff(&mut self, id: ConnId, worker: usize) {
+        if let Some(c) = self.conn(id) {
+            c.handoff_to = Some(worker);
+            c.state = None;
+            self.pending.push(id);
+        }
+    }
+
+    /// Posts mail to a worker (this one included).
+    pub fn post(&self, worker: usize, mail: M) {
+        self.peers[worker].post(RtMail::User(mail));
+    }
+
+    /// The connection holding the most bytes (read buffer and send queue), if any.
+    pub fn largest_holder(&self) -> Option<(ConnId, usize)> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.closing != Closing::Now)
+            .map(|(id, c)| (id, c.rbuf.len() + c.sendq.queued_bytes()))
+            .max_by_key(|&(_, n)| n)
+    }
+
+    fn set_rbuf(&mut self, id: ConnId, buf: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        self.read_held = self.read_held - c.rbuf.len() + buf.len();
+        // An idle connection holds no buffer.
+        c.rbuf = if buf.is_empty() { Vec::new() } else { buf };
+    }
+
+    fn take_rbuf(&mut self, id: ConnId) -> Vec<u8> {
+        let Some(c) = self.conns.get_mut(id) else {
+            return Vec::new();
+        };
+        self.read_held -= c.rbuf.len();
+        std::mem::take(&mut c.rbuf)
+    }
+}
+
+/// One worker's connections and the service that speaks their protocol.
+pub struct Shard<S: Service> {
+    /// The connections, as the service sees them.
+    pub io: Io<S::Conn, S::Mail>,
+    /// The protocol stack.
+    pub service: S,
+}
+
+impl<S: Service> Shard<S> {
+    /// A shard with no connections.
+    pub fn new(io: Io<S::Conn, S::Mail>, service: S) -> Self {
+        Shard { io, service }
+    }
+
+    fn insert(&mut self, fd: RawFd) -> ConnId {
+        self.io.counted += 1;
+        self.io.conns.insert(Conn::new(fd))
+    }
+
+    /// A connection was accepted from the listener.
+    pub fn accept(&mut self, drv: &mut impl Driver, fd: RawFd) -> ConnId {
+        self.io.conns_total.fetch_add(1, Ordering::Relaxed);
+        let id = self.insert(fd);
+        let state = self.service.on_accept(&mut self.io, id);
+        if let Some(c) = self.io.conn(id) {
+            c.state = Some(state);
+        }
+        self.arm(drv, id);
+        id
+    }
+
+    /// A connection handed over by another worker, with the bytes it had read. It was
+    /// counted when it was accepted, and stays counted.
+    pub fn adopt(&mut self, drv: &mut impl Driver, fd: RawFd, data: Vec<u8>) -> ConnId {
+        let id = self.insert(fd);
+        let state = self.service.on_adopt(&mut self.io, id);
+        if let Some(c) = self.io.conn(id) {
+            c.state = Some(state);
+        }
+        if !data.is_empty() {
+            self.io.set_rbuf(id, data);
+            self.offer_kept(id);
+        }
+        self.arm(drv, id);
+        id
+    }
+
+    fn arm(&mut self, drv: &mut impl Driver, id: ConnId) {
+        let Some(c) = self.io.conn(id) else { return };
+        if c.recv_armed || !c.open() || c.paused {
+            return;
+        }
+        c.recv_armed = true;
+        c.cancel_sent = false;
+        drv.arm_recv(id, c.fd);
+    }
+
+    /// Offers the kept bytes of `id` to the service (after a resume, or an adoption).
+    fn offer_kept(&mut self, id: ConnId) {
+        if !self
+            .io
+            .conn(id)
+            .is_some_and(|c| c.open() && !c.paused && !c.rbuf.is_empty())
+        {
+            return;
+        }
+        let mut buf = self.io.take_rbuf(id);
+        let used = self.service.on_data(&mut self.io, id, &mut buf);
+        buf.drain(..used.min(buf.len()));
+        self.io.set_rbuf(id, buf);
+    }
+
+    /// Bytes arrived on `id` (borrowed from the backend's buffer, rewritable in place).
+    pub fn received(&mut self, id: ConnId, data: &mut [u8]) {
+        let max = self.io.cfg.max_read_buffer;
+        let Some(c) = self.io.conn(id) else { return };
+        if c.closing != Closing::No {
+            return;
+        }
+        if c.handoff_to.is_some() || c.paused || !c.rbuf.is_empty() {
+            if c.rbuf.len() + data.len() > max {
+                tracing::debug!(
+                    worker = self.io.worker,
+                    "read buffer limit passed: closing the connection"
+                );
+                self.io.stats.read_overflow += 1;
+                self.io.close(id);
+                return;
+            }
+            let mut buf = self.io.take_rbuf(id);
+            buf.extend_from_slice(data);
+            self.io.set_rbuf(id, buf);
+            self.offer_kept(id);
+        } else {
+            // Fast path: process straight from the backend's buffer, keep only a partial tail.
+            let used = self.service.on_data(&mut self.io, id, data);
+            if used < data.len() {
+                if data.len() - used > max {
+                    self.io.stats.read_overflow += 1;
+                    self.io.close(id);
+                    return;
+                }
+                let mut buf = self.io.take_rbuf(id);
+                buf.extend_from_slice(&data[used..]);
+                self.io.set_rbuf(id, buf);
+            }
+        }
+        self.enforce_read_budget();
+    }
+
+    /// Past the worker's read budget, the largest holders are shed until it is met again.
+    fn enforce_read_budget(&mut self) {
+        while self.io.read_held > self.io.cfg.read_budget {
+            let Some((victim, _)) = self.io.largest_holder() else {
+                break;
+            };
+            self.io.stats.shed_read_budget += 1;
+            self.shed(victim);
+        }
+    }
+
+    /// Sheds one connection: the service answers it, then it closes; its read buffer is
+    /// released at once.
+    pub fn shed(&mut self, id: ConnId) {
+        self.service.on_shed(&mut self.io, id);
+        self.io.set_rbuf(id, Vec::new());
+        if let Some(c) = self.io.conn(id) {
+            if c.closing == Closing::No {
+                c.closing = Closing::AfterFlush;
+            }
+            c.handoff_to = None;
+            self.io.pending.push(id);
+        }
+    }
+
+    /// The receive on `id` ended: `error` is `None` for a clean end of its multishot run (it
+    /// is re-armed), `Some(0)` for end of stream, `Some(errno)` otherwise (`ECANCELED` after
+    /// a cancel, `ENOBUFS` when the backend ran out of receive buffers: both re-armed).
+    pub fn recv_ended(&mut self, id: ConnId, error: Option<i32>) {
+        let Some(c) = self.io.conn(id) else { return };
+        c.recv_armed = false;
+        match error {
+            None => {}
+            Some(e)
+                if e == libc::ECANCELED
+                    || e == libc::ENOBUFS
+                    || e == libc::EAGAIN
+                    || e == libc::EINTR => {}
+            Some(_) => {
+                // End of stream or an error: the connection is over (a hand-off in progress
+                // still moves it; the new owner sees the end).
+                if c.handoff_to.is_none() {
+                    c.closing = Closing::Now;
+                }
+            }
+        }
+        self.io.pending.push(id);
+    }
+
+    /// The write on `id` completed: `res` bytes written, or `-errno`.
+    pub fn sent(&mut self, id: ConnId, res: i32) {
+        let Some(c) = self.io.conn(id) else { return };
+        if res >= 0 {
+            c.sendq.complete(res as usize);
+            self.io.dirty.push(id);
+        } else {
+            c.sendq.complete(0);
+            c.sendq.clear();
+            c.closing = Closing::Now;
+        }
+        self.io.pending.push(id);
+    }
+
+    /// Mail from another worker or a handle.
+    pub fn mail(&mut self, drv: &mut impl Driver, m: RtMail<S::Mail>) -> bool {
+        match m {
+            RtMail::Adopt { fd, data } => {
+                self.adopt(drv, fd, data);
+            }
+            RtMail::User(m) => self.service.on_mail(&mut self.io, m),
+            RtMail::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Runs due timers, ends the service's turn, applies closes, pauses and hand-offs, and
+    /// writes every connection's queued frames.
+    pub fn turn(&mut self, drv: &mut impl Driver) {
+        let now = self.io.now;
+        self.service.on_timers(&mut self.io, now);
+        self.service.on_turn_end(&mut self.io);
+        // Resumed connections get their kept bytes; the service may pause them again.
+        while !self.io.resumed.is_empty() {
+            for id in std::mem::take(&mut self.io.resumed) {
+                self.offer_kept(id);
+            }
+            self.service.on_turn_end(&mut self.io);
+        }
+        self.settle(drv);
+        self.flush(drv);
+        #[cfg(debug_assertions)]
+        self.check_counts();
+    }
+
+    /// Applies closes and hand-offs whose conditions are met, pauses and re-arms.
+    fn settle(&mut self, drv: &mut impl Driver) {
+        while let Some(id) = self.io.pending.pop() {
+            let Some(c) = self.io.conn(id) else { continue };
+            if c.closing == Closing::AfterFlush && !c.sendq.has_queued() && !c.sendq.in_flight() {
+                c.closing = Closing::Now;
+            }
+            if let Some(target) = c.handoff_to {
+                // Written first: a response queued before the hand-off goes out in order.
+                let busy = c.recv_armed || c.sendq.in_flight() || c.sendq.has_queued();
+                if c.recv_armed && !c.cancel_sent {
+                    c.cancel_sent = true;
+                    drv.cancel_recv(id);
+                }
+                if !busy {
+                    let data = self.io.take_rbuf(id);
+                    let c = self.io.conns.remove(id).expect("checked above");
+                    self.io.counted -= 1;
+                    self.io.peers[target].post(RtMail::Adopt { fd: c.fd, data });
+                }
+                continue;
+            }
+            if c.closing == Closing::No {
+                if c.paused {
+                    if c.recv_armed && !c.cancel_sent {
+                        c.cancel_sent = true;
+                        drv.cancel_recv(id);
+                    }
+                } else {
+                    self.arm(drv, id);
+                }
+                continue;
+            }
+            if c.closing == Closing::AfterFlush {
+                // Nothing more is read while the answer drains.
+                if c.recv_armed && !c.cancel_sent {
+                    c.cancel_sent = true;
+                    drv.cancel_recv(id);
+                }
+                continue;
+            }
+            if let Some(state) = c.state.take() {
+                self.service.on_closed(&mut self.io, id, state);
+            }
+            self.io.set_rbuf(id, Vec::new());
+            let Some(c) = self.io.conn(id) else { continue };
+            c.sendq.clear();
+            if !c.shut {
+                c.shut = true;
+                drv.shutdown(c.fd);
+            }
+            if !c.recv_armed && !c.sendq.in_flight() {
+                let c = self.io.conns.remove(id).expect("checked above");
+                drv.close(c.fd);
+                self.io.counted -= 1;
+                self.io.conns_total.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn flush(&mut self, drv: &mut impl Driver) {
+        let mut dirty = std::mem::take(&mut self.io.dirty);
+        for id in dirty.drain(..) {
+            let Some(c) = self.io.conn(id) else { continue };
+            if c.closing == Closing::Now {
+                continue;
+            }
+            let fd = c.fd;
+            if let Some((iov, n)) = c.sendq.start_send() {
+                drv.write(id, fd, iov, n);
+            }
+        }
+        self.io.dirty = dirty;
+    }
+
+    /// Closes every connection at once (the end of the shutdown grace): queued frames are
+    /// dropped, sockets are shut down so operations in flight complete. The backend keeps
+    /// reaping completions until [`Shard::in_flight`] is zero before it frees anything.
+    pub fn close_all(&mut self, drv: &mut impl Driver) {
+        for id in self.io.conns.handles() {
+            if let Some(c) = self.io.conn(id) {
+                c.closing = Closing::Now;
+                c.handoff_to = None;
+            }
+            self.io.pending.push(id);
+        }
+        self.settle(drv);
+    }
+
+    /// Operations of connections still in flight (receives and writes).
+    pub fn in_flight(&self) -> usize {
+        self.io
+            .conns
+            .iter()
+            .map(|(_, c)| c.recv_armed as usize + c.sendq.in_flight() as usize)
+            .sum()
+    }
+
+    /// Connections this worker owns.
+    pub fn live(&self) -> usize {
+        self.io.conns.len()
+    }
+
+    /// Debug builds: the connections counted for this worker are exactly those in its table,
+    /// and the read-buffer total matches the buffers.
+    #[cfg(debug_assertions)]
+    fn check_counts(&self) {
+        debug_assert_eq!(
+            self.io.counted,
+            self.io.conns.len(),
+            "connection count drifted from the table"
+        );
+        debug_assert_eq!(
+            self.io.read_held,
+            self.io
+                .conns
+                .iter()
+                .map(|(_, c)| c.rbuf.len())
+                .sum::<usize>(),
+            "read_held drifted"
+        );
+    }
+}
