@@ -52,10 +52,7 @@ fn connect_sockets(addr: SocketAddr) {
     let mut conns: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for i in 0..SOCKETS {
         let c = &mut conns[i % 32];
-        let open = roundtrip(
-            c,
-            b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n",
-        );
+        let open = roundtrip(c, b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
         let v: serde_json::Value = serde_json::from_slice(&open[1..]).unwrap();
         let sid = v["sid"].as_str().unwrap();
         let req = format!("POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n40");
@@ -65,11 +62,7 @@ fn connect_sockets(addr: SocketAddr) {
 
 fn bench(c: &mut Criterion) {
     let engine = EngineConfig {
-        session: SessionConfig {
-            ping_interval: Duration::from_secs(3600),
-            ping_timeout: Duration::from_secs(3600),
-            ..Default::default()
-        },
+        session: SessionConfig { ping_interval: Duration::from_secs(3600), ping_timeout: Duration::from_secs(3600), ..Default::default() },
         max_send_buffer: 1 << 30,
         ..Default::default()
     };
@@ -78,14 +71,9 @@ fn bench(c: &mut Criterion) {
         threads: 2,
         pin: true,
         backlog: 1024,
-        worker: WorkerConfig {
-            max_send_buffer: 1 << 30,
-            ..Default::default()
-        },
+        worker: WorkerConfig { max_send_buffer: 1 << 30, ..Default::default() },
     };
-    let server = contract::app(Server::builder().engine(engine).runtime(runtime))
-        .start()
-        .unwrap();
+    let server = contract::app(Server::builder().engine(engine).runtime(runtime)).start().unwrap();
     connect_sockets(server.local_addr());
     let handle = server.handle();
     let all = handle.of("/");
@@ -97,9 +85,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("broadcast_10k_sockets_2_workers");
     g.throughput(Throughput::Elements(SOCKETS as u64));
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     g.bench_function("encode_once_and_deliver", |b| {
         b.iter(|| {
             room.emit("tick", &payload);

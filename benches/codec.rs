@@ -16,16 +16,11 @@ fn frame_decode(c: &mut Criterion) {
         let frames = 64;
         let payload = "x".repeat(size);
         let wire: Vec<u8> = (0..frames)
-            .flat_map(|_| {
-                encode_client_frame(true, false, OpCode::Text, [1, 2, 3, 4], payload.as_bytes())
-            })
+            .flat_map(|_| encode_client_frame(true, false, OpCode::Text, [1, 2, 3, 4], payload.as_bytes()))
             .collect();
         g.throughput(Throughput::Elements(frames));
         g.bench_with_input(BenchmarkId::new("text_frames_x64", size), &size, |b, _| {
-            let mut codec = ServerCodec::new(CodecConfig {
-                max_message_size: 1 << 20,
-                ..Default::default()
-            });
+            let mut codec = ServerCodec::new(CodecConfig { max_message_size: 1 << 20, ..Default::default() });
             let mut buf = wire.clone();
             b.iter(|| {
                 buf.copy_from_slice(&wire);
@@ -42,17 +37,10 @@ fn frame_decode(c: &mut Criterion) {
 }
 
 fn sio(c: &mut Criterion) {
-    let args = vec![
-        json!({"room": "r1", "ts": 1700000000123u64, "body": "x".repeat(60)}),
-        json!([1, 2, 3]),
-    ];
+    let args = vec![json!({"room": "r1", "ts": 1700000000123u64, "body": "x".repeat(60)}), json!([1, 2, 3])];
     let mut g = c.benchmark_group("sio_event");
-    g.bench_function("encode", |b| {
-        b.iter(|| encode::event("/", "room-message", black_box(&args), None, vec![]))
-    });
-    let text = encode::event("/", "room-message", &args, Some(42), vec![])
-        .packet_text()
-        .to_vec();
+    g.bench_function("encode", |b| b.iter(|| encode::event("/", "room-message", black_box(&args), None, vec![])));
+    let text = encode::event("/", "room-message", &args, Some(42), vec![]).packet_text().to_vec();
     let json_at = text.iter().position(|&b| b == b'[').unwrap();
     let mut dec = Decoder::new(Limits::default());
     let mut buf = text.clone();
@@ -66,11 +54,7 @@ fn sio(c: &mut Criterion) {
     g.bench_function("parse_json_simd_json", |b| {
         b.iter(|| {
             buf.copy_from_slice(&text);
-            let v: Value = simd_json::serde::from_slice_with_buffers(
-                black_box(&mut buf[json_at..]),
-                &mut buffers,
-            )
-            .unwrap();
+            let v: Value = simd_json::serde::from_slice_with_buffers(black_box(&mut buf[json_at..]), &mut buffers).unwrap();
             v
         })
     });

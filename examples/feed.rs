@@ -10,9 +10,7 @@ use serde_json::json;
 use shardcast::app::{Namespace, Server};
 
 fn main() {
-    let bind = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:3000".into());
+    let bind = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
     let ns = Namespace::new()
         .on("subscribe", |s, ev| {
             if let Some(topic) = ev.args.first().and_then(|t| t.as_str()).map(str::to_string) {
@@ -24,11 +22,7 @@ fn main() {
                 s.leave(&topic);
             }
         });
-    let server = Server::builder()
-        .bind(bind.parse().expect("an address like 127.0.0.1:3000"))
-        .namespace("/", ns)
-        .start()
-        .expect("io_uring is available");
+    let server = Server::builder().bind(bind.parse().expect("an address like 127.0.0.1:3000")).namespace("/", ns).start().expect("io_uring is available");
     println!("feed listening on {}", server.local_addr());
     let handle = server.handle();
     let publisher = std::thread::spawn(move || {
@@ -36,11 +30,7 @@ fn main() {
         for seq in 0u64.. {
             price += ((seq * 7919) % 11) as f64 / 10.0 - 0.5;
             // Encoded once here; every worker sends the same bytes to its subscribers.
-            handle
-                .of("/")
-                .to("prices")
-                .volatile()
-                .emit("price", &[json!({"seq": seq, "price": price})]);
+            handle.of("/").to("prices").volatile().emit("price", &[json!({"seq": seq, "price": price})]);
             if seq % 50 == 0 {
                 let n = handle.of("/").to("prices").count();
                 println!("seq {seq}: {n} subscribers");

@@ -55,12 +55,7 @@ pub struct ServerOptions {
     #[arg(long, default_value_t = 1_000_000)]
     pub max_payload: usize,
     /// Transports offered.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "polling,websocket"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "polling,websocket")]
     pub transports: Vec<TransportArg>,
     /// Allowed origin (repeatable), or `*` for any.
     #[arg(long = "cors-origin", default_value = "*")]
@@ -115,13 +110,9 @@ impl ServerOptions {
                     TransportArg::Websocket => Transport::WebSocket,
                 })
                 .collect(),
-            cors: CorsConfig {
-                origins,
-                credentials: self.cors_credentials,
-            },
+            cors: CorsConfig { origins, credentials: self.cors_credentials },
             websocket_compression: self.websocket_compression,
-            http_compression_threshold: (self.http_compression_threshold > 0)
-                .then_some(self.http_compression_threshold),
+            http_compression_threshold: (self.http_compression_threshold > 0).then_some(self.http_compression_threshold),
             cookie: self.cookie.clone(),
             max_connections: self.max_connections,
             slow_consumer: match self.slow_consumer {
@@ -137,16 +128,10 @@ impl ServerOptions {
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             bind: self.bind,
-            threads: self
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             pin: !self.no_pin,
             backlog: 4096,
-            worker: WorkerConfig {
-                max_send_buffer: self.max_send_buffer,
-                max_read_buffer: WorkerConfig::read_buffer_for(self.max_payload),
-                ..WorkerConfig::default()
-            },
+            worker: WorkerConfig { max_send_buffer: self.max_send_buffer, max_read_buffer: WorkerConfig::read_buffer_for(self.max_payload), ..WorkerConfig::default() },
         }
     }
 }

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use clap::{Parser, Subcommand};
-use shardcast::app::{contract, Server};
 use shardcast::cli::ServerOptions;
 use shardcast::engine::echo::EioEcho;
+use shardcast::app::{contract, Server};
 use shardcast::engine::EioServer;
 use shardcast::rt::threads;
 
@@ -15,11 +15,7 @@ use shardcast::rt::threads;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "shardcast",
-    version,
-    about = "A thread-per-core io_uring Socket.IO server"
-)]
+#[command(name = "shardcast", version, about = "A thread-per-core io_uring Socket.IO server")]
 struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -67,9 +63,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let started = threads::start(rtcfg, move |_| {
-        EioServer::new(Rc::new(cfg.clone()), EioEcho)
-    });
+    let started = threads::start(rtcfg, move |_| EioServer::new(Rc::new(cfg.clone()), EioEcho));
     let mut rt = match started {
         Ok(rt) => rt,
         Err(e) => {
@@ -77,11 +71,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "shardcast echo listening on {} ({} workers)",
-        rt.local_addr(),
-        workers
-    );
+    println!("shardcast echo listening on {} ({} workers)", rt.local_addr(), workers);
     wait_for_signal(&set);
     rt.shutdown();
     rt.join();
@@ -92,9 +82,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let builder = Server::builder()
-        .engine(opts.engine_config())
-        .runtime(rtcfg);
+    let builder = Server::builder().engine(opts.engine_config()).runtime(rtcfg);
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {
@@ -102,11 +90,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "shardcast listening on {} ({} workers)",
-        server.local_addr(),
-        workers
-    );
+    println!("shardcast listening on {} ({} workers)", server.local_addr(), workers);
     wait_for_signal(&set);
     server.shutdown();
     ExitCode::SUCCESS
@@ -114,9 +98,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

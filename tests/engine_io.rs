@@ -23,14 +23,7 @@ fn polling_handshake_and_message_roundtrip() {
     assert_eq!(r.header("content-type"), Some("text/plain; charset=UTF-8"));
     let open: serde_json::Value = serde_json::from_str(&r.text()[1..]).unwrap();
     assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
-    assert_eq!(
-        (
-            open["pingInterval"].as_u64(),
-            open["pingTimeout"].as_u64(),
-            open["maxPayload"].as_u64()
-        ),
-        (Some(300), Some(200), Some(1_000_000))
-    );
+    assert_eq!((open["pingInterval"].as_u64(), open["pingTimeout"].as_u64(), open["maxPayload"].as_u64()), (Some(300), Some(200), Some(1_000_000)));
     let sid = open["sid"].as_str().unwrap();
     assert!(sid.len() >= 20, "at least 120 bits of randomness");
     let q = format!("{P}?EIO=4&transport=polling&sid={sid}");
@@ -57,31 +50,18 @@ fn polling_heartbeat_and_ping_timeout() {
     std::thread::sleep(Duration::from_millis(450));
     let r = h.get(&q, "");
     // The closed session answers its last poll with a close packet, then is gone.
-    assert!(
-        r.text() == "1" || r.status == 400,
-        "{} {}",
-        r.status,
-        r.text()
-    );
+    assert!(r.text() == "1" || r.status == 400, "{} {}", r.status, r.text());
     let r = h.get(&q, "");
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (400, r#"{"code":1,"message":"Session ID unknown"}"#)
-    );
+    assert_eq!((r.status, r.text().as_str()), (400, r#"{"code":1,"message":"Session ID unknown"}"#));
 }
 
 #[test]
 fn websocket_direct_echo_and_heartbeat() {
     let s = echo(&["--threads", "1"]);
     let mut ws = Ws::connect(s.addr, &format!("{P}?EIO=4&transport=websocket"), "");
-    assert!(ws
-        .response_head
-        .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    assert!(ws.response_head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     let open = ws.recv_text();
-    assert!(
-        open.starts_with("0{") && open.contains(r#""upgrades":[]"#),
-        "{open}"
-    );
+    assert!(open.starts_with("0{") && open.contains(r#""upgrades":[]"#), "{open}");
     ws.send_text("4hello");
     assert_eq!(ws.recv_eio(), "4hello");
     ws.send_binary(&[1, 2, 3]);
@@ -113,11 +93,7 @@ fn upgrade_from_polling_to_websocket() {
     // A poll is pending while the upgrade happens.
     let mut poller = Http::connect(s.addr);
     poller.send_raw(format!("GET {q} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-    let mut ws = Ws::connect(
-        s.addr,
-        &format!("{P}?EIO=4&transport=websocket&sid={sid}"),
-        "",
-    );
+    let mut ws = Ws::connect(s.addr, &format!("{P}?EIO=4&transport=websocket&sid={sid}"), "");
     ws.send_text("2probe");
     assert_eq!(ws.recv_text(), "3probe");
     let r = poller.read_response();
@@ -127,18 +103,9 @@ fn upgrade_from_polling_to_websocket() {
     assert_eq!(ws.recv_eio(), "4after upgrade");
     // Polling with an upgraded sid: 400.
     let r = get(s.addr, &q);
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (400, r#"{"code":3,"message":"Bad request"}"#)
-    );
+    assert_eq!((r.status, r.text().as_str()), (400, r#"{"code":3,"message":"Bad request"}"#));
     // A second WebSocket for the upgraded sid is refused.
-    let r = Ws::try_connect(
-        s.addr,
-        &format!("{P}?EIO=4&transport=websocket&sid={sid}"),
-        "",
-    )
-    .err()
-    .expect("refused");
+    let r = Ws::try_connect(s.addr, &format!("{P}?EIO=4&transport=websocket&sid={sid}"), "").err().expect("refused");
     assert_eq!(r.status, 400);
 }
 
@@ -152,11 +119,7 @@ fn two_concurrent_polls_close_the_session() {
     std::thread::sleep(Duration::from_millis(50));
     let r = get(s.addr, &q);
     assert_eq!(r.status, 400);
-    assert_eq!(
-        a.read_response().text(),
-        "1",
-        "the first poll gets the close packet"
-    );
+    assert_eq!(a.read_response().text(), "1", "the first poll gets the close packet");
     assert_eq!(get(s.addr, &q).status, 400);
 }
 
@@ -175,11 +138,7 @@ fn sessions_are_served_by_their_owning_worker() {
         assert_eq!(r.status, 200, "{}", r.text());
         let r = Http::connect(s.addr).get(&q, "");
         assert_eq!(r.text(), format!("4msg{i}"));
-        let mut ws = Ws::connect(
-            s.addr,
-            &format!("{P}?EIO=4&transport=websocket&sid={sid}"),
-            "",
-        );
+        let mut ws = Ws::connect(s.addr, &format!("{P}?EIO=4&transport=websocket&sid={sid}"), "");
         ws.send_text("2probe");
         assert_eq!(ws.recv_text(), "3probe");
         ws.send_text("5");
@@ -193,31 +152,11 @@ fn sessions_are_served_by_their_owning_worker() {
 fn reference_error_codes() {
     let s = echo(&["--threads", "1"]);
     let cases = [
-        (
-            format!("GET {P}?EIO=4&transport=tobi HTTP/1.1\r\n\r\n"),
-            400,
-            r#"{"code":0,"message":"Transport unknown"}"#,
-        ),
-        (
-            format!("GET {P}?EIO=4&transport=polling&sid=nope HTTP/1.1\r\n\r\n"),
-            400,
-            r#"{"code":1,"message":"Session ID unknown"}"#,
-        ),
-        (
-            format!("POST {P}?EIO=4&transport=polling HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-            400,
-            r#"{"code":2,"message":"Bad handshake method"}"#,
-        ),
-        (
-            format!("GET {P}?EIO=4&transport=websocket HTTP/1.1\r\n\r\n"),
-            400,
-            r#"{"code":3,"message":"Bad request"}"#,
-        ),
-        (
-            format!("GET {P}?EIO=3&transport=polling HTTP/1.1\r\n\r\n"),
-            400,
-            r#"{"code":5,"message":"Unsupported protocol version"}"#,
-        ),
+        (format!("GET {P}?EIO=4&transport=tobi HTTP/1.1\r\n\r\n"), 400, r#"{"code":0,"message":"Transport unknown"}"#),
+        (format!("GET {P}?EIO=4&transport=polling&sid=nope HTTP/1.1\r\n\r\n"), 400, r#"{"code":1,"message":"Session ID unknown"}"#),
+        (format!("POST {P}?EIO=4&transport=polling HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), 400, r#"{"code":2,"message":"Bad handshake method"}"#),
+        (format!("GET {P}?EIO=4&transport=websocket HTTP/1.1\r\n\r\n"), 400, r#"{"code":3,"message":"Bad request"}"#),
+        (format!("GET {P}?EIO=3&transport=polling HTTP/1.1\r\n\r\n"), 400, r#"{"code":5,"message":"Unsupported protocol version"}"#),
     ];
     for (raw, status, body) in cases {
         let r = request(s.addr, raw.as_bytes());
@@ -232,82 +171,35 @@ fn http_limits_and_statuses() {
     let q = format!("{P}?EIO=4&transport=polling&sid={sid}");
     let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
     assert_eq!(request(s.addr, big.as_bytes()).status, 431);
-    assert_eq!(
-        request(s.addr, format!("POST {q} HTTP/1.1\r\n\r\n").as_bytes()).status,
-        411
-    );
-    assert_eq!(
-        request(
-            s.addr,
-            format!("POST {q} HTTP/1.1\r\nContent-Length: 101\r\n\r\n").as_bytes()
-        )
-        .status,
-        413
-    );
+    assert_eq!(request(s.addr, format!("POST {q} HTTP/1.1\r\n\r\n").as_bytes()).status, 411);
+    assert_eq!(request(s.addr, format!("POST {q} HTTP/1.1\r\nContent-Length: 101\r\n\r\n").as_bytes()).status, 413);
     assert_eq!(request(s.addr, b"BLAH\r\n\r\n").status, 400);
     assert_eq!(get(s.addr, "/elsewhere").status, 404);
     // A bad payload is a 400 and ends only that session.
     let other = handshake(s.addr, P);
     assert_eq!(Http::connect(s.addr).post(&q, b"9zz", "").status, 400);
     let oq = format!("{P}?EIO=4&transport=polling&sid={other}");
-    assert_eq!(
-        Http::connect(s.addr).post(&oq, b"4still here", "").status,
-        200
-    );
+    assert_eq!(Http::connect(s.addr).post(&oq, b"4still here", "").status, 200);
     assert_eq!(Http::connect(s.addr).get(&oq, "").text(), "4still here");
 }
 
 #[test]
 fn cors_origins_preflight_and_websocket_hijacking() {
-    let s = echo(&[
-        "--threads",
-        "1",
-        "--cors-origin",
-        "http://good.example",
-        "--cors-credentials",
-    ]);
+    let s = echo(&["--threads", "1", "--cors-origin", "http://good.example", "--cors-credentials"]);
     let mut h = Http::connect(s.addr);
-    let r = h.get(
-        &format!("{P}?EIO=4&transport=polling"),
-        "Origin: http://good.example\r\n",
-    );
+    let r = h.get(&format!("{P}?EIO=4&transport=polling"), "Origin: http://good.example\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("http://good.example")
-    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("http://good.example"));
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
-    let r = h.get(
-        &format!("{P}?EIO=4&transport=polling"),
-        "Origin: http://evil.example\r\n",
-    );
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (400, "Not an accepted origin.")
-    );
+    let r = h.get(&format!("{P}?EIO=4&transport=polling"), "Origin: http://evil.example\r\n");
+    assert_eq!((r.status, r.text().as_str()), (400, "Not an accepted origin."));
     assert_eq!(r.header("access-control-allow-origin"), None);
     let r = request(s.addr, format!("OPTIONS {P}?EIO=4&transport=polling HTTP/1.1\r\nOrigin: http://good.example\r\nAccess-Control-Request-Headers: content-type\r\n\r\n").as_bytes());
     assert_eq!(r.status, 204);
-    assert_eq!(
-        r.header("access-control-allow-headers"),
-        Some("content-type")
-    );
-    let r = Ws::try_connect(
-        s.addr,
-        &format!("{P}?EIO=4&transport=websocket"),
-        "Origin: http://evil.example\r\n",
-    )
-    .err()
-    .expect("refused");
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (400, "Not an accepted origin.")
-    );
-    Ws::connect(
-        s.addr,
-        &format!("{P}?EIO=4&transport=websocket"),
-        "Origin: http://good.example\r\n",
-    );
+    assert_eq!(r.header("access-control-allow-headers"), Some("content-type"));
+    let r = Ws::try_connect(s.addr, &format!("{P}?EIO=4&transport=websocket"), "Origin: http://evil.example\r\n").err().expect("refused");
+    assert_eq!((r.status, r.text().as_str()), (400, "Not an accepted origin."));
+    Ws::connect(s.addr, &format!("{P}?EIO=4&transport=websocket"), "Origin: http://good.example\r\n");
 }
 
 #[test]
@@ -315,26 +207,15 @@ fn gzip_polling_responses_and_cookie() {
     use std::io::Read;
     let s = echo(&["--threads", "1", "--cookie", "io"]);
     let r = get(s.addr, &format!("{P}?EIO=4&transport=polling"));
-    let sid = serde_json::from_str::<serde_json::Value>(&r.text()[1..]).unwrap()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        r.header("set-cookie"),
-        Some(format!("io={sid}; Path=/; HttpOnly; SameSite=Lax").as_str())
-    );
+    let sid = serde_json::from_str::<serde_json::Value>(&r.text()[1..]).unwrap()["sid"].as_str().unwrap().to_string();
+    assert_eq!(r.header("set-cookie"), Some(format!("io={sid}; Path=/; HttpOnly; SameSite=Lax").as_str()));
     let q = format!("{P}?EIO=4&transport=polling&sid={sid}");
     let msg = format!("4{}", "x".repeat(3000));
-    assert_eq!(
-        Http::connect(s.addr).post(&q, msg.as_bytes(), "").status,
-        200
-    );
+    assert_eq!(Http::connect(s.addr).post(&q, msg.as_bytes(), "").status, 200);
     let r = Http::connect(s.addr).get(&q, "Accept-Encoding: gzip\r\n");
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     let mut out = String::new();
-    flate2::read::GzDecoder::new(&r.body[..])
-        .read_to_string(&mut out)
-        .unwrap();
+    flate2::read::GzDecoder::new(&r.body[..]).read_to_string(&mut out).unwrap();
     assert_eq!(out, msg);
 }
 
@@ -378,10 +259,7 @@ fn slow_heads_and_idle_connections_are_closed() {
     slow.stream.write_all(b"X-Slow: 1\r\n").unwrap();
     // An idle keep-alive connection after one request.
     let mut idle = Http::connect(s.addr);
-    assert_eq!(
-        idle.get(&format!("{P}?EIO=4&transport=polling"), "").status,
-        200
-    );
+    assert_eq!(idle.get(&format!("{P}?EIO=4&transport=polling"), "").status, 200);
     let t = Instant::now();
     assert!(slow.closed_by_server(), "the slow head is cut off");
     assert!(idle.closed_by_server(), "the idle connection is closed");

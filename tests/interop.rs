@@ -16,24 +16,12 @@ fn interop_dir() -> PathBuf {
 }
 
 fn require(path: &Path, what: &str) {
-    assert!(
-        path.exists(),
-        "{what} is not installed at {}: run `scripts/test` (it installs the interop clients)",
-        path.display()
-    );
+    assert!(path.exists(), "{what} is not installed at {}: run `scripts/test` (it installs the interop clients)", path.display());
 }
 
 fn run(mut cmd: Command, what: &str) {
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "{what} failed:\n{text}");
 }
@@ -41,10 +29,7 @@ fn run(mut cmd: Command, what: &str) {
 #[test]
 fn official_js_client_passes_the_contract() {
     let js = interop_dir().join("js");
-    require(
-        &js.join("node_modules/socket.io-client"),
-        "socket.io-client",
-    );
+    require(&js.join("node_modules/socket.io-client"), "socket.io-client");
     let s = Server::start(&["--threads", "2"]);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
@@ -71,10 +56,7 @@ fn official_python_client_passes_the_contract() {
 #[test]
 fn packets_match_node_socket_io() {
     let js = interop_dir().join("js");
-    require(
-        &js.join("node_modules/socket.io"),
-        "Node's socket.io (the reference server)",
-    );
+    require(&js.join("node_modules/socket.io"), "Node's socket.io (the reference server)");
     let mut reference = Command::new("node")
         .current_dir(&js)
         .arg("reference-server.js")
@@ -82,11 +64,7 @@ fn packets_match_node_socket_io() {
         .spawn()
         .expect("start the reference server");
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(reference.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(reference.stdout.take().unwrap()), &mut line).unwrap();
     let ref_addr = line.trim().trim_start_matches("listening on ").to_string();
     let s = Server::start(&["--threads", "1"]);
     let mut cmd = Command::new("node");

@@ -17,37 +17,18 @@ use shardcast::proto::eio::SessionConfig;
 use shardcast::rt::threads::RuntimeConfig;
 use support::Ws;
 
-fn start(
-    threads: usize,
-    configure: impl FnOnce(shardcast::app::ServerBuilder) -> shardcast::app::ServerBuilder,
-) -> RunningServer {
+fn start(threads: usize, configure: impl FnOnce(shardcast::app::ServerBuilder) -> shardcast::app::ServerBuilder) -> RunningServer {
     let engine = EngineConfig {
-        session: SessionConfig {
-            ping_interval: Duration::from_millis(300),
-            ping_timeout: Duration::from_millis(200),
-            ..Default::default()
-        },
+        session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
         ..Default::default()
     };
-    let runtime = RuntimeConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        threads,
-        pin: false,
-        backlog: 1024,
-        worker: Default::default(),
-    };
-    configure(Server::builder().engine(engine).runtime(runtime))
-        .start()
-        .expect("server starts")
+    let runtime = RuntimeConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, pin: false, backlog: 1024, worker: Default::default() };
+    configure(Server::builder().engine(engine).runtime(runtime)).start().expect("server starts")
 }
 
 /// A raw Socket.IO client over WebSocket, connected to `nsp`.
 fn client(server: &RunningServer, nsp: &str) -> Ws {
-    let mut ws = Ws::connect(
-        server.local_addr(),
-        "/socket.io/?EIO=4&transport=websocket",
-        "",
-    );
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
     ws.set_timeout(Duration::from_secs(5));
     assert!(ws.recv_text().starts_with("0{"));
     if nsp == "/" {
@@ -90,11 +71,7 @@ fn recording() -> (Namespace, mpsc::Receiver<DisconnectReason>) {
 fn server_side_disconnect_reasons() {
     let (ns, reasons) = recording();
     let server = start(1, |b| b.namespace("/", ns));
-    let next = || {
-        reasons
-            .recv_timeout(Duration::from_secs(5))
-            .expect("a disconnect")
-    };
+    let next = || reasons.recv_timeout(Duration::from_secs(5)).expect("a disconnect");
 
     let mut ws = client(&server, "/");
     ws.send_text("41");
@@ -124,40 +101,34 @@ fn server_side_disconnect_reasons() {
 #[test]
 fn bad_input_closes_only_that_session() {
     let (ns, _reasons) = recording();
-    let server = start(2, |b| {
-        b.namespace("/", ns).namespace("/other", Namespace::new())
-    });
+    let server = start(2, |b| b.namespace("/", ns).namespace("/other", Namespace::new()));
     let mut bystander = client(&server, "/");
     let deep = format!(r#"42["echo",{}{}]"#, "[".repeat(200), "]".repeat(200));
     type Send = Box<dyn Fn(&mut Ws)>;
     let bad: Vec<Send> = vec![
-        Box::new(|ws| ws.send_text("47")), // unknown packet type
-        Box::new(|ws| ws.send_text(r#"42["echo",{"a":]"#)), // bad JSON
-        Box::new(move |ws| ws.send_text(&deep)), // too deep
-        Box::new(|ws| ws.send_text(r#"42/other,["echo"]"#)), // event before CONNECT
-        Box::new(|ws| ws.send_text("4218446744073709551616[\"echo\"]")), // ack id overflows u64
+        Box::new(|ws| ws.send_text("47")),                                   // unknown packet type
+        Box::new(|ws| ws.send_text(r#"42["echo",{"a":]"#)),                    // bad JSON
+        Box::new(move |ws| ws.send_text(&deep)),                               // too deep
+        Box::new(|ws| ws.send_text(r#"42/other,["echo"]"#)),                   // event before CONNECT
+        Box::new(|ws| ws.send_text("4218446744073709551616[\"echo\"]")),        // ack id overflows u64
         Box::new(|ws| {
-            ws.send_text(r#"451-["echo",{"_placeholder":true,"num":3}]"#); // index out of range
+            ws.send_text(r#"451-["echo",{"_placeholder":true,"num":3}]"#);    // index out of range
             ws.send_binary(b"x");
         }),
-        Box::new(|ws| ws.send_binary(b"unexpected")), // binary with no packet
+        Box::new(|ws| ws.send_binary(b"unexpected")),                          // binary with no packet
         Box::new(|ws| {
-            ws.send_text(r#"452-["echo",{"_placeholder":true,"num":0}]"#); // attachment never comes
+            ws.send_text(r#"452-["echo",{"_placeholder":true,"num":0}]"#);    // attachment never comes
             ws.send_text(r#"42["echo"]"#);
         }),
-        Box::new(|ws| ws.send_text("4")), // empty Socket.IO packet
-        Box::new(|ws| ws.send_text(r#"44{"message":"clients may not"}"#)), // CONNECT_ERROR from a client
+        Box::new(|ws| ws.send_text("4")),                                      // empty Socket.IO packet
+        Box::new(|ws| ws.send_text(r#"44{"message":"clients may not"}"#)),     // CONNECT_ERROR from a client
     ];
     for (i, send) in bad.iter().enumerate() {
         let mut ws = client(&server, "/");
         send(&mut ws);
         assert!(closed(&mut ws), "case {i}: the offending session is closed");
         bystander.send_text(&format!(r#"42["echo",{i}]"#));
-        assert_eq!(
-            bystander.recv_eio(),
-            format!(r#"42["echo",{i}]"#),
-            "case {i}: others keep working"
-        );
+        assert_eq!(bystander.recv_eio(), format!(r#"42["echo",{i}]"#), "case {i}: others keep working");
     }
     server.shutdown();
 }
@@ -170,10 +141,7 @@ fn a_panicking_handler_disconnects_only_its_socket() {
     let mut b = client(&server, "/");
     a.send_text(r#"42["boom"]"#);
     assert_eq!(a.recv_eio(), "41");
-    assert_eq!(
-        reasons.recv_timeout(Duration::from_secs(5)).unwrap(),
-        DisconnectReason::HandlerPanic
-    );
+    assert_eq!(reasons.recv_timeout(Duration::from_secs(5)).unwrap(), DisconnectReason::HandlerPanic);
     b.send_text(r#"42["echo","still alive"]"#);
     assert_eq!(b.recv_eio(), r#"42["echo","still alive"]"#);
     server.shutdown();
@@ -185,16 +153,11 @@ fn broadcast_ack_collects_every_answer_across_workers() {
     let r2 = results.clone();
     let ns = Namespace::new().on("ask", move |s, _| {
         let r = r2.clone();
-        s.broadcast().emit_with_ack(
-            "question",
-            &[json!(1)],
-            Duration::from_millis(1500),
-            move |s, answers| {
-                let got = answers.map(|v| v.len()).map_err(|p| p.responses.len());
-                *r.lock().unwrap() = Some(got);
-                s.emit("done", &[json!(format!("{got:?}"))]);
-            },
-        );
+        s.broadcast().emit_with_ack("question", &[json!(1)], Duration::from_millis(1500), move |s, answers| {
+            let got = answers.map(|v| v.len()).map_err(|p| p.responses.len());
+            *r.lock().unwrap() = Some(got);
+            s.emit("done", &[json!(format!("{got:?}"))]);
+        });
     });
     let server = start(2, |b| b.namespace("/", ns));
     let mut asker = client(&server, "/");
@@ -267,31 +230,20 @@ fn server_handle_from_another_thread() {
 
 #[test]
 fn middleware_and_dynamic_namespaces() {
-    let guarded =
-        Namespace::new().use_middleware(|hs| match hs.auth.as_ref().and_then(|a| a.get("token")) {
-            Some(t) if t == "ok" => Ok(()),
-            _ => Err(json!({"message": "not authorized", "data": {"code": 401}})),
-        });
-    let server = start(1, |b| {
-        b.namespace("/admin", guarded).dynamic_namespaces(
-            |n| n.starts_with("/room-"),
-            Namespace::new().on_connection(|s| {
-                let nsp = s.nsp().to_string();
-                s.emit("welcome", &[json!(nsp)]);
-            }),
-        )
+    let guarded = Namespace::new().use_middleware(|hs| match hs.auth.as_ref().and_then(|a| a.get("token")) {
+        Some(t) if t == "ok" => Ok(()),
+        _ => Err(json!({"message": "not authorized", "data": {"code": 401}})),
     });
-    let mut ws = Ws::connect(
-        server.local_addr(),
-        "/socket.io/?EIO=4&transport=websocket",
-        "",
-    );
+    let server = start(1, |b| {
+        b.namespace("/admin", guarded).dynamic_namespaces(|n| n.starts_with("/room-"), Namespace::new().on_connection(|s| {
+            let nsp = s.nsp().to_string();
+            s.emit("welcome", &[json!(nsp)]);
+        }))
+    });
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
     ws.recv_text();
     ws.send_text(r#"40/admin,{"token":"nope"}"#);
-    assert_eq!(
-        ws.recv_eio(),
-        r#"44/admin,{"message":"not authorized","data":{"code":401}}"#
-    );
+    assert_eq!(ws.recv_eio(), r#"44/admin,{"message":"not authorized","data":{"code":401}}"#);
     ws.send_text(r#"40/admin,{"token":"ok"}"#);
     assert!(ws.recv_eio().starts_with(r#"40/admin,{"sid":""#));
     ws.send_text("40/room-7,");
@@ -313,21 +265,12 @@ fn polling_client_collects_disconnects_then_close_after_disconnect_me() {
     let mut h = support::Http::connect(addr);
     assert_eq!(h.post(&q, b"40\x1e40/custom,", "").text(), "ok");
     let connects = h.get(&q, "").text();
-    assert!(
-        connects.contains(r#"42["auth",{}]"#) && connects.contains(r#"42/custom,["auth",{}]"#),
-        "{connects}"
-    );
-    assert_eq!(
-        h.post(&q, br#"42/custom,["disconnect-me"]"#, "").text(),
-        "ok"
-    );
+    assert!(connects.contains(r#"42["auth",{}]"#) && connects.contains(r#"42/custom,["auth",{}]"#), "{connects}");
+    assert_eq!(h.post(&q, br#"42/custom,["disconnect-me"]"#, "").text(), "ok");
     assert_eq!(h.get(&q, "").text(), "41\x1e41/custom,");
     assert_eq!(h.get(&q, "").text(), "1");
     let r = h.get(&q, "");
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (400, r#"{"code":1,"message":"Session ID unknown"}"#)
-    );
+    assert_eq!((r.status, r.text().as_str()), (400, r#"{"code":1,"message":"Session ID unknown"}"#));
     server.shutdown();
 }
 
@@ -337,41 +280,23 @@ fn middleware_sees_headers_and_error_handler_sees_protocol_errors() {
     let tx = Mutex::new(tx);
     let ns = Namespace::new()
         .use_middleware(|hs| {
-            let key = hs
-                .headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("x-api-key"))
-                .map(|(_, v)| v.as_str());
-            if key == Some("k1") {
-                Ok(())
-            } else {
-                Err(json!({"message": "bad key"}))
-            }
+            let key = hs.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("x-api-key")).map(|(_, v)| v.as_str());
+            if key == Some("k1") { Ok(()) } else { Err(json!({"message": "bad key"})) }
         })
         .on_error(move |_, e| {
             let _ = tx.lock().unwrap().send(e.to_string());
         });
     let server = start(1, |b| b.namespace("/", ns));
-    let mut no_key = Ws::connect(
-        server.local_addr(),
-        "/socket.io/?EIO=4&transport=websocket",
-        "",
-    );
+    let mut no_key = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
     no_key.recv_text();
     no_key.send_text("40");
     assert_eq!(no_key.recv_eio(), r#"44{"message":"bad key"}"#);
-    let mut ws = Ws::connect(
-        server.local_addr(),
-        "/socket.io/?EIO=4&transport=websocket",
-        "X-Api-Key: k1\r\n",
-    );
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "X-Api-Key: k1\r\n");
     ws.recv_text();
     ws.send_text("40");
     assert!(ws.recv_eio().starts_with("40{\"sid\""));
     ws.send_text(r#"42["x",{"a":]"#);
-    let e = errors
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the error handler ran");
+    let e = errors.recv_timeout(Duration::from_secs(5)).expect("the error handler ran");
     assert!(e.starts_with("invalid JSON"), "{e}");
     assert!(closed(&mut ws));
     server.shutdown();

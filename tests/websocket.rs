@@ -15,11 +15,7 @@ fn server(args: &[&str]) -> Server {
 fn close_code(ws: &mut Ws) -> Option<u16> {
     while let Some(f) = ws.recv() {
         if f.opcode == 8 {
-            return Some(if f.payload.len() >= 2 {
-                u16::from_be_bytes([f.payload[0], f.payload[1]])
-            } else {
-                1005
-            });
+            return Some(if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { 1005 });
         }
     }
     None
@@ -29,19 +25,9 @@ fn close_code(ws: &mut Ws) -> Option<u16> {
 fn handshake_refusals() {
     let s = server(&[]);
     let base = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
-    let r = request(
-        s.addr,
-        format!("{base}Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 8\r\n\r\n").as_bytes(),
-    );
-    assert_eq!(
-        (r.status, r.header("sec-websocket-version")),
-        (426, Some("13"))
-    );
-    let r = request(
-        s.addr,
-        format!("{base}Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            .as_bytes(),
-    );
+    let r = request(s.addr, format!("{base}Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 8\r\n\r\n").as_bytes());
+    assert_eq!((r.status, r.header("sec-websocket-version")), (426, Some("13")));
+    let r = request(s.addr, format!("{base}Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes());
     assert_eq!(r.status, 400);
     let r = request(s.addr, format!("GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes());
     assert_eq!(r.status, 400);
@@ -52,15 +38,7 @@ fn echoes_text_binary_and_fragmented_messages() {
     let s = server(&[]);
     let mut ws = Ws::connect(s.addr, "/anything", "");
     ws.send_text("héllo");
-    assert_eq!(
-        ws.recv().unwrap(),
-        Frame {
-            fin: true,
-            rsv1: false,
-            opcode: 1,
-            payload: "héllo".into()
-        }
-    );
+    assert_eq!(ws.recv().unwrap(), Frame { fin: true, rsv1: false, opcode: 1, payload: "héllo".into() });
     ws.send_binary(&[0, 255, 7]);
     assert_eq!(ws.recv().unwrap().payload, vec![0, 255, 7]);
     // Fragmented, with a ping in the middle and a code point split across fragments.
@@ -112,25 +90,12 @@ fn protocol_errors_get_their_close_codes() {
 #[test]
 fn permessage_deflate_both_ways() {
     let s = server(&["--websocket-compression"]);
-    let mut ws = Ws::connect(
-        s.addr,
-        "/x",
-        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
-    );
-    assert!(
-        ws.response_head
-            .contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"),
-        "{}",
-        ws.response_head
-    );
+    let mut ws = Ws::connect(s.addr, "/x", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+    assert!(ws.response_head.contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"), "{}", ws.response_head);
     // RFC 7692 §7.2.3.1: "Hello" compressed.
     ws.send_frame_rsv(true, true, 1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
     let f = ws.recv().unwrap();
-    assert_eq!(
-        (f.rsv1, f.payload.as_slice()),
-        (false, &b"Hello"[..]),
-        "small replies are not compressed"
-    );
+    assert_eq!((f.rsv1, f.payload.as_slice()), (false, &b"Hello"[..]), "small replies are not compressed");
     // A large message comes back compressed.
     let text = "hello world ".repeat(500);
     ws.send_text(&text);
@@ -140,8 +105,7 @@ fn permessage_deflate_both_ways() {
     let mut input = f.payload.clone();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(text.len() + 64);
-    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
-        .unwrap();
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync).unwrap();
     assert_eq!(out, text.as_bytes());
     // Without the offer, no extension.
     let ws = Ws::connect(s.addr, "/x", "");

@@ -22,11 +22,7 @@ pub struct Target {
 /// Opens a TCP connection, optionally from a given loopback source address (to get past one
 /// address's ephemeral ports).
 pub async fn tcp(target: &Target, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let sock = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let sock = if target.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
         // Let connect() pick the port for the whole 4-tuple: bound to port 0 without this,
         // the kernel picks a port at bind time, which cannot reuse ports still in TIME_WAIT
@@ -87,17 +83,11 @@ impl SioWs {
     /// Connects, completes the Engine.IO handshake and CONNECTs to namespace `/`.
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<SioWs> {
         let stream = tcp(target, source).await?;
-        let ws = WsConn::handshake(
-            stream,
-            &target.addr.to_string(),
-            &format!("{}?EIO=4&transport=websocket", target.path),
-        )
-        .await?;
+        let ws = WsConn::handshake(stream, &target.addr.to_string(), &format!("{}?EIO=4&transport=websocket", target.path)).await?;
         let mut c = SioWs { ws };
         let mut open = false;
         while !open {
-            c.engine_packets(|p| open |= p.first() == Some(&b'0'))
-                .await?;
+            c.engine_packets(|p| open |= p.first() == Some(&b'0')).await?;
         }
         c.ws.send_text(b"40").await?;
         // Connected once CONNECT is answered and the contract's `auth` event arrived: the app
@@ -196,9 +186,7 @@ pub struct RawWs {
 impl RawWs {
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<RawWs> {
         let stream = tcp(target, source).await?;
-        Ok(RawWs {
-            ws: WsConn::handshake(stream, &target.addr.to_string(), &target.path).await?,
-        })
+        Ok(RawWs { ws: WsConn::handshake(stream, &target.addr.to_string(), &target.path).await? })
     }
 
     pub async fn send(&mut self, text: &[u8]) -> io::Result<()> {
@@ -229,33 +217,18 @@ struct Http {
 
 impl Http {
     async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<Http> {
-        Ok(Http {
-            s: tcp(target, source).await?,
-            buf: Vec::new(),
-            host: target.addr.to_string(),
-        })
+        Ok(Http { s: tcp(target, source).await?, buf: Vec::new(), host: target.addr.to_string() })
     }
 
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> io::Result<(u16, Vec<u8>)> {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n", self.host, body.len());
         let mut req = head.into_bytes();
         req.extend_from_slice(body);
         self.s.write_all(&req).await?;
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut r = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) =
-                r.parse(&self.buf).map_err(|e| err(e.to_string()))?
-            {
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).map_err(|e| err(e.to_string()))? {
                 let status = r.code.unwrap_or(0);
                 let len: usize = r
                     .headers
@@ -290,18 +263,11 @@ pub struct SioPolling {
 impl SioPolling {
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<SioPolling> {
         let mut get = Http::connect(target, source).await?;
-        let (status, open) = get
-            .request(
-                "GET",
-                &format!("{}?EIO=4&transport=polling", target.path),
-                b"",
-            )
-            .await?;
+        let (status, open) = get.request("GET", &format!("{}?EIO=4&transport=polling", target.path), b"").await?;
         if status != 200 || open.first() != Some(&b'0') {
             return Err(err(format!("polling handshake failed: {status}")));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&open[1..]).map_err(|e| err(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&open[1..]).map_err(|e| err(e.to_string()))?;
         let sid = v["sid"].as_str().ok_or_else(|| err("no sid"))?.to_string();
         let q = format!("{}?EIO=4&transport=polling&sid={sid}", target.path);
         let mut post = Http::connect(target, source).await?;
@@ -315,12 +281,7 @@ impl SioPolling {
                     body.push(0x1e);
                     body.extend_from_slice(more.as_bytes());
                 }
-                if post
-                    .request("POST", &q2, &body)
-                    .await
-                    .map(|(s, _)| s != 200)
-                    .unwrap_or(true)
-                {
+                if post.request("POST", &q2, &body).await.map(|(s, _)| s != 200).unwrap_or(true) {
                     break;
                 }
             }
@@ -328,9 +289,7 @@ impl SioPolling {
         let pong = tx.clone();
         tokio::task::spawn_local(async move {
             loop {
-                let Ok((200, body)) = get.request("GET", &q, b"").await else {
-                    break;
-                };
+                let Ok((200, body)) = get.request("GET", &q, b"").await else { break };
                 for p in body.split(|&b| b == 0x1e) {
                     match p.first() {
                         Some(b'2') => {
@@ -350,10 +309,7 @@ impl SioPolling {
         // As on WebSocket: CONNECT answered and the contract's `auth` event arrived.
         let (mut connected, mut authed) = (false, false);
         while !(connected && authed) {
-            let p =
-                c.rx.recv()
-                    .await
-                    .ok_or_else(|| err("closed before CONNECT was answered"))?;
+            let p = c.rx.recv().await.ok_or_else(|| err("closed before CONNECT was answered"))?;
             connected |= p.starts_with('0');
             authed |= p.starts_with(r#"2["auth""#);
             if p.starts_with('4') {
@@ -364,16 +320,12 @@ impl SioPolling {
     }
 
     pub fn emit(&self, packet: &str) -> io::Result<()> {
-        self.tx
-            .send(format!("42{packet}"))
-            .map_err(|_| err("poster gone"))
+        self.tx.send(format!("42{packet}")).map_err(|_| err("poster gone"))
     }
 
     /// Waits for packets and hands every one received so far to `f`; `false` once closed.
     pub async fn recv(&mut self, mut f: impl FnMut(Incoming<'_>)) -> io::Result<bool> {
-        let Some(p) = self.rx.recv().await else {
-            return Ok(false);
-        };
+        let Some(p) = self.rx.recv().await else { return Ok(false) };
         f(classify(&p));
         while let Ok(p) = self.rx.try_recv() {
             f(classify(&p));
@@ -400,11 +352,7 @@ pub enum Sio {
 }
 
 impl Sio {
-    pub async fn connect(
-        target: &Target,
-        polling: bool,
-        source: Option<IpAddr>,
-    ) -> io::Result<Sio> {
+    pub async fn connect(target: &Target, polling: bool, source: Option<IpAddr>) -> io::Result<Sio> {
         if polling {
             Ok(Sio::Polling(SioPolling::connect(target, source).await?))
         } else {
@@ -435,12 +383,7 @@ impl Sio {
     }
 
     /// Emits with an ack id and waits for the ack (other packets are passed to `other`).
-    pub async fn call(
-        &mut self,
-        id: u64,
-        packet: &str,
-        mut other: impl FnMut(Incoming<'_>),
-    ) -> io::Result<()> {
+    pub async fn call(&mut self, id: u64, packet: &str, mut other: impl FnMut(Incoming<'_>)) -> io::Result<()> {
         self.emit(&format!("{id}{packet}")).await?;
         loop {
             let mut done = false;
@@ -464,9 +407,7 @@ impl Sio {
 pub fn timestamp(packet: &str) -> Option<u64> {
     let at = packet.find("\"t\":")? + 4;
     let digits: &str = &packet[at..];
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
 
@@ -476,10 +417,7 @@ mod tests {
 
     #[test]
     fn finds_timestamps_and_acks() {
-        assert_eq!(
-            timestamp(r#"2["room-message",{"t":12345,"p":"x"}]"#),
-            Some(12345)
-        );
+        assert_eq!(timestamp(r#"2["room-message",{"t":12345,"p":"x"}]"#), Some(12345));
         assert!(matches!(classify("312[true]"), Incoming::Ack(12)));
         assert!(matches!(classify("3/custom,7[true]"), Incoming::Ack(7)));
         assert!(matches!(classify(r#"2["x"]"#), Incoming::Event(_)));

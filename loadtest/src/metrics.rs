@@ -82,17 +82,8 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     // SAFETY: sysconf with a valid name has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(ProcSample {
-        cpu_us: ticks * 1_000_000 / hz,
-        rss: rss_kb * 1024,
-    })
+    let rss_kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(ProcSample { cpu_us: ticks * 1_000_000 / hz, rss: rss_kb * 1024 })
 }
 
 /// This process's CPU time in microseconds (finer than /proc ticks).

@@ -35,12 +35,10 @@ pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     if h.is_empty() {
         return Vec::new();
     }
-    [
-        0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
-    ]
-    .iter()
-    .map(|&p| (p, h.value_at_percentile(p)))
-    .collect()
+    [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0]
+        .iter()
+        .map(|&p| (p, h.value_at_percentile(p)))
+        .collect()
 }
 
 /// The server's cost in a run (from `/proc`).
@@ -57,13 +55,7 @@ pub struct ServerCost {
 }
 
 impl ServerCost {
-    pub fn new(
-        cpu_us: u64,
-        rss_before: u64,
-        rss_after: u64,
-        deliveries: u64,
-        connections: usize,
-    ) -> ServerCost {
+    pub fn new(cpu_us: u64, rss_before: u64, rss_after: u64, deliveries: u64, connections: usize) -> ServerCost {
         ServerCost {
             cpu_us,
             cpu_us_per_delivery: cpu_us as f64 / deliveries.max(1) as f64,
@@ -126,11 +118,7 @@ impl Report {
             params,
             expected,
             received,
-            loss: if expected == 0 {
-                0.0
-            } else {
-                1.0 - received.min(expected) as f64 / expected as f64
-            },
+            loss: if expected == 0 { 0.0 } else { 1.0 - received.min(expected) as f64 / expected as f64 },
             rate,
             latency_us: Latency::from(latencies),
             percentiles: percentile_curve(latencies),
@@ -141,45 +129,24 @@ impl Report {
             errors,
             closed,
             extra,
-            unix_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }
     }
 
     pub fn print(&self) {
         let l = &self.latency_us;
-        println!(
-            "scenario      {} {} ({})",
-            self.scenario, self.params, self.transport
-        );
+        println!("scenario      {} {} ({})", self.scenario, self.params, self.transport);
         if !self.label.is_empty() {
             println!("label         {}", self.label);
         }
         println!("expected      {}", self.expected);
-        println!(
-            "received      {}  (loss {:.4}%)",
-            self.received,
-            self.loss * 100.0
-        );
+        println!("received      {}  (loss {:.4}%)", self.received, self.loss * 100.0);
         println!("rate          {:.0}/s", self.rate);
-        println!(
-            "latency µs    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            l.p50, l.p90, l.p99, l.p999, l.max
-        );
-        println!(
-            "loadgen CPU   {:.2} µs per delivery ({} µs total)",
-            self.loadgen_cpu_us_per_delivery, self.loadgen_cpu_us
-        );
+        println!("latency µs    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}", l.p50, l.p90, l.p99, l.p999, l.max);
+        println!("loadgen CPU   {:.2} µs per delivery ({} µs total)", self.loadgen_cpu_us_per_delivery, self.loadgen_cpu_us);
         if let Some(s) = &self.server {
-            println!(
-                "server CPU    {:.2} µs per delivery ({} µs total)",
-                s.cpu_us_per_delivery, s.cpu_us
-            );
-            println!(
-                "server RSS    {} → {} bytes ({:.0} bytes per connection)",
-                s.rss_before, s.rss_after, s.rss_per_connection
-            );
+            println!("server CPU    {:.2} µs per delivery ({} µs total)", s.cpu_us_per_delivery, s.cpu_us);
+            println!("server RSS    {} → {} bytes ({:.0} bytes per connection)", s.rss_before, s.rss_after, s.rss_per_connection);
             if let Some(c) = s.cpu_us_per_connect {
                 println!("server CPU    {c:.1} µs per connect");
             }
@@ -212,120 +179,56 @@ pub fn svg(r: &Report) -> String {
     let pts: Vec<(f64, f64)> = r
         .percentiles
         .iter()
-        .map(|&(p, v)| {
-            (
-                (1.0 / (1.0 - (p / 100.0).min(0.99999))).log10(),
-                (v.max(1) as f64).log10(),
-            )
-        })
+        .map(|&(p, v)| ((1.0 / (1.0 - (p / 100.0).min(0.99999))).log10(), (v.max(1) as f64).log10()))
         .collect();
     let ymax = pts.iter().map(|p| p.1).fold(1.0_f64, f64::max).ceil();
     let xmax = 5.0;
     let px = |x: f64| pad + x / xmax * (w - 2.0 * pad);
     let py = |y: f64, top: f64| top + h - pad - y / ymax * (h - 2.0 * pad);
-    s.push_str(&format!(
-        "<text x=\"{pad}\" y=\"45\">latency (µs, log) by percentile</text>\n"
-    ));
-    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
-        .iter()
-        .enumerate()
-    {
-        s.push_str(&format!(
-            "<text x=\"{:.0}\" y=\"{:.0}\" fill=\"#555\">{label}</text>\n",
-            px(i as f64) - 10.0,
-            30.0 + h - pad + 15.0
-        ));
+    s.push_str(&format!("<text x=\"{pad}\" y=\"45\">latency (µs, log) by percentile</text>\n"));
+    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
+        s.push_str(&format!("<text x=\"{:.0}\" y=\"{:.0}\" fill=\"#555\">{label}</text>\n", px(i as f64) - 10.0, 30.0 + h - pad + 15.0));
     }
     for d in 0..=(ymax as i32) {
-        s.push_str(&format!(
-            "<text x=\"5\" y=\"{:.0}\" fill=\"#555\">1e{d}</text>\n",
-            py(d as f64, 30.0) + 4.0
-        ));
-        s.push_str(&format!(
-            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
-            w - pad,
-            py(d as f64, 30.0),
-            py(d as f64, 30.0)
-        ));
+        s.push_str(&format!("<text x=\"5\" y=\"{:.0}\" fill=\"#555\">1e{d}</text>\n", py(d as f64, 30.0) + 4.0));
+        s.push_str(&format!("<line x1=\"{pad}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n", w - pad, py(d as f64, 30.0), py(d as f64, 30.0)));
     }
-    let line: Vec<String> = pts
-        .iter()
-        .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y, 30.0)))
-        .collect();
-    s.push_str(&format!(
-        "<polyline fill=\"none\" stroke=\"#c33\" stroke-width=\"2\" points=\"{}\"/>\n",
-        line.join(" ")
-    ));
+    let line: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y, 30.0))).collect();
+    s.push_str(&format!("<polyline fill=\"none\" stroke=\"#c33\" stroke-width=\"2\" points=\"{}\"/>\n", line.join(" ")));
     // Throughput over time.
     let top = h + 30.0;
     let tmax = r.throughput.iter().copied().max().unwrap_or(1).max(1) as f64;
     let n = r.throughput.len().max(2) as f64;
-    s.push_str(&format!(
-        "<text x=\"{pad}\" y=\"{:.0}\">deliveries per second over time (max {tmax:.0})</text>\n",
-        top + 15.0
-    ));
+    s.push_str(&format!("<text x=\"{pad}\" y=\"{:.0}\">deliveries per second over time (max {tmax:.0})</text>\n", top + 15.0));
     let line: Vec<String> = r
         .throughput
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            format!(
-                "{:.1},{:.1}",
-                pad + i as f64 / (n - 1.0) * (w - 2.0 * pad),
-                top + h - pad - v as f64 / tmax * (h - 2.0 * pad)
-            )
-        })
+        .map(|(i, &v)| format!("{:.1},{:.1}", pad + i as f64 / (n - 1.0) * (w - 2.0 * pad), top + h - pad - v as f64 / tmax * (h - 2.0 * pad)))
         .collect();
-    s.push_str(&format!(
-        "<polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"2\" points=\"{}\"/>\n",
-        line.join(" ")
-    ));
+    s.push_str(&format!("<polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"2\" points=\"{}\"/>\n", line.join(" ")));
     s.push_str("</svg>\n");
     s
 }
 
 /// Prints two reports side by side with b/a ratios.
 pub fn compare(a: &str, b: &str) {
-    let load = |p: &str| -> Report {
-        serde_json::from_str(&std::fs::read_to_string(p).expect("read a report")).expect("a report")
-    };
+    let load = |p: &str| -> Report { serde_json::from_str(&std::fs::read_to_string(p).expect("read a report")).expect("a report") };
     let (ra, rb) = (load(a), load(b));
     let row = |name: &str, x: f64, y: f64| {
         let ratio = if x == 0.0 { f64::NAN } else { y / x };
         println!("{name:<28} {x:>14.2} {y:>14.2} {ratio:>8.2}×");
     };
-    println!(
-        "{:<28} {:>14} {:>14} {:>9}",
-        "",
-        if ra.label.is_empty() { "a" } else { &ra.label },
-        if rb.label.is_empty() { "b" } else { &rb.label },
-        "b/a"
-    );
+    println!("{:<28} {:>14} {:>14} {:>9}", "", if ra.label.is_empty() { "a" } else { &ra.label }, if rb.label.is_empty() { "b" } else { &rb.label }, "b/a");
     row("rate /s", ra.rate, rb.rate);
     row("loss %", ra.loss * 100.0, rb.loss * 100.0);
     row("p50 µs", ra.latency_us.p50 as f64, rb.latency_us.p50 as f64);
     row("p99 µs", ra.latency_us.p99 as f64, rb.latency_us.p99 as f64);
-    row(
-        "p99.9 µs",
-        ra.latency_us.p999 as f64,
-        rb.latency_us.p999 as f64,
-    );
+    row("p99.9 µs", ra.latency_us.p999 as f64, rb.latency_us.p999 as f64);
     row("max µs", ra.latency_us.max as f64, rb.latency_us.max as f64);
     if let (Some(sa), Some(sb)) = (&ra.server, &rb.server) {
-        row(
-            "server CPU µs/delivery",
-            sa.cpu_us_per_delivery,
-            sb.cpu_us_per_delivery,
-        );
-        row(
-            "server RSS bytes/conn",
-            sa.rss_per_connection,
-            sb.rss_per_connection,
-        );
+        row("server CPU µs/delivery", sa.cpu_us_per_delivery, sb.cpu_us_per_delivery);
+        row("server RSS bytes/conn", sa.rss_per_connection, sb.rss_per_connection);
     }
-    row(
-        "loadgen CPU µs/delivery",
-        ra.loadgen_cpu_us_per_delivery,
-        rb.loadgen_cpu_us_per_delivery,
-    );
+    row("loadgen CPU µs/delivery", ra.loadgen_cpu_us_per_delivery, rb.loadgen_cpu_us_per_delivery);
 }

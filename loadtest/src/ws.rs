@@ -49,16 +49,10 @@ impl WsConn {
     /// Performs the opening handshake for `path` (with its query) on a connected stream.
     pub async fn handshake(mut stream: TcpStream, host: &str, path: &str) -> io::Result<WsConn> {
         let mut seed = {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            (t.as_nanos() as u64)
-                ^ (stream.local_addr().map(|a| a.port() as u64).unwrap_or(1) << 32)
-                | 1
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (t.as_nanos() as u64) ^ (stream.local_addr().map(|a| a.port() as u64).unwrap_or(1) << 32) | 1
         };
-        let key_bytes: Vec<u8> = (0..2)
-            .flat_map(|_| next_random(&mut seed).to_le_bytes())
-            .collect();
+        let key_bytes: Vec<u8> = (0..2).flat_map(|_| next_random(&mut seed).to_le_bytes()).collect();
         let key = base64::engine::general_purpose::STANDARD.encode(&key_bytes);
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -71,32 +65,16 @@ impl WsConn {
             }
             let mut headers = [httparse::EMPTY_HEADER; 24];
             let mut res = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) =
-                res.parse(&buf).map_err(|e| err(e.to_string()))?
-            {
+            if let httparse::Status::Complete(n) = res.parse(&buf).map_err(|e| err(e.to_string()))? {
                 if res.code != Some(101) {
-                    return Err(err(format!(
-                        "handshake refused with HTTP {}",
-                        res.code.unwrap_or(0)
-                    )));
+                    return Err(err(format!("handshake refused with HTTP {}", res.code.unwrap_or(0))));
                 }
-                let accept = res
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
+                let accept = res.headers.iter().find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
                 if accept.map(|h| h.value) != Some(accept_key(&key).as_bytes()) {
                     return Err(err("wrong Sec-WebSocket-Accept"));
                 }
                 let mask = (next_random(&mut seed) as u32).to_le_bytes();
-                return Ok(WsConn {
-                    stream,
-                    buf,
-                    start: n,
-                    partial: Vec::new(),
-                    out: Vec::new(),
-                    mask,
-                    closed: false,
-                });
+                return Ok(WsConn { stream, buf, start: n, partial: Vec::new(), out: Vec::new(), mask, closed: false });
             }
         }
     }
@@ -197,10 +175,7 @@ impl WsConn {
             }
             let (len, head) = match b[1] & 0x7f {
                 126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-                127 if b.len() >= 10 => (
-                    u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
-                    10,
-                ),
+                127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10),
                 126 | 127 => return Ok(count),
                 n => (n as usize, 2),
             };

@@ -44,12 +44,7 @@ async fn parses_fragments_long_frames_pings_and_close() {
             req.push(b[0]);
         }
         let text = String::from_utf8(req).unwrap();
-        let key = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap()
-            .trim()
-            .to_string();
+        let key = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().trim().to_string();
         let accept = shardcast::proto::ws::handshake::accept_key(&key);
         let mut out = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -70,9 +65,7 @@ async fn parses_fragments_long_frames_pings_and_close() {
         (pong, close)
     });
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut c = ws::WsConn::handshake(stream, &addr.to_string(), "/")
-        .await
-        .unwrap();
+    let mut c = ws::WsConn::handshake(stream, &addr.to_string(), "/").await.unwrap();
     let mut got: Vec<Vec<u8>> = Vec::new();
     while got.len() < 2 {
         c.messages(|m| got.push(m.to_vec())).unwrap();

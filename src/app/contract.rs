@@ -29,9 +29,7 @@ pub fn namespace() -> Namespace {
             let auth = s.handshake().auth.clone().unwrap_or_else(|| json!({}));
             s.emit("auth", &[auth]);
         })
-        .on("message", |s, ev| {
-            s.emit_binary("message-back", &ev.args, ev.attachments)
-        })
+        .on("message", |s, ev| s.emit_binary("message-back", &ev.args, ev.attachments))
         .on("message-with-ack", |s, ev| {
             if let Some(a) = ev.ack {
                 s.ack_binary(a, &ev.args, ev.attachments);
@@ -53,27 +51,19 @@ pub fn namespace() -> Namespace {
             ack_true(s, &ev);
             if let Some(room) = room_name(ev.args.first()) {
                 let args = ev.args.get(1..).unwrap_or(&[]).to_vec();
-                s.within_namespace()
-                    .to(&room)
-                    .emit_binary("room-message", &args, ev.attachments);
+                s.within_namespace().to(&room).emit_binary("room-message", &args, ev.attachments);
             }
         })
         .on("broadcast", |s, ev| {
             ack_true(s, &ev);
-            s.broadcast()
-                .emit_binary("broadcast-back", &ev.args, ev.attachments);
+            s.broadcast().emit_binary("broadcast-back", &ev.args, ev.attachments);
         })
         .on("call-me", |s, ev| {
-            s.emit_with_ack(
-                "ping-back",
-                &ev.args,
-                Duration::from_secs(5),
-                |s, answer| {
-                    if let Ok((vals, attachments)) = answer {
-                        s.emit_binary("pong-result", &vals, attachments);
-                    }
-                },
-            );
+            s.emit_with_ack("ping-back", &ev.args, Duration::from_secs(5), |s, answer| {
+                if let Ok((vals, attachments)) = answer {
+                    s.emit_binary("pong-result", &vals, attachments);
+                }
+            });
         })
         .on("disconnect-me", |s, _ev| s.disconnect_client())
 }
@@ -81,7 +71,5 @@ pub fn namespace() -> Namespace {
 /// A builder serving the contract on `/` and `/custom`; any other namespace is refused with
 /// `{"message":"Invalid namespace"}`.
 pub fn app(builder: ServerBuilder) -> ServerBuilder {
-    builder
-        .namespace("/", namespace())
-        .namespace("/custom", namespace())
+    builder.namespace("/", namespace()).namespace("/custom", namespace())
 }

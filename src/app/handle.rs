@@ -26,14 +26,7 @@ impl ServerHandle {
 
     /// Operations on namespace `nsp`.
     pub fn of(&self, nsp: &str) -> Operator {
-        Operator {
-            poster: self.poster.clone(),
-            sel: Selector {
-                nsp: nsp.to_string(),
-                ..Default::default()
-            },
-            flags: SendFlags::default(),
-        }
+        Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, flags: SendFlags::default() }
     }
 
     /// Waits until every worker has handled everything this handle posted before (mail is
@@ -111,12 +104,7 @@ impl Operator {
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Arc::new(Broadcast {
-            sel: self.sel.clone(),
-            packet,
-            flags: self.flags,
-            ack: None,
-        });
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
         self.all(|| SioMail::Broadcast(b.clone()));
     }
 
@@ -124,29 +112,20 @@ impl Operator {
     pub fn sockets_join(&self, rooms: &[&str]) {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Join {
-            sel: sel.clone(),
-            rooms: rooms.clone(),
-        });
+        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() });
     }
 
     /// Makes the selected sockets leave `rooms`.
     pub fn sockets_leave(&self, rooms: &[&str]) {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Leave {
-            sel: sel.clone(),
-            rooms: rooms.clone(),
-        });
+        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() });
     }
 
     /// Disconnects the selected sockets; with `close_client`, their whole clients.
     pub fn disconnect_sockets(&self, close_client: bool) {
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Disconnect {
-            sel: sel.clone(),
-            close_client,
-        });
+        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client });
     }
 
     /// Counts the selected sockets across workers (waits for every worker's answer; call it
@@ -154,10 +133,7 @@ impl Operator {
     pub fn count(&self) -> usize {
         let (tx, rx) = std::sync::mpsc::channel();
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Count {
-            sel: sel.clone(),
-            reply: tx.clone(),
-        });
+        self.all(|| SioMail::Count { sel: sel.clone(), reply: tx.clone() });
         drop(tx);
         rx.iter().take(self.poster.workers()).sum()
     }

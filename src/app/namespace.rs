@@ -107,8 +107,7 @@ pub type DisconnectHandler = Arc<dyn Fn(&mut Socket<'_, '_>, DisconnectReason) +
 /// Told about a protocol error on the socket's connection, just before it is closed.
 pub type ErrorHandler = Arc<dyn Fn(&mut Socket<'_, '_>, &str) + Send + Sync>;
 /// Called with an ack's arguments (and attachments), or the timeout.
-pub type AckCallback =
-    Box<dyn FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>)>;
+pub type AckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>)>;
 
 /// Every answer to a broadcast with ack: each recipient's arguments and attachments.
 pub type Responses = Vec<(Vec<Value>, Vec<Bytes>)>;
@@ -123,8 +122,7 @@ pub struct PartialResponses {
 
 /// Called on the emitting socket with every recipient's answer, or with those that arrived
 /// before the timeout.
-pub type BroadcastAckCallback =
-    Box<dyn FnOnce(&mut Socket<'_, '_>, Result<Responses, PartialResponses>)>;
+pub type BroadcastAckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<Responses, PartialResponses>)>;
 
 /// One namespace's handlers.
 #[derive(Clone, Default)]
@@ -145,57 +143,38 @@ impl Namespace {
 
     /// Adds connect middleware: it sees the handshake (auth, query) and may refuse with the
     /// CONNECT_ERROR data (e.g. `{"message": "not authorized"}`).
-    pub fn use_middleware(
-        mut self,
-        f: impl Fn(&Handshake) -> Result<(), Value> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn use_middleware(mut self, f: impl Fn(&Handshake) -> Result<(), Value> + Send + Sync + 'static) -> Self {
         self.middleware.push(Arc::new(f));
         self
     }
 
     /// Runs when a socket has joined the namespace.
-    pub fn on_connection(
-        mut self,
-        f: impl Fn(&mut Socket<'_, '_>) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_connection(mut self, f: impl Fn(&mut Socket<'_, '_>) + Send + Sync + 'static) -> Self {
         self.on_connection = Some(Arc::new(f));
         self
     }
 
     /// Handles one event name.
-    pub fn on(
-        mut self,
-        event: &str,
-        f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on(mut self, event: &str, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
         self.events.insert(event.to_string(), Arc::new(f));
         self
     }
 
     /// Handles every event without a handler of its own.
-    pub fn on_any(
-        mut self,
-        f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_any(mut self, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
         self.any = Some(Arc::new(f));
         self
     }
 
     /// Runs when the client sent something that breaks the protocol (bad packet, bad JSON,
     /// attachments that do not match, ...), with the error, just before its session is closed.
-    pub fn on_error(
-        mut self,
-        f: impl Fn(&mut Socket<'_, '_>, &str) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_error(mut self, f: impl Fn(&mut Socket<'_, '_>, &str) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(f));
         self
     }
 
     /// Runs when a socket leaves the namespace, with the reason.
-    pub fn on_disconnect(
-        mut self,
-        f: impl Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_disconnect(mut self, f: impl Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync + 'static) -> Self {
         self.on_disconnect = Some(Arc::new(f));
         self
     }

@@ -73,28 +73,20 @@ impl ServerBuilder {
     }
 
     /// Namespaces created on first CONNECT when `accept(name)` says so, all served by `ns`.
-    pub fn dynamic_namespaces(
-        mut self,
-        accept: impl Fn(&str) -> bool + Send + Sync + 'static,
-        ns: Namespace,
-    ) -> Self {
+    pub fn dynamic_namespaces(mut self, accept: impl Fn(&str) -> bool + Send + Sync + 'static, ns: Namespace) -> Self {
         self.namespaces.dynamic = Some((Arc::new(accept), Arc::new(ns)));
         self
     }
 
     /// Starts the workers.
     pub fn start(mut self) -> Result<RunningServer, StartError> {
-        self.runtime.worker.max_read_buffer =
-            crate::rt::WorkerConfig::read_buffer_for(self.engine.max_payload);
+        self.runtime.worker.max_read_buffer = crate::rt::WorkerConfig::read_buffer_for(self.engine.max_payload);
         let mut limits = self.limits;
         limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let rt = threads::start(self.runtime, move |_| {
-            EioServer::new(
-                Rc::new((*engine).clone()),
-                SioWorker::new(namespaces.clone(), limits),
-            )
+            EioServer::new(Rc::new((*engine).clone()), SioWorker::new(namespaces.clone(), limits))
         })?;
         let handle = ServerHandle::new(rt.poster());
         Ok(RunningServer { rt, handle })

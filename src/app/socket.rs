@@ -26,10 +26,7 @@ impl<'a, 'c> Socket<'a, 'c> {
     }
 
     fn alive(&self) -> bool {
-        self.core
-            .sockets
-            .get(self.idx as usize)
-            .is_some_and(|s| s.as_ref().is_some_and(|s| s.connected))
+        self.core.sockets.get(self.idx as usize).is_some_and(|s| s.as_ref().is_some_and(|s| s.connected))
     }
 
     /// The socket id (also the name of the room only it is in).
@@ -65,25 +62,11 @@ impl<'a, 'c> Socket<'a, 'c> {
     /// Emits an event the client may drop when it cannot take it right now (the reference's
     /// `socket.volatile.emit`).
     pub fn emit_volatile(&mut self, event: &str, args: &[Value]) {
-        self.emit_with_flags(
-            event,
-            args,
-            Vec::new(),
-            SendFlags {
-                volatile: true,
-                ..SendFlags::default()
-            },
-        );
+        self.emit_with_flags(event, args, Vec::new(), SendFlags { volatile: true, ..SendFlags::default() });
     }
 
     /// Emits with explicit flags (`volatile`, `compress`).
-    pub fn emit_with_flags(
-        &mut self,
-        event: &str,
-        args: &[Value],
-        attachments: Vec<Bytes>,
-        flags: SendFlags,
-    ) {
+    pub fn emit_with_flags(&mut self, event: &str, args: &[Value], attachments: Vec<Bytes>, flags: SendFlags) {
         if !self.alive() {
             return;
         }
@@ -106,8 +89,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         let now = self.ctx.now();
         let id = self.core.add_ack(self.idx, now, timeout, Box::new(cb));
         let enc = encode::event(self.nsp(), event, args, Some(id), Vec::new());
-        self.core
-            .send_to(self.ctx, self.idx, &enc, SendFlags::default());
+        self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
     }
 
     /// Answers an incoming event's ack.
@@ -121,8 +103,7 @@ impl<'a, 'c> Socket<'a, 'c> {
             return;
         }
         let enc = encode::ack(self.nsp(), ack.0, args, attachments);
-        self.core
-            .send_to(self.ctx, self.idx, &enc, SendFlags::default());
+        self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
     }
 
     /// Joins a room (on this worker's shard of the room table).
@@ -141,12 +122,7 @@ impl<'a, 'c> Socket<'a, 'c> {
 
     /// The rooms this socket is in (its own id included).
     pub fn rooms(&self) -> Vec<String> {
-        self.core
-            .socket(self.idx)
-            .rooms
-            .iter()
-            .map(|r| r.to_string())
-            .collect()
+        self.core.socket(self.idx).rooms.iter().map(|r| r.to_string()).collect()
     }
 
     /// Sockets in `room`, except this one (the reference's `socket.to(room)`).
@@ -167,26 +143,13 @@ impl<'a, 'c> Socket<'a, 'c> {
     /// Sockets of the whole namespace, this one included (the reference's `io.of(nsp)`).
     pub fn within_namespace(&mut self) -> Operator<'_, 'a, 'c> {
         let nsp = self.nsp().to_string();
-        Operator {
-            sel: super::worker::Selector {
-                nsp,
-                ..Default::default()
-            },
-            flags: SendFlags::default(),
-            socket: self,
-        }
+        Operator { sel: super::worker::Selector { nsp, ..Default::default() }, flags: SendFlags::default(), socket: self }
     }
 
     /// Leaves this namespace: the client gets a DISCONNECT for it.
     pub fn disconnect(&mut self) {
         if self.alive() {
-            remove_socket(
-                self.core,
-                self.ctx,
-                self.idx,
-                super::DisconnectReason::ServerNamespaceDisconnect,
-                true,
-            );
+            remove_socket(self.core, self.ctx, self.idx, super::DisconnectReason::ServerNamespaceDisconnect, true);
         }
     }
 
@@ -250,12 +213,7 @@ impl Operator<'_, '_, '_> {
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Broadcast {
-            sel: self.sel,
-            packet,
-            flags: self.flags,
-            ack: None,
-        };
+        let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None };
         self.socket.core.broadcast(self.socket.ctx, b);
     }
 
@@ -273,16 +231,6 @@ impl Operator<'_, '_, '_> {
         if !s.alive() {
             return;
         }
-        s.core.broadcast_with_ack(
-            s.ctx,
-            s.idx,
-            self.sel,
-            event,
-            args,
-            Vec::new(),
-            self.flags,
-            timeout,
-            Box::new(cb),
-        );
+        s.core.broadcast_with_ack(s.ctx, s.idx, self.sel, event, args, Vec::new(), self.flags, timeout, Box::new(cb));
     }
 }

@@ -17,10 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::namespace::{
-    AckCallback, AckTimeout, BroadcastAckCallback, DisconnectReason, Event, Handshake, Namespaces,
-    PartialResponses, Responses,
-};
+use super::namespace::{AckCallback, AckTimeout, BroadcastAckCallback, DisconnectReason, Event, Handshake, Namespaces, PartialResponses, Responses};
 use super::socket::Socket;
 use crate::engine::{sid as ids, Ctx, Handler, OpenInfo, SendFlags, Sid};
 use crate::proto::eio::CloseReason;
@@ -201,9 +198,7 @@ pub struct SioWorker {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SioWorker {
@@ -241,13 +236,7 @@ impl WorkerCore {
     }
 
     /// Sends an encoded packet (and its attachments) to one socket's client.
-    pub(crate) fn send_to(
-        &mut self,
-        ctx: &mut Ctx<'_, SioMail>,
-        idx: u32,
-        enc: &Encoded,
-        flags: SendFlags,
-    ) {
+    pub(crate) fn send_to(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, enc: &Encoded, flags: SendFlags) {
         let client = self.socket(idx).client.clone();
         for p in enc.packets() {
             if ctx.send(&client, p, flags).is_err() {
@@ -262,13 +251,7 @@ impl WorkerCore {
     }
 
     /// Registers an ack callback and returns its id.
-    pub(crate) fn add_ack(
-        &mut self,
-        idx: u32,
-        now: Instant,
-        timeout: Duration,
-        cb: AckCallback,
-    ) -> u64 {
+    pub(crate) fn add_ack(&mut self, idx: u32, now: Instant, timeout: Duration, cb: AckCallback) -> u64 {
         let s = self.socket_mut(idx);
         let id = s.next_ack;
         s.next_ack += 1;
@@ -308,12 +291,9 @@ impl WorkerCore {
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
         let targets = self.select(&b.sel);
         for &idx in &targets {
-            let s = self.sockets[idx as usize]
-                .as_mut()
-                .expect("selected sockets are live");
+            let s = self.sockets[idx as usize].as_mut().expect("selected sockets are live");
             if let Some(ack) = b.ack {
-                s.acks
-                    .insert(ack.id, PendingAck::Collect { origin: ack.origin });
+                s.acks.insert(ack.id, PendingAck::Collect { origin: ack.origin });
                 self.ack_due.push(ack.deadline, (idx, s.gen, ack.id));
             }
             for p in b.packet.packets() {
@@ -327,27 +307,18 @@ impl WorkerCore {
 
     /// The slots of this worker's sockets a selector picks, each once.
     fn select(&mut self, sel: &Selector) -> Vec<u32> {
-        let Some(ns) = self.nsps.get(sel.nsp.as_str()) else {
-            return Vec::new();
-        };
+        let Some(ns) = self.nsps.get(sel.nsp.as_str()) else { return Vec::new() };
         self.stamp += 1;
         let stamp = self.stamp;
         let mut out = Vec::new();
         let sockets = &mut self.sockets;
         let mut visit = |idx: u32| {
-            let Some(s) = sockets[idx as usize].as_mut() else {
-                return;
-            };
+            let Some(s) = sockets[idx as usize].as_mut() else { return };
             if s.stamp == stamp || !s.connected {
                 return;
             }
             s.stamp = stamp;
-            if sel
-                .except_rooms
-                .iter()
-                .any(|r| s.rooms.contains(r.as_str()))
-                || sel.except_ids.iter().any(|i| **i == *s.id)
-            {
+            if sel.except_rooms.iter().any(|r| s.rooms.contains(r.as_str())) || sel.except_ids.iter().any(|i| **i == *s.id) {
                 return;
             }
             out.push(idx);
@@ -395,27 +366,9 @@ impl WorkerCore {
         let deadline = ctx.now() + timeout;
         let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
         let gen = self.socket(idx).gen;
-        self.collectors.insert(
-            id,
-            Collector {
-                socket: (idx, gen),
-                waiting: ctx.workers() - 1,
-                expected: 0,
-                responses: Vec::new(),
-                cb,
-            },
-        );
+        self.collectors.insert(id, Collector { socket: (idx, gen), waiting: ctx.workers() - 1, expected: 0, responses: Vec::new(), cb });
         self.collect_due.push(deadline, id);
-        let b = Broadcast {
-            sel,
-            packet,
-            flags,
-            ack: Some(BroadcastAck {
-                id,
-                origin: worker,
-                deadline,
-            }),
-        };
+        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: worker, deadline }) };
         let n = self.broadcast(ctx, b);
         self.collector_count(ctx, id, n);
     }
@@ -427,12 +380,7 @@ impl WorkerCore {
         }
     }
 
-    fn collector_answer(
-        &mut self,
-        ctx: &mut Ctx<'_, SioMail>,
-        id: u64,
-        answer: (Vec<Value>, Vec<Bytes>),
-    ) {
+    fn collector_answer(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64, answer: (Vec<Value>, Vec<Bytes>)) {
         if let Some(c) = self.collectors.get_mut(&id) {
             c.responses.push(answer);
             self.check_collector(ctx, id);
@@ -440,55 +388,28 @@ impl WorkerCore {
     }
 
     fn check_collector(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64) {
-        let done = self
-            .collectors
-            .get(&id)
-            .is_some_and(|c| c.waiting == 0 && c.responses.len() >= c.expected);
+        let done = self.collectors.get(&id).is_some_and(|c| c.waiting == 0 && c.responses.len() >= c.expected);
         if done {
             self.finish_collector(ctx, id, false);
         }
     }
 
     fn finish_collector(&mut self, ctx: &mut Ctx<'_, SioMail>, id: u64, timed_out: bool) {
-        let Some(c) = self.collectors.remove(&id) else {
-            return;
-        };
+        let Some(c) = self.collectors.remove(&id) else { return };
         let (idx, gen) = c.socket;
-        let alive = self
-            .sockets
-            .get(idx as usize)
-            .and_then(|s| s.as_ref())
-            .is_some_and(|s| s.gen == gen && s.connected);
+        let alive = self.sockets.get(idx as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.gen == gen && s.connected);
         if alive {
-            let result = if timed_out {
-                Err(PartialResponses {
-                    responses: c.responses,
-                })
-            } else {
-                Ok(c.responses)
-            };
+            let result = if timed_out { Err(PartialResponses { responses: c.responses }) } else { Ok(c.responses) };
             let cb = c.cb;
             guarded(self, ctx, idx, move |s| cb(s, result));
         }
     }
 
     fn client_socket(&self, sid: &str, nsp: &str) -> Option<u32> {
-        self.clients
-            .get(sid)?
-            .sockets
-            .iter()
-            .find(|(n, _)| **n == *nsp)
-            .map(|(_, i)| *i)
+        self.clients.get(sid)?.sockets.iter().find(|(n, _)| **n == *nsp).map(|(_, i)| *i)
     }
 
-    fn new_socket(
-        &mut self,
-        client: &Sid,
-        nsp: &str,
-        ns: Arc<super::namespace::Namespace>,
-        hs: Handshake,
-        worker: usize,
-    ) -> u32 {
+    fn new_socket(&mut self, client: &Sid, nsp: &str, ns: Arc<super::namespace::Namespace>, hs: Handshake, worker: usize) -> u32 {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -499,10 +420,7 @@ impl WorkerCore {
         };
         self.gens[idx as usize] = self.gens[idx as usize].wrapping_add(1);
         let id: Rc<str> = Rc::from(ids::generate(worker));
-        let nsp: Rc<str> = self
-            .nsps
-            .get_key_value(nsp)
-            .map_or_else(|| Rc::from(nsp), |(k, _)| k.clone());
+        let nsp: Rc<str> = self.nsps.get_key_value(nsp).map_or_else(|| Rc::from(nsp), |(k, _)| k.clone());
         self.sockets[idx as usize] = Some(SocketState {
             id: id.clone(),
             nsp: nsp.clone(),
@@ -518,11 +436,7 @@ impl WorkerCore {
             connected: true,
         });
         self.by_id.insert(id.clone(), idx);
-        self.nsps
-            .entry(nsp.clone())
-            .or_default()
-            .members
-            .insert(idx);
+        self.nsps.entry(nsp.clone()).or_default().members.insert(idx);
         // Every socket is in the room named by its own id.
         self.join(idx, &id);
         if let Some(c) = self.clients.get_mut(client) {
@@ -559,12 +473,7 @@ impl WorkerCore {
 }
 
 /// Runs a user handler; a panic is caught, logged, and only that socket is disconnected.
-fn guarded(
-    core: &mut WorkerCore,
-    ctx: &mut Ctx<'_, SioMail>,
-    idx: u32,
-    f: impl FnOnce(&mut Socket<'_, '_>),
-) {
+fn guarded(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, f: impl FnOnce(&mut Socket<'_, '_>)) {
     let result = {
         let mut s = Socket::new(core, ctx, idx);
         catch_unwind(AssertUnwindSafe(|| f(&mut s)))
@@ -576,11 +485,7 @@ fn guarded(
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         tracing::error!(panic = %msg, "a handler panicked; disconnecting its socket");
-        if core
-            .sockets
-            .get(idx as usize)
-            .is_some_and(|s| s.as_ref().is_some_and(|s| s.connected))
-        {
+        if core.sockets.get(idx as usize).is_some_and(|s| s.as_ref().is_some_and(|s| s.connected)) {
             remove_socket(core, ctx, idx, DisconnectReason::HandlerPanic, true);
         }
     }
@@ -588,16 +493,8 @@ fn guarded(
 
 /// A socket leaves its namespace: DISCONNECT sent when the server decided it, rooms left, the
 /// disconnect handler called, the slot freed.
-pub(crate) fn remove_socket(
-    core: &mut WorkerCore,
-    ctx: &mut Ctx<'_, SioMail>,
-    idx: u32,
-    reason: DisconnectReason,
-    send_packet: bool,
-) {
-    let Some(s) = core.sockets.get(idx as usize).and_then(|s| s.as_ref()) else {
-        return;
-    };
+pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, reason: DisconnectReason, send_packet: bool) {
+    let Some(s) = core.sockets.get(idx as usize).and_then(|s| s.as_ref()) else { return };
     if !s.connected {
         return;
     }
@@ -621,19 +518,9 @@ pub(crate) fn remove_socket(
 /// Disconnects every socket of a client in the order they connected (each gets its
 /// DISCONNECT), then closes the Engine.IO session.
 pub(crate) fn disconnect_client(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, client: &Sid) {
-    let socks: Vec<u32> = core
-        .clients
-        .get(client)
-        .map(|c| c.sockets.iter().map(|(_, i)| *i).collect())
-        .unwrap_or_default();
+    let socks: Vec<u32> = core.clients.get(client).map(|c| c.sockets.iter().map(|(_, i)| *i).collect()).unwrap_or_default();
     for idx in socks {
-        remove_socket(
-            core,
-            ctx,
-            idx,
-            DisconnectReason::ServerNamespaceDisconnect,
-            true,
-        );
+        remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
     }
     if let Some(c) = core.clients.get_mut(client) {
         c.closing_reason = Some(DisconnectReason::ServerNamespaceDisconnect);
@@ -644,9 +531,7 @@ pub(crate) fn disconnect_client(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail
 impl SioWorker {
     /// A protocol error: logged once, the error handlers told, the session closed.
     fn fail(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, why: &dyn std::fmt::Display) {
-        let Some(c) = self.core.clients.get_mut(sid) else {
-            return;
-        };
+        let Some(c) = self.core.clients.get_mut(sid) else { return };
         if c.closing_reason.is_some() {
             return; // already failing: one log line per session
         }
@@ -668,38 +553,21 @@ impl SioWorker {
             PacketType::Connect => self.connect(ctx, sid, p),
             PacketType::Disconnect => {
                 if let Some(idx) = core.client_socket(sid, &p.nsp) {
-                    remove_socket(
-                        core,
-                        ctx,
-                        idx,
-                        DisconnectReason::ClientNamespaceDisconnect,
-                        false,
-                    );
+                    remove_socket(core, ctx, idx, DisconnectReason::ClientNamespaceDisconnect, false);
                 }
             }
             PacketType::Event | PacketType::BinaryEvent => {
                 let Some(idx) = core.client_socket(sid, &p.nsp) else {
-                    return self.fail(
-                        ctx,
-                        sid,
-                        &"event for a namespace the client is not connected to",
-                    );
+                    return self.fail(ctx, sid, &"event for a namespace the client is not connected to");
                 };
-                let Some(Value::Array(mut all)) = p.data else {
-                    return;
-                };
+                let Some(Value::Array(mut all)) = p.data else { return };
                 let name = match all.first() {
                     Some(Value::String(s)) => s.clone(),
                     Some(other) => other.to_string(),
                     None => return,
                 };
                 all.remove(0);
-                let ev = Event {
-                    name,
-                    args: all,
-                    attachments: p.attachments,
-                    ack: p.id.map(super::namespace::AckId),
-                };
+                let ev = Event { name, args: all, attachments: p.attachments, ack: p.id.map(super::namespace::AckId) };
                 let ns = core.socket(idx).ns.clone();
                 let handler = ns.events.get(&ev.name).or(ns.any.as_ref()).cloned();
                 if let Some(h) = handler {
@@ -707,34 +575,19 @@ impl SioWorker {
                 }
             }
             PacketType::Ack | PacketType::BinaryAck => {
-                let Some(idx) = core.client_socket(sid, &p.nsp) else {
-                    return;
-                };
+                let Some(idx) = core.client_socket(sid, &p.nsp) else { return };
                 let Some(id) = p.id else { return };
                 // A late or unknown ack is ignored.
-                let Some(pending) = core.socket_mut(idx).acks.remove(&id) else {
-                    return;
-                };
+                let Some(pending) = core.socket_mut(idx).acks.remove(&id) else { return };
                 let args = match p.data {
                     Some(Value::Array(a)) => a,
                     _ => Vec::new(),
                 };
                 let atts = p.attachments;
                 match pending {
-                    PendingAck::Callback(cb) => {
-                        guarded(core, ctx, idx, |s| cb(s, Ok((args, atts))))
-                    }
-                    PendingAck::Collect { origin } if origin == ctx.worker() => {
-                        core.collector_answer(ctx, id, (args, atts))
-                    }
-                    PendingAck::Collect { origin } => ctx.post(
-                        origin,
-                        SioMail::AckAnswer {
-                            id,
-                            args,
-                            attachments: atts,
-                        },
-                    ),
+                    PendingAck::Callback(cb) => guarded(core, ctx, idx, |s| cb(s, Ok((args, atts)))),
+                    PendingAck::Collect { origin } if origin == ctx.worker() => core.collector_answer(ctx, id, (args, atts)),
+                    PendingAck::Collect { origin } => ctx.post(origin, SioMail::AckAnswer { id, args, attachments: atts }),
                 }
             }
             PacketType::ConnectError => self.fail(ctx, sid, &"a client may not send CONNECT_ERROR"),
@@ -747,18 +600,13 @@ impl SioWorker {
             return; // already connected to this namespace
         }
         let Some(ns) = core.namespaces.resolve(&p.nsp) else {
-            let enc = encode::connect_error(
-                &p.nsp,
-                &serde_json::json!({ "message": "Invalid namespace" }),
-            );
+            let enc = encode::connect_error(&p.nsp, &serde_json::json!({ "message": "Invalid namespace" }));
             for pk in enc.packets() {
                 let _ = ctx.send(sid, pk, SendFlags::default());
             }
             return;
         };
-        let Some(client) = core.clients.get(sid) else {
-            return;
-        };
+        let Some(client) = core.clients.get(sid) else { return };
         let hs = Handshake {
             nsp: p.nsp.clone(),
             auth: p.data,
@@ -793,21 +641,10 @@ impl SioWorker {
         match mail {
             SioMail::Broadcast(b) => {
                 // One copy per worker, not per recipient: keeps reference counts core-local.
-                let local = Broadcast {
-                    sel: b.sel.clone(),
-                    packet: b.packet.to_local(),
-                    flags: b.flags,
-                    ack: b.ack,
-                };
+                let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack };
                 let n = core.deliver(ctx, &local);
                 if let Some(ack) = b.ack {
-                    ctx.post(
-                        ack.origin,
-                        SioMail::AckCount {
-                            id: ack.id,
-                            count: n,
-                        },
-                    );
+                    ctx.post(ack.origin, SioMail::AckCount { id: ack.id, count: n });
                 }
             }
             SioMail::AckCount { id, count } => {
@@ -816,11 +653,7 @@ impl SioWorker {
                 }
                 core.collector_count(ctx, id, count);
             }
-            SioMail::AckAnswer {
-                id,
-                args,
-                attachments,
-            } => core.collector_answer(ctx, id, (args, attachments)),
+            SioMail::AckAnswer { id, args, attachments } => core.collector_answer(ctx, id, (args, attachments)),
             SioMail::Join { sel, rooms } => {
                 for idx in core.select(&sel) {
                     for r in rooms.iter() {
@@ -841,13 +674,7 @@ impl SioWorker {
                         let client = core.socket(idx).client.clone();
                         disconnect_client(core, ctx, &client);
                     } else {
-                        remove_socket(
-                            core,
-                            ctx,
-                            idx,
-                            DisconnectReason::ServerNamespaceDisconnect,
-                            true,
-                        );
+                        remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
                     }
                 }
             }
@@ -881,13 +708,9 @@ impl Handler for SioWorker {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, text: &mut [u8]) {
-        let Some(client) = self.core.clients.get(sid) else {
-            return;
-        };
+        let Some(client) = self.core.clients.get(sid) else { return };
         if let Some(a) = &client.assembler {
-            let e = crate::proto::sio::SioError::AttachmentsMissing {
-                missing: a.missing(),
-            };
+            let e = crate::proto::sio::SioError::AttachmentsMissing { missing: a.missing() };
             return self.fail(ctx, sid, &e);
         }
         match self.core.decoder.decode(text) {
@@ -902,9 +725,7 @@ impl Handler for SioWorker {
     }
 
     fn on_binary(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, data: Bytes) {
-        let Some(client) = self.core.clients.get_mut(sid) else {
-            return;
-        };
+        let Some(client) = self.core.clients.get_mut(sid) else { return };
         let Some(asm) = client.assembler.take() else {
             return self.fail(ctx, sid, &crate::proto::sio::SioError::UnexpectedBinary);
         };
@@ -916,9 +737,7 @@ impl Handler for SioWorker {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, reason: CloseReason) {
-        let Some(client) = self.core.clients.get(sid) else {
-            return;
-        };
+        let Some(client) = self.core.clients.get(sid) else { return };
         let reason = client.closing_reason.unwrap_or(match reason {
             CloseReason::TransportClose => DisconnectReason::TransportClose,
             CloseReason::PingTimeout => DisconnectReason::PingTimeout,
@@ -940,12 +759,7 @@ impl Handler for SioWorker {
 
     fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {
         while let Some((idx, gen, id)) = self.core.ack_due.pop_due(now) {
-            let live = self
-                .core
-                .sockets
-                .get(idx as usize)
-                .and_then(|s| s.as_ref())
-                .is_some_and(|s| s.gen == gen && s.connected);
+            let live = self.core.sockets.get(idx as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.gen == gen && s.connected);
             if !live {
                 continue;
             }
@@ -957,12 +771,7 @@ impl Handler for SioWorker {
             self.core.finish_collector(ctx, id, true);
         }
         while let Some(sid) = self.core.connect_due.pop_due(now) {
-            if self
-                .core
-                .clients
-                .get(&sid)
-                .is_some_and(|c| c.sockets.is_empty())
-            {
+            if self.core.clients.get(&sid).is_some_and(|c| c.sockets.is_empty()) {
                 tracing::debug!(sid = %sid, "no namespace joined in time; closing");
                 ctx.close(&sid);
             }
@@ -970,13 +779,6 @@ impl Handler for SioWorker {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.core.ack_due.next(),
-            self.core.connect_due.next(),
-            self.core.collect_due.next(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.core.ack_due.next(), self.core.connect_due.next(), self.core.collect_due.next()].into_iter().flatten().min()
     }
 }

@@ -16,11 +16,7 @@ impl Handler for EioEcho {
     fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _info: &OpenInfo<'_>) {}
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, text: &mut [u8]) {
-        let _ = ctx.send(
-            sid,
-            &SharedPacket::text(PacketType::Message, text),
-            SendFlags::default(),
-        );
+        let _ = ctx.send(sid, &SharedPacket::text(PacketType::Message, text), SendFlags::default());
     }
 
     fn on_binary(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, data: Bytes) {

@@ -148,10 +148,7 @@ pub struct SendFlags {
 
 impl Default for SendFlags {
     fn default() -> Self {
-        SendFlags {
-            volatile: false,
-            compress: true,
-        }
+        SendFlags { volatile: false, compress: true }
     }
 }
 

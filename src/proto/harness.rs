@@ -11,28 +11,15 @@ use super::ws::{self, deflate, Decoded};
 /// WebSocket codec: the first byte picks the options (deflate on/off, size limit) and where
 /// the input is split into two reads; the rest is the wire.
 pub fn ws_frames(data: &[u8]) {
-    let Some((&opts, wire)) = data.split_first() else {
-        return;
-    };
+    let Some((&opts, wire)) = data.split_first() else { return };
     let params = (opts & 1 == 1).then(|| {
-        deflate::negotiate(
-            &deflate::parse_extensions(["permessage-deflate; client_max_window_bits"]),
-            &Default::default(),
-        )
-        .expect("a plain offer is accepted")
-        .0
+        deflate::negotiate(&deflate::parse_extensions(["permessage-deflate; client_max_window_bits"]), &Default::default())
+            .expect("a plain offer is accepted")
+            .0
     });
     let max = if opts & 2 == 0 { 1 << 16 } else { 64 };
-    let mut codec = ws::ServerCodec::new(ws::CodecConfig {
-        max_message_size: max,
-        deflate: params,
-        compress_threshold: 0,
-    });
-    let cut = if wire.is_empty() {
-        0
-    } else {
-        (opts as usize >> 2) % (wire.len() + 1)
-    };
+    let mut codec = ws::ServerCodec::new(ws::CodecConfig { max_message_size: max, deflate: params, compress_threshold: 0 });
+    let cut = if wire.is_empty() { 0 } else { (opts as usize >> 2) % (wire.len() + 1) };
     let mut buf: Vec<u8> = wire[..cut].to_vec();
     for next in [&wire[cut..], &[][..]] {
         loop {
@@ -47,10 +34,7 @@ pub fn ws_frames(data: &[u8]) {
                 }
                 Ok(Decoded::Frame { consumed, message }) => {
                     if let Some(ws::Message::Text(t)) = message {
-                        assert!(
-                            std::str::from_utf8(t).is_ok(),
-                            "text messages are always UTF-8"
-                        );
+                        assert!(std::str::from_utf8(t).is_ok(), "text messages are always UTF-8");
                     }
                     assert!(consumed > 0 && consumed <= buf.len());
                     buf.drain(..consumed);
@@ -75,12 +59,7 @@ pub fn eio_payload(data: &[u8]) {
 /// Socket.IO packet decoding, then binary reassembly with one-byte attachments.
 pub fn sio_packet(data: &[u8]) {
     let mut buf = data.to_vec();
-    let mut dec = sio::Decoder::new(sio::Limits {
-        max_depth: 32,
-        max_attachments: 4,
-        max_packet_size: 8192,
-        max_ack_id_digits: 20,
-    });
+    let mut dec = sio::Decoder::new(sio::Limits { max_depth: 32, max_attachments: 4, max_packet_size: 8192, max_ack_id_digits: 20 });
     match dec.decode(&mut buf) {
         Err(e) => {
             let _ = e.answer();

@@ -25,11 +25,7 @@ impl<M> Mailbox<M> {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Arc::new(Mailbox {
-            queue: SegQueue::new(),
-            eventfd: fd,
-            sleeping: AtomicBool::new(true),
-        }))
+        Ok(Arc::new(Mailbox { queue: SegQueue::new(), eventfd: fd, sleeping: AtomicBool::new(true) }))
     }
 
     pub fn eventfd(&self) -> RawFd {

@@ -54,9 +54,7 @@ pub fn create(entries: u32) -> Result<IoUring, RingError> {
             },
         }
     }
-    Err(RingError::Other(last.unwrap_or_else(|| {
-        io::Error::other("no setup flags accepted")
-    })))
+    Err(RingError::Other(last.unwrap_or_else(|| io::Error::other("no setup flags accepted"))))
 }
 
 /// What an in-flight operation is; packed into the completion's user data with a slot index
@@ -97,21 +95,11 @@ pub fn gen_matches(stored: u32, tagged: u32) -> bool {
 pub fn probe_multishot_recv(ring: &mut IoUring, bgid: u16) -> bool {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
         return false;
     }
     let ud = u64::MAX - 1;
-    let entry = opcode::RecvMulti::new(types::Fd(fds[0]), bgid)
-        .build()
-        .user_data(ud);
+    let entry = opcode::RecvMulti::new(types::Fd(fds[0]), bgid).build().user_data(ud);
     // SAFETY: the entry references no memory of ours (the kernel picks a provided buffer).
     let pushed = unsafe { ring.submission().push(&entry).is_ok() };
     let mut ok = false;
@@ -141,9 +129,7 @@ pub fn probe_multishot_recv(ring: &mut IoUring, bgid: u16) -> bool {
 
 /// The `timespec` for a wait of `d`.
 pub fn timespec(d: std::time::Duration) -> types::Timespec {
-    types::Timespec::new()
-        .sec(d.as_secs())
-        .nsec(d.subsec_nanos())
+    types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos())
 }
 
 #[cfg(test)]

@@ -59,14 +59,9 @@ impl SendQueue {
         }
         self.iovecs.clear();
         while self.inflight.len() < MAX_IOV {
-            let Some(b) = self.queued.pop_front() else {
-                break;
-            };
+            let Some(b) = self.queued.pop_front() else { break };
             self.queued_bytes -= b.len();
-            self.iovecs.push(libc::iovec {
-                iov_base: b.as_ptr() as *mut _,
-                iov_len: b.len(),
-            });
+            self.iovecs.push(libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() });
             self.inflight.push(b);
         }
         Some((self.iovecs.as_ptr(), self.iovecs.len() as u32))
@@ -116,8 +111,7 @@ mod tests {
         assert_eq!(q.queued_bytes(), 3);
         let (iov, n) = q.start_send().unwrap();
         // SAFETY: `iov` points at `n` iovecs owned by `q`, alive until the next call on `q`.
-        let first =
-            unsafe { std::slice::from_raw_parts((*iov).iov_base as *const u8, (*iov).iov_len) };
+        let first = unsafe { std::slice::from_raw_parts((*iov).iov_base as *const u8, (*iov).iov_len) };
         assert_eq!((first, n), (&b"fg"[..], 2));
     }
 

@@ -6,19 +6,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::bus::Mailbox;
-use super::conn::{RtMail, Service};
 use super::listener;
 use super::ring::RingError;
+use super::conn::{RtMail, Service};
 use super::worker::{Worker, WorkerConfig};
 
 /// Why the runtime did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the mailbox eventfd: {0}")]
     Mailbox(std::io::Error),
     #[error(transparent)]
@@ -49,9 +46,7 @@ pub struct Poster<M: Send + 'static> {
 
 impl<M: Send + 'static> Clone for Poster<M> {
     fn clone(&self) -> Self {
-        Poster {
-            mailboxes: self.mailboxes.clone(),
-        }
+        Poster { mailboxes: self.mailboxes.clone() }
     }
 }
 
@@ -84,19 +79,12 @@ where
     F: Fn(usize) -> S + Send + Sync + 'static,
 {
     let threads = cfg.threads.max(1);
-    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind {
-        addr: cfg.bind,
-        source,
-    })?;
+    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
     let first_fd = listener::into_raw(first);
-    let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind {
-        addr: cfg.bind,
-        source,
-    })?;
+    let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
     let mut fds = vec![first_fd];
     for _ in 1..threads {
-        let l = listener::bind(addr, cfg.backlog)
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let l = listener::bind(addr, cfg.backlog).map_err(|source| StartError::Bind { addr, source })?;
         fds.push(listener::into_raw(l));
     }
     let mut boxes = Vec::with_capacity(threads);
@@ -137,11 +125,7 @@ where
         handles.push(h);
     }
     drop(ready_tx);
-    let mut rt = Runtime {
-        addr,
-        mailboxes,
-        threads: handles,
-    };
+    let mut rt = Runtime { addr, mailboxes, threads: handles };
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -163,9 +147,7 @@ impl<M: Send + 'static> Runtime<M> {
     }
 
     pub fn poster(&self) -> Poster<M> {
-        Poster {
-            mailboxes: self.mailboxes.clone(),
-        }
+        Poster { mailboxes: self.mailboxes.clone() }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.

@@ -32,13 +32,7 @@ mod tests {
 
     #[test]
     fn protocol_document_example() {
-        let h = Handshake {
-            sid: "lv_VI97HAXpY6yYWAAAC",
-            upgrades: &["websocket"],
-            ping_interval: 25000,
-            ping_timeout: 20000,
-            max_payload: 1000000,
-        };
+        let h = Handshake { sid: "lv_VI97HAXpY6yYWAAAC", upgrades: &["websocket"], ping_interval: 25000, ping_timeout: 20000, max_payload: 1000000 };
         assert_eq!(
             String::from_utf8(h.encode()).unwrap(),
             r#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#

@@ -111,31 +111,16 @@ mod tests {
     #[test]
     fn protocol_document_examples() {
         // "4hello", "2probe", "3probe", "5", "6", "1".
-        assert_eq!(
-            decode_text(&mut b"4hello".to_vec()).unwrap(),
-            Packet::Message(&mut b"hello".to_vec())
-        );
-        assert_eq!(
-            decode_text(&mut b"2probe".to_vec()).unwrap(),
-            Packet::Ping(b"probe")
-        );
-        assert_eq!(
-            decode_text(&mut b"3probe".to_vec()).unwrap(),
-            Packet::Pong(b"probe")
-        );
+        assert_eq!(decode_text(&mut b"4hello".to_vec()).unwrap(), Packet::Message(&mut b"hello".to_vec()));
+        assert_eq!(decode_text(&mut b"2probe".to_vec()).unwrap(), Packet::Ping(b"probe"));
+        assert_eq!(decode_text(&mut b"3probe".to_vec()).unwrap(), Packet::Pong(b"probe"));
         assert_eq!(decode_text(&mut b"5".to_vec()).unwrap(), Packet::Upgrade);
         assert_eq!(decode_text(&mut b"6".to_vec()).unwrap(), Packet::Noop);
         assert_eq!(decode_text(&mut b"1".to_vec()).unwrap(), Packet::Close);
         assert_eq!(decode_text(&mut b"2".to_vec()).unwrap(), Packet::Ping(b""));
         assert_eq!(decode_text(&mut []), Err(PacketError::Empty));
-        assert_eq!(
-            decode_text(&mut b"7".to_vec()),
-            Err(PacketError::UnknownType('7'))
-        );
-        assert_eq!(
-            decode_text(&mut b"x".to_vec()),
-            Err(PacketError::UnknownType('x'))
-        );
+        assert_eq!(decode_text(&mut b"7".to_vec()), Err(PacketError::UnknownType('7')));
+        assert_eq!(decode_text(&mut b"x".to_vec()), Err(PacketError::UnknownType('x')));
         let mut out = Vec::new();
         encode_text(PacketType::Message, b"hello", &mut out);
         assert_eq!(out, b"4hello");

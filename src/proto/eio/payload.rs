@@ -16,10 +16,7 @@ pub const SEPARATOR: u8 = 0x1e;
 /// bytes; every packet must be non-empty, of a known type, and (for `b`) valid base64.
 pub fn decode_payload(body: &mut [u8], max_payload: usize) -> Result<Vec<Packet<'_>>, PacketError> {
     if body.len() > max_payload {
-        return Err(PacketError::TooLarge {
-            size: body.len(),
-            max: max_payload,
-        });
+        return Err(PacketError::TooLarge { size: body.len(), max: max_payload });
     }
     if simdutf8::basic::from_utf8(body).is_err() {
         return Err(PacketError::NotUtf8);
@@ -27,9 +24,7 @@ pub fn decode_payload(body: &mut [u8], max_payload: usize) -> Result<Vec<Packet<
     let mut packets = Vec::new();
     for part in body.split_mut(|&b| b == SEPARATOR) {
         if part.first() == Some(&b'b') {
-            let bin = STANDARD
-                .decode(&part[1..])
-                .map_err(|_| PacketError::BadBase64)?;
+            let bin = STANDARD.decode(&part[1..]).map_err(|_| PacketError::BadBase64)?;
             packets.push(Packet::Binary(bin));
         } else {
             packets.push(decode_text(part)?);
@@ -67,11 +62,8 @@ impl PayloadWriter {
         self.separate();
         self.buf.push(b'b');
         let at = self.buf.len();
-        self.buf
-            .resize(at + base64::encoded_len(data.len(), true).unwrap_or(0), 0);
-        let n = STANDARD
-            .encode_slice(data, &mut self.buf[at..])
-            .expect("sized above");
+        self.buf.resize(at + base64::encoded_len(data.len(), true).unwrap_or(0), 0);
+        let n = STANDARD.encode_slice(data, &mut self.buf[at..]).expect("sized above");
         self.buf.truncate(at + n);
     }
 
@@ -98,13 +90,7 @@ mod tests {
         // "4hello\x1ebAQIDBA==" → message "hello" and binary [1,2,3,4].
         let mut body = b"4hello\x1ebAQIDBA==".to_vec();
         let p = decode_payload(&mut body, 100).unwrap();
-        assert_eq!(
-            p,
-            vec![
-                Packet::Message(&mut b"hello".to_vec()),
-                Packet::Binary(vec![1, 2, 3, 4])
-            ]
-        );
+        assert_eq!(p, vec![Packet::Message(&mut b"hello".to_vec()), Packet::Binary(vec![1, 2, 3, 4])]);
         let mut w = PayloadWriter::new();
         w.push_text(b"4hello");
         w.push_binary(&[1, 2, 3, 4]);
@@ -113,30 +99,12 @@ mod tests {
 
     #[test]
     fn typed_errors() {
-        assert_eq!(
-            decode_payload(&mut b"4a\x1e\x1e4b".to_vec(), 100),
-            Err(PacketError::Empty)
-        );
-        assert_eq!(
-            decode_payload(&mut b"".to_vec(), 100),
-            Err(PacketError::Empty)
-        );
-        assert_eq!(
-            decode_payload(&mut b"9x".to_vec(), 100),
-            Err(PacketError::UnknownType('9'))
-        );
-        assert_eq!(
-            decode_payload(&mut b"b!!!".to_vec(), 100),
-            Err(PacketError::BadBase64)
-        );
-        assert_eq!(
-            decode_payload(&mut b"4aaaa".to_vec(), 4),
-            Err(PacketError::TooLarge { size: 5, max: 4 })
-        );
-        assert_eq!(
-            decode_payload(&mut b"4\xff".to_vec(), 100),
-            Err(PacketError::NotUtf8)
-        );
+        assert_eq!(decode_payload(&mut b"4a\x1e\x1e4b".to_vec(), 100), Err(PacketError::Empty));
+        assert_eq!(decode_payload(&mut b"".to_vec(), 100), Err(PacketError::Empty));
+        assert_eq!(decode_payload(&mut b"9x".to_vec(), 100), Err(PacketError::UnknownType('9')));
+        assert_eq!(decode_payload(&mut b"b!!!".to_vec(), 100), Err(PacketError::BadBase64));
+        assert_eq!(decode_payload(&mut b"4aaaa".to_vec(), 4), Err(PacketError::TooLarge { size: 5, max: 4 }));
+        assert_eq!(decode_payload(&mut b"4\xff".to_vec(), 100), Err(PacketError::NotUtf8));
         assert_eq!(PacketError::TooLarge { size: 5, max: 4 }.http_status(), 413);
         assert_eq!(PacketError::Empty.http_status(), 400);
     }

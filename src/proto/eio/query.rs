@@ -126,8 +126,7 @@ pub fn verify<'a>(
         let current = session_transport(sid).ok_or(EioError::UnknownSid)?;
         // The one mismatch allowed: a polling session's WebSocket upgrade. Anything else (a
         // polling request for a WebSocket session, with or without upgrade headers) is wrong.
-        let upgrading =
-            is_upgrade && transport == Transport::WebSocket && current == Transport::Polling;
+        let upgrading = is_upgrade && transport == Transport::WebSocket && current == Transport::Polling;
         if current != transport && !upgrading {
             return Err(EioError::BadRequest);
         }
@@ -153,146 +152,43 @@ mod tests {
     const BOTH: &[Transport] = &[Polling, WebSocket];
 
     fn v<'a>(target: &'a str, method: &str, upgrade: bool) -> Result<Verified<'a>, EioError> {
-        verify(
-            &parse_query(target),
-            method,
-            upgrade,
-            BOTH,
-            |sid| match sid {
-                "poll" => Some(Polling),
-                "ws" => Some(WebSocket),
-                _ => None,
-            },
-        )
+        verify(&parse_query(target), method, upgrade, BOTH, |sid| match sid {
+            "poll" => Some(Polling),
+            "ws" => Some(WebSocket),
+            _ => None,
+        })
     }
 
     #[test]
     fn reference_error_codes_and_bodies() {
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=tobi", "GET", false),
-            Err(EioError::UnknownTransport)
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=4", "GET", false),
-            Err(EioError::UnknownTransport)
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=polling&sid=nope", "GET", false),
-            Err(EioError::UnknownSid)
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=polling", "POST", false),
-            Err(EioError::BadHandshakeMethod)
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=websocket", "GET", false),
-            Err(EioError::BadRequest)
-        );
-        assert_eq!(
-            v(
-                "/socket.io/?EIO=4&transport=websocket&sid=poll",
-                "GET",
-                false
-            ),
-            Err(EioError::BadRequest)
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=3&transport=polling", "GET", false),
-            Err(EioError::UnsupportedProtocolVersion)
-        );
-        assert_eq!(
-            v("/socket.io/?transport=polling", "GET", false),
-            Err(EioError::UnsupportedProtocolVersion)
-        );
-        assert_eq!(
-            EioError::UnknownTransport.body(),
-            r#"{"code":0,"message":"Transport unknown"}"#
-        );
-        assert_eq!(
-            EioError::UnknownSid.body(),
-            r#"{"code":1,"message":"Session ID unknown"}"#
-        );
-        assert_eq!(
-            EioError::BadHandshakeMethod.body(),
-            r#"{"code":2,"message":"Bad handshake method"}"#
-        );
-        assert_eq!(
-            EioError::BadRequest.body(),
-            r#"{"code":3,"message":"Bad request"}"#
-        );
-        assert_eq!(
-            EioError::Forbidden.body(),
-            r#"{"code":4,"message":"Forbidden"}"#
-        );
-        assert_eq!(
-            EioError::UnsupportedProtocolVersion.body(),
-            r#"{"code":5,"message":"Unsupported protocol version"}"#
-        );
-        assert_eq!(
-            (
-                EioError::Forbidden.http_status(),
-                EioError::BadRequest.http_status()
-            ),
-            (403, 400)
-        );
+        assert_eq!(v("/socket.io/?EIO=4&transport=tobi", "GET", false), Err(EioError::UnknownTransport));
+        assert_eq!(v("/socket.io/?EIO=4", "GET", false), Err(EioError::UnknownTransport));
+        assert_eq!(v("/socket.io/?EIO=4&transport=polling&sid=nope", "GET", false), Err(EioError::UnknownSid));
+        assert_eq!(v("/socket.io/?EIO=4&transport=polling", "POST", false), Err(EioError::BadHandshakeMethod));
+        assert_eq!(v("/socket.io/?EIO=4&transport=websocket", "GET", false), Err(EioError::BadRequest));
+        assert_eq!(v("/socket.io/?EIO=4&transport=websocket&sid=poll", "GET", false), Err(EioError::BadRequest));
+        assert_eq!(v("/socket.io/?EIO=3&transport=polling", "GET", false), Err(EioError::UnsupportedProtocolVersion));
+        assert_eq!(v("/socket.io/?transport=polling", "GET", false), Err(EioError::UnsupportedProtocolVersion));
+        assert_eq!(EioError::UnknownTransport.body(), r#"{"code":0,"message":"Transport unknown"}"#);
+        assert_eq!(EioError::UnknownSid.body(), r#"{"code":1,"message":"Session ID unknown"}"#);
+        assert_eq!(EioError::BadHandshakeMethod.body(), r#"{"code":2,"message":"Bad handshake method"}"#);
+        assert_eq!(EioError::BadRequest.body(), r#"{"code":3,"message":"Bad request"}"#);
+        assert_eq!(EioError::Forbidden.body(), r#"{"code":4,"message":"Forbidden"}"#);
+        assert_eq!(EioError::UnsupportedProtocolVersion.body(), r#"{"code":5,"message":"Unsupported protocol version"}"#);
+        assert_eq!((EioError::Forbidden.http_status(), EioError::BadRequest.http_status()), (403, 400));
     }
 
     #[test]
     fn accepted_requests() {
-        assert_eq!(
-            v(
-                "/socket.io/?EIO=4&transport=polling&t=N8hyd6w",
-                "GET",
-                false
-            ),
-            Ok(Verified::Handshake(Polling))
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=websocket", "GET", true),
-            Ok(Verified::Handshake(WebSocket))
-        );
-        assert_eq!(
-            v(
-                "/socket.io/?EIO=4&transport=polling&sid=poll",
-                "POST",
-                false
-            ),
-            Ok(Verified::Session {
-                sid: "poll",
-                transport: Polling
-            })
-        );
-        assert_eq!(
-            v(
-                "/socket.io/?EIO=4&transport=websocket&sid=poll",
-                "GET",
-                true
-            ),
-            Ok(Verified::Session {
-                sid: "poll",
-                transport: WebSocket
-            })
-        );
+        assert_eq!(v("/socket.io/?EIO=4&transport=polling&t=N8hyd6w", "GET", false), Ok(Verified::Handshake(Polling)));
+        assert_eq!(v("/socket.io/?EIO=4&transport=websocket", "GET", true), Ok(Verified::Handshake(WebSocket)));
+        assert_eq!(v("/socket.io/?EIO=4&transport=polling&sid=poll", "POST", false), Ok(Verified::Session { sid: "poll", transport: Polling }));
+        assert_eq!(v("/socket.io/?EIO=4&transport=websocket&sid=poll", "GET", true), Ok(Verified::Session { sid: "poll", transport: WebSocket }));
         // A polling request for a WebSocket session is wrong even with upgrade headers (it
         // used to be parked forever).
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=polling&sid=ws", "GET", true),
-            Err(EioError::BadRequest)
-        );
-        assert_eq!(
-            v("/socket.io/?EIO=4&transport=polling&sid=ws", "GET", false),
-            Err(EioError::BadRequest)
-        );
+        assert_eq!(v("/socket.io/?EIO=4&transport=polling&sid=ws", "GET", true), Err(EioError::BadRequest));
+        assert_eq!(v("/socket.io/?EIO=4&transport=polling&sid=ws", "GET", false), Err(EioError::BadRequest));
         // A disabled transport is unknown.
-        assert_eq!(
-            verify(
-                &parse_query("?EIO=4&transport=websocket"),
-                "GET",
-                true,
-                &[Polling],
-                |_| None
-            ),
-            Err(EioError::UnknownTransport)
-        );
+        assert_eq!(verify(&parse_query("?EIO=4&transport=websocket"), "GET", true, &[Polling], |_| None), Err(EioError::UnknownTransport));
     }
 }

@@ -78,10 +78,7 @@ enum Heartbeat {
 enum Upgrade {
     None,
     /// A WebSocket is probing; it must send `5` by the deadline. `probed` once `2probe` came.
-    Probing {
-        deadline: Instant,
-        probed: bool,
-    },
+    Probing { deadline: Instant, probed: bool },
     Done,
 }
 
@@ -123,11 +120,7 @@ impl Session {
             cfg,
             transport,
             heartbeat: Heartbeat::PingAt(now + cfg.ping_interval),
-            upgrade: if transport == Transport::WebSocket {
-                Upgrade::Done
-            } else {
-                Upgrade::None
-            },
+            upgrade: if transport == Transport::WebSocket { Upgrade::Done } else { Upgrade::None },
             closed: None,
         }
     }
@@ -156,10 +149,7 @@ impl Session {
         if self.closed.is_some() || self.upgrade != Upgrade::None {
             return false;
         }
-        self.upgrade = Upgrade::Probing {
-            deadline: now + self.cfg.upgrade_timeout,
-            probed: false,
-        };
+        self.upgrade = Upgrade::Probing { deadline: now + self.cfg.upgrade_timeout, probed: false };
         true
     }
 
@@ -183,30 +173,15 @@ impl Session {
     }
 
     /// A packet of type `ty` (with text `data`) arrived over `via`.
-    pub fn handle_packet(
-        &mut self,
-        now: Instant,
-        via: Transport,
-        ty: PacketType,
-        data: &[u8],
-    ) -> Action {
+    pub fn handle_packet(&mut self, now: Instant, via: Transport, ty: PacketType, data: &[u8]) -> Action {
         if self.closed.is_some() {
             return Action::None;
         }
         if via != self.transport {
             // Only the probing WebSocket may speak besides the active transport.
             return match (self.upgrade, ty) {
-                (
-                    Upgrade::Probing {
-                        deadline,
-                        probed: false,
-                    },
-                    PacketType::Ping,
-                ) if data == b"probe" => {
-                    self.upgrade = Upgrade::Probing {
-                        deadline,
-                        probed: true,
-                    };
+                (Upgrade::Probing { deadline, probed: false }, PacketType::Ping) if data == b"probe" => {
+                    self.upgrade = Upgrade::Probing { deadline, probed: true };
                     Action::ProbeAccepted
                 }
                 (Upgrade::Probing { probed: true, .. }, PacketType::Upgrade) => {
@@ -317,34 +292,22 @@ mod tests {
         assert_eq!(s.handle_timeout(t0 + ms(300)), Action::SendPing);
         assert_eq!(s.poll_timeout(), Some(t0 + ms(500)));
         // A pong in time schedules the next ping an interval after it.
-        assert_eq!(
-            s.handle_packet(t0 + ms(350), WebSocket, P::Pong, b""),
-            Action::None
-        );
+        assert_eq!(s.handle_packet(t0 + ms(350), WebSocket, P::Pong, b""), Action::None);
         assert_eq!(s.poll_timeout(), Some(t0 + ms(650)));
         assert_eq!(s.handle_timeout(t0 + ms(650)), Action::SendPing);
         // No pong: closed with "ping timeout" exactly pingTimeout later.
         assert_eq!(s.handle_timeout(t0 + ms(849)), Action::None);
-        assert_eq!(
-            s.handle_timeout(t0 + ms(850)),
-            Action::Close(CloseReason::PingTimeout)
-        );
+        assert_eq!(s.handle_timeout(t0 + ms(850)), Action::Close(CloseReason::PingTimeout));
         assert_eq!(s.closed().map(CloseReason::as_str), Some("ping timeout"));
         assert_eq!(s.poll_timeout(), None);
-        assert_eq!(
-            s.handle_packet(t0 + ms(900), WebSocket, P::Message, b"x"),
-            Action::None
-        );
+        assert_eq!(s.handle_packet(t0 + ms(900), WebSocket, P::Message, b"x"), Action::None);
     }
 
     #[test]
     fn a_late_or_unsolicited_pong_does_not_reset_the_schedule() {
         let t0 = Instant::now();
         let mut s = Session::new(cfg(), Polling, t0);
-        assert_eq!(
-            s.handle_packet(t0 + ms(10), Polling, P::Pong, b""),
-            Action::None
-        );
+        assert_eq!(s.handle_packet(t0 + ms(10), Polling, P::Pong, b""), Action::None);
         assert_eq!(s.poll_timeout(), Some(t0 + ms(300)));
     }
 
@@ -353,34 +316,16 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Session::new(cfg(), Polling, t0);
         assert!(s.begin_upgrade(t0));
-        assert!(
-            !s.begin_upgrade(t0),
-            "a second WebSocket is refused while upgrading"
-        );
-        assert_eq!(
-            s.handle_packet(t0, Polling, P::Message, b"x"),
-            Action::Deliver
-        );
-        assert_eq!(
-            s.handle_packet(t0, WebSocket, P::Ping, b"probe"),
-            Action::ProbeAccepted
-        );
-        assert_eq!(
-            s.handle_packet(t0, WebSocket, P::Upgrade, b""),
-            Action::Upgraded
-        );
+        assert!(!s.begin_upgrade(t0), "a second WebSocket is refused while upgrading");
+        assert_eq!(s.handle_packet(t0, Polling, P::Message, b"x"), Action::Deliver);
+        assert_eq!(s.handle_packet(t0, WebSocket, P::Ping, b"probe"), Action::ProbeAccepted);
+        assert_eq!(s.handle_packet(t0, WebSocket, P::Upgrade, b""), Action::Upgraded);
         assert_eq!(s.transport(), WebSocket);
         assert!(s.is_upgraded());
-        assert!(
-            !s.begin_upgrade(t0),
-            "a second WebSocket for an upgraded sid is refused"
-        );
+        assert!(!s.begin_upgrade(t0), "a second WebSocket for an upgraded sid is refused");
         // Polling is no longer the transport: its packets are ignored.
         assert_eq!(s.handle_packet(t0, Polling, P::Message, b"x"), Action::None);
-        assert_eq!(
-            s.handle_packet(t0, WebSocket, P::Message, b"x"),
-            Action::Deliver
-        );
+        assert_eq!(s.handle_packet(t0, WebSocket, P::Message, b"x"), Action::Deliver);
     }
 
     #[test]
@@ -388,51 +333,29 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Session::new(cfg(), Polling, t0);
         assert!(s.begin_upgrade(t0));
-        assert_eq!(
-            s.handle_packet(t0, WebSocket, P::Upgrade, b""),
-            Action::AbortUpgrade,
-            "5 before the probe"
-        );
+        assert_eq!(s.handle_packet(t0, WebSocket, P::Upgrade, b""), Action::AbortUpgrade, "5 before the probe");
         assert!(s.begin_upgrade(t0));
         assert_eq!(s.poll_timeout(), Some(t0 + ms(300)));
         assert_eq!(s.handle_timeout(t0 + ms(300)), Action::SendPing);
-        assert_eq!(
-            s.handle_packet(t0 + ms(301), Polling, P::Pong, b""),
-            Action::None
-        );
+        assert_eq!(s.handle_packet(t0 + ms(301), Polling, P::Pong, b""), Action::None);
         assert_eq!(s.poll_timeout(), Some(t0 + ms(601)));
         assert_eq!(s.handle_timeout(t0 + ms(601)), Action::SendPing);
-        assert_eq!(
-            s.handle_packet(t0 + ms(700), Polling, P::Pong, b""),
-            Action::None
-        );
+        assert_eq!(s.handle_packet(t0 + ms(700), Polling, P::Pong, b""), Action::None);
         assert_eq!(s.handle_timeout(t0 + ms(1000)), Action::AbortUpgrade);
         assert_eq!(s.transport(), Polling);
-        assert!(
-            s.begin_upgrade(t0 + ms(1001)),
-            "a new attempt may follow a failed one"
-        );
+        assert!(s.begin_upgrade(t0 + ms(1001)), "a new attempt may follow a failed one");
     }
 
     #[test]
     fn close_packet_and_protocol_errors() {
         let t0 = Instant::now();
         let mut s = Session::new(cfg(), WebSocket, t0);
-        assert_eq!(
-            s.handle_packet(t0, WebSocket, P::Close, b""),
-            Action::Close(CloseReason::TransportClose)
-        );
+        assert_eq!(s.handle_packet(t0, WebSocket, P::Close, b""), Action::Close(CloseReason::TransportClose));
         let mut s = Session::new(cfg(), WebSocket, t0);
-        assert_eq!(
-            s.handle_packet(t0, WebSocket, P::Open, b""),
-            Action::Close(CloseReason::ParseError)
-        );
+        assert_eq!(s.handle_packet(t0, WebSocket, P::Open, b""), Action::Close(CloseReason::ParseError));
         let mut s = Session::new(cfg(), Polling, t0);
         assert_eq!(s.handle_binary(Polling), Action::Deliver);
-        assert_eq!(
-            s.close_with(CloseReason::ForcedClose),
-            Action::Close(CloseReason::ForcedClose)
-        );
+        assert_eq!(s.close_with(CloseReason::ForcedClose), Action::Close(CloseReason::ForcedClose));
         assert_eq!(s.handle_binary(Polling), Action::None);
     }
 }

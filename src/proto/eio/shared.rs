@@ -34,10 +34,7 @@ impl SharedPacket {
     pub fn frame(mut buf: Vec<u8>) -> SharedPacket {
         let start = frame::frame_in_place(&mut buf, MAX_SERVER_HEADER, false, OpCode::Text);
         let all = Bytes::from(buf);
-        SharedPacket::Text {
-            ws: all.slice(start..),
-            text: all.slice(MAX_SERVER_HEADER..),
-        }
+        SharedPacket::Text { ws: all.slice(start..), text: all.slice(MAX_SERVER_HEADER..) }
     }
 
     /// A text frame carrying `text` exactly (already a whole packet text, or any text for the
@@ -93,9 +90,7 @@ mod tests {
     #[test]
     fn both_forms_share_one_buffer() {
         let p = SharedPacket::text(PacketType::Message, b"hello");
-        let SharedPacket::Text { ws, text } = &p else {
-            panic!()
-        };
+        let SharedPacket::Text { ws, text } = &p else { panic!() };
         assert_eq!(&text[..], b"4hello");
         assert_eq!(&ws[..], b"\x81\x064hello");
         assert_eq!(ws[2..].as_ptr(), text.as_ptr());

@@ -20,10 +20,7 @@ pub struct CorsConfig {
 
 impl Default for CorsConfig {
     fn default() -> Self {
-        CorsConfig {
-            origins: AllowedOrigins::Any,
-            credentials: false,
-        }
+        CorsConfig { origins: AllowedOrigins::Any, credentials: false }
     }
 }
 
@@ -47,15 +44,13 @@ impl CorsConfig {
         };
         let mut h = String::new();
         match &self.origins {
-            AllowedOrigins::Any if !self.credentials => {
-                h.push_str("Access-Control-Allow-Origin: *\r\n")
+            AllowedOrigins::Any if !self.credentials => h.push_str("Access-Control-Allow-Origin: *\r\n"),
+            AllowedOrigins::Any => {
+                h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"))
             }
-            AllowedOrigins::Any => h.push_str(&format!(
-                "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
-            )),
-            AllowedOrigins::List(list) if list.iter().any(|o| o == origin) => h.push_str(&format!(
-                "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
-            )),
+            AllowedOrigins::List(list) if list.iter().any(|o| o == origin) => {
+                h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"))
+            }
             AllowedOrigins::List(_) => return CorsDecision::Rejected,
         }
         if self.credentials {
@@ -66,9 +61,7 @@ impl CorsConfig {
 
     /// Extra header lines of a preflight (OPTIONS) answer.
     pub fn preflight_headers(&self, requested_headers: Option<&str>) -> String {
-        let mut h = String::from(
-            "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Max-Age: 86400\r\n",
-        );
+        let mut h = String::from("Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Max-Age: 86400\r\n");
         if let Some(r) = requested_headers {
             h.push_str(&format!("Access-Control-Allow-Headers: {r}\r\n"));
         }
@@ -83,15 +76,9 @@ mod tests {
     #[test]
     fn decisions() {
         let any = CorsConfig::default();
-        assert_eq!(
-            any.decide(Some("http://x")),
-            CorsDecision::Allowed("Access-Control-Allow-Origin: *\r\n".into())
-        );
+        assert_eq!(any.decide(Some("http://x")), CorsDecision::Allowed("Access-Control-Allow-Origin: *\r\n".into()));
         assert_eq!(any.decide(None), CorsDecision::Allowed(String::new()));
-        let list = CorsConfig {
-            origins: AllowedOrigins::List(vec!["http://a".into()]),
-            credentials: true,
-        };
+        let list = CorsConfig { origins: AllowedOrigins::List(vec!["http://a".into()]), credentials: true };
         assert_eq!(list.decide(Some("http://b")), CorsDecision::Rejected);
         assert_eq!(
             list.decide(Some("http://a")),

@@ -105,11 +105,7 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > MAX_HEAD {
-                Err(HttpError::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
+            return if buf.len() > MAX_HEAD { Err(HttpError::HeadTooLarge) } else { Ok(None) };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Err(_) => return Err(HttpError::Malformed),
@@ -141,15 +137,10 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
         headers: Vec::with_capacity(req.headers.len()),
         upgrade: None,
     };
-    let text = |v: &[u8]| {
-        std::str::from_utf8(v)
-            .map(|s| s.trim().to_owned())
-            .map_err(|_| HttpError::Malformed)
-    };
+    let text = |v: &[u8]| std::str::from_utf8(v).map(|s| s.trim().to_owned()).map_err(|_| HttpError::Malformed);
     for h in req.headers.iter() {
         let n = h.name;
-        out.headers
-            .push((n.to_owned(), String::from_utf8_lossy(h.value).into_owned()));
+        out.headers.push((n.to_owned(), String::from_utf8_lossy(h.value).into_owned()));
         if n.eq_ignore_ascii_case("content-length") {
             let v: usize = text(h.value)?.parse().map_err(|_| HttpError::Malformed)?;
             if content_length.is_some_and(|c| c != v) {
@@ -209,10 +200,7 @@ mod tests {
     fn parses_a_polling_post() {
         let raw = b"POST /socket.io/?EIO=4&transport=polling&sid=abc HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nOrigin: http://a\r\nAccept-Encoding: gzip, deflate\r\n\r\n4helloEXTRA";
         let r = parse_request(raw, 100).unwrap().unwrap();
-        assert_eq!(
-            (r.method, r.path(), r.content_length, r.keep_alive),
-            (Method::Post, "/socket.io/", 5, true)
-        );
+        assert_eq!((r.method, r.path(), r.content_length, r.keep_alive), (Method::Post, "/socket.io/", 5, true));
         assert_eq!(&raw[r.head_len..r.head_len + 5], b"4hello"[..5].as_ref());
         assert_eq!(r.origin.as_deref(), Some("http://a"));
         assert!(r.upgrade.is_none());
@@ -220,47 +208,17 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 10),
-            Ok(None)
-        );
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 10), Ok(None));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(parse_request(big.as_bytes(), 10).unwrap_err().status(), 431);
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\n\r\n", 10)
-                .unwrap_err()
-                .status(),
-            411
-        );
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 10)
-                .unwrap_err()
-                .status(),
-            411
-        );
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 10)
-                .unwrap_err()
-                .status(),
-            413
-        );
-        assert_eq!(
-            parse_request(b"GARBAGE\r\n\r\n", 10).unwrap_err().status(),
-            400
-        );
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 10)
-                .unwrap_err()
-                .status(),
-            400
-        );
-        let r = parse_request(b"GET / HTTP/1.0\r\n\r\n", 10)
-            .unwrap()
-            .unwrap();
+        assert_eq!(parse_request(b"POST / HTTP/1.1\r\n\r\n", 10).unwrap_err().status(), 411);
+        assert_eq!(parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 10).unwrap_err().status(), 411);
+        assert_eq!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 10).unwrap_err().status(), 413);
+        assert_eq!(parse_request(b"GARBAGE\r\n\r\n", 10).unwrap_err().status(), 400);
+        assert_eq!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 10).unwrap_err().status(), 400);
+        let r = parse_request(b"GET / HTTP/1.0\r\n\r\n", 10).unwrap().unwrap();
         assert!(!r.keep_alive);
-        let r = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 10)
-            .unwrap()
-            .unwrap();
+        let r = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 10).unwrap().unwrap();
         assert!(!r.keep_alive);
     }
 
@@ -270,9 +228,6 @@ mod tests {
         let r = parse_request(raw, 10).unwrap().unwrap();
         assert_eq!(r.upgrade.unwrap().unwrap().key, "dGhlIHNhbXBsZSBub25jZQ==");
         let raw = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
-        assert_eq!(
-            parse_request(raw, 10).unwrap().unwrap().upgrade,
-            Some(Err(HandshakeError::BadVersion))
-        );
+        assert_eq!(parse_request(raw, 10).unwrap().unwrap().upgrade, Some(Err(HandshakeError::BadVersion)));
     }
 }

@@ -68,13 +68,7 @@ pub fn compress(enc: Encoding, body: &[u8]) -> Vec<u8> {
 }
 
 /// Builds a response. `headers` is a block of `Name: value\r\n` lines.
-pub fn build(
-    status: u16,
-    headers: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-    keep_alive: bool,
-) -> Vec<u8> {
+pub fn build(status: u16, headers: &str, content_type: Option<&str>, body: &[u8], keep_alive: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + headers.len() + body.len());
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason(status));
     if let Some(ct) = content_type {
@@ -92,13 +86,7 @@ pub fn build(
 
 /// A plain-text error response.
 pub fn error(status: u16, headers: &str, message: &str, keep_alive: bool) -> Vec<u8> {
-    build(
-        status,
-        headers,
-        Some("text/plain; charset=UTF-8"),
-        message.as_bytes(),
-        keep_alive,
-    )
+    build(status, headers, Some("text/plain; charset=UTF-8"), message.as_bytes(), keep_alive)
 }
 
 #[cfg(test)]
@@ -108,15 +96,9 @@ mod tests {
 
     #[test]
     fn encoding_choice() {
-        assert_eq!(
-            choose_encoding(Some("gzip, deflate, br")),
-            Some(Encoding::Gzip)
-        );
+        assert_eq!(choose_encoding(Some("gzip, deflate, br")), Some(Encoding::Gzip));
         assert_eq!(choose_encoding(Some("deflate")), Some(Encoding::Deflate));
-        assert_eq!(
-            choose_encoding(Some("gzip;q=0, deflate")),
-            Some(Encoding::Deflate)
-        );
+        assert_eq!(choose_encoding(Some("gzip;q=0, deflate")), Some(Encoding::Deflate));
         assert_eq!(choose_encoding(Some("br")), None);
         assert_eq!(choose_encoding(None), None);
     }
@@ -126,15 +108,11 @@ mod tests {
         let body = b"4hello".repeat(500);
         let z = compress(Encoding::Gzip, &body);
         let mut d = Vec::new();
-        flate2::read::GzDecoder::new(&z[..])
-            .read_to_end(&mut d)
-            .unwrap();
+        flate2::read::GzDecoder::new(&z[..]).read_to_end(&mut d).unwrap();
         assert_eq!(d, body);
         let z = compress(Encoding::Deflate, &body);
         let mut d = Vec::new();
-        flate2::read::ZlibDecoder::new(&z[..])
-            .read_to_end(&mut d)
-            .unwrap();
+        flate2::read::ZlibDecoder::new(&z[..]).read_to_end(&mut d).unwrap();
         assert_eq!(d, body);
     }
 

@@ -59,12 +59,7 @@ pub fn validate_placeholders(data: &Value, count: usize) -> Result<(), SioError>
                     *s = true;
                     referenced += 1;
                 }
-                Some(_) => {
-                    return Err(SioError::AttachmentCountMismatch {
-                        declared: count,
-                        referenced: referenced + 1,
-                    })
-                }
+                Some(_) => return Err(SioError::AttachmentCountMismatch { declared: count, referenced: referenced + 1 }),
                 None => return Err(SioError::PlaceholderOutOfRange { num, count }),
             }
             continue;
@@ -76,10 +71,7 @@ pub fn validate_placeholders(data: &Value, count: usize) -> Result<(), SioError>
         }
     }
     if referenced != count {
-        return Err(SioError::AttachmentCountMismatch {
-            declared: count,
-            referenced,
-        });
+        return Err(SioError::AttachmentCountMismatch { declared: count, referenced });
     }
     Ok(())
 }
@@ -109,18 +101,12 @@ mod tests {
     use crate::proto::sio::packet::{Decoder, Limits};
 
     fn start(s: &str) -> BinaryAssembler {
-        BinaryAssembler::new(
-            Decoder::new(Limits::default())
-                .decode(&mut s.as_bytes().to_vec())
-                .unwrap(),
-        )
+        BinaryAssembler::new(Decoder::new(Limits::default()).decode(&mut s.as_bytes().to_vec()).unwrap())
     }
 
     #[test]
     fn reassembles_nested_placeholders() {
-        let a = start(
-            r#"52-["upload",{"a":{"_placeholder":true,"num":1}},[{"_placeholder":true,"num":0}]]"#,
-        );
+        let a = start(r#"52-["upload",{"a":{"_placeholder":true,"num":1}},[{"_placeholder":true,"num":0}]]"#);
         assert_eq!(a.missing(), 2);
         let a = a.push(Bytes::from_static(b"zero")).unwrap().unwrap_err();
         let p = a.push(Bytes::from_static(b"one")).unwrap().unwrap();
@@ -134,39 +120,19 @@ mod tests {
     fn mismatches_are_errors() {
         let bin = || Bytes::from_static(b"x");
         // Index out of range.
-        let e = start(r#"51-["a",{"_placeholder":true,"num":3}]"#)
-            .push(bin())
-            .unwrap_err();
+        let e = start(r#"51-["a",{"_placeholder":true,"num":3}]"#).push(bin()).unwrap_err();
         assert_eq!(e, SioError::PlaceholderOutOfRange { num: 3, count: 1 });
         // Declared 2, referenced 1.
-        let a = start(r#"52-["a",{"_placeholder":true,"num":0}]"#)
-            .push(bin())
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(
-            a.push(bin()).unwrap_err(),
-            SioError::AttachmentCountMismatch {
-                declared: 2,
-                referenced: 1
-            }
-        );
+        let a = start(r#"52-["a",{"_placeholder":true,"num":0}]"#).push(bin()).unwrap().unwrap_err();
+        assert_eq!(a.push(bin()).unwrap_err(), SioError::AttachmentCountMismatch { declared: 2, referenced: 1 });
         // The same attachment referenced twice.
-        let a = start(r#"52-["a",{"_placeholder":true,"num":0},{"_placeholder":true,"num":0}]"#)
-            .push(bin())
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(
-            a.push(bin()),
-            Err(SioError::AttachmentCountMismatch { .. })
-        ));
+        let a = start(r#"52-["a",{"_placeholder":true,"num":0},{"_placeholder":true,"num":0}]"#).push(bin()).unwrap().unwrap_err();
+        assert!(matches!(a.push(bin()), Err(SioError::AttachmentCountMismatch { .. })));
     }
 
     #[test]
     fn counts_placeholders() {
-        let v: Value = serde_json::from_str(
-            r#"["a",{"x":[{"_placeholder":true,"num":0}]},{"_placeholder":true,"num":1}]"#,
-        )
-        .unwrap();
+        let v: Value = serde_json::from_str(r#"["a",{"x":[{"_placeholder":true,"num":0}]},{"_placeholder":true,"num":1}]"#).unwrap();
         assert_eq!(count_placeholders(&v), 2);
     }
 }

@@ -47,14 +47,7 @@ impl Encoded {
 
     /// A copy in buffers of this thread's own (see [`SharedPacket::to_local`]).
     pub fn to_local(&self) -> Encoded {
-        Encoded {
-            packet: self.packet.to_local(),
-            attachments: self
-                .attachments
-                .iter()
-                .map(SharedPacket::to_local)
-                .collect(),
-        }
+        Encoded { packet: self.packet.to_local(), attachments: self.attachments.iter().map(SharedPacket::to_local).collect() }
     }
 
     /// Every Engine.IO packet to send, in order: the header packet, then the attachments.
@@ -92,10 +85,7 @@ pub fn encode_with(
         data(buf);
     });
     let attachments = attachments.into_iter().map(SharedPacket::binary).collect();
-    Encoded {
-        packet,
-        attachments,
-    }
+    Encoded { packet, attachments }
 }
 
 fn write_json(out: &mut Vec<u8>, v: &impl Serialize) {
@@ -104,13 +94,7 @@ fn write_json(out: &mut Vec<u8>, v: &impl Serialize) {
 
 /// EVENT `[event, ...args]` (BINARY_EVENT when `attachments` is not empty; `args` then hold
 /// the placeholders).
-pub fn event(
-    nsp: &str,
-    event: &str,
-    args: &[Value],
-    id: Option<u64>,
-    attachments: Vec<Bytes>,
-) -> Encoded {
+pub fn event(nsp: &str, event: &str, args: &[Value], id: Option<u64>, attachments: Vec<Bytes>) -> Encoded {
     encode_with(PacketType::Event, nsp, id, attachments, |out| {
         out.push(b'[');
         write_json(out, &event);
@@ -124,9 +108,7 @@ pub fn event(
 
 /// ACK `[...args]` answering `id`.
 pub fn ack(nsp: &str, id: u64, args: &[Value], attachments: Vec<Bytes>) -> Encoded {
-    encode_with(PacketType::Ack, nsp, Some(id), attachments, |out| {
-        write_json(out, &args)
-    })
+    encode_with(PacketType::Ack, nsp, Some(id), attachments, |out| write_json(out, &args))
 }
 
 /// CONNECT answer `{"sid":"..."}`.
@@ -138,9 +120,7 @@ pub fn connect(nsp: &str, sid: &str) -> Encoded {
 
 /// CONNECT_ERROR with `data` (normally `{"message": ...}`).
 pub fn connect_error(nsp: &str, data: &Value) -> Encoded {
-    encode_with(PacketType::ConnectError, nsp, None, Vec::new(), |out| {
-        write_json(out, data)
-    })
+    encode_with(PacketType::ConnectError, nsp, None, Vec::new(), |out| write_json(out, data))
 }
 
 /// DISCONNECT for a namespace.
@@ -178,37 +158,16 @@ mod tests {
 
     #[test]
     fn encodes_like_the_reference() {
-        assert_eq!(
-            &event("/admin", "a", &[], Some(12), vec![]).text()[..],
-            br#"42/admin,12["a"]"#
-        );
-        assert_eq!(
-            &ack("/", 7, &[json!(true)], vec![]).text()[..],
-            b"437[true]"
-        );
+        assert_eq!(&event("/admin", "a", &[], Some(12), vec![]).text()[..], br#"42/admin,12["a"]"#);
+        assert_eq!(&ack("/", 7, &[json!(true)], vec![]).text()[..], b"437[true]");
         assert_eq!(&connect("/", "abc").text()[..], br#"40{"sid":"abc"}"#);
-        assert_eq!(
-            &connect_error("/x", &json!({"message":"Invalid namespace"})).text()[..],
-            br#"44/x,{"message":"Invalid namespace"}"#
-        );
+        assert_eq!(&connect_error("/x", &json!({"message":"Invalid namespace"})).text()[..], br#"44/x,{"message":"Invalid namespace"}"#);
         assert_eq!(&disconnect("/custom").text()[..], b"41/custom,");
         assert_eq!(&disconnect("/").text()[..], b"41");
-        let b = event(
-            "/",
-            "bin",
-            &[placeholder(0)],
-            None,
-            vec![Bytes::from_static(&[1, 2, 3])],
-        );
-        assert_eq!(
-            &b.text()[..],
-            br#"451-["bin",{"_placeholder":true,"num":0}]"#
-        );
+        let b = event("/", "bin", &[placeholder(0)], None, vec![Bytes::from_static(&[1, 2, 3])]);
+        assert_eq!(&b.text()[..], br#"451-["bin",{"_placeholder":true,"num":0}]"#);
         assert_eq!(b.attachments[0].ws_frame().as_ref(), &[0x82, 3, 1, 2, 3]);
-        assert_eq!(
-            &ack("/", 1, &[placeholder(0)], vec![Bytes::from_static(b"z")]).text()[..],
-            br#"461-1[{"_placeholder":true,"num":0}]"#
-        );
+        assert_eq!(&ack("/", 1, &[placeholder(0)], vec![Bytes::from_static(b"z")]).text()[..], br#"461-1[{"_placeholder":true,"num":0}]"#);
     }
 
     proptest! {

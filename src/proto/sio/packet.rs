@@ -64,12 +64,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_depth: 64,
-            max_attachments: 10,
-            max_packet_size: 1_000_000,
-            max_ack_id_digits: 20,
-        }
+        Limits { max_depth: 64, max_attachments: 10, max_packet_size: 1_000_000, max_ack_id_digits: 20 }
     }
 }
 
@@ -96,10 +91,9 @@ impl Packet {
     /// The event name and arguments of an EVENT / BINARY_EVENT (`None` for other packets).
     pub fn event(&self) -> Option<(&str, &[Value])> {
         match (&self.kind, &self.data) {
-            (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(a))) => a
-                .first()
-                .and_then(Value::as_str)
-                .map(|name| (name, &a[1..])),
+            (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(a))) => {
+                a.first().and_then(Value::as_str).map(|name| (name, &a[1..]))
+            }
             _ => None,
         }
     }
@@ -121,14 +115,8 @@ pub fn placeholder(num: usize) -> Value {
 }
 
 /// Event names reserved by the reference implementation; an EVENT may not use them.
-pub const RESERVED_EVENTS: [&str; 6] = [
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+pub const RESERVED_EVENTS: [&str; 6] =
+    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
 
 /// Whether JSON `bytes` nest deeper than `max`. One iterative pass; strings are skipped so
 /// brackets inside them do not count.
@@ -171,18 +159,13 @@ pub struct Decoder {
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder")
-            .field("limits", &self.limits)
-            .finish()
+        f.debug_struct("Decoder").field("limits", &self.limits).finish()
     }
 }
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
-        Decoder {
-            limits,
-            buffers: simd_json::Buffers::default(),
-        }
+        Decoder { limits, buffers: simd_json::Buffers::default() }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -194,10 +177,7 @@ impl Decoder {
     pub fn decode(&mut self, buf: &mut [u8]) -> Result<Packet, SioError> {
         let lim = self.limits;
         if buf.len() > lim.max_packet_size {
-            return Err(SioError::TooLarge {
-                size: buf.len(),
-                max: lim.max_packet_size,
-            });
+            return Err(SioError::TooLarge { size: buf.len(), max: lim.max_packet_size });
         }
         let first = *buf.first().ok_or(SioError::Empty)?;
         let kind = PacketType::from_byte(first).ok_or(SioError::UnknownType(first as char))?;
@@ -219,10 +199,7 @@ impl Decoder {
                 return Err(SioError::IllegalAttachments);
             }
             if n > lim.max_attachments as u64 {
-                return Err(SioError::TooManyAttachments {
-                    count: n,
-                    max: lim.max_attachments,
-                });
+                return Err(SioError::TooManyAttachments { count: n, max: lim.max_attachments });
             }
             declared_attachments = n as usize;
             i += 1;
@@ -232,9 +209,7 @@ impl Decoder {
             while i < buf.len() && buf[i] != b',' {
                 i += 1;
             }
-            let nsp = std::str::from_utf8(&buf[start..i])
-                .map_err(|_| SioError::BadNamespace)?
-                .to_owned();
+            let nsp = std::str::from_utf8(&buf[start..i]).map_err(|_| SioError::BadNamespace)?.to_owned();
             if i < buf.len() {
                 i += 1; // the comma
             }
@@ -269,14 +244,7 @@ impl Decoder {
         if !payload_valid(kind, data.as_ref()) {
             return Err(SioError::InvalidPayload);
         }
-        Ok(Packet {
-            kind,
-            nsp,
-            id,
-            data,
-            declared_attachments,
-            attachments: Vec::new(),
-        })
+        Ok(Packet { kind, nsp, id, data, declared_attachments, attachments: Vec::new() })
     }
 }
 
@@ -286,9 +254,7 @@ fn payload_valid(kind: PacketType, data: Option<&Value>) -> bool {
     match kind {
         PacketType::Connect => matches!(data, None | Some(Value::Object(_))),
         PacketType::Disconnect => data.is_none(),
-        PacketType::ConnectError => {
-            matches!(data, None | Some(Value::Object(_) | Value::String(_)))
-        }
+        PacketType::ConnectError => matches!(data, None | Some(Value::Object(_) | Value::String(_))),
         PacketType::Event | PacketType::BinaryEvent => match data {
             Some(Value::Array(a)) => match a.first() {
                 Some(Value::Number(_)) => true,
@@ -311,80 +277,22 @@ mod tests {
     }
 
     fn p(kind: PacketType, nsp: &str, id: Option<u64>, data: Option<Value>, att: usize) -> Packet {
-        Packet {
-            kind,
-            nsp: nsp.into(),
-            id,
-            data,
-            declared_attachments: att,
-            attachments: vec![],
-        }
+        Packet { kind, nsp: nsp.into(), id, data, declared_attachments: att, attachments: vec![] }
     }
 
     #[test]
     fn protocol_document_examples() {
         use PacketType::*;
         assert_eq!(dec("0").unwrap(), p(Connect, "/", None, None, 0));
-        assert_eq!(
-            dec("0/admin,{\"token\":\"123\"}").unwrap(),
-            p(Connect, "/admin", None, Some(json!({"token":"123"})), 0)
-        );
-        assert_eq!(
-            dec("0/admin,").unwrap(),
-            p(Connect, "/admin", None, None, 0)
-        );
-        assert_eq!(
-            dec("1/admin,").unwrap(),
-            p(Disconnect, "/admin", None, None, 0)
-        );
-        assert_eq!(
-            dec("2[\"hello\",1]").unwrap(),
-            p(Event, "/", None, Some(json!(["hello", 1])), 0)
-        );
-        assert_eq!(
-            dec("2/admin,456[\"project:delete\",123]").unwrap(),
-            p(
-                Event,
-                "/admin",
-                Some(456),
-                Some(json!(["project:delete", 123])),
-                0
-            )
-        );
-        assert_eq!(
-            dec("3/admin,456[]").unwrap(),
-            p(Ack, "/admin", Some(456), Some(json!([])), 0)
-        );
-        assert_eq!(
-            dec("4/admin,{\"message\":\"Not authorized\"}").unwrap(),
-            p(
-                ConnectError,
-                "/admin",
-                None,
-                Some(json!({"message":"Not authorized"})),
-                0
-            )
-        );
-        assert_eq!(
-            dec("51-[\"hello\",{\"_placeholder\":true,\"num\":0}]").unwrap(),
-            p(
-                BinaryEvent,
-                "/",
-                None,
-                Some(json!(["hello", {"_placeholder":true,"num":0}])),
-                1
-            )
-        );
-        assert_eq!(
-            dec("61-/admin,456[{\"_placeholder\":true,\"num\":0}]").unwrap(),
-            p(
-                BinaryAck,
-                "/admin",
-                Some(456),
-                Some(json!([{"_placeholder":true,"num":0}])),
-                1
-            )
-        );
+        assert_eq!(dec("0/admin,{\"token\":\"123\"}").unwrap(), p(Connect, "/admin", None, Some(json!({"token":"123"})), 0));
+        assert_eq!(dec("0/admin,").unwrap(), p(Connect, "/admin", None, None, 0));
+        assert_eq!(dec("1/admin,").unwrap(), p(Disconnect, "/admin", None, None, 0));
+        assert_eq!(dec("2[\"hello\",1]").unwrap(), p(Event, "/", None, Some(json!(["hello", 1])), 0));
+        assert_eq!(dec("2/admin,456[\"project:delete\",123]").unwrap(), p(Event, "/admin", Some(456), Some(json!(["project:delete", 123])), 0));
+        assert_eq!(dec("3/admin,456[]").unwrap(), p(Ack, "/admin", Some(456), Some(json!([])), 0));
+        assert_eq!(dec("4/admin,{\"message\":\"Not authorized\"}").unwrap(), p(ConnectError, "/admin", None, Some(json!({"message":"Not authorized"})), 0));
+        assert_eq!(dec("51-[\"hello\",{\"_placeholder\":true,\"num\":0}]").unwrap(), p(BinaryEvent, "/", None, Some(json!(["hello", {"_placeholder":true,"num":0}])), 1));
+        assert_eq!(dec("61-/admin,456[{\"_placeholder\":true,\"num\":0}]").unwrap(), p(BinaryAck, "/admin", Some(456), Some(json!([{"_placeholder":true,"num":0}])), 1));
         assert_eq!(dec("2[123]").unwrap().event(), None);
     }
 
@@ -395,22 +303,10 @@ mod tests {
         assert_eq!(dec("5-[\"a\"]"), Err(SioError::IllegalAttachments));
         assert_eq!(dec("50-[\"a\"]"), Err(SioError::IllegalAttachments));
         assert_eq!(dec("51[\"a\"]"), Err(SioError::IllegalAttachments));
-        assert_eq!(
-            dec("511-[\"a\"]"),
-            Err(SioError::TooManyAttachments { count: 11, max: 10 })
-        );
-        assert_eq!(
-            dec("218446744073709551616[\"a\"]"),
-            Err(SioError::AckIdTooLarge)
-        );
-        assert_eq!(
-            dec("2999999999999999999999999[\"a\"]"),
-            Err(SioError::AckIdTooLarge)
-        );
-        assert_eq!(
-            dec("218446744073709551615[\"a\"]").unwrap().id,
-            Some(u64::MAX)
-        );
+        assert_eq!(dec("511-[\"a\"]"), Err(SioError::TooManyAttachments { count: 11, max: 10 }));
+        assert_eq!(dec("218446744073709551616[\"a\"]"), Err(SioError::AckIdTooLarge));
+        assert_eq!(dec("2999999999999999999999999[\"a\"]"), Err(SioError::AckIdTooLarge));
+        assert_eq!(dec("218446744073709551615[\"a\"]").unwrap().id, Some(u64::MAX));
         assert!(matches!(dec("2[\"a\""), Err(SioError::BadJson(_))));
         assert!(matches!(dec("2abc"), Err(SioError::BadJson(_))));
         assert_eq!(dec("2[\"connect\"]"), Err(SioError::InvalidPayload));
@@ -436,23 +332,8 @@ mod tests {
     #[test]
     fn answers() {
         use crate::proto::sio::error::ProtocolAnswer;
-        assert_eq!(
-            SioError::InvalidNamespace.answer(),
-            ProtocolAnswer::ConnectError("Invalid namespace")
-        );
-        assert_eq!(
-            SioError::TooLarge { size: 2, max: 1 }.answer(),
-            ProtocolAnswer::CloseSession {
-                ws_close: 1009,
-                http_status: 413
-            }
-        );
-        assert_eq!(
-            SioError::Empty.answer(),
-            ProtocolAnswer::CloseSession {
-                ws_close: 1008,
-                http_status: 400
-            }
-        );
+        assert_eq!(SioError::InvalidNamespace.answer(), ProtocolAnswer::ConnectError("Invalid namespace"));
+        assert_eq!(SioError::TooLarge { size: 2, max: 1 }.answer(), ProtocolAnswer::CloseSession { ws_close: 1009, http_status: 413 });
+        assert_eq!(SioError::Empty.answer(), ProtocolAnswer::CloseSession { ws_close: 1008, http_status: 400 });
     }
 }

@@ -75,9 +75,7 @@ mod tests {
     fn wire_code_table() {
         for c in 0..=1u32 << 16 {
             let Ok(c) = u16::try_from(c) else { continue };
-            let expected = (1000..=1003).contains(&c)
-                || (1007..=1014).contains(&c)
-                || (3000..=4999).contains(&c);
+            let expected = (1000..=1003).contains(&c) || (1007..=1014).contains(&c) || (3000..=4999).contains(&c);
             assert_eq!(is_valid_wire_code(c), expected, "code {c}");
         }
         for c in [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
@@ -88,25 +86,10 @@ mod tests {
     #[test]
     fn close_payloads() {
         assert_eq!(parse_close_payload(&[]), Ok(None));
-        assert_eq!(
-            parse_close_payload(&[3]),
-            Err(ProtocolViolation::CloseOneByte)
-        );
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xe8]),
-            Ok(Some(CloseFrame {
-                code: 1000,
-                reason: ""
-            }))
-        );
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xed]),
-            Err(ProtocolViolation::InvalidCloseCode(1005))
-        );
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xe8, 0xff]),
-            Err(ProtocolViolation::CloseReasonNotUtf8)
-        );
+        assert_eq!(parse_close_payload(&[3]), Err(ProtocolViolation::CloseOneByte));
+        assert_eq!(parse_close_payload(&[0x03, 0xe8]), Ok(Some(CloseFrame { code: 1000, reason: "" })));
+        assert_eq!(parse_close_payload(&[0x03, 0xed]), Err(ProtocolViolation::InvalidCloseCode(1005)));
+        assert_eq!(parse_close_payload(&[0x03, 0xe8, 0xff]), Err(ProtocolViolation::CloseReasonNotUtf8));
         let p = close_payload(4000, &"é".repeat(100));
         assert!(p.len() <= 125);
         assert!(parse_close_payload(&p).unwrap().is_some());

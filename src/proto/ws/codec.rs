@@ -32,11 +32,7 @@ pub struct CodecConfig {
 
 impl Default for CodecConfig {
     fn default() -> Self {
-        CodecConfig {
-            max_message_size: 1 << 20,
-            deflate: None,
-            compress_threshold: 1024,
-        }
+        CodecConfig { max_message_size: 1 << 20, deflate: None, compress_threshold: 1024 }
     }
 }
 
@@ -61,10 +57,7 @@ pub enum Decoded<'a> {
     Incomplete { needed: usize },
     /// One frame was consumed from the front of the input. `message` is `None` for a
     /// fragment that does not finish its message.
-    Frame {
-        consumed: usize,
-        message: Option<Message<'a>>,
-    },
+    Frame { consumed: usize, message: Option<Message<'a>> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,12 +137,8 @@ impl ServerCodec {
             return Err(ProtocolViolation::ReservedBits.into());
         }
         match (h.opcode, &self.partial) {
-            (OpCode::Continuation, None) => {
-                return Err(ProtocolViolation::UnexpectedContinuation.into())
-            }
-            (OpCode::Text | OpCode::Binary, Some(_)) => {
-                return Err(ProtocolViolation::ExpectedContinuation.into())
-            }
+            (OpCode::Continuation, None) => return Err(ProtocolViolation::UnexpectedContinuation.into()),
+            (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolViolation::ExpectedContinuation.into()),
             _ => {}
         }
         if !h.opcode.is_control() {
@@ -159,17 +148,12 @@ impl ServerCodec {
             };
             let size = so_far.saturating_add(h.payload_len);
             if size > self.wire_limit(compressed) {
-                return Err(WsError::MessageTooBig {
-                    size,
-                    max: self.cfg.max_message_size,
-                });
+                return Err(WsError::MessageTooBig { size, max: self.cfg.max_message_size });
             }
         }
         let total = header_len + h.payload_len as usize;
         if input.len() < total {
-            return Ok(Decoded::Incomplete {
-                needed: total - input.len(),
-            });
+            return Ok(Decoded::Incomplete { needed: total - input.len() });
         }
         let payload = &mut input[header_len..total];
         apply_mask(payload, mask, 0);
@@ -186,62 +170,34 @@ impl ServerCodec {
                 if h.opcode == OpCode::Text && simdutf8::basic::from_utf8(payload).is_err() {
                     return Err(WsError::InvalidUtf8);
                 }
-                Some(if h.opcode == OpCode::Text {
-                    Message::Text(payload)
-                } else {
-                    Message::Binary(payload)
-                })
+                Some(if h.opcode == OpCode::Text { Message::Text(payload) } else { Message::Binary(payload) })
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if h.opcode != OpCode::Continuation {
-                    let kind = if h.opcode == OpCode::Text {
-                        DataKind::Text
-                    } else {
-                        DataKind::Binary
-                    };
-                    self.partial = Some(Partial {
-                        kind,
-                        compressed: h.rsv1,
-                        wire_size: 0,
-                    });
+                    let kind = if h.opcode == OpCode::Text { DataKind::Text } else { DataKind::Binary };
+                    self.partial = Some(Partial { kind, compressed: h.rsv1, wire_size: 0 });
                     self.assembled.clear();
                     self.utf8.reset();
                 }
                 return self.take_fragment(payload, h.fin, total);
             }
         };
-        Ok(Decoded::Frame {
-            consumed: total,
-            message,
-        })
+        Ok(Decoded::Frame { consumed: total, message })
     }
 
     /// Appends (or inflates) one data fragment into the reassembly buffer.
-    fn take_fragment<'a>(
-        &'a mut self,
-        payload: &[u8],
-        fin: bool,
-        consumed: usize,
-    ) -> Result<Decoded<'a>, WsError> {
+    fn take_fragment<'a>(&'a mut self, payload: &[u8], fin: bool, consumed: usize) -> Result<Decoded<'a>, WsError> {
         let partial = self.partial.as_mut().expect("a message is in progress");
         partial.wire_size += payload.len() as u64;
         let (kind, compressed) = (partial.kind, partial.compressed);
         let before = self.assembled.len();
         let max = self.cfg.max_message_size;
         if compressed {
-            let deflate = self
-                .deflate
-                .as_mut()
-                .expect("RSV1 is only accepted with deflate negotiated");
-            deflate
-                .decompress_fragment(payload, fin, &mut self.assembled, max)
-                .map_err(|e| match e {
-                    InflateError::TooBig { limit } => WsError::MessageTooBig {
-                        size: limit as u64 + 1,
-                        max,
-                    },
-                    InflateError::Corrupt(m) => WsError::BadCompression(m),
-                })?;
+            let deflate = self.deflate.as_mut().expect("RSV1 is only accepted with deflate negotiated");
+            deflate.decompress_fragment(payload, fin, &mut self.assembled, max).map_err(|e| match e {
+                InflateError::TooBig { limit } => WsError::MessageTooBig { size: limit as u64 + 1, max },
+                InflateError::Corrupt(m) => WsError::BadCompression(m),
+            })?;
         } else {
             self.assembled.extend_from_slice(payload);
         }
@@ -249,10 +205,7 @@ impl ServerCodec {
             return Err(WsError::InvalidUtf8);
         }
         if !fin {
-            return Ok(Decoded::Frame {
-                consumed,
-                message: None,
-            });
+            return Ok(Decoded::Frame { consumed, message: None });
         }
         self.partial = None;
         let data = &mut self.assembled[..];
@@ -260,10 +213,7 @@ impl ServerCodec {
             DataKind::Text => Message::Text(data),
             DataKind::Binary => Message::Binary(data),
         };
-        Ok(Decoded::Frame {
-            consumed,
-            message: Some(message),
-        })
+        Ok(Decoded::Frame { consumed, message: Some(message) })
     }
 
     /// Whether an outgoing message of `len` bytes would be compressed on this connection.
@@ -349,9 +299,7 @@ mod tests {
                                 Message::Binary(d) => Owned::Binary(d.to_vec()),
                                 Message::Ping(d) => Owned::Ping(d.to_vec()),
                                 Message::Pong(d) => Owned::Pong(d.to_vec()),
-                                Message::Close(c) => {
-                                    Owned::Close(c.map(|c| (c.code, c.reason.to_string())))
-                                }
+                                Message::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_string()))),
                             });
                         }
                         buf.drain(..consumed);
@@ -363,21 +311,12 @@ mod tests {
     }
 
     fn codec() -> ServerCodec {
-        ServerCodec::new(CodecConfig {
-            max_message_size: 1000,
-            ..Default::default()
-        })
+        ServerCodec::new(CodecConfig { max_message_size: 1000, ..Default::default() })
     }
 
     fn deflate_codec(offer: &str) -> ServerCodec {
-        let p = negotiate(&parse_extensions([offer]), &DeflatePolicy::default())
-            .unwrap()
-            .0;
-        ServerCodec::new(CodecConfig {
-            max_message_size: 1000,
-            deflate: Some(p),
-            compress_threshold: 0,
-        })
+        let p = negotiate(&parse_extensions([offer]), &DeflatePolicy::default()).unwrap().0;
+        ServerCodec::new(CodecConfig { max_message_size: 1000, deflate: Some(p), compress_threshold: 0 })
     }
 
     fn cf(fin: bool, op: OpCode, p: &[u8]) -> Vec<u8> {
@@ -390,25 +329,20 @@ mod tests {
 
     #[test]
     fn rfc_examples_and_fragmentation_with_interleaved_ping() {
-        let mut wire = vec![
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ];
+        let mut wire = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
         wire.extend(cf(false, OpCode::Text, b"Hel"));
         wire.extend(cf(true, OpCode::Ping, b"p"));
         wire.extend(cf(true, OpCode::Continuation, b"lo"));
         wire.extend(cf(true, OpCode::Binary, &[0, 1, 2]));
         wire.extend(cf(true, OpCode::Close, &[0x03, 0xe8, b'b', b'y', b'e']));
         let got = run(&mut codec(), &wire, &[]).unwrap();
-        assert_eq!(
-            got,
-            vec![
-                Owned::Text(b"Hello".to_vec()),
-                Owned::Ping(b"p".to_vec()),
-                Owned::Text(b"Hello".to_vec()),
-                Owned::Binary(vec![0, 1, 2]),
-                Owned::Close(Some((1000, "bye".into()))),
-            ]
-        );
+        assert_eq!(got, vec![
+            Owned::Text(b"Hello".to_vec()),
+            Owned::Ping(b"p".to_vec()),
+            Owned::Text(b"Hello".to_vec()),
+            Owned::Binary(vec![0, 1, 2]),
+            Owned::Close(Some((1000, "bye".into()))),
+        ]);
     }
 
     #[test]
@@ -424,47 +358,22 @@ mod tests {
         // RSV1 on a control frame even with deflate.
         let mut f = cf(true, OpCode::Ping, b"a");
         f[0] |= 0x40;
-        assert_eq!(
-            err(&mut deflate_codec("permessage-deflate"), &f),
-            code::PROTOCOL_ERROR
-        );
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &f), code::PROTOCOL_ERROR);
         // Continuation with nothing started; new data frame inside a fragmented message.
-        assert_eq!(
-            err(&mut codec(), &cf(true, OpCode::Continuation, b"a")),
-            code::PROTOCOL_ERROR
-        );
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Continuation, b"a")), code::PROTOCOL_ERROR);
         let mut w = cf(false, OpCode::Text, b"a");
         w.extend(cf(true, OpCode::Text, b"b"));
         assert_eq!(err(&mut codec(), &w), code::PROTOCOL_ERROR);
         // Fragmented and oversized control frames; reserved opcodes.
-        assert_eq!(
-            err(&mut codec(), &cf(false, OpCode::Ping, b"a")),
-            code::PROTOCOL_ERROR
-        );
-        assert_eq!(
-            err(&mut codec(), &cf(true, OpCode::Ping, &[0; 126])),
-            code::PROTOCOL_ERROR
-        );
-        assert_eq!(
-            err(&mut codec(), &[0x83, 0x80, 1, 2, 3, 4]),
-            code::PROTOCOL_ERROR
-        );
+        assert_eq!(err(&mut codec(), &cf(false, OpCode::Ping, b"a")), code::PROTOCOL_ERROR);
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Ping, &[0; 126])), code::PROTOCOL_ERROR);
+        assert_eq!(err(&mut codec(), &[0x83, 0x80, 1, 2, 3, 4]), code::PROTOCOL_ERROR);
         // Close frames: 1-byte payload, codes that may not be sent, non-UTF-8 reason.
-        assert_eq!(
-            err(&mut codec(), &cf(true, OpCode::Close, &[3])),
-            code::PROTOCOL_ERROR
-        );
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Close, &[3])), code::PROTOCOL_ERROR);
         for c in [999u16, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
-            assert_eq!(
-                err(&mut codec(), &cf(true, OpCode::Close, &c.to_be_bytes())),
-                code::PROTOCOL_ERROR,
-                "{c}"
-            );
+            assert_eq!(err(&mut codec(), &cf(true, OpCode::Close, &c.to_be_bytes())), code::PROTOCOL_ERROR, "{c}");
         }
-        assert_eq!(
-            err(&mut codec(), &cf(true, OpCode::Close, &[0x03, 0xe8, 0xc0])),
-            code::PROTOCOL_ERROR
-        );
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Close, &[0x03, 0xe8, 0xc0])), code::PROTOCOL_ERROR);
         // Anything after the close frame.
         let mut w = cf(true, OpCode::Close, &[]);
         w.extend(cf(true, OpCode::Text, b"x"));
@@ -475,13 +384,7 @@ mod tests {
     fn size_limit_1009_before_the_payload_arrives() {
         let f = cf(true, OpCode::Binary, &[0; 1001]);
         // Only the header is given: the codec refuses without waiting for the payload.
-        assert_eq!(
-            codec()
-                .decode(&mut f[..8].to_vec())
-                .unwrap_err()
-                .close_code(),
-            code::MESSAGE_TOO_BIG
-        );
+        assert_eq!(codec().decode(&mut f[..8].to_vec()).unwrap_err().close_code(), code::MESSAGE_TOO_BIG);
         let mut w = cf(false, OpCode::Binary, &[0; 600]);
         w.extend(cf(true, OpCode::Continuation, &[0; 401]));
         assert_eq!(err(&mut codec(), &w), code::MESSAGE_TOO_BIG);
@@ -490,17 +393,11 @@ mod tests {
 
     #[test]
     fn invalid_utf8_1007_fails_fast_in_a_fragment() {
-        assert_eq!(
-            err(&mut codec(), &cf(true, OpCode::Text, b"\xff")),
-            code::INVALID_PAYLOAD
-        );
+        assert_eq!(err(&mut codec(), &cf(true, OpCode::Text, b"\xff")), code::INVALID_PAYLOAD);
         let mut c = codec();
         // The first fragment alone is already invalid: the error comes before the message ends.
         let mut f = cf(false, OpCode::Text, b"ab\xc0\xafcd");
-        assert_eq!(
-            c.decode(&mut f).unwrap_err().close_code(),
-            code::INVALID_PAYLOAD
-        );
+        assert_eq!(c.decode(&mut f).unwrap_err().close_code(), code::INVALID_PAYLOAD);
         // A message truncated inside a code point.
         let mut w = cf(false, OpCode::Text, b"\xe2\x82");
         w.extend(cf(true, OpCode::Continuation, b""));
@@ -508,93 +405,44 @@ mod tests {
         // A code point straddling two fragments is fine.
         let mut w = cf(false, OpCode::Text, b"\xe2\x82");
         w.extend(cf(true, OpCode::Continuation, b"\xac"));
-        assert_eq!(
-            run(&mut codec(), &w, &[]).unwrap(),
-            vec![Owned::Text("€".as_bytes().to_vec())]
-        );
+        assert_eq!(run(&mut codec(), &w, &[]).unwrap(), vec![Owned::Text("€".as_bytes().to_vec())]);
     }
 
     #[test]
     fn inflates_compressed_messages_and_stops_bombs() {
         // RFC 7692 §7.2.3.1/2: "Hello" then a back-reference to it (context takeover).
         let mut c = deflate_codec("permessage-deflate");
-        let mut w = encode_client_frame(
-            true,
-            true,
-            OpCode::Text,
-            M,
-            &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
-        );
-        w.extend(encode_client_frame(
-            true,
-            true,
-            OpCode::Text,
-            M,
-            &[0xf2, 0x00, 0x11, 0x00, 0x00],
-        ));
+        let mut w = encode_client_frame(true, true, OpCode::Text, M, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+        w.extend(encode_client_frame(true, true, OpCode::Text, M, &[0xf2, 0x00, 0x11, 0x00, 0x00]));
         // §7.2.3.3 compressed data split over two fragments.
-        w.extend(encode_client_frame(
-            false,
-            true,
-            OpCode::Text,
-            M,
-            &[0xf2, 0x48, 0xcd],
-        ));
-        w.extend(encode_client_frame(
-            true,
-            false,
-            OpCode::Continuation,
-            M,
-            &[0xc9, 0xc9, 0x07, 0x00],
-        ));
+        w.extend(encode_client_frame(false, true, OpCode::Text, M, &[0xf2, 0x48, 0xcd]));
+        w.extend(encode_client_frame(true, false, OpCode::Continuation, M, &[0xc9, 0xc9, 0x07, 0x00]));
         let got = run(&mut c, &w, &[]).unwrap();
         assert_eq!(got, vec![Owned::Text(b"Hello".to_vec()); 3]);
         // RSV1 on a continuation frame is a protocol error.
         let mut w = encode_client_frame(false, true, OpCode::Text, M, &[0xf2]);
-        w.extend(encode_client_frame(
-            true,
-            true,
-            OpCode::Continuation,
-            M,
-            &[0x48],
-        ));
-        assert_eq!(
-            err(&mut deflate_codec("permessage-deflate"), &w),
-            code::PROTOCOL_ERROR
-        );
+        w.extend(encode_client_frame(true, true, OpCode::Continuation, M, &[0x48]));
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::PROTOCOL_ERROR);
         // A bomb: 1 MB of zeros compresses to ~1 KB; the limit is 1000 bytes inflated.
         let mut server = Deflate::new(*c.deflate.as_ref().unwrap().params());
         let mut bomb = Vec::new();
         server.compress_message(&vec![0u8; 1 << 20], &mut bomb);
         let w = encode_client_frame(true, true, OpCode::Binary, M, &bomb);
-        assert_eq!(
-            err(&mut deflate_codec("permessage-deflate"), &w),
-            code::MESSAGE_TOO_BIG
-        );
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::MESSAGE_TOO_BIG);
         // Corrupt deflate data.
         let w = encode_client_frame(true, true, OpCode::Binary, M, &[0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            err(&mut deflate_codec("permessage-deflate"), &w),
-            code::INVALID_PAYLOAD
-        );
+        assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::INVALID_PAYLOAD);
     }
 
     #[test]
     fn encodes_compressed_frames_the_client_can_inflate() {
-        for offer in [
-            "permessage-deflate",
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10",
-        ] {
+        for offer in ["permessage-deflate", "permessage-deflate; server_no_context_takeover; server_max_window_bits=10"] {
             let mut server = deflate_codec(offer);
             let params = *server.deflate.as_ref().unwrap().params();
             // A mirror codec plays the client: it inflates with the server's window.
             let mut client = ServerCodec::new(CodecConfig {
                 max_message_size: 1 << 20,
-                deflate: Some(DeflateParams {
-                    client_max_window_bits: params.server_max_window_bits,
-                    client_no_context_takeover: params.server_no_context_takeover,
-                    ..params
-                }),
+                deflate: Some(DeflateParams { client_max_window_bits: params.server_max_window_bits, client_no_context_takeover: params.server_no_context_takeover, ..params }),
                 compress_threshold: 0,
             });
             for msg in ["hello hello hello hello", "second message, hello again", ""] {
@@ -602,40 +450,21 @@ mod tests {
                 server.encode_message(false, msg.as_bytes(), &mut out);
                 assert_eq!(out[0], 0xC1, "FIN + RSV1 + text");
                 // Re-mask the server frame as a client frame for the mirror.
-                let (h, n) = match parse_header(&out).unwrap() {
-                    HeaderStatus::Complete { header, header_len } => (header, header_len),
-                    _ => unreachable!(),
-                };
+                let (h, n) = match parse_header(&out).unwrap() { HeaderStatus::Complete { header, header_len } => (header, header_len), _ => unreachable!() };
                 assert_eq!(h.payload_len as usize, out.len() - n);
                 let wire = encode_client_frame(true, true, OpCode::Text, M, &out[n..]);
-                assert_eq!(
-                    run(&mut client, &wire, &[]).unwrap(),
-                    vec![Owned::Text(msg.as_bytes().to_vec())]
-                );
+                assert_eq!(run(&mut client, &wire, &[]).unwrap(), vec![Owned::Text(msg.as_bytes().to_vec())]);
             }
         }
     }
 
     fn arb_message() -> impl Strategy<Value = (u8, Vec<u8>, usize)> {
         // (kind: 0 text, 1 binary, 2 ping; payload; fragments)
-        (
-            0u8..3,
-            proptest::collection::vec(any::<u8>(), 0..300),
-            1usize..4,
-        )
-            .prop_map(|(k, p, f)| {
-                let p = if k == 0 {
-                    String::from_utf8_lossy(&p).into_owned().into_bytes()
-                } else {
-                    p
-                };
-                let p = if k == 2 {
-                    p[..p.len().min(125)].to_vec()
-                } else {
-                    p
-                };
-                (k, p, if k == 2 { 1 } else { f })
-            })
+        (0u8..3, proptest::collection::vec(any::<u8>(), 0..300), 1usize..4).prop_map(|(k, p, f)| {
+            let p = if k == 0 { String::from_utf8_lossy(&p).into_owned().into_bytes() } else { p };
+            let p = if k == 2 { p[..p.len().min(125)].to_vec() } else { p };
+            (k, p, if k == 2 { 1 } else { f })
+        })
     }
 
     proptest! {

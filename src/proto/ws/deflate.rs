@@ -31,10 +31,9 @@ pub fn parse_extensions<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Ex
             let params = parts
                 .filter(|p| !p.is_empty())
                 .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (
-                        k.trim().to_ascii_lowercase(),
-                        Some(v.trim().trim_matches('"').to_string()),
-                    ),
+                    Some((k, v)) => {
+                        (k.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_string()))
+                    }
                     None => (p.to_ascii_lowercase(), None),
                 })
                 .collect();
@@ -92,16 +91,10 @@ impl DeflateParams {
             s.push_str("; client_no_context_takeover");
         }
         if self.server_max_window_bits < 15 {
-            s.push_str(&format!(
-                "; server_max_window_bits={}",
-                self.server_max_window_bits
-            ));
+            s.push_str(&format!("; server_max_window_bits={}", self.server_max_window_bits));
         }
         if client_bits_offered && self.client_max_window_bits < 15 {
-            s.push_str(&format!(
-                "; client_max_window_bits={}",
-                self.client_max_window_bits
-            ));
+            s.push_str(&format!("; client_max_window_bits={}", self.client_max_window_bits));
         }
         s
     }
@@ -119,10 +112,7 @@ fn parse_bits(v: &str) -> Option<u8> {
 /// Picks the first acceptable permessage-deflate offer. Returns the agreed parameters and the
 /// response header value, or `None` to decline (no offer, or none acceptable — the connection
 /// then goes on without compression, as RFC 7692 §5 allows).
-pub fn negotiate(
-    offers: &[ExtensionOffer],
-    policy: &DeflatePolicy,
-) -> Option<(DeflateParams, String)> {
+pub fn negotiate(offers: &[ExtensionOffer], policy: &DeflatePolicy) -> Option<(DeflateParams, String)> {
     'offers: for offer in offers.iter().filter(|o| o.name == "permessage-deflate") {
         let mut p = DeflateParams {
             server_no_context_takeover: policy.server_no_context_takeover,
@@ -184,9 +174,7 @@ pub struct Deflate {
 
 impl std::fmt::Debug for Deflate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deflate")
-            .field("params", &self.params)
-            .finish()
+        f.debug_struct("Deflate").field("params", &self.params).finish()
     }
 }
 
@@ -232,12 +220,7 @@ impl Deflate {
         Ok(())
     }
 
-    fn inflate_into(
-        &mut self,
-        mut input: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(), InflateError> {
+    fn inflate_into(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         loop {
             if out.len() == out.capacity() {
                 if out.len() > limit {
@@ -309,10 +292,7 @@ mod tests {
         let o = offer("permessage-deflate; client_max_window_bits, permessage-deflate; server_max_window_bits=\"10\", x-foo");
         assert_eq!(o.len(), 3);
         assert_eq!(o[0].params, vec![("client_max_window_bits".into(), None)]);
-        assert_eq!(
-            o[1].params,
-            vec![("server_max_window_bits".into(), Some("10".into()))]
-        );
+        assert_eq!(o[1].params, vec![("server_max_window_bits".into(), Some("10".into()))]);
         assert_eq!(o[2].name, "x-foo");
     }
 
@@ -323,16 +303,9 @@ mod tests {
         assert_eq!(h, "permessage-deflate");
         // A bare client_max_window_bits is only a capability: the default 15 is not echoed.
         let (p, h) = negotiate(&offer("permessage-deflate; client_max_window_bits"), &pol).unwrap();
-        assert_eq!(
-            (p.client_max_window_bits, h.as_str()),
-            (15, "permessage-deflate")
-        );
-        let pol10 = DeflatePolicy {
-            client_max_window_bits: 10,
-            ..pol
-        };
-        let (_, h) =
-            negotiate(&offer("permessage-deflate; client_max_window_bits"), &pol10).unwrap();
+        assert_eq!((p.client_max_window_bits, h.as_str()), (15, "permessage-deflate"));
+        let pol10 = DeflatePolicy { client_max_window_bits: 10, ..pol };
+        let (_, h) = negotiate(&offer("permessage-deflate; client_max_window_bits"), &pol10).unwrap();
         assert_eq!(h, "permessage-deflate; client_max_window_bits=10");
         // client_max_window_bits may not be sent when the client did not offer it.
         let (_, h) = negotiate(&offer("permessage-deflate"), &pol10).unwrap();
@@ -343,28 +316,16 @@ mod tests {
         )
         .unwrap();
         assert!(p.server_no_context_takeover && p.client_no_context_takeover);
-        assert_eq!(
-            (p.server_max_window_bits, p.client_max_window_bits),
-            (10, 12)
-        );
+        assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (10, 12));
         assert_eq!(h, "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12");
         // Invalid offers are declined; a later valid one is taken.
-        for bad in [
-            "permessage-deflate; server_max_window_bits=16",
-            "permessage-deflate; server_max_window_bits=08",
-            "permessage-deflate; foo",
-            "permessage-deflate; server_no_context_takeover=1",
-            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
-            "permessage-deflate; server_max_window_bits",
-            "permessage-deflate; server_max_window_bits=8",
-        ] {
+        for bad in ["permessage-deflate; server_max_window_bits=16", "permessage-deflate; server_max_window_bits=08",
+                    "permessage-deflate; foo", "permessage-deflate; server_no_context_takeover=1",
+                    "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+                    "permessage-deflate; server_max_window_bits", "permessage-deflate; server_max_window_bits=8"] {
             assert_eq!(negotiate(&offer(bad), &pol), None, "{bad}");
         }
-        let (p, _) = negotiate(
-            &offer("permessage-deflate; foo, permessage-deflate; server_max_window_bits=9"),
-            &pol,
-        )
-        .unwrap();
+        let (p, _) = negotiate(&offer("permessage-deflate; foo, permessage-deflate; server_max_window_bits=9"), &pol).unwrap();
         assert_eq!(p.server_max_window_bits, 9);
         assert_eq!(negotiate(&offer("x-webkit-deflate-frame"), &pol), None);
     }
@@ -372,18 +333,12 @@ mod tests {
     fn roundtrip(params: DeflateParams, msgs: &[Vec<u8>]) {
         let mut server = Deflate::new(params);
         // The "client" inflates what the server compressed with the server's window.
-        let mut client = Deflate::new(DeflateParams {
-            client_max_window_bits: params.server_max_window_bits,
-            client_no_context_takeover: params.server_no_context_takeover,
-            ..params
-        });
+        let mut client = Deflate::new(DeflateParams { client_max_window_bits: params.server_max_window_bits, client_no_context_takeover: params.server_no_context_takeover, ..params });
         for m in msgs {
             let mut c = Vec::new();
             server.compress_message(m, &mut c);
             let mut d = Vec::new();
-            client
-                .decompress_fragment(&c, true, &mut d, 1 << 20)
-                .unwrap();
+            client.decompress_fragment(&c, true, &mut d, 1 << 20).unwrap();
             assert_eq!(&d, m);
         }
     }
@@ -391,65 +346,34 @@ mod tests {
     #[test]
     fn rfc7692_hello_examples() {
         // RFC 7692 §7.2.3.1: "Hello" compressed in one block.
-        let mut d = Deflate::new(
-            negotiate(&offer("permessage-deflate"), &DeflatePolicy::default())
-                .unwrap()
-                .0,
-        );
+        let mut d = Deflate::new(negotiate(&offer("permessage-deflate"), &DeflatePolicy::default()).unwrap().0);
         let mut out = Vec::new();
-        d.decompress_fragment(
-            &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
-            true,
-            &mut out,
-            100,
-        )
-        .unwrap();
+        d.decompress_fragment(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true, &mut out, 100).unwrap();
         assert_eq!(out, b"Hello");
         // §7.2.3.2: the second "Hello" refers back into the shared context.
         out.clear();
-        d.decompress_fragment(&[0xf2, 0x00, 0x11, 0x00, 0x00], true, &mut out, 100)
-            .unwrap();
+        d.decompress_fragment(&[0xf2, 0x00, 0x11, 0x00, 0x00], true, &mut out, 100).unwrap();
         assert_eq!(out, b"Hello");
         // §7.2.3.3: a non-compressed block.
         let mut d2 = Deflate::new(d.params);
         out.clear();
-        d2.decompress_fragment(
-            &[
-                0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
-            ],
-            true,
-            &mut out,
-            100,
-        )
-        .unwrap();
+        d2.decompress_fragment(&[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00], true, &mut out, 100).unwrap();
         assert_eq!(out, b"Hello");
     }
 
     #[test]
     fn bomb_is_stopped_at_the_limit() {
-        let p = negotiate(&offer("permessage-deflate"), &DeflatePolicy::default())
-            .unwrap()
-            .0;
+        let p = negotiate(&offer("permessage-deflate"), &DeflatePolicy::default()).unwrap().0;
         let mut s = Deflate::new(p);
         let mut bomb = Vec::new();
         s.compress_message(&vec![0u8; 10 << 20], &mut bomb);
         assert!(bomb.len() < 20_000);
         let mut d = Deflate::new(p);
         let mut out = Vec::new();
-        assert_eq!(
-            d.decompress_fragment(&bomb, true, &mut out, 65536),
-            Err(InflateError::TooBig { limit: 65536 })
-        );
-        assert!(
-            out.capacity() <= 2 * 65536 + 1024,
-            "memory stayed bounded: {}",
-            out.capacity()
-        );
+        assert_eq!(d.decompress_fragment(&bomb, true, &mut out, 65536), Err(InflateError::TooBig { limit: 65536 }));
+        assert!(out.capacity() <= 2 * 65536 + 1024, "memory stayed bounded: {}", out.capacity());
         let mut d = Deflate::new(p);
-        assert!(matches!(
-            d.decompress_fragment(&[0xff, 0xff, 0xff], true, &mut Vec::new(), 100),
-            Err(InflateError::Corrupt(_))
-        ));
+        assert!(matches!(d.decompress_fragment(&[0xff, 0xff, 0xff], true, &mut Vec::new(), 100), Err(InflateError::Corrupt(_))));
     }
 
     proptest! {

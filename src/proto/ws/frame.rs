@@ -69,10 +69,7 @@ pub enum HeaderStatus {
     /// Not enough bytes yet: at least `needed` more are required.
     Incomplete { needed: usize },
     /// A whole header: `header_len` bytes of input were its header.
-    Complete {
-        header: FrameHeader,
-        header_len: usize,
-    },
+    Complete { header: FrameHeader, header_len: usize },
 }
 
 /// Parses a frame header from the front of `buf`, which may be partial.
@@ -81,9 +78,7 @@ pub enum HeaderStatus {
 /// wrong" (`Err`), which an incremental decoder needs.
 pub fn parse_header(buf: &[u8]) -> Result<HeaderStatus, ProtocolViolation> {
     if buf.len() < 2 {
-        return Ok(HeaderStatus::Incomplete {
-            needed: 2 - buf.len(),
-        });
+        return Ok(HeaderStatus::Incomplete { needed: 2 - buf.len() });
     }
     let b0 = buf[0];
     let b1 = buf[1];
@@ -106,9 +101,7 @@ pub fn parse_header(buf: &[u8]) -> Result<HeaderStatus, ProtocolViolation> {
     }
     let header_len = 2 + ext + if masked { 4 } else { 0 };
     if buf.len() < header_len {
-        return Ok(HeaderStatus::Incomplete {
-            needed: header_len - buf.len(),
-        });
+        return Ok(HeaderStatus::Incomplete { needed: header_len - buf.len() });
     }
     let payload_len = match ext {
         0 => len7 as u64,
@@ -189,10 +182,7 @@ pub fn frame_in_place(buf: &mut [u8], payload_start: usize, rsv1: bool, opcode: 
     let len = buf.len() - payload_start;
     let mut hdr = [0u8; MAX_SERVER_HEADER];
     let n = write_server_header(&mut hdr, true, rsv1, opcode, len);
-    assert!(
-        payload_start >= n,
-        "not enough headroom reserved for the frame header"
-    );
+    assert!(payload_start >= n, "not enough headroom reserved for the frame header");
     let start = payload_start - n;
     buf[start..payload_start].copy_from_slice(&hdr[..n]);
     start
@@ -244,33 +234,16 @@ mod tests {
     #[test]
     fn rfc_single_frame_unmasked_text() {
         let (h, n) = complete(&[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
-        assert_eq!(
-            (h.fin, h.opcode, h.payload_len, h.mask, n),
-            (true, OpCode::Text, 5, None, 2)
-        );
-        assert_eq!(
-            encode_frame(OpCode::Text, false, b"Hello"),
-            [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
-        );
+        assert_eq!((h.fin, h.opcode, h.payload_len, h.mask, n), (true, OpCode::Text, 5, None, 2));
+        assert_eq!(encode_frame(OpCode::Text, false, b"Hello"), [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
     }
 
     #[test]
     fn rfc_single_frame_masked_text() {
-        let (h, n) = complete(&[
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ]);
+        let (h, n) = complete(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        assert_eq!((h.mask, h.payload_len, n), (Some([0x37, 0xfa, 0x21, 0x3d]), 5, 6));
         assert_eq!(
-            (h.mask, h.payload_len, n),
-            (Some([0x37, 0xfa, 0x21, 0x3d]), 5, 6)
-        );
-        assert_eq!(
-            encode_client_frame(
-                true,
-                false,
-                OpCode::Text,
-                [0x37, 0xfa, 0x21, 0x3d],
-                b"Hello"
-            ),
+            encode_client_frame(true, false, OpCode::Text, [0x37, 0xfa, 0x21, 0x3d], b"Hello"),
             [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
         );
     }
@@ -290,10 +263,7 @@ mod tests {
         let (h, _) = complete(&[0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d]);
         assert_eq!(h.opcode, OpCode::Pong);
         // 256 bytes binary message in a single unmasked frame.
-        assert_eq!(
-            &encode_frame(OpCode::Binary, false, &[0; 256])[..4],
-            &[0x82, 0x7E, 0x01, 0x00]
-        );
+        assert_eq!(&encode_frame(OpCode::Binary, false, &[0; 256])[..4], &[0x82, 0x7E, 0x01, 0x00]);
         // 64KiB binary message.
         assert_eq!(
             &encode_frame(OpCode::Binary, false, &vec![0; 65536])[..10],
@@ -305,40 +275,19 @@ mod tests {
 
     #[test]
     fn incomplete_says_how_many_bytes_are_missing() {
-        assert_eq!(
-            parse_header(&[]).unwrap(),
-            HeaderStatus::Incomplete { needed: 2 }
-        );
-        assert_eq!(
-            parse_header(&[0x81]).unwrap(),
-            HeaderStatus::Incomplete { needed: 1 }
-        );
-        assert_eq!(
-            parse_header(&[0x82, 0xFF, 0]).unwrap(),
-            HeaderStatus::Incomplete { needed: 11 }
-        );
-        assert_eq!(
-            parse_header(&[0x82, 0xFE]).unwrap(),
-            HeaderStatus::Incomplete { needed: 6 }
-        );
+        assert_eq!(parse_header(&[]).unwrap(), HeaderStatus::Incomplete { needed: 2 });
+        assert_eq!(parse_header(&[0x81]).unwrap(), HeaderStatus::Incomplete { needed: 1 });
+        assert_eq!(parse_header(&[0x82, 0xFF, 0]).unwrap(), HeaderStatus::Incomplete { needed: 11 });
+        assert_eq!(parse_header(&[0x82, 0xFE]).unwrap(), HeaderStatus::Incomplete { needed: 6 });
     }
 
     #[test]
     fn header_violations() {
         for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-            assert_eq!(
-                parse_header(&[0x80 | op, 0x80]),
-                Err(ProtocolViolation::ReservedOpcode(op))
-            );
+            assert_eq!(parse_header(&[0x80 | op, 0x80]), Err(ProtocolViolation::ReservedOpcode(op)));
         }
-        assert_eq!(
-            parse_header(&[0x09, 0x80]),
-            Err(ProtocolViolation::FragmentedControl)
-        );
-        assert_eq!(
-            parse_header(&[0x89, 0xFE]),
-            Err(ProtocolViolation::ControlTooLong)
-        );
+        assert_eq!(parse_header(&[0x09, 0x80]), Err(ProtocolViolation::FragmentedControl));
+        assert_eq!(parse_header(&[0x89, 0xFE]), Err(ProtocolViolation::ControlTooLong));
         assert_eq!(
             parse_header(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]),
             Err(ProtocolViolation::LengthTopBitSet)
@@ -351,10 +300,7 @@ mod tests {
             let mut buf = vec![0u8; MAX_SERVER_HEADER + len];
             let start = frame_in_place(&mut buf, MAX_SERVER_HEADER, false, OpCode::Text);
             let (h, n) = complete(&buf[start..]);
-            assert_eq!(
-                (h.payload_len as usize, start + n),
-                (len, MAX_SERVER_HEADER)
-            );
+            assert_eq!((h.payload_len as usize, start + n), (len, MAX_SERVER_HEADER));
             assert_eq!(n, server_header_len(len));
         }
     }

@@ -75,9 +75,7 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
 
 /// Whether a request asks for a WebSocket upgrade at all (so that the HTTP front can route it).
 pub fn is_upgrade_request(headers: &[httparse::Header<'_>]) -> bool {
-    headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("upgrade") && has_token(h.value, "websocket"))
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade") && has_token(h.value, "websocket"))
 }
 
 /// Validates an upgrade request (method, version and headers as parsed by `httparse`).
@@ -132,11 +130,7 @@ pub fn validate<'a>(
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::BadKey),
     }
-    Ok(UpgradeRequest {
-        key,
-        protocols,
-        extensions,
-    })
+    Ok(UpgradeRequest { key, protocols, extensions })
 }
 
 /// `Sec-WebSocket-Accept` for a client key.
@@ -166,12 +160,8 @@ pub fn accept(
     extra_headers: &str,
 ) -> Accepted {
     let protocol = select_protocol(&req.protocols);
-    let negotiated = deflate_policy.and_then(|p| {
-        deflate::negotiate(
-            &deflate::parse_extensions(req.extensions.iter().copied()),
-            p,
-        )
-    });
+    let negotiated = deflate_policy
+        .and_then(|p| deflate::negotiate(&deflate::parse_extensions(req.extensions.iter().copied()), p));
     let mut r = String::with_capacity(160);
     r.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     r.push_str(&accept_key(req.key));
@@ -188,11 +178,7 @@ pub fn accept(
     }
     r.push_str(extra_headers);
     r.push_str("\r\n");
-    Accepted {
-        protocol,
-        deflate: negotiated.map(|(p, _)| p),
-        response: r.into_bytes(),
-    }
+    Accepted { protocol, deflate: negotiated.map(|(p, _)| p), response: r.into_bytes() }
 }
 
 #[cfg(test)]
@@ -210,10 +196,7 @@ mod tests {
 
     #[test]
     fn rfc_sample_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -221,12 +204,7 @@ mod tests {
         parse(GOOD, |m, v, h| {
             let req = validate(m, v, h).unwrap();
             assert_eq!(req.protocols, ["chat", "superchat"]);
-            let acc = accept(
-                &req,
-                |p| p.iter().find(|p| **p == "superchat").map(|s| s.to_string()),
-                None,
-                "",
-            );
+            let acc = accept(&req, |p| p.iter().find(|p| **p == "superchat").map(|s| s.to_string()), None, "");
             let text = String::from_utf8(acc.response).unwrap();
             assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
             assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -257,10 +235,7 @@ mod tests {
                 assert_eq!((&e, e.status()), (&err, status));
                 let resp = String::from_utf8(e.response()).unwrap();
                 assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")));
-                assert_eq!(
-                    resp.contains("Sec-WebSocket-Version: 13\r\n"),
-                    status == 426
-                );
+                assert_eq!(resp.contains("Sec-WebSocket-Version: 13\r\n"), status == 426);
             });
         }
     }
@@ -272,9 +247,7 @@ mod tests {
             let req = validate(m, v, h).unwrap();
             let acc = accept(&req, |_| None, Some(&DeflatePolicy::default()), "");
             assert!(acc.deflate.is_some());
-            assert!(String::from_utf8(acc.response)
-                .unwrap()
-                .contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+            assert!(String::from_utf8(acc.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
             let acc = accept(&req, |_| None, None, "");
             assert!(acc.deflate.is_none());
         });

@@ -15,12 +15,7 @@
 #[inline]
 fn rotated(mask: [u8; 4], phase: usize) -> [u8; 4] {
     let p = phase & 3;
-    [
-        mask[p],
-        mask[(p + 1) & 3],
-        mask[(p + 2) & 3],
-        mask[(p + 3) & 3],
-    ]
+    [mask[p], mask[(p + 1) & 3], mask[(p + 2) & 3], mask[(p + 3) & 3]]
 }
 
 /// Unmasks (or masks: XOR is its own inverse) `buf` in place with the fastest path this CPU
@@ -85,9 +80,7 @@ pub fn apply_mask_word(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
 /// SSE2: 16 bytes per step with unaligned loads and stores.
 #[cfg(target_arch = "x86_64")]
 pub fn apply_mask_sse2(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
-    use std::arch::x86_64::{
-        __m128i, _mm_loadu_si128, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128,
-    };
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128};
     let end_phase = (phase + buf.len()) & 3;
     let mut chunks = buf.chunks_exact_mut(16);
     // SAFETY: SSE2 is in the x86_64 baseline. Each `chunk` is exactly 16 bytes owned by this
@@ -111,9 +104,7 @@ pub fn apply_mask_sse2(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub unsafe fn apply_mask_avx2(buf: &mut [u8], mask: [u8; 4], phase: usize) -> usize {
-    use std::arch::x86_64::{
-        __m256i, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256,
-    };
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256};
     let end_phase = (phase + buf.len()) & 3;
     let mut chunks = buf.chunks_exact_mut(32);
     // SAFETY: the caller guarantees AVX2. Each `chunk` is exactly 32 bytes owned by this
@@ -188,10 +179,7 @@ mod tests {
                         let pe = apply_mask_naive(&mut expected[offset..offset + len], mask, phase);
                         let pg = f(&mut got[offset..offset + len], mask, phase);
                         assert_eq!(pe, pg, "{name}: phase after len {len}");
-                        assert_eq!(
-                            expected, got,
-                            "{name}: offset {offset} len {len} phase {phase}"
-                        );
+                        assert_eq!(expected, got, "{name}: offset {offset} len {len} phase {phase}");
                     }
                 }
             }

@@ -96,10 +96,7 @@ mod tests {
 
     #[test]
     fn rejects_invalid_and_truncated() {
-        assert!(!feed_split(
-            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",
-            &[3]
-        ));
+        assert!(!feed_split(b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", &[3]));
         assert!(!feed_split(b"abc\xe2\x82", &[]));
         assert!(!feed_split(b"abc\xe2\x82", &[4]));
         assert!(!feed_split(b"\xff", &[]));
