@@ -85,7 +85,13 @@ impl<H: Handler> EioServer<H> {
         bytes: Vec<u8>,
         keep_alive: bool,
     ) {
-        let _ = io.send(id, bytes.into());
+        // A client whose responses no longer fit its send queue (it pipelines and does not
+        // read them) is closed.
+        if io.send(id, bytes.into()).is_err() {
+            core.stop_http_wait(id);
+            io.close(id);
+            return;
+        }
         if !keep_alive {
             core.stop_http_wait(id);
             io.close_after_flush(id);
