@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use shardcast::app::{contract, Server};
 use shardcast::cli::ServerOptions;
 use shardcast::engine::echo::EioEcho;
+use shardcast::app::{contract, Server};
 use shardcast::engine::EioServer;
 use shardcast::rt::threads;
 
@@ -18,11 +18,7 @@ use shardcast::rt::threads;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "shardcast",
-    version,
-    about = "A thread-per-core io_uring Socket.IO server"
-)]
+#[command(name = "shardcast", version, about = "A thread-per-core io_uring Socket.IO server")]
 struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -71,9 +67,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let conns = Arc::new(AtomicUsize::new(0));
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let started = threads::start(rtcfg, move |_| {
-        EioServer::new(Rc::new(cfg.clone()), conns.clone(), EioEcho)
-    });
+    let started = threads::start(rtcfg, move |_| EioServer::new(Rc::new(cfg.clone()), conns.clone(), EioEcho));
     let mut rt = match started {
         Ok(rt) => rt,
         Err(e) => {
@@ -81,11 +75,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "shardcast echo listening on {} ({} workers)",
-        rt.local_addr(),
-        workers
-    );
+    println!("shardcast echo listening on {} ({} workers)", rt.local_addr(), workers);
     wait_for_signal(&set);
     rt.shutdown();
     rt.join();
@@ -96,9 +86,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let builder = Server::builder()
-        .engine(opts.engine_config())
-        .runtime(rtcfg);
+    let builder = Server::builder().engine(opts.engine_config()).runtime(rtcfg);
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {
@@ -106,11 +94,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "shardcast listening on {} ({} workers)",
-        server.local_addr(),
-        workers
-    );
+    println!("shardcast listening on {} ({} workers)", server.local_addr(), workers);
     wait_for_signal(&set);
     server.shutdown();
     ExitCode::SUCCESS
@@ -118,9 +102,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -2,7 +2,7 @@
 //! spreads new connections over the workers and nothing is shared on the hot path.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
@@ -43,6 +43,8 @@ pub fn into_raw(fd: OwnedFd) -> RawFd {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     fn flag(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> libc::c_int {

@@ -22,7 +22,7 @@ use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::bufring::BufRing;
 use super::bus::Mailbox;
-use super::ring::{self, gen_matches, tag, untag, Op, RingError};
+use super::ring::{self, gen_matches, tag, untag, EnterError, Op, RingError, Taskrun};
 use super::sendq::{Overflow, SendQueue};
 
 /// A connection's handle: slot index and generation (a reused slot gets a new generation).
@@ -213,15 +213,36 @@ impl Default for WorkerConfig {
 const BGID: u16 = 7;
 const PROBE_BGID: u16 = 8;
 
+/// How long accepting stops after the process ran out of file descriptors (or memory).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most one warning about refused accepts per this interval.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
+/// How long the teardown waits for cancelled operations to complete.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(1);
+/// Test hook: the worker with this index panics in its loop (see `tests/hostile_runtime.rs`).
+const TEST_PANIC_ENV: &str = "SHARDCAST_TEST_PANIC_WORKER";
+
+
 pub struct Worker<S: Service> {
     // Field order matters: the ring is dropped (and the kernel lets go of the buffer ring)
     // before the buffers are freed.
     ring: IoUring,
     bufs: BufRing,
     multishot: bool,
+    taskrun: Taskrun,
+    /// Operations submitted whose last completion has not been reaped yet: the teardown waits
+    /// for this to reach 0 before freeing what they reference.
+    inflight: usize,
+    /// The listening socket; -1 once closed (at shutdown start).
     listener: RawFd,
     accept_armed: bool,
     accepting: bool,
+    /// Out of file descriptors: no accept is armed before this instant.
+    accept_paused_until: Option<Instant>,
+    /// Accepts refused for lack of descriptors since the last warning.
+    accept_refused: u64,
+    accept_warned_at: Option<Instant>,
+    test_panic: bool,
     io: Io<S::Conn, S::Mail>,
     service: S,
     mailbox: Arc<Mailbox<RtMail<S::Mail>>>,
@@ -241,7 +262,10 @@ impl<S: Service> Worker<S> {
         service: S,
         cfg: WorkerConfig,
     ) -> Result<Worker<S>, RingError> {
-        let mut ring = ring::create(cfg.ring_entries)?;
+        let (mut ring, taskrun) = ring::create_with_taskrun(cfg.ring_entries)?;
+        // A ring that can be set up but not entered (a seccomp profile blocking only
+        // io_uring_enter) fails here, before the server says it is listening.
+        ring::check_enter(&mut ring)?;
         // Probe multishot receive on a throw-away buffer group, then set up the real one.
         let probe_bufs = BufRing::new(&ring, 8, 4096, PROBE_BGID)?;
         let multishot = ring::probe_multishot_recv(&mut ring, PROBE_BGID);
@@ -254,9 +278,15 @@ impl<S: Service> Worker<S> {
             ring,
             bufs,
             multishot,
+            taskrun,
+            inflight: 0,
             listener,
             accept_armed: false,
             accepting: true,
+            accept_paused_until: None,
+            accept_refused: 0,
+            accept_warned_at: None,
+            test_panic: std::env::var(TEST_PANIC_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(index),
             io: Io {
                 worker: index,
                 conns: Vec::new(),
@@ -288,10 +318,17 @@ impl<S: Service> Worker<S> {
                 let _ = self.ring.submit();
             }
         }
+        self.inflight += 1;
     }
 
     fn arm_accept(&mut self) {
-        if self.accepting && !self.accept_armed {
+        if let Some(until) = self.accept_paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        if self.accepting && !self.accept_armed && self.listener >= 0 {
             self.push(opcode::AcceptMulti::new(types::Fd(self.listener)).flags(libc::SOCK_CLOEXEC).build().user_data(tag(Op::Accept, 0, 0)));
             self.accept_armed = true;
         }
@@ -411,13 +448,24 @@ impl<S: Service> Worker<S> {
         let (op, idx, gen) = untag(ud);
         match op {
             Some(Op::Accept) => {
-                if res >= 0 {
-                    self.open(res, Vec::new());
-                } else if res != -libc::ECANCELED {
-                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
-                }
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
+                }
+                if res >= 0 {
+                    if self.shutdown_at.is_some() {
+                        // Accepted just before the listener closed: refuse it like the rest.
+                        // SAFETY: a descriptor we were just given and nothing else knows of.
+                        unsafe { libc::close(res) };
+                    } else {
+                        self.open(res, Vec::new());
+                    }
+                } else if matches!(
+                    -res,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) {
+                    self.pause_accepting(-res);
+                } else if res != -libc::ECANCELED && self.shutdown_at.is_none() {
+                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
             }
             Some(Op::Mailbox) => {
@@ -547,17 +595,136 @@ impl<S: Service> Worker<S> {
         }
     }
 
+    /// The process is out of descriptors (`EMFILE`/`ENFILE`) or kernel memory: stop accepting
+    /// for [`ACCEPT_PAUSE`] instead of retrying at once (each retry fails the same way, and a
+    /// multishot accept re-armed at once spins a core and floods the log). The pending
+    /// connections wait in the listen backlog; one warning per [`ACCEPT_WARN_EVERY`] counts them.
+    fn pause_accepting(&mut self, errno: i32) {
+        self.accept_refused += 1;
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+        if self.accept_armed {
+            self.push(
+                opcode::AsyncCancel::new(tag(Op::Accept, 0, 0))
+                    .build()
+                    .user_data(tag(Op::Cancel, 0, 0)),
+            );
+        }
+        if self
+            .accept_warned_at
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_WARN_EVERY)
+        {
+            tracing::warn!(
+                worker = self.io.worker,
+                error = %std::io::Error::from_raw_os_error(errno),
+                refused = self.accept_refused,
+                pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+                "cannot accept connections (out of file descriptors or memory); pausing accepts"
+            );
+            self.accept_warned_at = Some(now);
+            self.accept_refused = 0;
+        }
+    }
+
+    /// Closes the listening socket so new clients are refused at once, not queued for the
+    /// grace period. `shutdown(2)` takes it out of the listening state even while the
+    /// accept operation still holds a reference to it; the accept then completes.
+    fn close_listener(&mut self) {
+        if self.listener < 0 {
+            return;
+        }
+        // SAFETY: the listener is ours; it is shut down and closed once, then forgotten.
+        unsafe {
+            libc::shutdown(self.listener, libc::SHUT_RDWR);
+            libc::close(self.listener);
+        }
+        self.listener = -1;
+    }
+
     fn begin_shutdown(&mut self) {
         if self.shutdown_at.is_some() {
             return;
         }
         self.shutdown_at = Some(self.io.now + self.cfg.shutdown_grace);
         self.accepting = false;
+        self.accept_paused_until = None;
         if self.accept_armed {
-            self.push(opcode::AsyncCancel::new(tag(Op::Accept, 0, 0)).build().user_data(tag(Op::Cancel, 0, 0)));
+            self.push(
+                opcode::AsyncCancel::new(tag(Op::Accept, 0, 0))
+                    .build()
+                    .user_data(tag(Op::Cancel, 0, 0)),
+            );
         }
+        self.close_listener();
         self.service.on_shutdown(&mut self.io);
     }
+
+    /// An `io_uring_enter` failed: retry the harmless kinds; anything else means the ring is
+    /// unusable, and a server that cannot do I/O must not pretend to run (nor spin logging).
+    fn enter_failed(&self, e: &std::io::Error) {
+        if let EnterError::Fatal { errno, hint } =
+            ring::classify_enter_error(e.raw_os_error().unwrap_or(0))
+        {
+            eprintln!(
+                "shardcast: worker {}: io_uring_enter failed ({errno}: {e}): {hint}; exiting",
+                self.io.worker
+            );
+            std::process::exit(70);
+        }
+    }
+
+    /// Takes the pass's completions into `self.cqes`, counting finished operations.
+    fn reap(&mut self) {
+        self.cqes.clear();
+        for c in self.ring.completion() {
+            if !cqueue::more(c.flags()) {
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+            self.cqes.push((c.user_data(), c.result(), c.flags()));
+        }
+    }
+
+    /// After the loop: cancel every operation still in flight, shut the sockets down, and reap
+    /// until none is left, so no receive buffer, send queue or eventfd buffer is freed while
+    /// the kernel may still write or read it. Returns false if some did not finish in time.
+    fn drain_inflight(&mut self) -> bool {
+        if self.inflight > 0 {
+            // One cancel for every request of this ring (kernel 5.19+, like buffer rings).
+            self.push(
+                opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                    .build()
+                    .user_data(tag(Op::Cancel, 0, 0)),
+            );
+        }
+        for c in self.io.conns.iter().flatten() {
+            // SAFETY: our own socket, still open; pending receives and sends then complete.
+            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+        }
+        let deadline = Instant::now() + TEARDOWN_WAIT;
+        while self.inflight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let ts = ring::timespec(left);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+                if let EnterError::Fatal { .. } =
+                    ring::classify_enter_error(e.raw_os_error().unwrap_or(0))
+                {
+                    tracing::error!(worker = self.io.worker, error = %e, "io_uring_enter failed during teardown");
+                    break;
+                }
+            }
+            // Buffers of late receives need no recycling: the whole buffer ring goes next.
+            self.reap();
+        }
+        self.inflight == 0
+    }
+
 
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) {
@@ -565,14 +732,23 @@ impl<S: Service> Worker<S> {
         self.arm_mailbox();
         loop {
             let now = Instant::now();
+            if self.test_panic {
+                panic!("{TEST_PANIC_ENV}={}: a runtime panic on purpose", self.io.worker);
+            }
             let mut wait = self.service.next_deadline().map(|d| d.saturating_duration_since(now));
             if let Some(s) = self.shutdown_at {
                 let left = s.saturating_duration_since(now).min(Duration::from_millis(20));
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
+            if let Some(p) = self.accept_paused_until {
+                let left = p.saturating_duration_since(now);
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
             let must_not_sleep = self.mailbox.prepare_sleep();
             let res = if must_not_sleep || wait == Some(Duration::ZERO) {
-                self.ring.submit()
+                // Not `submit()`: on a DEFER_TASKRUN ring it may reap nothing (see the rule
+                // at `ring::submit_no_sleep`).
+                ring::submit_no_sleep(&self.ring, self.taskrun)
             } else if let Some(w) = wait {
                 let ts = ring::timespec(w);
                 let args = types::SubmitArgs::new().timespec(&ts);
@@ -582,13 +758,10 @@ impl<S: Service> Worker<S> {
             };
             self.mailbox.awake();
             if let Err(e) = res {
-                if !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) {
-                    tracing::error!(error = %e, "io_uring_enter failed");
-                }
+                self.enter_failed(&e);
             }
             self.io.now = Instant::now();
-            self.cqes.clear();
-            self.cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            self.reap();
             let mut cqes = std::mem::take(&mut self.cqes);
             for &(ud, res, flags) in &cqes {
                 self.handle_cqe(ud, res, flags);
@@ -609,12 +782,26 @@ impl<S: Service> Worker<S> {
                 }
             }
         }
+        self.close_listener();
+        let drained = self.drain_inflight();
         // Whatever is left past the grace period is closed hard.
-        for c in self.io.conns.iter_mut().filter_map(Option::take) {
-            // SAFETY: the loop is over; these descriptors are ours and closed once.
+        for c in self.io.conns.iter_mut().flatten() {
+            // SAFETY: the loop is over; these descriptors are ours and closed once (operations
+            // still in flight hold their own reference to the socket, not the number).
             unsafe { libc::close(c.fd) };
         }
-        // SAFETY: the listener is ours and is closed once, at exit.
-        unsafe { libc::close(self.listener) };
+        if !drained {
+            tracing::error!(
+                worker = self.io.worker,
+                inflight = self.inflight,
+                "operations still in flight {} ms after cancelling them; leaking their buffers instead of freeing memory the kernel may still use",
+                TEARDOWN_WAIT.as_millis()
+            );
+            std::mem::forget(self);
+            return;
+        }
+        // Nothing references the buffers any more: the connections (with their send queues),
+        // then the ring and the buffer ring, are freed in field order.
+        self.io.conns.clear();
     }
 }
