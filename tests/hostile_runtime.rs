@@ -76,7 +76,12 @@ fn block_io_uring_enter() -> std::io::Result<()> {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) != 0 {
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -101,7 +106,10 @@ impl Proc {
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(n) = nofile {
-                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -128,7 +136,11 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        Proc { child, stdout, stderr }
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// Waits (bounded) for the "listening on" line and returns the address.
@@ -136,7 +148,12 @@ impl Proc {
         let line = self
             .stdout
             .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no \"listening\" line within 20 s; stderr: {:?}", self.stderr_text()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no \"listening\" line within 20 s; stderr: {:?}",
+                    self.stderr_text()
+                )
+            });
         line.split_whitespace()
             .find_map(|w| w.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
@@ -159,7 +176,10 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("{what} not seen on stderr within {limit:?}; stderr: {}", self.stderr_text());
+        panic!(
+            "{what} not seen on stderr within {limit:?}; stderr: {}",
+            self.stderr_text()
+        );
     }
 
     /// Waits for the process to exit; fails (and kills it) after `limit`.
@@ -172,7 +192,10 @@ impl Proc {
             if Instant::now() >= end {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("the server did not exit within {limit:?}; stderr: {}", self.stderr_text());
+                panic!(
+                    "the server did not exit within {limit:?}; stderr: {}",
+                    self.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -224,16 +247,25 @@ fn out_of_file_descriptors_pauses_accepts_quietly_and_recovers() {
     // into the listen backlog; the server accepts until EMFILE.
     let mut clients = Vec::new();
     for _ in 0..150 {
-        clients.push(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect into the backlog"));
+        clients.push(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect into the backlog"),
+        );
     }
-    server.wait_stderr(Duration::from_secs(5), "the EMFILE warning", |e| e.contains("pausing accepts"));
+    server.wait_stderr(Duration::from_secs(5), "the EMFILE warning", |e| {
+        e.contains("pausing accepts")
+    });
     // Over the next 2 s the server keeps running out of descriptors: it must neither flood
     // its log nor spin.
     let (lines0, cpu0, t0) = (server.stderr_lines(), server.cpu_time(), Instant::now());
     std::thread::sleep(Duration::from_secs(2));
     let (lines1, cpu1, elapsed) = (server.stderr_lines(), server.cpu_time(), t0.elapsed());
     let logged = lines1 - lines0;
-    assert!(logged < 50, "{logged} stderr lines in {elapsed:?}: {}", server.stderr_text());
+    assert!(
+        logged < 50,
+        "{logged} stderr lines in {elapsed:?}: {}",
+        server.stderr_text()
+    );
     let cpu = cpu1 - cpu0;
     assert!(
         cpu < elapsed / 4,
@@ -293,7 +325,9 @@ fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut ws = stuck_reader(addr);
-        ws.stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        ws.stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         for _ in 0..20 {
             ws.send_text(&msg);
         }
@@ -302,7 +336,9 @@ fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
     // The echoes are flowing (the first bytes reached the client), and more is queued than
     // the sockets hold.
     for ws in &clients {
-        ws.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ws.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut b = [0u8; 1];
         assert_eq!(ws.stream.peek(&mut b).expect("echoes arrive"), 1);
     }
@@ -331,7 +367,11 @@ fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
     );
     let status = server.wait_exit(grace + Duration::from_secs(2) - t0.elapsed().min(grace));
     let took = t0.elapsed();
-    assert!(status.success(), "exit status {status:?}; stderr: {}", server.stderr_text());
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr: {}",
+        server.stderr_text()
+    );
     assert!(
         !server.stderr_text().contains("still in flight"),
         "teardown did not drain: {}",
@@ -383,5 +423,8 @@ fn blocked_io_uring_enter_fails_before_listening() {
         e.contains("io_uring_enter") && e.contains("EPERM") && e.contains("seccomp")
     });
     let said: Vec<String> = server.stdout.try_iter().collect();
-    assert!(said.iter().all(|l| !l.contains("listening")), "it said it was listening: {said:?}");
+    assert!(
+        said.iter().all(|l| !l.contains("listening")),
+        "it said it was listening: {said:?}"
+    );
 }
