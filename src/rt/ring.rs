@@ -341,8 +341,8 @@ mod tests {
             return None; // kernel older than 6.1: nothing is deferred
         }
         let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
         assert_eq!(
+            // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
             unsafe {
                 libc::socketpair(
                     libc::AF_UNIX,
