@@ -11,6 +11,7 @@ use shardcast::app::{contract, Server};
 use shardcast::engine::EioServer;
 use shardcast::rt::threads;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -18,7 +18,11 @@ type Echo = Sim<EioServer<EioEcho>>;
 fn engine_cfg() -> EngineConfig {
     EngineConfig {
         path: "/engine.io/".into(),
-        session: SessionConfig { ping_interval: Duration::from_millis(25_000), ping_timeout: Duration::from_millis(20_000), upgrade_timeout: Duration::from_secs(10) },
+        session: SessionConfig {
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            upgrade_timeout: Duration::from_secs(10),
+        },
         ..EngineConfig::default()
     }
 }
@@ -49,10 +53,7 @@ fn responses(bytes: &[u8]) -> Vec<Resp> {
     while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
         let head = String::from_utf8_lossy(&rest[..end]).into_owned();
         let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-        let len = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
-            .unwrap_or(0);
+        let len = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
         let body = rest[end + 4..end + 4 + len].to_vec();
         rest = &rest[end + 4 + len..];
         out.push(Resp { status, head, body });

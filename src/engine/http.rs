@@ -16,12 +16,7 @@ use crate::rt::{ConnId, Io};
 
 impl<H: Handler> EioServer<H> {
     /// Bytes of a connection in its HTTP state; returns how many were consumed.
-    pub(super) fn http(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        data: &mut [u8],
-    ) -> usize {
+    pub(super) fn http(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, data: &mut [u8]) -> usize {
         let mut pos = 0;
         loop {
             match io.state(id) {
@@ -37,13 +32,7 @@ impl<H: Handler> EioServer<H> {
                 Ok(None) => return pos,
                 Ok(Some(r)) => r,
                 Err(e) => {
-                    Self::respond(
-                        &mut self.core,
-                        io,
-                        id,
-                        response::error(e.status(), "", &e.to_string(), false),
-                        false,
-                    );
+                    Self::respond(&mut self.core, io, id, response::error(e.status(), "", &e.to_string(), false), false);
                     return data.len();
                 }
             };
@@ -78,13 +67,7 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// Queues a response; a connection that is not kept alive closes once it is written.
-    pub(super) fn respond(
-        core: &mut Core,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        bytes: Vec<u8>,
-        keep_alive: bool,
-    ) {
+    pub(super) fn respond(core: &mut Core, io: &mut Io<ConnState, H::Mail>, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
         // A client whose responses no longer fit its send queue (it pipelines and does not
         // read them) is closed.
         if io.send(id, bytes.into()).is_err() {
@@ -98,115 +81,55 @@ impl<H: Handler> EioServer<H> {
         }
     }
 
-    fn request(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-        body: &mut [u8],
-    ) {
+    fn request(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, body: &mut [u8]) {
         let cfg = self.core.cfg.clone();
         let ka = req.keep_alive;
         if req.path() != cfg.path {
             if cfg.raw_ws_echo && req.upgrade.is_some() {
                 return self.upgrade_echo(io, id, req);
             }
-            return Self::respond(
-                &mut self.core,
-                io,
-                id,
-                response::error(404, "", "Not Found", ka),
-                ka,
-            );
+            return Self::respond(&mut self.core, io, id, response::error(404, "", "Not Found", ka), ka);
         }
         let cors = match cfg.cors.decide(req.origin.as_deref()) {
             CorsDecision::Allowed(h) => h,
             CorsDecision::Rejected => {
-                return Self::respond(
-                    &mut self.core,
-                    io,
-                    id,
-                    response::error(400, "", http::cors::REJECTED_BODY, ka),
-                    ka,
-                );
+                return Self::respond(&mut self.core, io, id, response::error(400, "", http::cors::REJECTED_BODY, ka), ka);
             }
         };
         if req.method == Method::Options {
             let mut h = cors;
-            h.push_str(
-                &cfg.cors
-                    .preflight_headers(req.access_control_request_headers.as_deref()),
-            );
-            return Self::respond(
-                &mut self.core,
-                io,
-                id,
-                response::build(204, &h, None, b"", ka),
-                ka,
-            );
+            h.push_str(&cfg.cors.preflight_headers(req.access_control_request_headers.as_deref()));
+            return Self::respond(&mut self.core, io, id, response::build(204, &h, None, b"", ka), ka);
         }
         let query = eio::parse_query(&req.target);
         let core = &self.core;
         // A closed polling session still answers polls until its last packets are collected.
         let collecting = req.method == Method::Get && req.upgrade.is_none();
-        let verified = eio::verify(
-            &query,
-            req.method.as_str(),
-            req.upgrade.is_some(),
-            &cfg.transports,
-            |s| {
-                core.find(s)
-                    .and_then(|h| core.sessions.get(h))
-                    .filter(|e| !e.closing || (collecting && !e.outbox.is_empty()))
-                    .map(|e| e.session.transport())
-            },
-        );
+        let verified = eio::verify(&query, req.method.as_str(), req.upgrade.is_some(), &cfg.transports, |s| {
+            core.find(s).and_then(|h| core.sessions.get(h)).filter(|e| !e.closing || (collecting && !e.outbox.is_empty())).map(|e| e.session.transport())
+        });
         let verified = match verified {
             Ok(v) => v,
             Err(e) => {
-                let resp = response::build(
-                    e.http_status(),
-                    &cors,
-                    Some("application/json"),
-                    e.body().as_bytes(),
-                    ka,
-                );
+                let resp = response::build(e.http_status(), &cors, Some("application/json"), e.body().as_bytes(), ka);
                 return Self::respond(&mut self.core, io, id, resp, ka);
             }
         };
         match verified {
             Verified::Handshake(Transport::Polling) => self.handshake_polling(io, id, req, &cors),
             Verified::Handshake(Transport::WebSocket) => self.handshake_ws(io, id, req, None),
-            Verified::Session {
-                sid,
-                transport: Transport::WebSocket,
-            } => {
+            Verified::Session { sid, transport: Transport::WebSocket } => {
                 let h = self.core.find(sid).expect("verified");
                 self.handshake_ws(io, id, req, Some(h))
             }
-            Verified::Session {
-                sid,
-                transport: Transport::Polling,
-            } => {
+            Verified::Session { sid, transport: Transport::Polling } => {
                 let h = self.core.find(sid).expect("verified");
                 match req.method {
                     Method::Get => self.poll(io, id, req, h, cors),
                     Method::Post => self.post(io, id, req, h, body, &cors),
                     _ => {
                         let e = eio::EioError::BadRequest;
-                        Self::respond(
-                            &mut self.core,
-                            io,
-                            id,
-                            response::build(
-                                400,
-                                &cors,
-                                Some("application/json"),
-                                e.body().as_bytes(),
-                                ka,
-                            ),
-                            ka,
-                        )
+                        Self::respond(&mut self.core, io, id, response::build(400, &cors, Some("application/json"), e.body().as_bytes(), ka), ka)
                     }
                 }
             }
@@ -214,19 +137,10 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// A new session of this worker and its open packet.
-    pub(super) fn new_session(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        transport: Transport,
-    ) -> (SessionId, Vec<u8>) {
+    pub(super) fn new_session(&mut self, io: &mut Io<ConnState, H::Mail>, transport: Transport) -> (SessionId, Vec<u8>) {
         let cfg = &self.core.cfg;
         let sid: Sid = Rc::from(sid::generate(io.worker()));
-        let upgrades: &[&str] =
-            if transport == Transport::Polling && cfg.transports.contains(&Transport::WebSocket) {
-                &["websocket"]
-            } else {
-                &[]
-            };
+        let upgrades: &[&str] = if transport == Transport::Polling && cfg.transports.contains(&Transport::WebSocket) { &["websocket"] } else { &[] };
         let open = Handshake {
             sid: &sid,
             upgrades,
@@ -246,36 +160,13 @@ impl<H: Handler> EioServer<H> {
         }
     }
 
-    fn handshake_polling(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-        cors: &str,
-    ) {
+    fn handshake_polling(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, cors: &str) {
         let (h, open) = self.new_session(io, Transport::Polling);
-        let sid = self
-            .core
-            .sessions
-            .get(h)
-            .expect("just inserted")
-            .sid
-            .clone();
+        let sid = self.core.sessions.get(h).expect("just inserted").sid.clone();
         let headers = format!("{cors}{}", self.cookie_header(&sid));
-        let resp = response::build(
-            200,
-            &headers,
-            Some("text/plain; charset=UTF-8"),
-            &open,
-            req.keep_alive,
-        );
+        let resp = response::build(200, &headers, Some("text/plain; charset=UTF-8"), &open, req.keep_alive);
         Self::respond(&mut self.core, io, id, resp, req.keep_alive);
-        let info = OpenInfo {
-            query: req.query(),
-            origin: req.origin.as_deref(),
-            transport: Transport::Polling,
-            headers: &req.headers,
-        };
+        let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::Polling, headers: &req.headers };
         let mut ctx = Self::ctx(&mut self.core, io);
         self.handler.on_open(&mut ctx, &sid, &info);
         self.finish(io);

@@ -14,37 +14,18 @@ use crate::rt::{ConnId, Io};
 
 impl<H: Handler> EioServer<H> {
     /// A polling GET: parked until the session has something to send.
-    pub(super) fn poll(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-        h: SessionId,
-        cors: String,
-    ) {
+    pub(super) fn poll(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, h: SessionId, cors: String) {
         if self.core.sessions.get(h).expect("verified").poll.is_some() {
             // A second concurrent GET: the reference server errors the session.
-            Self::respond(
-                &mut self.core,
-                io,
-                id,
-                response::error(400, &cors, "overlap from client", req.keep_alive),
-                req.keep_alive,
-            );
+            Self::respond(&mut self.core, io, id, response::error(400, &cors, "overlap from client", req.keep_alive), req.keep_alive);
             self.core.closing.push((h, CloseReason::TransportError));
             self.finish(io);
             return;
         }
         let threshold = self.core.cfg.http_compression_threshold;
-        let encoding =
-            threshold.and_then(|_| response::choose_encoding(req.accept_encoding.as_deref()));
+        let encoding = threshold.and_then(|_| response::choose_encoding(req.accept_encoding.as_deref()));
         if let Some(st) = io.state(id) {
-            *st = ConnState::Poll {
-                session: h,
-                headers: cors,
-                encoding,
-                keep_alive: req.keep_alive,
-            };
+            *st = ConnState::Poll { session: h, headers: cors, encoding, keep_alive: req.keep_alive };
         }
         // Parked: no HTTP deadline (the heartbeat answers it within the ping interval), and
         // nothing more is read from the connection until it is answered.
@@ -65,38 +46,18 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// A polling POST: its packets go to the session.
-    pub(super) fn post(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-        h: SessionId,
-        body: &mut [u8],
-        cors: &str,
-    ) {
+    pub(super) fn post(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, h: SessionId, body: &mut [u8], cors: &str) {
         let ka = req.keep_alive;
         let packets = match eio::decode_payload(body, self.core.cfg.max_payload) {
             Ok(p) => p,
             Err(err) => {
-                Self::respond(
-                    &mut self.core,
-                    io,
-                    id,
-                    response::error(err.http_status(), cors, &err.to_string(), ka),
-                    ka,
-                );
+                Self::respond(&mut self.core, io, id, response::error(err.http_status(), cors, &err.to_string(), ka), ka);
                 self.core.closing.push((h, CloseReason::ParseError));
                 self.finish(io);
                 return;
             }
         };
-        Self::respond(
-            &mut self.core,
-            io,
-            id,
-            response::build(200, cors, Some("text/html"), b"ok", ka),
-            ka,
-        );
+        Self::respond(&mut self.core, io, id, response::build(200, cors, Some("text/html"), b"ok", ka), ka);
         for p in packets {
             self.packet(io, h, Transport::Polling, p);
         }
@@ -104,20 +65,9 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// Answers a parked GET with `packets`; the connection reads its next request.
-    pub(super) fn answer_poll(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        conn: ConnId,
-        packets: Vec<SharedPacket>,
-    ) {
+    pub(super) fn answer_poll(&mut self, io: &mut Io<ConnState, H::Mail>, conn: ConnId, packets: Vec<SharedPacket>) {
         let Some(st) = io.state(conn) else { return };
-        let ConnState::Poll {
-            headers,
-            encoding,
-            keep_alive,
-            ..
-        } = std::mem::replace(st, ConnState::Http)
-        else {
+        let ConnState::Poll { headers, encoding, keep_alive, .. } = std::mem::replace(st, ConnState::Http) else {
             return;
         };
         self.core.wait_http(conn, io.now());
@@ -130,29 +80,15 @@ impl<H: Handler> EioServer<H> {
             }
         }
         let body = w.finish();
-        let threshold = self
-            .core
-            .cfg
-            .http_compression_threshold
-            .unwrap_or(usize::MAX);
+        let threshold = self.core.cfg.http_compression_threshold.unwrap_or(usize::MAX);
         let resp = match encoding {
             Some(enc) if body.len() >= threshold => {
                 let z = response::compress(enc, &body);
-                let name = if enc == response::Encoding::Gzip {
-                    "gzip"
-                } else {
-                    "deflate"
-                };
+                let name = if enc == response::Encoding::Gzip { "gzip" } else { "deflate" };
                 let h = format!("{headers}Content-Encoding: {name}\r\nVary: Accept-Encoding\r\n");
                 response::build(200, &h, Some("text/plain; charset=UTF-8"), &z, keep_alive)
             }
-            _ => response::build(
-                200,
-                &headers,
-                Some("text/plain; charset=UTF-8"),
-                &body,
-                keep_alive,
-            ),
+            _ => response::build(200, &headers, Some("text/plain; charset=UTF-8"), &body, keep_alive),
         };
         Self::respond(&mut self.core, io, conn, resp, keep_alive);
     }

@@ -54,10 +54,7 @@ pub struct EioServer<H: Handler> {
 impl<H: Handler> EioServer<H> {
     /// A worker's engine with `handler` on top.
     pub fn new(cfg: Rc<EngineConfig>, handler: H) -> Self {
-        EioServer {
-            core: Core::new(cfg),
-            handler,
-        }
+        EioServer { core: Core::new(cfg), handler }
     }
 
     /// Sessions open on this worker (for tests and metrics).
@@ -76,64 +73,27 @@ impl<H: Handler> EioServer<H> {
         &self.handler
     }
 
-    pub(super) fn ctx<'a>(
-        core: &'a mut Core,
-        io: &'a mut Io<ConnState, H::Mail>,
-    ) -> Ctx<'a, H::Mail> {
+    pub(super) fn ctx<'a>(core: &'a mut Core, io: &'a mut Io<ConnState, H::Mail>) -> Ctx<'a, H::Mail> {
         Ctx { core, io }
     }
 
     // ---------------------------------------------------------------- sessions
 
     /// Feeds one Engine.IO packet that arrived over `via` to its session.
-    pub(super) fn packet(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        h: SessionId,
-        via: Transport,
-        p: Packet<'_>,
-    ) {
+    pub(super) fn packet(&mut self, io: &mut Io<ConnState, H::Mail>, h: SessionId, via: Transport, p: Packet<'_>) {
         let now = io.now();
         let Some(e) = self.core.sessions.get_mut(h) else {
             return;
         };
         let (action, message, binary) = match p {
-            Packet::Message(m) => (
-                e.session.handle_packet(now, via, PacketType::Message, b""),
-                Some(m),
-                None,
-            ),
+            Packet::Message(m) => (e.session.handle_packet(now, via, PacketType::Message, b""), Some(m), None),
             Packet::Binary(b) => (e.session.handle_binary(via), None, Some(b)),
-            Packet::Ping(d) => (
-                e.session.handle_packet(now, via, PacketType::Ping, d),
-                None,
-                None,
-            ),
-            Packet::Pong(d) => (
-                e.session.handle_packet(now, via, PacketType::Pong, d),
-                None,
-                None,
-            ),
-            Packet::Open(_) => (
-                e.session.handle_packet(now, via, PacketType::Open, b""),
-                None,
-                None,
-            ),
-            Packet::Close => (
-                e.session.handle_packet(now, via, PacketType::Close, b""),
-                None,
-                None,
-            ),
-            Packet::Upgrade => (
-                e.session.handle_packet(now, via, PacketType::Upgrade, b""),
-                None,
-                None,
-            ),
-            Packet::Noop => (
-                e.session.handle_packet(now, via, PacketType::Noop, b""),
-                None,
-                None,
-            ),
+            Packet::Ping(d) => (e.session.handle_packet(now, via, PacketType::Ping, d), None, None),
+            Packet::Pong(d) => (e.session.handle_packet(now, via, PacketType::Pong, d), None, None),
+            Packet::Open(_) => (e.session.handle_packet(now, via, PacketType::Open, b""), None, None),
+            Packet::Close => (e.session.handle_packet(now, via, PacketType::Close, b""), None, None),
+            Packet::Upgrade => (e.session.handle_packet(now, via, PacketType::Upgrade, b""), None, None),
+            Packet::Noop => (e.session.handle_packet(now, via, PacketType::Noop, b""), None, None),
         };
         // The session's one deadline moves in place (a pong moves the next ping).
         self.core.rearm(h);
@@ -217,19 +177,8 @@ impl<H: Handler> EioServer<H> {
             }
             let ws = e.ws.take();
             if let Some(ws) = ws {
-                if matches!(
-                    reason,
-                    CloseReason::ForcedClose | CloseReason::ServerShutdown
-                ) {
-                    close_ws(
-                        io,
-                        ws,
-                        if reason == CloseReason::ServerShutdown {
-                            code::GOING_AWAY
-                        } else {
-                            code::NORMAL
-                        },
-                    );
+                if matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
+                    close_ws(io, ws, if reason == CloseReason::ServerShutdown { code::GOING_AWAY } else { code::NORMAL });
                 } else {
                     io.close(ws);
                 }
@@ -309,10 +258,7 @@ impl<H: Handler> Service for EioServer<H> {
 
     fn on_accept(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId) -> ConnState {
         if io.total_conns() > self.core.cfg.max_connections || self.core.shutting_down {
-            let _ = io.send(
-                id,
-                Bytes::from(response::error(503, "", "Service Unavailable", false)),
-            );
+            let _ = io.send(id, Bytes::from(response::error(503, "", "Service Unavailable", false)));
             io.close_after_flush(id);
             return ConnState::Refused;
         }
@@ -340,10 +286,7 @@ impl<H: Handler> Service for EioServer<H> {
         match io.state(id) {
             Some(ConnState::Ws { .. }) => close_ws(io, id, code::TRY_AGAIN_LATER),
             Some(_) => {
-                let _ = io.send(
-                    id,
-                    Bytes::from(response::error(503, "", "Service Unavailable", false)),
-                );
+                let _ = io.send(id, Bytes::from(response::error(503, "", "Service Unavailable", false)));
                 io.close_after_flush(id);
             }
             None => io.close(id),
@@ -358,9 +301,7 @@ impl<H: Handler> Service for EioServer<H> {
                     if e.poll == Some(id) {
                         e.poll = None;
                         // "poll connection closed prematurely"
-                        self.core
-                            .closing
-                            .push((session, CloseReason::TransportClose));
+                        self.core.closing.push((session, CloseReason::TransportClose));
                     }
                 }
             }
@@ -389,14 +330,7 @@ impl<H: Handler> Service for EioServer<H> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let c = &self.core;
-        [
-            c.session_due.next(),
-            c.http_due.next(),
-            self.handler.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [c.session_due.next(), c.http_due.next(), self.handler.next_deadline()].into_iter().flatten().min()
     }
 
     fn on_turn_end(&mut self, io: &mut Io<ConnState, H::Mail>) {

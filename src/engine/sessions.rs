@@ -107,11 +107,7 @@ impl Core {
         let Some(e) = self.sessions.get(h) else {
             return;
         };
-        let at = if e.closing {
-            e.grace_until
-        } else {
-            e.session.poll_timeout()
-        };
+        let at = if e.closing { e.grace_until } else { e.session.poll_timeout() };
         match at {
             Some(t) => self.session_due.set(h.idx, t),
             None => self.session_due.clear(h.idx),
@@ -128,13 +124,7 @@ impl Core {
         self.http_due.clear(id.idx);
     }
 
-    pub(super) fn send<M>(
-        &mut self,
-        io: &mut Io<ConnState, M>,
-        h: SessionId,
-        p: &SharedPacket,
-        flags: SendFlags,
-    ) -> Result<(), SendFailure> {
+    pub(super) fn send<M>(&mut self, io: &mut Io<ConnState, M>, h: SessionId, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
         let limit = self.cfg.max_send_buffer;
         let policy = self.cfg.slow_consumer;
         let e = self.sessions.get_mut(h).ok_or(SendFailure::NoSession)?;
@@ -207,19 +197,11 @@ impl<M> Ctx<'_, M> {
 
     /// Whether a session is open on this worker.
     pub fn has_session(&self, sid: &str) -> bool {
-        self.core
-            .find(sid)
-            .and_then(|h| self.core.sessions.get(h))
-            .is_some_and(|e| !e.closing)
+        self.core.find(sid).and_then(|h| self.core.sessions.get(h)).is_some_and(|e| !e.closing)
     }
 
     /// Sends one packet to a session.
-    pub fn send(
-        &mut self,
-        sid: &str,
-        p: &SharedPacket,
-        flags: SendFlags,
-    ) -> Result<(), SendFailure> {
+    pub fn send(&mut self, sid: &str, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
         let h = self.core.find(sid).ok_or(SendFailure::NoSession)?;
         self.core.send(self.io, h, p, flags)
     }

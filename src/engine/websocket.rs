@@ -13,10 +13,7 @@ use super::sessions::SessionId;
 use super::{ConnState, Handler, OpenInfo};
 use crate::proto::eio::{self, CloseReason, Packet, SharedPacket, Transport};
 use crate::proto::http::{response, Request};
-use crate::proto::ws::{
-    self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Message, OpCode,
-    ServerCodec,
-};
+use crate::proto::ws::{self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Message, OpCode, ServerCodec};
 use crate::rt::{ConnId, Io, SendError};
 
 /// A WebSocket connection: its codec and what it carries.
@@ -43,29 +40,15 @@ pub(super) struct Deferred(Vec<(ConnId, SharedPacket, bool)>);
 
 /// Sends one packet on a WebSocket connection: the shared frame, or a per-connection
 /// compressed one when deflate applies (and `compress` allows it).
-pub(super) fn ws_send<M>(
-    io: &mut Io<ConnState, M>,
-    deferred: &mut Deferred,
-    conn: ConnId,
-    p: &SharedPacket,
-    compress: bool,
-) -> Result<(), SendError> {
+pub(super) fn ws_send<M>(io: &mut Io<ConnState, M>, deferred: &mut Deferred, conn: ConnId, p: &SharedPacket, compress: bool) -> Result<(), SendError> {
     match io.state(conn) {
-        Some(ConnState::Ws {
-            compress: false, ..
-        }) => io.send(conn, p.ws_frame().clone()),
+        Some(ConnState::Ws { compress: false, .. }) => io.send(conn, p.ws_frame().clone()),
         Some(ConnState::Ws { .. }) if !compress => io.send(conn, p.ws_frame().clone()),
-        Some(ConnState::Ws {
-            compress: true,
-            inner: None,
-        }) => {
+        Some(ConnState::Ws { compress: true, inner: None }) => {
             deferred.0.push((conn, p.clone(), compress));
             Ok(())
         }
-        Some(ConnState::Ws {
-            compress: true,
-            inner: Some(w),
-        }) => {
+        Some(ConnState::Ws { compress: true, inner: Some(w) }) => {
             let (payload, binary) = p.ws_payload();
             if w.codec.compresses(payload.len()) {
                 let mut out = Vec::with_capacity(payload.len() / 2 + 16);
@@ -87,12 +70,7 @@ pub(super) fn close_ws<M>(io: &mut Io<ConnState, M>, id: ConnId, close_code: u16
 
 impl<H: Handler> EioServer<H> {
     /// Answers a WebSocket upgrade with 101 (or the handshake's refusal) and returns the codec.
-    fn accept_ws(
-        &self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-    ) -> Option<ServerCodec> {
+    fn accept_ws(&self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request) -> Option<ServerCodec> {
         let up = match req.upgrade.as_ref().expect("an upgrade request") {
             Ok(u) => u,
             Err(e) => {
@@ -107,44 +85,20 @@ impl<H: Handler> EioServer<H> {
             extensions: up.extensions.iter().map(String::as_str).collect(),
         };
         let policy = DeflatePolicy::default();
-        let accepted = handshake::accept(
-            &v,
-            |_| None,
-            self.core.cfg.websocket_compression.then_some(&policy),
-            "",
-        );
+        let accepted = handshake::accept(&v, |_| None, self.core.cfg.websocket_compression.then_some(&policy), "");
         let _ = io.send(id, Bytes::from(accepted.response));
-        Some(ServerCodec::new(CodecConfig {
-            max_message_size: self.core.cfg.max_payload,
-            deflate: accepted.deflate,
-            compress_threshold: 1024,
-        }))
+        Some(ServerCodec::new(CodecConfig { max_message_size: self.core.cfg.max_payload, deflate: accepted.deflate, compress_threshold: 1024 }))
     }
 
-    fn set_ws(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        codec: ServerCodec,
-        role: WsRole,
-    ) {
+    fn set_ws(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, codec: ServerCodec, role: WsRole) {
         self.core.stop_http_wait(id);
         if let Some(st) = io.state(id) {
-            *st = ConnState::Ws {
-                compress: codec.config().deflate.is_some(),
-                inner: Some(Box::new(WsConn { codec, role })),
-            };
+            *st = ConnState::Ws { compress: codec.config().deflate.is_some(), inner: Some(Box::new(WsConn { codec, role })) };
         }
     }
 
     /// A WebSocket handshake: a new session, or the probe of `existing`'s upgrade.
-    pub(super) fn handshake_ws(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-        existing: Option<SessionId>,
-    ) {
+    pub(super) fn handshake_ws(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, existing: Option<SessionId>) {
         let now = io.now();
         match existing {
             None => {
@@ -156,19 +110,8 @@ impl<H: Handler> EioServer<H> {
                 let e = self.core.sessions.get_mut(h).expect("just inserted");
                 e.ws = Some(id);
                 let sid = e.sid.clone();
-                let _ = ws_send(
-                    io,
-                    &mut self.core.deferred,
-                    id,
-                    &SharedPacket::raw_text(&open),
-                    true,
-                );
-                let info = OpenInfo {
-                    query: req.query(),
-                    origin: req.origin.as_deref(),
-                    transport: Transport::WebSocket,
-                    headers: &req.headers,
-                };
+                let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::raw_text(&open), true);
+                let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::WebSocket, headers: &req.headers };
                 let mut ctx = Self::ctx(&mut self.core, io);
                 self.handler.on_open(&mut ctx, &sid, &info);
                 self.finish(io);
@@ -177,13 +120,7 @@ impl<H: Handler> EioServer<H> {
                 let e = self.core.sessions.get_mut(h).expect("verified");
                 if !e.session.begin_upgrade(now) {
                     let err = eio::EioError::BadRequest;
-                    let resp = response::build(
-                        400,
-                        "",
-                        Some("application/json"),
-                        err.body().as_bytes(),
-                        false,
-                    );
+                    let resp = response::build(400, "", Some("application/json"), err.body().as_bytes(), false);
                     return Self::respond(&mut self.core, io, id, resp, false);
                 }
                 e.probe = Some(id);
@@ -201,24 +138,14 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// `shardcast echo`: a raw WebSocket echo on any path but the Engine.IO one.
-    pub(super) fn upgrade_echo(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        req: &Request,
-    ) {
+    pub(super) fn upgrade_echo(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request) {
         if let Some(codec) = self.accept_ws(io, id, req) {
             self.set_ws(io, id, codec, WsRole::Echo);
         }
     }
 
     /// Bytes of a WebSocket connection.
-    pub(super) fn ws_data(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        data: &mut [u8],
-    ) -> usize {
+    pub(super) fn ws_data(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, data: &mut [u8]) -> usize {
         let Some(ConnState::Ws { inner, .. }) = io.state(id) else {
             return data.len();
         };
@@ -267,13 +194,7 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// Handles one WebSocket message; returns whether the connection is ending.
-    fn ws_message(
-        &mut self,
-        io: &mut Io<ConnState, H::Mail>,
-        id: ConnId,
-        role: &mut WsRole,
-        m: Message<'_>,
-    ) -> bool {
+    fn ws_message(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, role: &mut WsRole, m: Message<'_>) -> bool {
         match m {
             Message::Ping(p) => {
                 let _ = io.send(id, Bytes::from(ws::codec::encode_control(OpCode::Pong, p)));
@@ -287,13 +208,7 @@ impl<H: Handler> EioServer<H> {
             }
             Message::Text(t) => match *role {
                 WsRole::Echo => {
-                    let _ = ws_send(
-                        io,
-                        &mut self.core.deferred,
-                        id,
-                        &SharedPacket::raw_text(t),
-                        true,
-                    );
+                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::raw_text(t), true);
                     false
                 }
                 WsRole::Session(h) | WsRole::Probe(h) => match eio::decode_text(t) {
@@ -312,13 +227,7 @@ impl<H: Handler> EioServer<H> {
             },
             Message::Binary(b) => match *role {
                 WsRole::Echo => {
-                    let _ = ws_send(
-                        io,
-                        &mut self.core.deferred,
-                        id,
-                        &SharedPacket::binary(Bytes::copy_from_slice(b)),
-                        true,
-                    );
+                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::binary(Bytes::copy_from_slice(b)), true);
                     false
                 }
                 WsRole::Session(h) | WsRole::Probe(h) => {
@@ -333,12 +242,7 @@ impl<H: Handler> EioServer<H> {
     /// session's transport.
     fn sync_role(&mut self, role: &mut WsRole, h: SessionId) {
         if let WsRole::Probe(_) = role {
-            if self
-                .core
-                .sessions
-                .get(h)
-                .is_some_and(|e| e.ws.is_some() && e.probe.is_none())
-            {
+            if self.core.sessions.get(h).is_some_and(|e| e.ws.is_some() && e.probe.is_none()) {
                 *role = WsRole::Session(h);
             }
         }
@@ -368,11 +272,7 @@ impl<H: Handler> EioServer<H> {
     pub(super) fn ws_is_current(&self, id: ConnId, role: WsRole) -> bool {
         match role {
             WsRole::Session(h) => self.core.sessions.get(h).is_some_and(|e| e.ws == Some(id)),
-            WsRole::Probe(h) => self
-                .core
-                .sessions
-                .get(h)
-                .is_some_and(|e| e.probe == Some(id)),
+            WsRole::Probe(h) => self.core.sessions.get(h).is_some_and(|e| e.probe == Some(id)),
             WsRole::Echo => false,
         }
     }

@@ -33,11 +33,7 @@ pub struct Arena<T> {
 
 impl<T> Default for Arena<T> {
     fn default() -> Self {
-        Arena {
-            slots: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
+        Arena { slots: Vec::new(), free: Vec::new(), len: 0 }
     }
 }
 
@@ -52,10 +48,7 @@ impl<T> Arena<T> {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot {
-                    gen: 0,
-                    value: None,
-                });
+                self.slots.push(Slot { gen: 0, value: None });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -69,37 +62,23 @@ impl<T> Arena<T> {
 
     /// The value of a live handle.
     pub fn get(&self, h: Handle) -> Option<&T> {
-        self.slots
-            .get(h.idx as usize)
-            .filter(|s| s.gen == h.gen & GEN_MASK)?
-            .value
-            .as_ref()
+        self.slots.get(h.idx as usize).filter(|s| s.gen == h.gen & GEN_MASK)?.value.as_ref()
     }
 
     /// The value of a live handle, mutably.
     pub fn get_mut(&mut self, h: Handle) -> Option<&mut T> {
-        self.slots
-            .get_mut(h.idx as usize)
-            .filter(|s| s.gen == h.gen & GEN_MASK)?
-            .value
-            .as_mut()
+        self.slots.get_mut(h.idx as usize).filter(|s| s.gen == h.gen & GEN_MASK)?.value.as_mut()
     }
 
     /// The live handle of slot `idx`, if it holds a value.
     pub fn handle_at(&self, idx: u32) -> Option<Handle> {
-        self.slots
-            .get(idx as usize)
-            .filter(|s| s.value.is_some())
-            .map(|s| Handle { idx, gen: s.gen })
+        self.slots.get(idx as usize).filter(|s| s.value.is_some()).map(|s| Handle { idx, gen: s.gen })
     }
 
     /// Removes and returns the value of a live handle; its slot is reused later with a new
     /// generation.
     pub fn remove(&mut self, h: Handle) -> Option<T> {
-        let slot = self
-            .slots
-            .get_mut(h.idx as usize)
-            .filter(|s| s.gen == h.gen & GEN_MASK)?;
+        let slot = self.slots.get_mut(h.idx as usize).filter(|s| s.gen == h.gen & GEN_MASK)?;
         let v = slot.value.take()?;
         self.free.push(h.idx);
         self.len -= 1;
@@ -123,32 +102,12 @@ impl<T> Arena<T> {
 
     /// Every live value with its handle.
     pub fn iter(&self) -> impl Iterator<Item = (Handle, &T)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| {
-            s.value.as_ref().map(|v| {
-                (
-                    Handle {
-                        idx: i as u32,
-                        gen: s.gen,
-                    },
-                    v,
-                )
-            })
-        })
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.value.as_ref().map(|v| (Handle { idx: i as u32, gen: s.gen }, v)))
     }
 
     /// Every live value with its handle, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Handle, &mut T)> {
-        self.slots.iter_mut().enumerate().filter_map(|(i, s)| {
-            s.value.as_mut().map(|v| {
-                (
-                    Handle {
-                        idx: i as u32,
-                        gen: s.gen,
-                    },
-                    v,
-                )
-            })
-        })
+        self.slots.iter_mut().enumerate().filter_map(|(i, s)| s.value.as_mut().map(|v| (Handle { idx: i as u32, gen: s.gen }, v)))
     }
 
     /// Removes every value.

@@ -43,12 +43,7 @@ pub trait Service: 'static {
     fn on_adopt(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId) -> Self::Conn;
     /// Bytes arrived. Returns how many were consumed; the rest is kept and offered again, in
     /// front of the next bytes. `data` may be unmasked or otherwise rewritten in place.
-    fn on_data(
-        &mut self,
-        io: &mut Io<Self::Conn, Self::Mail>,
-        id: ConnId,
-        data: &mut [u8],
-    ) -> usize;
+    fn on_data(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId, data: &mut [u8]) -> usize;
     /// The connection is gone (peer closed, error, or the service closed it).
     fn on_closed(&mut self, io: &mut Io<Self::Conn, Self::Mail>, id: ConnId, state: Self::Conn);
     /// The worker is over its budget and this connection holds the most: queue the protocol's
@@ -184,13 +179,7 @@ pub struct Io<T, M> {
 
 impl<T, M> Io<T, M> {
     /// A worker's view with no connections. `conns_total` is shared by every worker.
-    pub fn new(
-        worker: usize,
-        peers: Peers<M>,
-        cfg: WorkerConfig,
-        conns_total: Arc<AtomicUsize>,
-        now: Instant,
-    ) -> Self {
+    pub fn new(worker: usize, peers: Peers<M>, cfg: WorkerConfig, conns_total: Arc<AtomicUsize>, now: Instant) -> Self {
         Io {
             worker,
             conns: Arena::default(),
@@ -263,14 +252,8 @@ impl<T, M> Io<T, M> {
     /// Queues a frame; it is written at the end of this loop pass with the others.
     pub fn send(&mut self, id: ConnId, frame: Bytes) -> Result<(), SendError> {
         let limit = self.cfg.max_send_buffer;
-        let c = self
-            .conns
-            .get_mut(id)
-            .filter(|c| c.closing == Closing::No)
-            .ok_or(SendError::Gone)?;
-        c.sendq
-            .push(frame, limit)
-            .map_err(|Overflow| SendError::Overflow)?;
+        let c = self.conns.get_mut(id).filter(|c| c.closing == Closing::No).ok_or(SendError::Gone)?;
+        c.sendq.push(frame, limit).map_err(|Overflow| SendError::Overflow)?;
         self.dirty.push(id);
         Ok(())
     }
@@ -336,11 +319,7 @@ impl<T, M> Io<T, M> {
 
     /// The connection holding the most bytes (read buffer and send queue), if any.
     pub fn largest_holder(&self) -> Option<(ConnId, usize)> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.closing != Closing::Now)
-            .map(|(id, c)| (id, c.rbuf.len() + c.sendq.queued_bytes()))
-            .max_by_key(|&(_, n)| n)
+        self.conns.iter().filter(|(_, c)| c.closing != Closing::Now).map(|(id, c)| (id, c.rbuf.len() + c.sendq.queued_bytes())).max_by_key(|&(_, n)| n)
     }
 
     fn set_rbuf(&mut self, id: ConnId, buf: Vec<u8>) {
@@ -420,11 +399,7 @@ impl<S: Service> Shard<S> {
 
     /// Offers the kept bytes of `id` to the service (after a resume, or an adoption).
     fn offer_kept(&mut self, id: ConnId) {
-        if !self
-            .io
-            .conn(id)
-            .is_some_and(|c| c.open() && !c.paused && !c.rbuf.is_empty())
-        {
+        if !self.io.conn(id).is_some_and(|c| c.open() && !c.paused && !c.rbuf.is_empty()) {
             return;
         }
         let mut buf = self.io.take_rbuf(id);
@@ -442,10 +417,7 @@ impl<S: Service> Shard<S> {
         }
         if c.handoff_to.is_some() || c.paused || !c.rbuf.is_empty() {
             if c.rbuf.len() + data.len() > max {
-                tracing::debug!(
-                    worker = self.io.worker,
-                    "read buffer limit passed: closing the connection"
-                );
+                tracing::debug!(worker = self.io.worker, "read buffer limit passed: closing the connection");
                 self.io.stats.read_overflow += 1;
                 self.io.close(id);
                 return;
@@ -504,11 +476,7 @@ impl<S: Service> Shard<S> {
         c.recv_armed = false;
         match error {
             None => {}
-            Some(e)
-                if e == libc::ECANCELED
-                    || e == libc::ENOBUFS
-                    || e == libc::EAGAIN
-                    || e == libc::EINTR => {}
+            Some(e) if e == libc::ECANCELED || e == libc::ENOBUFS || e == libc::EAGAIN || e == libc::EINTR => {}
             Some(_) => {
                 // End of stream or an error: the connection is over (a hand-off in progress
                 // still moves it; the new owner sees the end).
@@ -656,11 +624,7 @@ impl<S: Service> Shard<S> {
 
     /// Operations of connections still in flight (receives and writes).
     pub fn in_flight(&self) -> usize {
-        self.io
-            .conns
-            .iter()
-            .map(|(_, c)| c.recv_armed as usize + c.sendq.in_flight() as usize)
-            .sum()
+        self.io.conns.iter().map(|(_, c)| c.recv_armed as usize + c.sendq.in_flight() as usize).sum()
     }
 
     /// Connections this worker owns.
@@ -672,19 +636,7 @@ impl<S: Service> Shard<S> {
     /// and the read-buffer total matches the buffers.
     #[cfg(debug_assertions)]
     fn check_counts(&self) {
-        debug_assert_eq!(
-            self.io.counted,
-            self.io.conns.len(),
-            "connection count drifted from the table"
-        );
-        debug_assert_eq!(
-            self.io.read_held,
-            self.io
-                .conns
-                .iter()
-                .map(|(_, c)| c.rbuf.len())
-                .sum::<usize>(),
-            "read_held drifted"
-        );
+        debug_assert_eq!(self.io.counted, self.io.conns.len(), "connection count drifted from the table");
+        debug_assert_eq!(self.io.read_held, self.io.conns.iter().map(|(_, c)| c.rbuf.len()).sum::<usize>(), "read_held drifted");
     }
 }

@@ -62,9 +62,7 @@ impl SimDriver<'_> {
 
     fn by_conn(&mut self, id: ConnId) -> Option<&mut Client> {
         let w = self.worker;
-        self.clients
-            .iter_mut()
-            .find(|c| c.worker == w && c.conn == Some(id) && !c.closed_by_server)
+        self.clients.iter_mut().find(|c| c.worker == w && c.conn == Some(id) && !c.closed_by_server)
     }
 }
 
@@ -82,8 +80,7 @@ impl Driver for SimDriver<'_> {
         if let Some(c) = self.by_conn(id) {
             if c.recv_armed {
                 c.recv_armed = false;
-                self.done
-                    .push((w, Completion::RecvEnded(id, Some(libc::ECANCELED))));
+                self.done.push((w, Completion::RecvEnded(id, Some(libc::ECANCELED))));
             }
         }
     }
@@ -95,9 +92,7 @@ impl Driver for SimDriver<'_> {
             // is called for this connection; they are read here, before that.
             let v = unsafe { &*iov.add(i) };
             // SAFETY: each iovec points at `iov_len` bytes of a frame the send queue holds.
-            bytes.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-            });
+            bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
         }
         let w = self.worker;
         let c = self.client(fd);
@@ -152,29 +147,11 @@ pub struct Sim<S: Service> {
 impl<S: Service> Sim<S> {
     /// `workers` shards, worker `i` running `make(i)`.
     pub fn new(workers: usize, cfg: WorkerConfig, mut make: impl FnMut(usize) -> S) -> Self {
-        let mailboxes: Peers<S::Mail> = Arc::new(
-            (0..workers)
-                .map(|_| Mailbox::new().expect("an eventfd"))
-                .collect(),
-        );
+        let mailboxes: Peers<S::Mail> = Arc::new((0..workers).map(|_| Mailbox::new().expect("an eventfd")).collect());
         let conns_total = Arc::new(AtomicUsize::new(0));
         let now = Instant::now();
-        let shards = (0..workers)
-            .map(|i| {
-                Shard::new(
-                    Io::new(i, mailboxes.clone(), cfg.clone(), conns_total.clone(), now),
-                    make(i),
-                )
-            })
-            .collect();
-        Sim {
-            now,
-            shards,
-            mailboxes,
-            conns_total,
-            clients: Vec::new(),
-            done: Vec::new(),
-        }
+        let shards = (0..workers).map(|i| Shard::new(Io::new(i, mailboxes.clone(), cfg.clone(), conns_total.clone(), now), make(i))).collect();
+        Sim { now, shards, mailboxes, conns_total, clients: Vec::new(), done: Vec::new() }
     }
 
     /// The simulated time.
@@ -195,16 +172,8 @@ impl<S: Service> Sim<S> {
     /// A client connects; the kernel gives the connection to worker `w`.
     pub fn connect(&mut self, w: usize) -> ClientId {
         let c = self.clients.len();
-        self.clients.push(Client {
-            worker: w,
-            window: usize::MAX,
-            ..Client::default()
-        });
-        let mut drv = SimDriver {
-            worker: w,
-            clients: &mut self.clients,
-            done: &mut self.done,
-        };
+        self.clients.push(Client { worker: w, window: usize::MAX, ..Client::default() });
+        let mut drv = SimDriver { worker: w, clients: &mut self.clients, done: &mut self.done };
         let id = self.shards[w].accept(&mut drv, FD_BASE + c as RawFd);
         self.clients[c].conn = Some(id);
         self.run();
@@ -306,9 +275,7 @@ impl<S: Service> Sim<S> {
         let shard = &mut self.shards[w];
         shard.io.set_now(self.now);
         // Completions.
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.done)
-            .into_iter()
-            .partition(|(cw, _)| *cw == w);
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.done).into_iter().partition(|(cw, _)| *cw == w);
         self.done = rest;
         for (_, c) in mine {
             moved = true;
@@ -337,11 +304,7 @@ impl<S: Service> Sim<S> {
             }
         }
         // Mail.
-        let mut drv = SimDriver {
-            worker: w,
-            clients: &mut self.clients,
-            done: &mut self.done,
-        };
+        let mut drv = SimDriver { worker: w, clients: &mut self.clients, done: &mut self.done };
         while let Some(m) = self.mailboxes[w].take() {
             moved = true;
             match m {

@@ -71,6 +71,22 @@ fn pin_to(core: usize) {
     }
 }
 
+/// Runs worker `index`'s body; a panic that escapes it (user handlers run under their own
+/// `catch_unwind`, so this is a runtime bug) aborts the whole process with a clear message.
+/// A half-alive server, with one worker's connections and listener frozen while the others
+/// run, is worse than a crash a supervisor restarts.
+fn abort_on_panic(index: usize, body: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a non-string panic payload)");
+        eprintln!("shardcast: worker {index} panicked: {msg}; aborting");
+        std::process::abort();
+    }
+}
+
 /// Starts `cfg.threads` workers; `make(i)` builds worker i's service on its own thread.
 /// Returns once every worker's ring is up, or the first worker's error.
 pub fn start<S, F>(cfg: RuntimeConfig, make: F) -> Result<Runtime<S::Mail>, StartError>
@@ -107,19 +123,21 @@ where
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
-                if pin {
-                    pin_to(i % cores);
-                }
-                let service = make(i);
-                match Worker::new(i, fd, peers, conns_total, service, wcfg) {
-                    Ok(w) => {
-                        let _ = ready.send(Ok(()));
-                        w.run();
+                abort_on_panic(i, || {
+                    if pin {
+                        pin_to(i % cores);
                     }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
+                    let service = make(i);
+                    match Worker::new(i, fd, peers, conns_total, service, wcfg) {
+                        Ok(w) => {
+                            let _ = ready.send(Ok(()));
+                            w.run();
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
                     }
-                }
+                })
             })
             .expect("spawning a worker thread");
         handles.push(h);

@@ -23,7 +23,7 @@ use io_uring::{cqueue, opcode, types, IoUring};
 use super::bufring::BufRing;
 use super::bus::Mailbox;
 use super::conn::{ConnId, Driver, Io, Peers, RtMail, Service, Shard};
-use super::ring::{self, tag, untag, Op, RingError};
+use super::ring::{self, tag, untag, EnterError, Op, RingError, Taskrun};
 
 /// Settings of the runtime.
 #[derive(Debug, Clone)]
@@ -68,18 +68,35 @@ impl WorkerConfig {
     }
 }
 
+/// How long accepting stops after the process ran out of file descriptors (or memory).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most one warning about refused accepts per this interval.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
+/// How long the teardown waits for cancelled operations to complete.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(1);
+/// Test hook: the worker with this index panics in its loop (see `tests/hostile_runtime.rs`).
+const TEST_PANIC_ENV: &str = "SHARDCAST_TEST_PANIC_WORKER";
+
 const BGID: u16 = 7;
 const PROBE_BGID: u16 = 8;
 
 pub struct Worker<S: Service> {
     // Field order matters: the ring is dropped (and the kernel lets go of the buffer ring)
     // before the buffers are freed.
-    ring: IoUring,
+    ring: Uring,
     bufs: BufRing,
     multishot: bool,
+    taskrun: Taskrun,
+    /// The listening socket; -1 once closed (at shutdown start).
     listener: RawFd,
     accept_armed: bool,
     accepting: bool,
+    /// Out of file descriptors: no accept is armed before this instant.
+    accept_paused_until: Option<Instant>,
+    /// Accepts refused for lack of descriptors since the last warning.
+    accept_refused: u64,
+    accept_warned_at: Option<Instant>,
+    test_panic: bool,
     shard: Shard<S>,
     mailbox: Arc<Mailbox<RtMail<S::Mail>>>,
     eventfd_buf: Box<u64>,
@@ -89,22 +106,44 @@ pub struct Worker<S: Service> {
     cqes: Vec<(u64, i32, u32)>,
 }
 
-/// The shard's operations as io_uring submissions.
-struct RingDriver<'a> {
-    ring: &'a mut IoUring,
-    multishot: bool,
+/// The ring and the count of operations submitted whose last completion is not reaped yet:
+/// the teardown waits for it to reach 0 before freeing anything they reference.
+struct Uring {
+    ring: IoUring,
+    inflight: usize,
 }
 
-/// Pushes one entry, submitting first when the queue is full.
-fn push(ring: &mut IoUring, e: io_uring::squeue::Entry) {
-    // SAFETY: every entry built by this worker references memory that outlives the
-    // operation: provided buffers (owned by `bufs`), the eventfd buffer (boxed in the worker),
-    // and send iovecs/frames kept in the connection's `SendQueue` until its completion.
-    unsafe {
-        while ring.submission().push(&e).is_err() {
-            let _ = ring.submit();
+impl Uring {
+    /// Pushes one entry, submitting first when the queue is full.
+    fn push(&mut self, e: io_uring::squeue::Entry) {
+        // SAFETY: every entry built by this worker references memory that outlives the
+        // operation: provided buffers (owned by `bufs`), the eventfd buffer (boxed in the
+        // worker), and send iovecs/frames kept in the connection's `SendQueue` until its
+        // completion; the teardown reaps every operation before any of them is freed.
+        unsafe {
+            while self.ring.submission().push(&e).is_err() {
+                let _ = self.ring.submit();
+            }
+        }
+        self.inflight += 1;
+    }
+
+    /// Takes the pass's completions into `out`, counting finished operations.
+    fn reap(&mut self, out: &mut Vec<(u64, i32, u32)>) {
+        out.clear();
+        for c in self.ring.completion() {
+            if !cqueue::more(c.flags()) {
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+            out.push((c.user_data(), c.result(), c.flags()));
         }
     }
+}
+
+/// The shard's operations as io_uring submissions.
+struct RingDriver<'a> {
+    ring: &'a mut Uring,
+    multishot: bool,
 }
 
 impl Driver for RingDriver<'_> {
@@ -112,31 +151,18 @@ impl Driver for RingDriver<'_> {
         let e = if self.multishot {
             opcode::RecvMulti::new(types::Fd(fd), BGID).build()
         } else {
-            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
-                .buf_group(BGID)
-                .build()
-                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0).buf_group(BGID).build().flags(io_uring::squeue::Flags::BUFFER_SELECT)
         };
-        push(self.ring, e.user_data(tag(Op::Recv, id.idx, id.gen)));
+        self.ring.push(e.user_data(tag(Op::Recv, id.idx, id.gen)));
     }
 
     fn cancel_recv(&mut self, id: ConnId) {
         let ud = tag(Op::Recv, id.idx, id.gen);
-        push(
-            self.ring,
-            opcode::AsyncCancel::new(ud)
-                .build()
-                .user_data(tag(Op::Cancel, 0, 0)),
-        );
+        self.ring.push(opcode::AsyncCancel::new(ud).build().user_data(tag(Op::Cancel, 0, 0)));
     }
 
     fn write(&mut self, id: ConnId, fd: RawFd, iov: *const libc::iovec, n: u32) {
-        push(
-            self.ring,
-            opcode::Writev::new(types::Fd(fd), iov, n)
-                .build()
-                .user_data(tag(Op::Send, id.idx, id.gen)),
-        );
+        self.ring.push(opcode::Writev::new(types::Fd(fd), iov, n).build().user_data(tag(Op::Send, id.idx, id.gen)));
     }
 
     fn shutdown(&mut self, fd: RawFd) {
@@ -160,7 +186,10 @@ impl<S: Service> Worker<S> {
         service: S,
         cfg: WorkerConfig,
     ) -> Result<Worker<S>, RingError> {
-        let mut ring = ring::create(cfg.ring_entries)?;
+        let (mut ring, taskrun) = ring::create_with_taskrun(cfg.ring_entries)?;
+        // A ring that can be set up but not entered (a seccomp profile blocking only
+        // io_uring_enter) fails here, before the server says it is listening.
+        ring::check_enter(&mut ring)?;
         // Probe multishot receive on a throw-away buffer group, then set up the real one.
         let probe_bufs = BufRing::new(&ring, 8, 4096, PROBE_BGID)?;
         let multishot = ring::probe_multishot_recv(&mut ring, PROBE_BGID);
@@ -171,12 +200,17 @@ impl<S: Service> Worker<S> {
         let mailbox = peers[index].clone();
         let io = Io::new(index, peers, cfg.clone(), conns_total, Instant::now());
         Ok(Worker {
-            ring,
+            ring: Uring { ring, inflight: 0 },
             bufs,
             multishot,
+            taskrun,
             listener,
             accept_armed: false,
             accepting: true,
+            accept_paused_until: None,
+            accept_refused: 0,
+            accept_warned_at: None,
+            test_panic: std::env::var(TEST_PANIC_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(index),
             shard: Shard::new(io, service),
             mailbox,
             eventfd_buf: Box::new(0),
@@ -188,14 +222,14 @@ impl<S: Service> Worker<S> {
     }
 
     fn arm_accept(&mut self) {
-        if self.accepting && !self.accept_armed {
-            push(
-                &mut self.ring,
-                opcode::AcceptMulti::new(types::Fd(self.listener))
-                    .flags(libc::SOCK_CLOEXEC)
-                    .build()
-                    .user_data(tag(Op::Accept, 0, 0)),
-            );
+        if let Some(until) = self.accept_paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        if self.accepting && !self.accept_armed && self.listener >= 0 {
+            self.ring.push(opcode::AcceptMulti::new(types::Fd(self.listener)).flags(libc::SOCK_CLOEXEC).build().user_data(tag(Op::Accept, 0, 0)));
             self.accept_armed = true;
         }
     }
@@ -203,12 +237,7 @@ impl<S: Service> Worker<S> {
     fn arm_mailbox(&mut self) {
         if !self.mailbox_armed {
             let ptr = (&mut *self.eventfd_buf as *mut u64).cast::<u8>();
-            push(
-                &mut self.ring,
-                opcode::Read::new(types::Fd(self.mailbox.eventfd()), ptr, 8)
-                    .build()
-                    .user_data(tag(Op::Mailbox, 0, 0)),
-            );
+            self.ring.push(opcode::Read::new(types::Fd(self.mailbox.eventfd()), ptr, 8).build().user_data(tag(Op::Mailbox, 0, 0)));
             self.mailbox_armed = true;
         }
     }
@@ -217,18 +246,23 @@ impl<S: Service> Worker<S> {
         let (op, idx, gen) = untag(ud);
         match op {
             Some(Op::Accept) => {
-                if res >= 0 {
-                    super::listener::set_nodelay(res);
-                    let mut drv = RingDriver {
-                        ring: &mut self.ring,
-                        multishot: self.multishot,
-                    };
-                    self.shard.accept(&mut drv, res);
-                } else if res != -libc::ECANCELED {
-                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
-                }
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
+                }
+                if res >= 0 {
+                    if self.shutdown_at.is_some() {
+                        // Accepted just before the listener closed: refuse it like the rest.
+                        // SAFETY: a descriptor we were just given and nothing else knows of.
+                        unsafe { libc::close(res) };
+                    } else {
+                        super::listener::set_nodelay(res);
+                        let mut drv = RingDriver { ring: &mut self.ring, multishot: self.multishot };
+                        self.shard.accept(&mut drv, res);
+                    }
+                } else if matches!(-res, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+                    self.pause_accepting(-res);
+                } else if res != -libc::ECANCELED && self.shutdown_at.is_none() {
+                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
             }
             Some(Op::Mailbox) => {
@@ -262,14 +296,54 @@ impl<S: Service> Worker<S> {
 
     fn drain_mailbox(&mut self) {
         while let Some(m) = self.mailbox.take() {
-            let mut drv = RingDriver {
-                ring: &mut self.ring,
-                multishot: self.multishot,
-            };
+            let mut drv = RingDriver { ring: &mut self.ring, multishot: self.multishot };
             if self.shard.mail(&mut drv, m) {
                 self.begin_shutdown();
             }
         }
+    }
+
+    /// The process is out of descriptors (`EMFILE`/`ENFILE`) or kernel memory: stop accepting
+    /// for [`ACCEPT_PAUSE`] instead of retrying at once (each retry fails the same way, and a
+    /// multishot accept re-armed at once spins a core and floods the log). The pending
+    /// connections wait in the listen backlog; one warning per [`ACCEPT_WARN_EVERY`] counts
+    /// them.
+    fn pause_accepting(&mut self, errno: i32) {
+        self.accept_refused += 1;
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+        if self.accept_armed {
+            self.ring.push(opcode::AsyncCancel::new(tag(Op::Accept, 0, 0)).build().user_data(tag(Op::Cancel, 0, 0)));
+        }
+        if self.accept_warned_at.is_none_or(|t| now.duration_since(t) >= ACCEPT_WARN_EVERY) {
+            tracing::warn!(
+                worker = self.shard.io.worker(),
+                error = %std::io::Error::from_raw_os_error(errno),
+                refused = self.accept_refused,
+                pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+                "cannot accept connections (out of file descriptors or memory); pausing accepts"
+            );
+            self.accept_warned_at = Some(now);
+            self.accept_refused = 0;
+        }
+    }
+
+    /// Closes the listening socket so new clients are refused at once, not queued for the
+    /// grace period. `shutdown(2)` takes it out of the listening state even while the accept
+    /// operation still holds a reference to it; the accept then completes.
+    fn close_listener(&mut self) {
+        if self.listener < 0 {
+            return;
+        }
+        // SAFETY: the listener is ours; it is shut down and closed once, then forgotten.
+        unsafe {
+            libc::shutdown(self.listener, libc::SHUT_RDWR);
+            libc::close(self.listener);
+        }
+        self.listener = -1;
     }
 
     fn begin_shutdown(&mut self) {
@@ -278,15 +352,21 @@ impl<S: Service> Worker<S> {
         }
         self.shutdown_at = Some(self.shard.io.now() + self.cfg.shutdown_grace);
         self.accepting = false;
+        self.accept_paused_until = None;
         if self.accept_armed {
-            push(
-                &mut self.ring,
-                opcode::AsyncCancel::new(tag(Op::Accept, 0, 0))
-                    .build()
-                    .user_data(tag(Op::Cancel, 0, 0)),
-            );
+            self.ring.push(opcode::AsyncCancel::new(tag(Op::Accept, 0, 0)).build().user_data(tag(Op::Cancel, 0, 0)));
         }
+        self.close_listener();
         self.shard.service.on_shutdown(&mut self.shard.io);
+    }
+
+    /// An `io_uring_enter` failed: retry the harmless kinds; anything else means the ring is
+    /// unusable, and a server that cannot do I/O must not pretend to run (nor spin logging).
+    fn enter_failed(&self, e: &std::io::Error) {
+        if let EnterError::Fatal { errno, hint } = ring::classify_enter_error(e.raw_os_error().unwrap_or(0)) {
+            eprintln!("shardcast: worker {}: io_uring_enter failed ({errno}: {e}): {hint}; exiting", self.shard.io.worker());
+            std::process::exit(70);
+        }
     }
 
     /// Runs the loop until shutdown completes.
@@ -295,43 +375,37 @@ impl<S: Service> Worker<S> {
         self.arm_mailbox();
         loop {
             let now = Instant::now();
-            let mut wait = self
-                .shard
-                .service
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            if self.test_panic {
+                panic!("{TEST_PANIC_ENV}={}: a runtime panic on purpose", self.shard.io.worker());
+            }
+            let mut wait = self.shard.service.next_deadline().map(|d| d.saturating_duration_since(now));
             if let Some(s) = self.shutdown_at {
-                let left = s
-                    .saturating_duration_since(now)
-                    .min(Duration::from_millis(20));
+                let left = s.saturating_duration_since(now).min(Duration::from_millis(20));
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
+            if let Some(p) = self.accept_paused_until {
+                let left = p.saturating_duration_since(now);
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
             let must_not_sleep = self.mailbox.prepare_sleep();
+            let ring = &mut self.ring.ring;
             let res = if must_not_sleep || wait == Some(Duration::ZERO) {
-                self.ring.submit()
+                // Not `submit()`: on a DEFER_TASKRUN ring it may reap nothing (see the rule at
+                // `ring::submit_no_sleep`).
+                ring::submit_no_sleep(ring, self.taskrun)
             } else if let Some(w) = wait {
                 let ts = ring::timespec(w);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                ring.submitter().submit_with_args(1, &args)
             } else {
-                self.ring.submit_and_wait(1)
+                ring.submit_and_wait(1)
             };
             self.mailbox.awake();
             if let Err(e) = res {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) {
-                    tracing::error!(error = %e, "io_uring_enter failed");
-                }
+                self.enter_failed(&e);
             }
             self.shard.io.set_now(Instant::now());
-            self.cqes.clear();
-            self.cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            self.ring.reap(&mut self.cqes);
             let mut cqes = std::mem::take(&mut self.cqes);
             for &(ud, res, flags) in &cqes {
                 self.handle_cqe(ud, res, flags);
@@ -339,10 +413,7 @@ impl<S: Service> Worker<S> {
             cqes.clear();
             self.cqes = cqes;
             self.drain_mailbox();
-            let mut drv = RingDriver {
-                ring: &mut self.ring,
-                multishot: self.multishot,
-            };
+            let mut drv = RingDriver { ring: &mut self.ring, multishot: self.multishot };
             self.shard.turn(&mut drv);
             self.arm_mailbox();
             self.arm_accept();
@@ -359,11 +430,12 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// After the grace: every connection is shut down and closed, and completions are reaped
-    /// until no receive or write is in flight, so the kernel never touches a buffer after it
-    /// is freed (the send queues' frames and the provided buffers are dropped after this).
+    /// After the grace: every connection is shut down and closed, every operation still in
+    /// flight is cancelled, and completions are reaped until none is left, so the kernel never
+    /// touches a receive buffer, a send queue's frame or the eventfd buffer after it is freed.
     /// Returns whether that point was reached.
     fn teardown(&mut self) -> bool {
+        self.close_listener();
         // Connections handed to this worker after it stopped: their descriptors are ours.
         while let Some(m) = self.mailbox.take() {
             if let RtMail::Adopt { fd, .. } = m {
@@ -371,40 +443,41 @@ impl<S: Service> Worker<S> {
                 unsafe { libc::close(fd) };
             }
         }
-        let give_up = Instant::now() + Duration::from_secs(1);
-        loop {
-            let mut drv = RingDriver {
-                ring: &mut self.ring,
-                multishot: self.multishot,
-            };
-            self.shard.close_all(&mut drv);
-            if self.shard.in_flight() == 0 {
-                break;
-            }
-            if Instant::now() >= give_up {
+        let mut drv = RingDriver { ring: &mut self.ring, multishot: self.multishot };
+        self.shard.close_all(&mut drv);
+        if self.ring.inflight > 0 {
+            // One cancel for every request of this ring (kernel 5.19+, like buffer rings).
+            self.ring.push(opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(tag(Op::Cancel, 0, 0)));
+        }
+        let give_up = Instant::now() + TEARDOWN_WAIT;
+        while self.ring.inflight > 0 {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 tracing::error!(
-                    in_flight = self.shard.in_flight(),
-                    "operations still in flight after shutdown; leaking their buffers"
+                    worker = self.shard.io.worker(),
+                    inflight = self.ring.inflight,
+                    "operations still in flight {} ms after cancelling them; leaking their buffers instead of freeing memory the kernel may still use",
+                    TEARDOWN_WAIT.as_millis()
                 );
                 return false;
             }
-            let ts = ring::timespec(Duration::from_millis(50));
+            let ts = ring::timespec(left);
             let args = types::SubmitArgs::new().timespec(&ts);
-            let _ = self.ring.submitter().submit_with_args(1, &args);
-            self.cqes.clear();
-            self.cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            if let Err(e) = self.ring.ring.submitter().submit_with_args(1, &args) {
+                if let EnterError::Fatal { .. } = ring::classify_enter_error(e.raw_os_error().unwrap_or(0)) {
+                    tracing::error!(worker = self.shard.io.worker(), error = %e, "io_uring_enter failed during teardown");
+                    return false;
+                }
+            }
+            self.ring.reap(&mut self.cqes);
             let cqes = std::mem::take(&mut self.cqes);
             for &(ud, res, flags) in &cqes {
                 self.handle_cqe(ud, res, flags);
             }
             self.cqes = cqes;
+            let mut drv = RingDriver { ring: &mut self.ring, multishot: self.multishot };
+            self.shard.close_all(&mut drv);
         }
-        // SAFETY: the listener is ours and is closed once, at exit.
-        unsafe { libc::close(self.listener) };
         true
     }
 }
