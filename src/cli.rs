@@ -85,6 +85,23 @@ pub struct ServerOptions {
     /// What to do with a client that does not read fast enough.
     #[arg(long, value_enum, default_value = "disconnect")]
     pub slow_consumer: SlowConsumerArg,
+    /// Resident memory of the process (bytes, or with a K/M/G suffix) past which new
+    /// connections are refused with 503 and the largest holders are shed (default: no limit).
+    #[arg(long, value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+}
+
+/// A size in bytes: digits with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&t[..t.len() - 1], 10),
+        Some(b'M') => (&t[..t.len() - 1], 20),
+        Some(b'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M)"))?;
+    n.checked_mul(1 << shift).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 impl ServerOptions {
@@ -131,7 +148,12 @@ impl ServerOptions {
             threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             pin: !self.no_pin,
             backlog: 4096,
-            worker: WorkerConfig { max_send_buffer: self.max_send_buffer, max_read_buffer: WorkerConfig::read_buffer_for(self.max_payload), ..WorkerConfig::default() },
+            worker: WorkerConfig {
+                max_send_buffer: self.max_send_buffer,
+                max_read_buffer: WorkerConfig::read_buffer_for(self.max_payload),
+                max_memory: self.max_memory,
+                ..WorkerConfig::default()
+            },
         }
     }
 }

@@ -297,3 +297,46 @@ fn a_silent_polling_session_times_out_and_is_forgotten() {
     assert_eq!(s.shard(0).service.deadline_count(), 0);
     assert_eq!(s.total_conns(), 0);
 }
+
+/// Finding 13: under memory pressure nothing shed load. Past `--max-memory` new connections
+/// now get 503 and the largest holders are shed (a few per check), until memory is back under
+/// 90% of the limit.
+#[test]
+fn over_max_memory_new_connections_are_refused_and_the_largest_holders_shed() {
+    let cfg = engine_cfg();
+    let rt = WorkerConfig { max_read_buffer: WorkerConfig::read_buffer_for(cfg.max_payload), max_memory: Some(100 << 20), ..WorkerConfig::default() };
+    let mut s = sim_with(1, cfg, rt);
+    s.set_resident(50 << 20);
+    let (_, sid) = polling_session(&mut s, 0);
+    let head = format!("POST /engine.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
+    // Twenty stalled bodies of different sizes, and one small one.
+    let mut big = Vec::new();
+    for i in 0..20 {
+        let c = s.connect(0);
+        s.write(c, head.as_bytes());
+        s.write(c, &vec![b'4'; 100_000 + i * 10_000]);
+        big.push(c);
+    }
+    let small = s.connect(0);
+    s.write(small, head.as_bytes());
+    s.write(small, b"4");
+    s.set_resident(150 << 20);
+    s.advance(Duration::from_millis(250));
+    // The eight largest were shed with a 503; the small one and the rest wait.
+    let shed: Vec<usize> = (0..20).filter(|&i| s.closed_by_server(big[i])).collect();
+    assert_eq!(shed, (12..20).collect::<Vec<_>>());
+    for &i in &shed {
+        assert_eq!(responses(&s.read(big[i]))[0].status, 503);
+    }
+    assert!(!s.closed_by_server(small));
+    assert_eq!(s.shard(0).io.stats().shed_memory, 8);
+    // A new connection is refused while the process is over the limit.
+    let late = s.connect(0);
+    assert!(s.closed_by_server(late));
+    assert_eq!(responses(&s.read(late))[0].status, 503);
+    // Back under 90%: accepting again, nothing more is shed.
+    s.set_resident(80 << 20);
+    s.advance(Duration::from_millis(250));
+    assert_eq!(s.shard(0).io.stats().shed_memory, 8);
+    assert_served(&mut s, 0);
+}

@@ -257,7 +257,7 @@ impl<H: Handler> Service for EioServer<H> {
     type Mail = H::Mail;
 
     fn on_accept(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId) -> ConnState {
-        if io.total_conns() > self.core.cfg.max_connections || self.core.shutting_down {
+        if io.total_conns() > self.core.cfg.max_connections || self.core.shutting_down || io.overloaded() {
             let _ = io.send(id, Bytes::from(response::error(503, "", "Service Unavailable", false)));
             io.close_after_flush(id);
             return ConnState::Refused;

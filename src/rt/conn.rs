@@ -22,6 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::arena::{Arena, Handle};
+use super::memory::MemoryGuard;
 use super::bus::Mailbox;
 use super::sendq::{Overflow, SendQueue};
 use super::worker::WorkerConfig;
@@ -175,11 +176,12 @@ pub struct Io<T, M> {
     /// Connections counted in `conns_total` that this worker owns (checked against the table).
     counted: usize,
     stats: Stats,
+    memory: MemoryGuard,
 }
 
 impl<T, M> Io<T, M> {
     /// A worker's view with no connections. `conns_total` is shared by every worker.
-    pub fn new(worker: usize, peers: Peers<M>, cfg: WorkerConfig, conns_total: Arc<AtomicUsize>, now: Instant) -> Self {
+    pub fn new(worker: usize, peers: Peers<M>, cfg: WorkerConfig, conns_total: Arc<AtomicUsize>, memory: MemoryGuard, now: Instant) -> Self {
         Io {
             worker,
             conns: Arena::default(),
@@ -193,6 +195,7 @@ impl<T, M> Io<T, M> {
             conns_total,
             counted: 0,
             stats: Stats::default(),
+            memory,
         }
     }
 
@@ -223,6 +226,17 @@ impl<T, M> Io<T, M> {
     /// Connections of the whole process.
     pub fn total_conns(&self) -> usize {
         self.conns_total.load(Ordering::Relaxed)
+    }
+
+    /// Whether the process is over `--max-memory`: new connections should be refused.
+    pub fn overloaded(&mut self) -> bool {
+        let now = self.now;
+        self.memory.overloaded(now)
+    }
+
+    /// When the memory guard wants to sample next (while the process is overloaded).
+    pub fn memory_next_check(&self) -> Option<Instant> {
+        self.memory.next_check()
     }
 
     /// Unconsumed bytes held in this worker's read buffers.
@@ -454,6 +468,24 @@ impl<S: Service> Shard<S> {
         }
     }
 
+    /// Over `--max-memory`: the largest holders (read buffer and send queue) are shed, a few
+    /// per check.
+    fn shed_for_memory(&mut self, now: Instant) {
+        let n = self.io.memory.check(now);
+        let mut shed = 0;
+        for _ in 0..n {
+            match self.io.largest_holder() {
+                Some((victim, held)) if held > 0 => {
+                    self.shed(victim);
+                    shed += 1;
+                }
+                _ => break,
+            }
+        }
+        self.io.stats.shed_memory += shed as u64;
+        self.io.memory.record_shed(shed, now);
+    }
+
     /// Sheds one connection: the service answers it, then it closes; its read buffer is
     /// released at once.
     pub fn shed(&mut self, id: ConnId) {
@@ -518,6 +550,7 @@ impl<S: Service> Shard<S> {
     /// writes every connection's queued frames.
     pub fn turn(&mut self, drv: &mut impl Driver) {
         let now = self.io.now;
+        self.shed_for_memory(now);
         self.service.on_timers(&mut self.io, now);
         self.service.on_turn_end(&mut self.io);
         // Resumed connections get their kept bytes; the service may pause them again.

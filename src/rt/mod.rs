@@ -10,6 +10,7 @@
 //! - [`sim`]: the deterministic in-memory backend with an injected clock, for tests.
 //! - [`sendq`]: bounded, corked, vectored per-connection send queues.
 //! - [`bus`]: lock-free mailboxes with eventfd wake-up.
+//! - [`memory`]: the `--max-memory` guard: resident-memory sampling and shedding.
 //! - [`timer`]: deadlines updated in place, one per key.
 //! - [`listener`]: `SO_REUSEPORT` listening sockets.
 //! - [`threads`]: starting, pinning, signalling and joining the workers.
@@ -21,6 +22,7 @@ pub mod bufring;
 pub mod bus;
 pub mod conn;
 pub mod listener;
+pub mod memory;
 pub mod ring;
 pub mod sendq;
 pub mod sim;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::bus::Mailbox;
 use super::conn::{ConnId, Driver, Io, Peers, RtMail, Service, Shard};
+use super::memory::MemoryGuard;
 use super::worker::WorkerConfig;
 
 /// A simulated client, by index.
@@ -142,6 +143,7 @@ pub struct Sim<S: Service> {
     conns_total: Arc<AtomicUsize>,
     clients: Vec<Client>,
     done: Vec<(usize, Completion)>,
+    resident: Arc<AtomicUsize>,
 }
 
 impl<S: Service> Sim<S> {
@@ -150,8 +152,12 @@ impl<S: Service> Sim<S> {
         let mailboxes: Peers<S::Mail> = Arc::new((0..workers).map(|_| Mailbox::new().expect("an eventfd")).collect());
         let conns_total = Arc::new(AtomicUsize::new(0));
         let now = Instant::now();
-        let shards = (0..workers).map(|i| Shard::new(Io::new(i, mailboxes.clone(), cfg.clone(), conns_total.clone(), now), make(i))).collect();
-        Sim { now, shards, mailboxes, conns_total, clients: Vec::new(), done: Vec::new() }
+        let resident = Arc::new(AtomicUsize::new(0));
+        let r = resident.clone();
+        let memory = MemoryGuard::new(cfg.max_memory, Arc::new(move || r.load(Ordering::Relaxed)), Arc::default());
+        let shards =
+            (0..workers).map(|i| Shard::new(Io::new(i, mailboxes.clone(), cfg.clone(), conns_total.clone(), memory.clone(), now), make(i))).collect();
+        Sim { now, shards, mailboxes, conns_total, clients: Vec::new(), done: Vec::new(), resident }
     }
 
     /// The simulated time.
@@ -162,6 +168,11 @@ impl<S: Service> Sim<S> {
     /// Worker `w`'s shard (its service and connection table).
     pub fn shard(&mut self, w: usize) -> &mut Shard<S> {
         &mut self.shards[w]
+    }
+
+    /// What the memory guard reads as the process's resident memory from now on.
+    pub fn set_resident(&mut self, bytes: usize) {
+        self.resident.store(bytes, Ordering::Relaxed);
     }
 
     /// Connections of the whole simulated process.

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use super::bus::Mailbox;
 use super::listener;
+use super::memory::{self, MemoryGuard};
 use super::ring::RingError;
 use super::conn::{RtMail, Service};
 use super::worker::{Worker, WorkerConfig};
@@ -110,6 +111,7 @@ where
     let mailboxes = Arc::new(boxes);
     let make = Arc::new(make);
     let conns_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let memory = MemoryGuard::new(cfg.worker.max_memory, Arc::new(memory::resident_bytes), Arc::default());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
@@ -120,6 +122,7 @@ where
         let wcfg = cfg.worker.clone();
         let pin = cfg.pin;
         let conns_total = conns_total.clone();
+        let memory = memory.clone();
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
@@ -128,7 +131,7 @@ where
                         pin_to(i % cores);
                     }
                     let service = make(i);
-                    match Worker::new(i, fd, peers, conns_total, service, wcfg) {
+                    match Worker::new(i, fd, peers, conns_total, memory, service, wcfg) {
                         Ok(w) => {
                             let _ = ready.send(Ok(()));
                             w.run();

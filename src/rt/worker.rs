@@ -23,6 +23,7 @@ use io_uring::{cqueue, opcode, types, IoUring};
 use super::bufring::BufRing;
 use super::bus::Mailbox;
 use super::conn::{ConnId, Driver, Io, Peers, RtMail, Service, Shard};
+use super::memory::MemoryGuard;
 use super::ring::{self, tag, untag, EnterError, Op, RingError, Taskrun};
 
 /// Settings of the runtime.
@@ -44,6 +45,9 @@ pub struct WorkerConfig {
     pub buf_size: usize,
     /// How long sessions get to close politely at shutdown.
     pub shutdown_grace: Duration,
+    /// Resident memory of the process past which new connections are refused and the
+    /// largest holders are shed (`--max-memory`).
+    pub max_memory: Option<usize>,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +60,7 @@ impl Default for WorkerConfig {
             buf_count: 1024,
             buf_size: 16 * 1024,
             shutdown_grace: Duration::from_secs(3),
+            max_memory: None,
         }
     }
 }
@@ -183,6 +188,7 @@ impl<S: Service> Worker<S> {
         listener: RawFd,
         peers: Peers<S::Mail>,
         conns_total: Arc<AtomicUsize>,
+        memory: MemoryGuard,
         service: S,
         cfg: WorkerConfig,
     ) -> Result<Worker<S>, RingError> {
@@ -198,7 +204,7 @@ impl<S: Service> Worker<S> {
         let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size, BGID)?;
         tracing::debug!(worker = index, multishot, "worker ring ready");
         let mailbox = peers[index].clone();
-        let io = Io::new(index, peers, cfg.clone(), conns_total, Instant::now());
+        let io = Io::new(index, peers, cfg.clone(), conns_total, memory, Instant::now());
         Ok(Worker {
             ring: Uring { ring, inflight: 0 },
             bufs,
@@ -381,6 +387,10 @@ impl<S: Service> Worker<S> {
             let mut wait = self.shard.service.next_deadline().map(|d| d.saturating_duration_since(now));
             if let Some(s) = self.shutdown_at {
                 let left = s.saturating_duration_since(now).min(Duration::from_millis(20));
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
+            if let Some(t) = self.shard.io.memory_next_check() {
+                let left = t.saturating_duration_since(now);
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
             if let Some(p) = self.accept_paused_until {

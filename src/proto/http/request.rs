@@ -142,7 +142,12 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
         let n = h.name;
         out.headers.push((n.to_owned(), String::from_utf8_lossy(h.value).into_owned()));
         if n.eq_ignore_ascii_case("content-length") {
-            let v: usize = text(h.value)?.parse().map_err(|_| HttpError::Malformed)?;
+            // RFC 9110 §8.6: 1*DIGIT. `str::parse` would also take a sign (`+2`).
+            let t = text(h.value)?;
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::Malformed);
+            }
+            let v: usize = t.parse().map_err(|_| HttpError::Malformed)?;
             if content_length.is_some_and(|c| c != v) {
                 return Err(HttpError::Malformed);
             }
@@ -216,6 +221,11 @@ mod tests {
         assert_eq!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 10).unwrap_err().status(), 413);
         assert_eq!(parse_request(b"GARBAGE\r\n\r\n", 10).unwrap_err().status(), 400);
         assert_eq!(parse_request(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 10).unwrap_err().status(), 400);
+        // Only digits: a sign or inner spaces are not a length (finding 15 of the audit).
+        for bad in ["+2", "-0", " 2 2", "0x2", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\nab");
+            assert_eq!(parse_request(raw.as_bytes(), 10).unwrap_err().status(), 400, "{bad:?}");
+        }
         let r = parse_request(b"GET / HTTP/1.0\r\n\r\n", 10).unwrap().unwrap();
         assert!(!r.keep_alive);
         let r = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 10).unwrap().unwrap();
