@@ -42,7 +42,6 @@ fn sim(workers: usize) -> Echo {
 #[derive(Debug)]
 struct Resp {
     status: u16,
-    head: String,
     body: Vec<u8>,
 }
 
@@ -56,7 +55,7 @@ fn responses(bytes: &[u8]) -> Vec<Resp> {
         let len = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
         let body = rest[end + 4..end + 4 + len].to_vec();
         rest = &rest[end + 4 + len..];
-        out.push(Resp { status, head, body });
+        out.push(Resp { status, body });
     }
     assert!(rest.is_empty(), "a partial response is left: {:?}", String::from_utf8_lossy(rest));
     out

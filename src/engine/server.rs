@@ -228,13 +228,7 @@ impl<H: Handler> EioServer<H> {
                 }
                 continue;
             }
-            loop {
-                let Some(e) = self.core.sessions.get_mut(h) else {
-                    break;
-                };
-                if e.closing {
-                    break;
-                }
+            while let Some(e) = self.core.sessions.get_mut(h).filter(|e| !e.closing) {
                 let a = e.session.handle_timeout(now);
                 if a == Action::None {
                     break;
@@ -305,11 +299,7 @@ impl<H: Handler> Service for EioServer<H> {
                     }
                 }
             }
-            ConnState::Ws { inner: Some(w), .. } => {
-                if self.ws_is_current(id, w.role) {
-                    self.ws_gone(w.role, CloseReason::TransportClose);
-                }
-            }
+            ConnState::Ws { inner: Some(w), .. } if self.ws_is_current(id, w.role) => self.ws_gone(w.role, CloseReason::TransportClose),
             _ => {}
         }
         self.finish(io);

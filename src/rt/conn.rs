@@ -509,13 +509,10 @@ impl<S: Service> Shard<S> {
         match error {
             None => {}
             Some(e) if e == libc::ECANCELED || e == libc::ENOBUFS || e == libc::EAGAIN || e == libc::EINTR => {}
-            Some(_) => {
-                // End of stream or an error: the connection is over (a hand-off in progress
-                // still moves it; the new owner sees the end).
-                if c.handoff_to.is_none() {
-                    c.closing = Closing::Now;
-                }
-            }
+            // End of stream or an error: the connection is over (a hand-off in progress still
+            // moves it; the new owner sees the end).
+            Some(_) if c.handoff_to.is_none() => c.closing = Closing::Now,
+            Some(_) => {}
         }
         self.io.pending.push(id);
     }
