@@ -91,7 +91,14 @@ fn protocol_errors_get_their_close_codes() {
 fn permessage_deflate_both_ways() {
     let s = server(&["--websocket-compression"]);
     let mut ws = Ws::connect(s.addr, "/x", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
-    assert!(ws.response_head.contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"), "{}", ws.response_head);
+    // No context takeover either way (RFC 7692 §7.1.1): no zlib state outlives a message.
+    assert!(
+        ws.response_head.contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ),
+        "{}",
+        ws.response_head
+    );
     // RFC 7692 §7.2.3.1: "Hello" compressed.
     ws.send_frame_rsv(true, true, 1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
     let f = ws.recv().unwrap();
@@ -106,6 +113,15 @@ fn permessage_deflate_both_ways() {
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(text.len() + 64);
     d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync).unwrap();
+    assert_eq!(out, text.as_bytes());
+    // The next one is compressed on its own: a fresh inflater (no shared window) reads it.
+    ws.send_text(&text);
+    let f = ws.recv().unwrap();
+    assert!(f.rsv1);
+    let mut input = f.payload.clone();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(text.len() + 64);
+    flate2::Decompress::new(false).decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync).unwrap();
     assert_eq!(out, text.as_bytes());
     // Without the offer, no extension.
     let ws = Ws::connect(s.addr, "/x", "");

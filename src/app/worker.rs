@@ -716,8 +716,10 @@ impl Handler for SioWorker {
         match self.core.decoder.decode(text) {
             Err(e) => self.fail(ctx, sid, &e),
             Ok(p) if p.kind.is_binary() => {
+                // The attachments of the whole packet share the packet-size limit.
+                let max_bytes = self.core.decoder.limits().max_packet_size;
                 if let Some(c) = self.core.clients.get_mut(sid) {
-                    c.assembler = Some(Box::new(BinaryAssembler::new(p)));
+                    c.assembler = Some(Box::new(BinaryAssembler::new(p, max_bytes)));
                 }
             }
             Ok(p) => self.dispatch(ctx, sid, p),

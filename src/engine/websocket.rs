@@ -173,6 +173,8 @@ impl<H: Handler> EioServer<H> {
                 }
             }
         }
+        // Free the reassembly buffer of messages already handled: an idle connection holds none.
+        w.codec.release_buffers();
         // Put the connection back (unless it is closing), then send what waited for it.
         if let Some(ConnState::Ws { inner, .. }) = io.state(id) {
             *inner = Some(w);

@@ -65,7 +65,7 @@ pub fn sio_packet(data: &[u8]) {
             let _ = e.answer();
         }
         Ok(p) if p.kind.is_binary() => {
-            let mut asm = sio::BinaryAssembler::new(p);
+            let mut asm = sio::BinaryAssembler::new(p, 8192);
             loop {
                 match asm.push(bytes::Bytes::from_static(b"x")) {
                     Ok(Ok(_)) | Err(_) => break,

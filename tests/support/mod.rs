@@ -16,8 +16,14 @@ impl Server {
     /// Starts the binary with `args` (`--bind 127.0.0.1:0` is added) and waits for its
     /// "listening on" line.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the server process.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(args)
+            .envs(env.iter().copied())
             .args(["--bind", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -9,6 +9,13 @@
 //! caller's receive buffer and handed back as a slice of it. Only fragmented or compressed
 //! messages are assembled in the codec's own buffer.
 //!
+//! Bounded: the reassembly buffer never holds (nor has capacity for) more than the message
+//! limit plus one byte, counted after decompression and checked as the output grows. It is
+//! freed once its message has been handed out (at the next [`ServerCodec::decode`] or
+//! [`ServerCodec::release_buffers`] call) and on any error, and the zlib states live only as
+//! long as the negotiated context takeover needs (see [`super::deflate::Deflate`]), so an
+//! idle connection holds neither. [`ServerCodec::held_bytes`] tells what it holds now.
+//!
 //! Must never: do I/O, look at a clock, or send anything by itself (a ping is reported to the
 //! caller, which decides to answer with [`encode_control`]).
 
@@ -119,16 +126,101 @@ impl ServerCodec {
         }
     }
 
+    /// Bytes this connection's codec holds beyond its own struct's inline size: the
+    /// reassembly buffer's capacity and the zlib states it keeps (estimated, see
+    /// [`super::deflate::compressor_bytes`]). Between messages this is a small constant.
+    pub fn held_bytes(&self) -> usize {
+        self.assembled.capacity() + self.deflate.as_ref().map_or(0, |d| d.held_bytes())
+    }
+
+    /// Frees the reassembly buffer of a message already handed out. The caller should call
+    /// it once it is done with the messages of one read; [`ServerCodec::decode`] also does.
+    pub fn release_buffers(&mut self) {
+        if self.partial.is_none() && self.assembled.capacity() > 0 {
+            self.assembled = Vec::new();
+        }
+    }
+
+    /// The connection is failing: frees everything held and passes the error on.
+    fn fail(&mut self, e: WsError) -> WsError {
+        self.partial = None;
+        self.assembled = Vec::new();
+        if let Some(d) = self.deflate.as_mut() {
+            d.release();
+        }
+        e
+    }
+
     /// Decodes at most one frame from the front of `input`, unmasking it in place.
     pub fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, WsError> {
         if self.closed {
             return Err(ProtocolViolation::FrameAfterClose.into());
         }
-        let (h, header_len) = match parse_header(input)? {
-            HeaderStatus::Incomplete { needed } => return Ok(Decoded::Incomplete { needed }),
-            HeaderStatus::Complete { header, header_len } => (header, header_len),
+        self.release_buffers();
+        let (h, header_len) = match parse_header(input) {
+            Err(e) => return Err(self.fail(e.into())),
+            Ok(HeaderStatus::Incomplete { needed }) => return Ok(Decoded::Incomplete { needed }),
+            Ok(HeaderStatus::Complete { header, header_len }) => (header, header_len),
         };
-        let mask = h.mask.ok_or(ProtocolViolation::UnmaskedClientFrame)?;
+        if let Err(e) = self.check_header(&h) {
+            return Err(self.fail(e));
+        }
+        let mask = h.mask.expect("checked by check_header");
+        let total = header_len + h.payload_len as usize;
+        if input.len() < total {
+            return Ok(Decoded::Incomplete { needed: total - input.len() });
+        }
+        let payload = &mut input[header_len..total];
+        apply_mask(payload, mask, 0);
+
+        let message = match h.opcode {
+            OpCode::Ping => Some(Message::Ping(payload)),
+            OpCode::Pong => Some(Message::Pong(payload)),
+            OpCode::Close => {
+                let close = match parse_close_payload(payload) {
+                    Ok(c) => c,
+                    Err(e) => return Err(self.fail(e.into())),
+                };
+                self.closed = true;
+                self.partial = None;
+                self.assembled = Vec::new();
+                Some(Message::Close(close))
+            }
+            OpCode::Text | OpCode::Binary if h.fin && !h.rsv1 => {
+                if h.opcode == OpCode::Text && simdutf8::basic::from_utf8(payload).is_err() {
+                    return Err(self.fail(WsError::InvalidUtf8));
+                }
+                Some(if h.opcode == OpCode::Text { Message::Text(payload) } else { Message::Binary(payload) })
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                if h.opcode != OpCode::Continuation {
+                    let kind = if h.opcode == OpCode::Text { DataKind::Text } else { DataKind::Binary };
+                    self.partial = Some(Partial { kind, compressed: h.rsv1, wire_size: 0 });
+                    self.assembled = Vec::new();
+                    self.utf8.reset();
+                }
+                if let Err(e) = self.absorb(payload, h.fin) {
+                    return Err(self.fail(e));
+                }
+                if !h.fin {
+                    return Ok(Decoded::Frame { consumed: total, message: None });
+                }
+                let kind = self.partial.take().expect("a message is in progress").kind;
+                let data = &mut self.assembled[..];
+                let message = match kind {
+                    DataKind::Text => Message::Text(data),
+                    DataKind::Binary => Message::Binary(data),
+                };
+                return Ok(Decoded::Frame { consumed: total, message: Some(message) });
+            }
+        };
+        Ok(Decoded::Frame { consumed: total, message })
+    }
+
+    /// The header rules that depend on the connection's state (RFC 6455 §5.1–5.4, RFC 7692
+    /// §6) and the message limit on the wire size.
+    fn check_header(&self, h: &frame::FrameHeader) -> Result<(), WsError> {
+        h.mask.ok_or(ProtocolViolation::UnmaskedClientFrame)?;
         if h.rsv2 || h.rsv3 {
             return Err(ProtocolViolation::ReservedBits.into());
         }
@@ -151,42 +243,11 @@ impl ServerCodec {
                 return Err(WsError::MessageTooBig { size, max: self.cfg.max_message_size });
             }
         }
-        let total = header_len + h.payload_len as usize;
-        if input.len() < total {
-            return Ok(Decoded::Incomplete { needed: total - input.len() });
-        }
-        let payload = &mut input[header_len..total];
-        apply_mask(payload, mask, 0);
-
-        let message = match h.opcode {
-            OpCode::Ping => Some(Message::Ping(payload)),
-            OpCode::Pong => Some(Message::Pong(payload)),
-            OpCode::Close => {
-                let close = parse_close_payload(payload)?;
-                self.closed = true;
-                Some(Message::Close(close))
-            }
-            OpCode::Text | OpCode::Binary if h.fin && !h.rsv1 => {
-                if h.opcode == OpCode::Text && simdutf8::basic::from_utf8(payload).is_err() {
-                    return Err(WsError::InvalidUtf8);
-                }
-                Some(if h.opcode == OpCode::Text { Message::Text(payload) } else { Message::Binary(payload) })
-            }
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                if h.opcode != OpCode::Continuation {
-                    let kind = if h.opcode == OpCode::Text { DataKind::Text } else { DataKind::Binary };
-                    self.partial = Some(Partial { kind, compressed: h.rsv1, wire_size: 0 });
-                    self.assembled.clear();
-                    self.utf8.reset();
-                }
-                return self.take_fragment(payload, h.fin, total);
-            }
-        };
-        Ok(Decoded::Frame { consumed: total, message })
+        Ok(())
     }
 
     /// Appends (or inflates) one data fragment into the reassembly buffer.
-    fn take_fragment<'a>(&'a mut self, payload: &[u8], fin: bool, consumed: usize) -> Result<Decoded<'a>, WsError> {
+    fn absorb(&mut self, payload: &[u8], fin: bool) -> Result<(), WsError> {
         let partial = self.partial.as_mut().expect("a message is in progress");
         partial.wire_size += payload.len() as u64;
         let (kind, compressed) = (partial.kind, partial.compressed);
@@ -199,21 +260,18 @@ impl ServerCodec {
                 InflateError::Corrupt(m) => WsError::BadCompression(m),
             })?;
         } else {
+            // check_header bounded the total at `max`: grow at most to it, not past it.
+            let need = before + payload.len();
+            if need > self.assembled.capacity() {
+                let target = need.max((self.assembled.capacity() * 2).min(max));
+                self.assembled.reserve_exact(target - before);
+            }
             self.assembled.extend_from_slice(payload);
         }
         if kind == DataKind::Text && !self.utf8.feed(&self.assembled[before..], fin) {
             return Err(WsError::InvalidUtf8);
         }
-        if !fin {
-            return Ok(Decoded::Frame { consumed, message: None });
-        }
-        self.partial = None;
-        let data = &mut self.assembled[..];
-        let message = match kind {
-            DataKind::Text => Message::Text(data),
-            DataKind::Binary => Message::Binary(data),
-        };
-        Ok(Decoded::Frame { consumed, message: Some(message) })
+        Ok(())
     }
 
     /// Whether an outgoing message of `len` bytes would be compressed on this connection.
@@ -314,8 +372,11 @@ mod tests {
         ServerCodec::new(CodecConfig { max_message_size: 1000, ..Default::default() })
     }
 
+    /// A codec with deflate as `offer` negotiates under the policy that keeps context both
+    /// ways unless the client asks otherwise (the RFC 7692 examples rely on it).
     fn deflate_codec(offer: &str) -> ServerCodec {
-        let p = negotiate(&parse_extensions([offer]), &DeflatePolicy::default()).unwrap().0;
+        let pol = DeflatePolicy { server_no_context_takeover: false, client_no_context_takeover: false, ..Default::default() };
+        let p = negotiate(&parse_extensions([offer]), &pol).unwrap().0;
         ServerCodec::new(CodecConfig { max_message_size: 1000, deflate: Some(p), compress_threshold: 0 })
     }
 
@@ -454,6 +515,131 @@ mod tests {
                 assert_eq!(h.payload_len as usize, out.len() - n);
                 let wire = encode_client_frame(true, true, OpCode::Text, M, &out[n..]);
                 assert_eq!(run(&mut client, &wire, &[]).unwrap(), vec![Owned::Text(msg.as_bytes().to_vec())]);
+            }
+        }
+    }
+
+    /// A codec under the default policy (no context takeover both ways), `max` bytes limit.
+    fn bounded_codec(max: usize) -> ServerCodec {
+        let p = negotiate(&parse_extensions(["permessage-deflate; client_max_window_bits"]), &DeflatePolicy::default()).unwrap().0;
+        ServerCodec::new(CodecConfig { max_message_size: max, deflate: Some(p), compress_threshold: 0 })
+    }
+
+    /// Raw deflate data inflating to `mb` MiB of zeros, about 1 KiB per MiB: one compressed
+    /// MiB, then a second MiB compressed against a window of zeros repeated (it only
+    /// refers back into zeros, so it is a valid continuation of any all-zero window).
+    fn zero_bomb(mb: usize) -> Vec<u8> {
+        let p = DeflateParams { server_no_context_takeover: false, client_no_context_takeover: false, server_max_window_bits: 15, client_max_window_bits: 15, level: 9 };
+        let mut d = Deflate::new(p);
+        let zeros = vec![0u8; 1 << 20];
+        let (mut first, mut next) = (Vec::new(), Vec::new());
+        d.compress_message(&zeros, &mut first);
+        first.extend_from_slice(&[0, 0, 0xff, 0xff]); // compress_message strips the sync tail
+        d.compress_message(&zeros, &mut next);
+        next.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut bomb = first;
+        for _ in 1..mb {
+            bomb.extend_from_slice(&next);
+        }
+        bomb
+    }
+
+    #[test]
+    fn zero_bomb_inflates_as_built() {
+        let mut c = bounded_codec(3 << 20);
+        let wire = encode_client_frame(true, true, OpCode::Binary, M, &zero_bomb(3));
+        assert_eq!(run(&mut c, &wire, &[]).unwrap(), vec![Owned::Binary(vec![0; 3 << 20])]);
+    }
+
+    /// A 100 MiB bomb (~100 KiB on the wire) sent in 1 KiB fragments against a 1 MiB limit:
+    /// the codec closes with 1009 once the inflated size passes the limit, never holding more
+    /// than the limit plus one decompressor and a small constant, and frees it all on error.
+    #[test]
+    fn bomb_in_fragments_holds_at_most_the_limit() {
+        const MAX: usize = 1 << 20;
+        let bomb = zero_bomb(100);
+        let mut c = bounded_codec(MAX);
+        let (mut sent, mut peak, mut result) = (0usize, 0usize, None);
+        for (i, chunk) in bomb.chunks(1024).enumerate() {
+            let op = if i == 0 { OpCode::Binary } else { OpCode::Continuation };
+            let mut f = encode_client_frame(false, i == 0, op, M, chunk);
+            sent += f.len();
+            match c.decode(&mut f) {
+                Ok(Decoded::Frame { message: None, .. }) => peak = peak.max(c.held_bytes()),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => {
+                    result = Some(e.close_code());
+                    break;
+                }
+            }
+        }
+        assert_eq!(result, Some(code::MESSAGE_TOO_BIG), "the limit was reached after {sent} bytes");
+        assert!(peak <= MAX + 1 + crate::proto::ws::deflate::DECOMPRESSOR_BYTES + std::mem::size_of::<Deflate>(), "peak {peak}");
+        eprintln!("bomb: {sent} bytes sent, peak held {peak}");
+        assert!(sent < 4 * 1024, "stopped early: {sent} bytes sent");
+        assert_eq!(c.held_bytes(), std::mem::size_of::<Deflate>(), "everything freed on error");
+        assert_eq!(c.deflate.as_ref().unwrap().holds_state(), (false, false));
+    }
+
+    #[test]
+    fn one_frame_bomb_never_grows_past_the_limit() {
+        // The whole bomb in one frame: the error comes from inside inflation, not after it.
+        const MAX: usize = 100_000;
+        let mut c = bounded_codec(MAX);
+        let mut f = encode_client_frame(true, true, OpCode::Binary, M, &zero_bomb(1));
+        assert_eq!(c.decode(&mut f).unwrap_err().close_code(), code::MESSAGE_TOO_BIG);
+        assert_eq!(c.held_bytes(), std::mem::size_of::<Deflate>());
+    }
+
+    /// An unfinished fragmented message holds what it inflated so far (within the limit),
+    /// and nothing more: its buffer has no spare capacity past the limit.
+    #[test]
+    fn unfinished_fragment_is_bounded_by_the_limit() {
+        const MAX: usize = 300_000;
+        let bomb = zero_bomb(1);
+        let mut c = bounded_codec(MAX);
+        let mut f = encode_client_frame(false, true, OpCode::Text, M, &bomb[..200]);
+        assert!(matches!(c.decode(&mut f).unwrap(), Decoded::Frame { message: None, .. }));
+        let held = c.held_bytes();
+        assert!(held <= MAX + 1 + crate::proto::ws::deflate::DECOMPRESSOR_BYTES + std::mem::size_of::<Deflate>(), "{held}");
+        assert!(c.assembled.len() * 2 + 2048 >= c.assembled.capacity(), "capacity proportional to content");
+    }
+
+    proptest! {
+        /// After every completed message, compressed or not, fragmented any way, the codec
+        /// holds no reassembly buffer and (no context takeover) no zlib state: only its
+        /// `Deflate` header. Outgoing compressed messages leave no state either.
+        #[test]
+        fn nothing_held_between_messages(msgs in proptest::collection::vec((proptest::collection::vec(0u8..3, 0..5000), 1usize..4, any::<bool>()), 1..5)) {
+            let mut c = bounded_codec(1 << 16);
+            let p = *c.deflate.as_ref().unwrap().params();
+            let mut client = Deflate::new(DeflateParams { server_no_context_takeover: p.client_no_context_takeover, ..p });
+            for (payload, frags, compress) in &msgs {
+                let body = if *compress {
+                    let mut z = Vec::new();
+                    client.compress_message(payload, &mut z);
+                    z
+                } else {
+                    payload.clone()
+                };
+                let step = body.len().div_ceil(*frags).max(1);
+                let chunks: Vec<&[u8]> = if body.is_empty() { vec![&body[..]] } else { body.chunks(step).collect() };
+                let mut got = None;
+                for (i, ch) in chunks.iter().enumerate() {
+                    let op = if i == 0 { OpCode::Binary } else { OpCode::Continuation };
+                    let mut f = encode_client_frame(i == chunks.len() - 1, i == 0 && *compress, op, M, ch);
+                    match c.decode(&mut f).unwrap() {
+                        Decoded::Frame { message: Some(Message::Binary(d)), .. } => got = Some(d.to_vec()),
+                        Decoded::Frame { message: None, .. } => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                prop_assert_eq!(got.as_ref(), Some(payload));
+                c.release_buffers();
+                prop_assert_eq!(c.held_bytes(), std::mem::size_of::<Deflate>());
+                let mut out = Vec::new();
+                c.encode_message(true, payload, &mut out);
+                prop_assert_eq!(c.deflate.as_ref().unwrap().holds_state(), (false, false));
             }
         }
     }

@@ -43,12 +43,24 @@ pub fn parse_extensions<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Ex
     out
 }
 
-/// What the server is willing to do; the defaults accept any valid offer.
+/// What the server is willing to do. The defaults accept any valid offer and always answer
+/// with both `server_no_context_takeover` and `client_no_context_takeover`, which RFC 7692
+/// lets a server add to any response (§7.1.1.1, §7.1.1.2): no zlib state then outlives a
+/// message, so an idle connection costs no more with compression than without. The price
+/// is compression of each message on its own (Socket.IO only compresses messages of at
+/// least 1 KiB, where that matters little).
+///
+/// `client_max_window_bits` stays 15 by default: a smaller client window would only shrink
+/// a decompressor that zlib-rs sizes for 32 KiB anyway (see [`DECOMPRESSOR_BYTES`]), while
+/// costing the client's compression ratio; without context takeover the decompressor exists
+/// only while a message is inflated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeflatePolicy {
-    /// Ask for (and apply) server_no_context_takeover even when the client did not.
+    /// Answer (and apply) server_no_context_takeover even when the client did not ask: the
+    /// server's compressor is then free between messages (shared by the thread's connections).
     pub server_no_context_takeover: bool,
-    /// Ask the client not to keep its context (lets the server drop its inflate window).
+    /// Tell the client not to keep its context even when it did not offer to: the server's
+    /// decompressor is then free between messages.
     pub client_no_context_takeover: bool,
     /// Largest LZ77 window the server will compress with (9..=15).
     pub server_max_window_bits: u8,
@@ -61,8 +73,8 @@ pub struct DeflatePolicy {
 impl Default for DeflatePolicy {
     fn default() -> Self {
         DeflatePolicy {
-            server_no_context_takeover: false,
-            client_no_context_takeover: false,
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
             server_max_window_bits: 15,
             client_max_window_bits: 15,
             level: 6,
@@ -165,44 +177,141 @@ pub enum InflateError {
     Corrupt(String),
 }
 
-/// The compressor and decompressor of one connection.
+/// Bytes zlib-rs allocates for one compressor with a `bits`-bit window (memLevel 8): about
+/// 250 KB at 9 bits and 380 KB at 15 (measured by `tests/deflate_memory.rs`, which checks
+/// that this stays an upper bound).
+pub fn compressor_bytes(bits: u8) -> usize {
+    248 * 1024 + (4usize << bits.clamp(9, 15))
+}
+
+/// Bytes zlib-rs allocates for one decompressor: about 47 KB whatever the window (its
+/// window buffer is always the 32 KiB maximum). Checked like [`compressor_bytes`].
+pub const DECOMPRESSOR_BYTES: usize = 48 * 1024;
+
+/// Idle zlib states kept per thread for reuse (see [`pool_bytes`]).
+const POOL_COMPRESSORS: usize = 2;
+const POOL_DECOMPRESSORS: usize = 8;
+
+/// zlib states between messages, shared by the connections of one thread. A state enters
+/// it reset, so nothing of one connection's data can leak into another's message. With
+/// no context takeover a connection holds a state only while it processes a message, and
+/// without this pool every message would allocate (and zero) a fresh 48–380 KB.
+#[derive(Default)]
+struct Pool {
+    compressors: Vec<(u32, u8, Compress)>,
+    decompressors: Vec<Decompress>,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Pool> = std::cell::RefCell::new(Pool::default());
+}
+
+fn take_compressor(level: u32, bits: u8) -> Compress {
+    let pooled = POOL.with_borrow_mut(|p| {
+        let at = p.compressors.iter().position(|(l, b, _)| (*l, *b) == (level, bits))?;
+        Some(p.compressors.swap_remove(at).2)
+    });
+    pooled.unwrap_or_else(|| Compress::new_with_window_bits(Compression::new(level), false, bits))
+}
+
+fn give_back_compressor(level: u32, bits: u8, mut c: Compress) {
+    c.reset();
+    POOL.with_borrow_mut(|p| {
+        if p.compressors.len() < POOL_COMPRESSORS {
+            p.compressors.push((level, bits, c));
+        }
+    });
+}
+
+fn take_decompressor() -> Decompress {
+    // Inflating with the largest window is correct whatever window the peer used, and
+    // zlib-rs allocates the same for every size: one kind of decompressor fits all.
+    POOL.with_borrow_mut(|p| p.decompressors.pop()).unwrap_or_else(|| Decompress::new_with_window_bits(false, 15))
+}
+
+fn give_back_decompressor(mut d: Decompress) {
+    d.reset(false);
+    POOL.with_borrow_mut(|p| {
+        if p.decompressors.len() < POOL_DECOMPRESSORS {
+            p.decompressors.push(d);
+        }
+    });
+}
+
+/// Bytes held by this thread's idle zlib states (a per-worker constant, at most two
+/// compressors and eight decompressors).
+pub fn pool_bytes() -> usize {
+    POOL.with_borrow(|p| {
+        p.compressors.iter().map(|(_, b, _)| compressor_bytes(*b)).sum::<usize>() + p.decompressors.len() * DECOMPRESSOR_BYTES
+    })
+}
+
+/// Drops this thread's idle zlib states.
+pub fn clear_pool() {
+    POOL.with_borrow_mut(|p| *p = Pool::default());
+}
+
+/// The compressor and decompressor of one connection, each allocated only when needed.
+///
+/// A zlib state exists while a compressed message is being inflated or deflated. Between
+/// messages it is kept only when the negotiated parameters need it (context takeover in that
+/// direction); otherwise it goes back to the thread's pool, so an idle connection holds none.
 pub struct Deflate {
     params: DeflateParams,
-    compress: Compress,
-    decompress: Decompress,
+    compress: Option<Compress>,
+    decompress: Option<Decompress>,
 }
 
 impl std::fmt::Debug for Deflate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deflate").field("params", &self.params).finish()
+        f.debug_struct("Deflate")
+            .field("params", &self.params)
+            .field("compress", &self.compress.is_some())
+            .field("decompress", &self.decompress.is_some())
+            .finish()
     }
 }
 
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 impl Deflate {
+    /// Allocates nothing: the zlib states come when the first message needs them.
     pub fn new(params: DeflateParams) -> Deflate {
-        // Inflating with a window at least as large as the peer's is always correct; zlib has
-        // no 8-bit raw window, so 8 is served by 9.
-        let inflate_bits = params.client_max_window_bits.max(9);
-        Deflate {
-            params,
-            compress: Compress::new_with_window_bits(
-                Compression::new(params.level),
-                false,
-                params.server_max_window_bits.max(9),
-            ),
-            decompress: Decompress::new_with_window_bits(false, inflate_bits),
-        }
+        Deflate { params, compress: None, decompress: None }
     }
 
     pub fn params(&self) -> &DeflateParams {
         &self.params
     }
 
+    /// The server compresses with at least 9 bits: zlib has no 8-bit raw window.
+    fn compress_bits(&self) -> u8 {
+        self.params.server_max_window_bits.max(9)
+    }
+
+    /// Bytes this connection's deflate state holds now: the zlib states it keeps (none
+    /// between messages without context takeover) and itself.
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Deflate>()
+            + self.compress.as_ref().map_or(0, |_| compressor_bytes(self.compress_bits()))
+            + self.decompress.as_ref().map_or(0, |_| DECOMPRESSOR_BYTES)
+    }
+
+    /// Whether a zlib state is held (for tests and accounting).
+    pub fn holds_state(&self) -> (bool, bool) {
+        (self.compress.is_some(), self.decompress.is_some())
+    }
+
+    /// Drops both zlib states (the connection is failing; nothing more will be inflated).
+    pub fn release(&mut self) {
+        self.compress = None;
+        self.decompress = None;
+    }
+
     /// Inflates one fragment of a compressed message, appending to `out`. `last` marks the
     /// message's final fragment (the RFC 7692 tail is then added). Fails once `out` would
-    /// exceed `limit` bytes.
+    /// exceed `limit` bytes, checked as the output grows: `out` never holds more than
+    /// `limit + 1` bytes nor has a larger capacity. On failure the zlib state is dropped.
     pub fn decompress_fragment(
         &mut self,
         input: &[u8],
@@ -210,32 +319,34 @@ impl Deflate {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), InflateError> {
-        self.inflate_into(input, out, limit)?;
+        let mut d = self.decompress.take().unwrap_or_else(take_decompressor);
+        Self::inflate_into(&mut d, input, out, limit)?;
         if last {
-            self.inflate_into(&TAIL, out, limit)?;
+            Self::inflate_into(&mut d, &TAIL, out, limit)?;
             if self.params.client_no_context_takeover {
-                self.decompress.reset(false);
+                give_back_decompressor(d);
+                return Ok(());
             }
         }
+        self.decompress = Some(d);
         Ok(())
     }
 
-    fn inflate_into(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
+    fn inflate_into(d: &mut Decompress, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         loop {
             if out.len() == out.capacity() {
                 if out.len() > limit {
                     return Err(InflateError::TooBig { limit });
                 }
+                // Grow geometrically, but never past limit + 1 (one byte over is the error).
                 let grow = (out.len().max(1024)).min(limit + 1 - out.len());
-                out.reserve(grow);
+                out.reserve_exact(grow);
             }
-            let before_in = self.decompress.total_in();
+            let before_in = d.total_in();
             let before_out = out.len();
-            let status = self
-                .decompress
-                .decompress_vec(input, out, FlushDecompress::Sync)
-                .map_err(|e| InflateError::Corrupt(e.to_string()))?;
-            let used = (self.decompress.total_in() - before_in) as usize;
+            let status =
+                d.decompress_vec(input, out, FlushDecompress::Sync).map_err(|e| InflateError::Corrupt(e.to_string()))?;
+            let used = (d.total_in() - before_in) as usize;
             input = &input[used..];
             if out.len() > limit {
                 return Err(InflateError::TooBig { limit });
@@ -252,6 +363,8 @@ impl Deflate {
 
     /// Compresses a whole message payload, returning the bytes to send with RSV1 set.
     pub fn compress_message(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let (level, bits) = (self.params.level, self.compress_bits());
+        let mut c = self.compress.take().unwrap_or_else(|| take_compressor(level, bits));
         let start = out.len();
         out.reserve(input.len() / 2 + 64);
         let mut rest = input;
@@ -259,11 +372,9 @@ impl Deflate {
             if out.capacity() - out.len() < 64 {
                 out.reserve(out.capacity().max(1024));
             }
-            let before_in = self.compress.total_in();
-            self.compress
-                .compress_vec(rest, out, FlushCompress::Sync)
-                .expect("deflate with valid parameters cannot fail");
-            rest = &rest[(self.compress.total_in() - before_in) as usize..];
+            let before_in = c.total_in();
+            c.compress_vec(rest, out, FlushCompress::Sync).expect("deflate with valid parameters cannot fail");
+            rest = &rest[(c.total_in() - before_in) as usize..];
             // Sync flush is complete once all input is taken and zlib left spare output room.
             if rest.is_empty() && out.len() < out.capacity() {
                 break;
@@ -273,7 +384,9 @@ impl Deflate {
             out.truncate(out.len() - 4);
         }
         if self.params.server_no_context_takeover {
-            self.compress.reset();
+            give_back_compressor(level, bits, c);
+        } else {
+            self.compress = Some(c);
         }
     }
 }
@@ -296,9 +409,28 @@ mod tests {
         assert_eq!(o[2].name, "x-foo");
     }
 
+    /// The policy that keeps context both ways unless the client asks otherwise.
+    fn takeover() -> DeflatePolicy {
+        DeflatePolicy { server_no_context_takeover: false, client_no_context_takeover: false, ..DeflatePolicy::default() }
+    }
+
+    #[test]
+    fn default_policy_answers_no_context_takeover_both_ways() {
+        let pol = DeflatePolicy::default();
+        for o in ["permessage-deflate", "permessage-deflate; client_max_window_bits", "permessage-deflate; server_no_context_takeover"] {
+            let (p, h) = negotiate(&offer(o), &pol).unwrap();
+            assert!(p.server_no_context_takeover && p.client_no_context_takeover, "{o}");
+            assert_eq!(h, "permessage-deflate; server_no_context_takeover; client_no_context_takeover", "{o}");
+        }
+        // The client's window limit is still honoured (and echoed, as it was offered).
+        let (p, h) = negotiate(&offer("permessage-deflate; client_max_window_bits=10; server_max_window_bits=12"), &pol).unwrap();
+        assert_eq!((p.client_max_window_bits, p.server_max_window_bits), (10, 12));
+        assert_eq!(h, "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12; client_max_window_bits=10");
+    }
+
     #[test]
     fn negotiation_rules() {
-        let pol = DeflatePolicy::default();
+        let pol = takeover();
         let (_, h) = negotiate(&offer("permessage-deflate"), &pol).unwrap();
         assert_eq!(h, "permessage-deflate");
         // A bare client_max_window_bits is only a capability: the default 15 is not echoed.
@@ -326,6 +458,7 @@ mod tests {
             assert_eq!(negotiate(&offer(bad), &pol), None, "{bad}");
         }
         let (p, _) = negotiate(&offer("permessage-deflate; foo, permessage-deflate; server_max_window_bits=9"), &pol).unwrap();
+        assert!(!p.server_no_context_takeover && !p.client_no_context_takeover);
         assert_eq!(p.server_max_window_bits, 9);
         assert_eq!(negotiate(&offer("x-webkit-deflate-frame"), &pol), None);
     }
@@ -346,7 +479,7 @@ mod tests {
     #[test]
     fn rfc7692_hello_examples() {
         // RFC 7692 §7.2.3.1: "Hello" compressed in one block.
-        let mut d = Deflate::new(negotiate(&offer("permessage-deflate"), &DeflatePolicy::default()).unwrap().0);
+        let mut d = Deflate::new(negotiate(&offer("permessage-deflate"), &takeover()).unwrap().0);
         let mut out = Vec::new();
         d.decompress_fragment(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true, &mut out, 100).unwrap();
         assert_eq!(out, b"Hello");

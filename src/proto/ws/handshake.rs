@@ -247,7 +247,9 @@ mod tests {
             let req = validate(m, v, h).unwrap();
             let acc = accept(&req, |_| None, Some(&DeflatePolicy::default()), "");
             assert!(acc.deflate.is_some());
-            assert!(String::from_utf8(acc.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+            assert!(String::from_utf8(acc.response).unwrap().contains(
+                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+            ));
             let acc = accept(&req, |_| None, None, "");
             assert!(acc.deflate.is_none());
         });
