@@ -339,3 +339,41 @@ fn over_max_memory_new_connections_are_refused_and_the_largest_holders_shed() {
     assert_eq!(s.shard(0).io.stats().shed_memory, 8);
     assert_served(&mut s, 0);
 }
+
+/// Finding 7 with the worker budget: a compressed message left unfinished holds its inflated
+/// bytes (up to the message limit) for as long as the client answers pings. Those bytes are
+/// charged to the worker's read budget: past it the largest holders are closed with 1013.
+#[test]
+fn unfinished_compressed_messages_count_against_the_worker_budget() {
+    use flate2::{Compress, Compression, FlushCompress};
+    use shardcast::proto::ws::frame::encode_client_frame;
+    use shardcast::proto::ws::OpCode;
+
+    let cfg = EngineConfig { websocket_compression: true, ..engine_cfg() };
+    let budget = 16 << 20;
+    let rt = WorkerConfig { max_read_buffer: WorkerConfig::read_buffer_for(cfg.max_payload), read_budget: budget, ..WorkerConfig::default() };
+    let mut s = sim_with(1, cfg, rt);
+    // 900 KB of text compressed to about a kilobyte, sent as a first fragment (FIN=0, RSV1).
+    let mut z = Compress::new(Compression::default(), false);
+    let mut packed = Vec::with_capacity(4096);
+    z.compress_vec(&vec![b'4'; 900_000], &mut packed, FlushCompress::Sync).unwrap();
+    let fragment = encode_client_frame(false, true, OpCode::Text, [1, 2, 3, 4], &packed);
+    let mut conns = Vec::new();
+    for _ in 0..40 {
+        let c = s.connect(0);
+        s.write(c, b"GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        let hello = s.read(c);
+        assert!(String::from_utf8_lossy(&hello).contains("permessage-deflate"));
+        s.write(c, &fragment);
+        conns.push(c);
+        assert!(s.shard(0).io.read_held() <= budget, "held {} past the budget", s.shard(0).io.read_held());
+    }
+    let cut: Vec<ClientId> = conns.iter().copied().filter(|&c| s.closed_by_server(c)).collect();
+    assert!(cut.len() >= 20, "{} cut", cut.len());
+    for &c in &cut {
+        // The last frame the client got is a close frame with code 1013.
+        let out = s.read(c);
+        assert!(out.ends_with(&[0x88, 2, 0x03, 0xf5]), "{:?}", &out[out.len().saturating_sub(8)..]);
+    }
+    assert_served(&mut s, 0);
+}

@@ -174,7 +174,9 @@ impl<H: Handler> EioServer<H> {
             }
         }
         // Free the reassembly buffer of messages already handled: an idle connection holds none.
+        // What a message in progress holds counts against the worker's read budget.
         w.codec.release_buffers();
+        io.set_charged(id, w.codec.held_bytes());
         // Put the connection back (unless it is closing), then send what waited for it.
         if let Some(ConnState::Ws { inner, .. }) = io.state(id) {
             *inner = Some(w);

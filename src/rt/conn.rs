@@ -123,6 +123,9 @@ enum Closing {
 struct Conn<T> {
     fd: RawFd,
     rbuf: Vec<u8>,
+    /// Bytes the service holds for this connection beyond `rbuf` (e.g. a decompressed message
+    /// in progress), charged to the worker's read budget.
+    charged: usize,
     sendq: SendQueue,
     recv_armed: bool,
     cancel_sent: bool,
@@ -139,6 +142,7 @@ impl<T> Conn<T> {
         Conn {
             fd,
             rbuf: Vec::new(),
+            charged: 0,
             sendq: SendQueue::default(),
             recv_armed: false,
             cancel_sent: false,
@@ -169,7 +173,8 @@ pub struct Io<T, M> {
     peers: Peers<M>,
     cfg: WorkerConfig,
     now: Instant,
-    /// Unconsumed bytes held in read buffers, over every connection.
+    /// Unconsumed bytes held in read buffers, and bytes the service charged, over every
+    /// connection.
     read_held: usize,
     /// Connections of the whole process (accepted and not yet closed, wherever they are).
     conns_total: Arc<AtomicUsize>,
@@ -239,7 +244,15 @@ impl<T, M> Io<T, M> {
         self.memory.next_check()
     }
 
-    /// Unconsumed bytes held in this worker's read buffers.
+    /// Bytes the service holds for a connection's input beyond its read buffer (a message in
+    /// progress): they count against the worker's read budget like unconsumed bytes.
+    pub fn set_charged(&mut self, id: ConnId, bytes: usize) {
+        let Some(c) = self.conns.get_mut(id) else { return };
+        self.read_held = self.read_held - c.charged + bytes;
+        c.charged = bytes;
+    }
+
+    /// Unconsumed bytes held in this worker's read buffers, and bytes charged by the service.
     pub fn read_held(&self) -> usize {
         self.read_held
     }
@@ -333,7 +346,7 @@ impl<T, M> Io<T, M> {
 
     /// The connection holding the most bytes (read buffer and send queue), if any.
     pub fn largest_holder(&self) -> Option<(ConnId, usize)> {
-        self.conns.iter().filter(|(_, c)| c.closing != Closing::Now).map(|(id, c)| (id, c.rbuf.len() + c.sendq.queued_bytes())).max_by_key(|&(_, n)| n)
+        self.conns.iter().filter(|(_, c)| c.closing != Closing::Now).map(|(id, c)| (id, c.rbuf.len() + c.charged + c.sendq.queued_bytes())).max_by_key(|&(_, n)| n)
     }
 
     fn set_rbuf(&mut self, id: ConnId, buf: Vec<u8>) {
@@ -491,6 +504,7 @@ impl<S: Service> Shard<S> {
     pub fn shed(&mut self, id: ConnId) {
         self.service.on_shed(&mut self.io, id);
         self.io.set_rbuf(id, Vec::new());
+        self.io.set_charged(id, 0);
         if let Some(c) = self.io.conn(id) {
             if c.closing == Closing::No {
                 c.closing = Closing::AfterFlush;
@@ -579,6 +593,7 @@ impl<S: Service> Shard<S> {
                 }
                 if !busy {
                     let data = self.io.take_rbuf(id);
+                    self.io.set_charged(id, 0);
                     let c = self.io.conns.remove(id).expect("checked above");
                     self.io.counted -= 1;
                     self.io.peers[target].post(RtMail::Adopt { fd: c.fd, data });
@@ -608,6 +623,7 @@ impl<S: Service> Shard<S> {
                 self.service.on_closed(&mut self.io, id, state);
             }
             self.io.set_rbuf(id, Vec::new());
+            self.io.set_charged(id, 0);
             let Some(c) = self.io.conn(id) else { continue };
             c.sendq.clear();
             if !c.shut {
@@ -667,6 +683,6 @@ impl<S: Service> Shard<S> {
     #[cfg(debug_assertions)]
     fn check_counts(&self) {
         debug_assert_eq!(self.io.counted, self.io.conns.len(), "connection count drifted from the table");
-        debug_assert_eq!(self.io.read_held, self.io.conns.iter().map(|(_, c)| c.rbuf.len()).sum::<usize>(), "read_held drifted");
+        debug_assert_eq!(self.io.read_held, self.io.conns.iter().map(|(_, c)| c.rbuf.len() + c.charged).sum::<usize>(), "read_held drifted");
     }
 }
