@@ -6,6 +6,7 @@
 //! - [`namespace`]: namespace definitions, events, handshake, disconnect reasons.
 //! - [`socket`]: the `Socket` handle inside handlers, and broadcast operators.
 //! - [`worker`]: one worker's Socket.IO state: clients, sockets, its shard of the rooms.
+//! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
@@ -15,12 +16,14 @@
 
 pub mod contract;
 pub mod handle;
+pub mod limits;
 pub mod namespace;
 pub mod server;
 pub mod socket;
 pub mod worker;
 
 pub use handle::ServerHandle;
+pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use server::{RunningServer, Server, ServerBuilder};
 pub use socket::{Operator, Socket};

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::handle::ServerHandle;
+use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
 use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
@@ -29,6 +30,7 @@ impl Server {
             },
             namespaces: Namespaces::default(),
             limits: Limits::default(),
+            socket_limits: SocketLimits::default(),
         }
     }
 }
@@ -39,6 +41,7 @@ pub struct ServerBuilder {
     runtime: RuntimeConfig,
     namespaces: Namespaces,
     limits: Limits,
+    socket_limits: SocketLimits,
 }
 
 impl ServerBuilder {
@@ -67,6 +70,12 @@ impl ServerBuilder {
         self
     }
 
+    /// What one socket (or client) can make a worker hold: pending acks, rooms, namespaces.
+    pub fn socket_limits(mut self, limits: SocketLimits) -> Self {
+        self.socket_limits = limits;
+        self
+    }
+
     /// Adds a namespace.
     pub fn namespace(mut self, name: &str, ns: Namespace) -> Self {
         self.namespaces.fixed.insert(name.to_string(), Arc::new(ns));
@@ -86,8 +95,9 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let conns = Arc::new(AtomicUsize::new(0));
+        let socket_limits = self.socket_limits;
         let rt = threads::start(self.runtime, move |_| {
-            EioServer::new(Rc::new((*engine).clone()), conns.clone(), SioWorker::new(namespaces.clone(), limits))
+            EioServer::new(Rc::new((*engine).clone()), conns.clone(), SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits))
         })?;
         let handle = ServerHandle::new(rt.poster());
         Ok(RunningServer { rt, handle })
