@@ -173,7 +173,8 @@ impl WorkerCore {
         let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: worker, deadline }) };
         let n = self.broadcast(ctx, b);
         if self.acks.count(id, n, false) {
-            super::finish_collector(self, ctx, id, false);
+            // Called from user code: the callback runs once that code has returned.
+            self.intents.push_back((key.0, key.1, super::Intent::Collected(id)));
         }
         Ok(())
     }

@@ -62,6 +62,9 @@ pub(crate) enum Intent {
     Leave,
     /// Disconnect the whole client (`Socket::disconnect_client`).
     CloseClient,
+    /// A broadcast-ack collection user code started completed at once (no recipient): its
+    /// callback runs after that code, not inside it.
+    Collected(u64),
 }
 
 /// The worker's Socket.IO state; handlers reach it through [`Socket`].
@@ -185,8 +188,9 @@ impl WorkerCore {
             leaving: false,
         });
         self.rooms.add_member(&nsp, idx);
-        // Every socket is in the room named by its own id (a short name, the first room).
-        let _ = self.join(idx, &id);
+        // Every socket is in the room named by its own id, whatever the limits on names.
+        self.sockets.at_mut(idx).rooms.insert(id.clone());
+        self.rooms.nsps.entry(nsp.clone()).or_default().rooms.entry(id).or_default().insert(idx);
         if let Some(c) = self.sockets.clients.get_mut(client) {
             c.sockets.push((nsp, idx));
         }
@@ -235,6 +239,10 @@ fn guarded(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, what: &'
 /// Applies the disconnects user code asked for, in the order it asked.
 fn run_intents(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
     while let Some((idx, gen, intent)) = core.intents.pop_front() {
+        if let Intent::Collected(id) = intent {
+            finish_collector(core, ctx, id, false);
+            continue;
+        }
         let Some(s) = core.sockets.live(idx, gen) else { continue };
         match intent {
             Intent::Leave => remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true),
@@ -242,6 +250,7 @@ fn run_intents(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
                 let client = s.client.clone();
                 disconnect_client(core, ctx, &client);
             }
+            Intent::Collected(_) => {}
         }
     }
 }
