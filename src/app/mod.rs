@@ -5,7 +5,8 @@
 //! - [`server`]: `Server::builder()` and the running server.
 //! - [`namespace`]: namespace definitions, events, handshake, disconnect reasons.
 //! - [`socket`]: the `Socket` handle inside handlers, and broadcast operators.
-//! - [`worker`]: one worker's Socket.IO state: clients, sockets, its shard of the rooms.
+//! - [`worker`]: one worker's Socket.IO layer (the engine's `Handler`): its clients and sockets,
+//!   its shard of the rooms, pending acks, cross-worker mail, and the guard around user code.
 //! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
