@@ -288,3 +288,24 @@ fn rooms_and_namespaces_are_capped_per_socket_and_client() {
     assert_eq!(ws.recv_eio(), r#"44/custom,{"message":"Too many namespaces"}"#);
     server.shutdown();
 }
+
+#[test]
+fn a_handler_that_closes_its_client_then_panics_still_closes_the_client() {
+    let ns = || {
+        Namespace::new().on("echo", |s, ev| s.emit("echo", &ev.args)).on("close-then-boom", |s, _| {
+            s.disconnect_client();
+            panic!("after disconnect_client");
+        })
+    };
+    let server = start(|b| b.namespace("/", ns()).namespace("/custom", ns()));
+    let mut ws = connect(&server, "");
+    ws.send_text("40/custom,");
+    assert!(ws.recv_eio().starts_with("40/custom,{\"sid\""));
+    ws.send_text(r#"42["close-then-boom"]"#);
+    assert_eq!(ws.recv_eio(), "41", "the panicking socket first");
+    assert_eq!(ws.recv_eio(), "41/custom,", "then the client's other namespace");
+    let end = ws.recv().expect("a close frame");
+    assert_eq!(end.opcode, 8, "the session is closed: {end:?}");
+    worker_serves(&server, 1);
+    server.shutdown();
+}

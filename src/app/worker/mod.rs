@@ -56,12 +56,13 @@ pub(crate) type KeyedMap<K, V> = HashMap<K, V, RandomState>;
 pub(crate) type KeyedSet<K> = HashSet<K, RandomState>;
 
 /// What user code asked to happen to a socket once it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Intent {
     /// Leave the namespace (`Socket::disconnect`).
     Leave,
-    /// Disconnect the whole client (`Socket::disconnect_client`).
-    CloseClient,
+    /// Disconnect the whole client (`Socket::disconnect_client`), even if the socket that asked
+    /// is gone by then (its handler panicked): its other sockets are already marked leaving.
+    CloseClient(Sid),
     /// A broadcast-ack collection user code started completed at once (no recipient): its
     /// callback runs after that code, not inside it.
     Collected(u64),
@@ -159,9 +160,9 @@ impl WorkerCore {
     pub(crate) fn request(&mut self, idx: u32, intent: Intent) {
         let Some(s) = self.sockets.get_mut(idx) else { return };
         s.leaving = true;
-        let (gen, client) = (s.gen, s.client.clone());
-        if intent == Intent::CloseClient {
-            for i in self.sockets.of_client(&client) {
+        let gen = s.gen;
+        if let Intent::CloseClient(client) = &intent {
+            for i in self.sockets.of_client(client) {
                 if let Some(s) = self.sockets.get_mut(i) {
                     s.leaving = true;
                 }
@@ -239,18 +240,14 @@ fn guarded(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, what: &'
 /// Applies the disconnects user code asked for, in the order it asked.
 fn run_intents(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
     while let Some((idx, gen, intent)) = core.intents.pop_front() {
-        if let Intent::Collected(id) = intent {
-            finish_collector(core, ctx, id, false);
-            continue;
-        }
-        let Some(s) = core.sockets.live(idx, gen) else { continue };
         match intent {
-            Intent::Leave => remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true),
-            Intent::CloseClient => {
-                let client = s.client.clone();
-                disconnect_client(core, ctx, &client);
+            Intent::Collected(id) => finish_collector(core, ctx, id, false),
+            Intent::Leave if core.sockets.live(idx, gen).is_some() => {
+                remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true)
             }
-            Intent::Collected(_) => {}
+            Intent::Leave => {}
+            Intent::CloseClient(client) if core.sockets.clients.contains_key(&client) => disconnect_client(core, ctx, &client),
+            Intent::CloseClient(_) => {}
         }
     }
 }
