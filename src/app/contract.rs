@@ -36,10 +36,11 @@ pub fn namespace() -> Namespace {
             }
         })
         .on("join", |s, ev| {
-            if let Some(room) = room_name(ev.args.first()) {
-                s.join(&room);
+            // Past the per-socket room limits the join is refused and the ack says `false`.
+            let joined = room_name(ev.args.first()).is_none_or(|room| s.try_join(&room).is_ok());
+            if let Some(a) = ev.ack {
+                s.ack(a, &[json!(joined)]);
             }
-            ack_true(s, &ev);
         })
         .on("leave", |s, ev| {
             if let Some(room) = room_name(ev.args.first()) {

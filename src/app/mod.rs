@@ -5,7 +5,9 @@
 //! - [`server`]: `Server::builder()` and the running server.
 //! - [`namespace`]: namespace definitions, events, handshake, disconnect reasons.
 //! - [`socket`]: the `Socket` handle inside handlers, and broadcast operators.
-//! - [`worker`]: one worker's Socket.IO state: clients, sockets, its shard of the rooms.
+//! - [`worker`]: one worker's Socket.IO layer (the engine's `Handler`): its clients and sockets,
+//!   its shard of the rooms, pending acks, cross-worker mail, and the guard around user code.
+//! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
@@ -15,12 +17,14 @@
 
 pub mod contract;
 pub mod handle;
+pub mod limits;
 pub mod namespace;
 pub mod server;
 pub mod socket;
 pub mod worker;
 
 pub use handle::ServerHandle;
+pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use server::{RunningServer, Server, ServerBuilder};
 pub use socket::{Operator, Socket};

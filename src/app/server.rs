@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::handle::ServerHandle;
+use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
 use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
@@ -28,6 +29,7 @@ impl Server {
             },
             namespaces: Namespaces::default(),
             limits: Limits::default(),
+            socket_limits: SocketLimits::default(),
         }
     }
 }
@@ -38,6 +40,7 @@ pub struct ServerBuilder {
     runtime: RuntimeConfig,
     namespaces: Namespaces,
     limits: Limits,
+    socket_limits: SocketLimits,
 }
 
 impl ServerBuilder {
@@ -66,6 +69,12 @@ impl ServerBuilder {
         self
     }
 
+    /// What one socket (or client) can make a worker hold: pending acks, rooms, namespaces.
+    pub fn socket_limits(mut self, limits: SocketLimits) -> Self {
+        self.socket_limits = limits;
+        self
+    }
+
     /// Adds a namespace.
     pub fn namespace(mut self, name: &str, ns: Namespace) -> Self {
         self.namespaces.fixed.insert(name.to_string(), Arc::new(ns));
@@ -85,8 +94,9 @@ impl ServerBuilder {
         limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
+        let socket_limits = self.socket_limits;
         let rt = threads::start(self.runtime, move |_| {
-            EioServer::new(Rc::new((*engine).clone()), SioWorker::new(namespaces.clone(), limits))
+            EioServer::new(Rc::new((*engine).clone()), SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits))
         })?;
         let handle = ServerHandle::new(rt.poster());
         Ok(RunningServer { rt, handle })

@@ -1,15 +1,22 @@
 //! The `Socket` handle that handlers receive: one client's connection to one namespace, with
 //! emit, acks, rooms, broadcast operators, disconnect and a per-socket data slot.
 //!
-//! Must never: outlive the handler call (it borrows the worker's state).
+//! Its accessors never panic: the id, namespace and handshake are the socket's own (kept by the
+//! handle), and after [`Socket::disconnect`] the socket is only marked as leaving until the
+//! handler returns, so they keep their last values.
+//!
+//! Must never: outlive the handler call (it borrows the worker's state), or run a disconnect
+//! (and so other user code) from inside the handler that asked for it.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::limits::JoinError;
 use super::namespace::{AckId, AckTimeout, Handshake, PartialResponses, Responses};
-use super::worker::{disconnect_client, remove_socket, Broadcast, SioMail, WorkerCore};
+use super::worker::{Broadcast, Intent, SioMail, WorkerCore};
 use crate::engine::{Ctx, SendFlags};
 use crate::proto::sio::encode;
 
@@ -18,33 +25,42 @@ pub struct Socket<'a, 'c> {
     core: &'a mut WorkerCore,
     ctx: &'a mut Ctx<'c, SioMail>,
     idx: u32,
+    gen: u32,
+    id: Rc<str>,
+    nsp: Rc<str>,
+    handshake: Rc<Handshake>,
 }
 
 impl<'a, 'c> Socket<'a, 'c> {
+    /// A handle on the socket in slot `idx`, which must hold one.
     pub(crate) fn new(core: &'a mut WorkerCore, ctx: &'a mut Ctx<'c, SioMail>, idx: u32) -> Self {
-        Socket { core, ctx, idx }
+        let s = core.sockets.at(idx);
+        let (gen, id, nsp, handshake) = (s.gen, s.id.clone(), s.nsp.clone(), s.handshake.clone());
+        Socket { core, ctx, idx, gen, id, nsp, handshake }
     }
 
+    /// Connected, not leaving, and still the socket this handle was made for.
     fn alive(&self) -> bool {
-        self.core.sockets.get(self.idx as usize).is_some_and(|s| s.as_ref().is_some_and(|s| s.connected))
+        self.core.usable(self.idx, self.gen)
     }
 
     /// The socket id (also the name of the room only it is in).
     pub fn id(&self) -> &str {
-        &self.core.socket(self.idx).id
+        &self.id
     }
 
     /// The namespace of this socket.
     pub fn nsp(&self) -> &str {
-        &self.core.socket(self.idx).nsp
+        &self.nsp
     }
 
     /// What the client sent when it connected.
     pub fn handshake(&self) -> &Handshake {
-        &self.core.socket(self.idx).handshake
+        &self.handshake
     }
 
-    /// Whether the socket is still connected (a handler may have disconnected it).
+    /// Whether the socket is still connected: false once a handler has disconnected it (even
+    /// before the disconnect is carried out, when that handler returns).
     pub fn connected(&self) -> bool {
         self.alive()
     }
@@ -75,7 +91,9 @@ impl<'a, 'c> Socket<'a, 'c> {
     }
 
     /// Emits an event and waits for the client's ack: `cb` gets the ack's arguments (and
-    /// attachments), or [`AckTimeout`] after `timeout`. A late ack is ignored.
+    /// attachments), or [`AckTimeout`] after `timeout`. A late ack is ignored. When the socket
+    /// already waits for [`SocketLimits::max_pending_acks`](super::SocketLimits) acks, nothing
+    /// is sent and `cb` gets [`AckTimeout`] at once.
     pub fn emit_with_ack(
         &mut self,
         event: &str,
@@ -86,10 +104,16 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return;
         }
-        let now = self.ctx.now();
-        let id = self.core.add_ack(self.idx, now, timeout, Box::new(cb));
-        let enc = encode::event(self.nsp(), event, args, Some(id), Vec::new());
-        self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
+        let deadline = self.ctx.now() + timeout;
+        match self.core.add_ack(self.idx, deadline, Box::new(cb)) {
+            Ok(id) => {
+                let enc = encode::event(self.nsp(), event, args, Some(id), Vec::new());
+                self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
+            }
+            // Too many acks pending on this socket: nothing is sent, the callback gets its
+            // timeout now.
+            Err(cb) => cb(self, Err(AckTimeout)),
+        }
     }
 
     /// Answers an incoming event's ack.
@@ -106,11 +130,20 @@ impl<'a, 'c> Socket<'a, 'c> {
         self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
     }
 
-    /// Joins a room (on this worker's shard of the room table).
+    /// Joins a room (on this worker's shard of the room table). Past the socket's
+    /// [`SocketLimits`](super::SocketLimits) the join is dropped; [`Socket::try_join`] says so.
     pub fn join(&mut self, room: &str) {
-        if self.alive() {
-            self.core.join(self.idx, room);
+        if let Err(e) = self.try_join(room) {
+            tracing::debug!(socket = %self.id, room, error = %e, "join refused");
         }
+    }
+
+    /// Joins a room, or says why not: too many rooms, a name too long, or the socket left.
+    pub fn try_join(&mut self, room: &str) -> Result<(), JoinError> {
+        if !self.alive() {
+            return Err(JoinError::NotConnected);
+        }
+        self.core.join(self.idx, room)
     }
 
     /// Leaves a room.
@@ -120,9 +153,9 @@ impl<'a, 'c> Socket<'a, 'c> {
         }
     }
 
-    /// The rooms this socket is in (its own id included).
+    /// The rooms this socket is in (its own id included); none once it has left.
     pub fn rooms(&self) -> Vec<String> {
-        self.core.socket(self.idx).rooms.iter().map(|r| r.to_string()).collect()
+        self.core.sockets.live(self.idx, self.gen).map(|s| s.rooms.iter().map(|r| r.to_string()).collect()).unwrap_or_default()
     }
 
     /// Sockets in `room`, except this one (the reference's `socket.to(room)`).
@@ -134,7 +167,7 @@ impl<'a, 'c> Socket<'a, 'c> {
 
     /// Every socket of the namespace except this one (`socket.broadcast`).
     pub fn broadcast(&mut self) -> Operator<'_, 'a, 'c> {
-        let me = self.id().to_string();
+        let me = self.id.to_string();
         let mut op = self.within_namespace();
         op.sel.except_ids.push(me);
         op
@@ -142,34 +175,40 @@ impl<'a, 'c> Socket<'a, 'c> {
 
     /// Sockets of the whole namespace, this one included (the reference's `io.of(nsp)`).
     pub fn within_namespace(&mut self) -> Operator<'_, 'a, 'c> {
-        let nsp = self.nsp().to_string();
+        let nsp = self.nsp.to_string();
         Operator { sel: super::worker::Selector { nsp, ..Default::default() }, flags: SendFlags::default(), socket: self }
     }
 
-    /// Leaves this namespace: the client gets a DISCONNECT for it.
+    /// Leaves this namespace: the client gets a DISCONNECT for it. Done when the running
+    /// handler returns (its disconnect handler never runs inside this one); from now on the
+    /// socket is [not connected](Socket::connected) and emits to it are dropped.
     pub fn disconnect(&mut self) {
         if self.alive() {
-            remove_socket(self.core, self.ctx, self.idx, super::DisconnectReason::ServerNamespaceDisconnect, true);
+            self.core.request(self.idx, Intent::Leave);
         }
     }
 
     /// Disconnects the whole client: every namespace it joined (in that order), then its
-    /// Engine.IO session.
+    /// Engine.IO session. Done when the running handler returns, like [`Socket::disconnect`].
     pub fn disconnect_client(&mut self) {
         if self.alive() {
-            let client = self.core.socket(self.idx).client.clone();
-            disconnect_client(self.core, self.ctx, &client);
+            let client = self.core.sockets.at(self.idx).client.clone();
+            self.core.request(self.idx, Intent::CloseClient(client));
         }
     }
 
-    /// The per-socket data slot.
+    /// The per-socket data slot (empty once the socket is gone).
     pub fn data<T: 'static>(&mut self) -> Option<&mut T> {
-        self.core.socket_mut(self.idx).data.as_mut()?.downcast_mut()
+        let (idx, gen) = (self.idx, self.gen);
+        self.core.sockets.get_mut(idx).filter(|s| s.gen == gen)?.data.as_mut()?.downcast_mut()
     }
 
-    /// Stores a value in the per-socket data slot.
+    /// Stores a value in the per-socket data slot (dropped when the socket is gone).
     pub fn set_data<T: 'static>(&mut self, value: T) {
-        self.core.socket_mut(self.idx).data = Some(Box::new(value));
+        let (idx, gen) = (self.idx, self.gen);
+        if let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) {
+            s.data = Some(Box::new(value));
+        }
     }
 }
 
@@ -219,7 +258,8 @@ impl Operator<'_, '_, '_> {
 
     /// Emits to every selected socket, on every worker, and collects each one's ack (the
     /// reference's `timeout(d).emitWithAck()`): `cb` runs on this socket with all the answers,
-    /// or with the answers that came before `timeout`.
+    /// or with the answers that came before `timeout`. A collection counts against this
+    /// socket's pending-ack limit; past it nothing is sent and `cb` gets no answers at once.
     pub fn emit_with_ack(
         self,
         event: &str,
@@ -231,6 +271,11 @@ impl Operator<'_, '_, '_> {
         if !s.alive() {
             return;
         }
-        s.core.broadcast_with_ack(s.ctx, s.idx, self.sel, event, args, Vec::new(), self.flags, timeout, Box::new(cb));
+        let r = s.core.broadcast_with_ack(s.ctx, s.idx, self.sel, event, args, Vec::new(), self.flags, timeout, Box::new(cb));
+        // Too many acks pending on this socket: nothing is sent, the callback gets its
+        // timeout (with no answers) now.
+        if let Err(cb) = r {
+            cb(s, Err(PartialResponses { responses: Vec::new() }));
+        }
     }
 }

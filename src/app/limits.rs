@@ -1,0 +1,46 @@
+//! Per-socket and per-client limits of the Socket.IO layer: how much state one client can make
+//! a worker hold (pending acks, rooms, namespaces), and the typed errors a breach gives.
+//!
+//! Must never: enforce anything itself (the worker does, and answers on the wire).
+
+/// Bounds on what one socket (or one client) can make its worker hold. Each breach has an
+/// answer: an ack callback gets its error at once, a join is refused (the contract app acks
+/// `false`), a CONNECT is answered with CONNECT_ERROR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLimits {
+    /// Acks one socket may wait for at once: its own `emit_with_ack`s, broadcast acks it owes
+    /// and broadcast-ack collections it started. One more gets its error (timeout) at once.
+    pub max_pending_acks: usize,
+    /// Rooms one socket may be in, the room named by its own id included.
+    pub max_rooms: usize,
+    /// Longest room name accepted, in bytes.
+    pub max_room_name_len: usize,
+    /// Namespaces one client (Engine.IO session) may be connected to at once.
+    pub max_namespaces_per_client: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        SocketLimits { max_pending_acks: 1024, max_rooms: 1024, max_room_name_len: 256, max_namespaces_per_client: 64 }
+    }
+}
+
+/// Why a socket could not join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The socket is already in [`SocketLimits::max_rooms`] rooms.
+    #[error("too many rooms (at most {max})")]
+    TooManyRooms {
+        /// The limit.
+        max: usize,
+    },
+    /// The name is longer than [`SocketLimits::max_room_name_len`].
+    #[error("room name too long (at most {max} bytes)")]
+    NameTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// The socket has left (or is leaving) its namespace.
+    #[error("the socket is not connected")]
+    NotConnected,
+}

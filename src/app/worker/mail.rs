@@ -1,0 +1,238 @@
+//! What crosses workers: the mail a worker (or a `ServerHandle` on any thread) sends another,
+//! broadcast fan-out (local delivery plus one post of the same `Arc` per other worker), and
+//! applying the mail this worker receives.
+//!
+//! A broadcast is encoded once by whoever emits it; each worker delivers the same shared
+//! packets to its own members.
+//!
+//! Must never: touch another worker's sockets (it posts mail instead), encode a packet once per
+//! recipient, or block on another worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::acks::PendingAck;
+use super::{disconnect_client, remove_socket, WorkerCore};
+use crate::app::namespace::{BroadcastAckCallback, DisconnectReason};
+use crate::engine::{Ctx, SendFlags};
+use crate::proto::sio::{encode, Encoded};
+
+/// Which sockets of a namespace an operation applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// The namespace.
+    pub nsp: String,
+    /// Sockets in any of these rooms; all sockets of the namespace when empty.
+    pub rooms: Vec<String>,
+    /// Sockets in any of these rooms are left out.
+    pub except_rooms: Vec<String>,
+    /// These sockets are left out.
+    pub except_ids: Vec<String>,
+}
+
+/// A packet for the sockets a selector picks, encoded once.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// Who gets it.
+    pub sel: Selector,
+    /// The packet, encoded once for every transport.
+    pub packet: Encoded,
+    /// Emit flags.
+    pub flags: SendFlags,
+    /// Set when every recipient's ack is collected by the origin worker.
+    pub ack: Option<BroadcastAck>,
+}
+
+/// The ack of a broadcast: the id every recipient answers with, and who collects.
+#[derive(Debug, Clone, Copy)]
+pub struct BroadcastAck {
+    /// The ack id every recipient answers with.
+    pub id: u64,
+    /// The worker that collects the answers.
+    pub origin: usize,
+    /// When the collection ends.
+    pub deadline: Instant,
+}
+
+/// Mail between workers (and from `ServerHandle`s).
+pub enum SioMail {
+    /// Deliver a broadcast to this worker's matching sockets.
+    Broadcast(Arc<Broadcast>),
+    /// Make the selected sockets join rooms.
+    Join {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// The rooms to join.
+        rooms: Arc<Vec<String>>,
+    },
+    /// Make the selected sockets leave rooms.
+    Leave {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// The rooms to leave.
+        rooms: Arc<Vec<String>>,
+    },
+    /// Disconnect the selected sockets.
+    Disconnect {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// Close their whole clients, not only this namespace.
+        close_client: bool,
+    },
+    /// Answer on `reply` once everything posted before has been handled (a barrier).
+    Flush {
+        /// Where to answer.
+        reply: std::sync::mpsc::Sender<()>,
+    },
+    /// Count the selected sockets; every worker answers on `reply`.
+    Count {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// Where to answer.
+        reply: std::sync::mpsc::Sender<usize>,
+    },
+    /// To a broadcast's origin: this worker sent it to `count` sockets.
+    AckCount {
+        /// The broadcast's ack id.
+        id: u64,
+        /// Recipients on the reporting worker.
+        count: usize,
+    },
+    /// To a broadcast's origin: one recipient's answer.
+    AckAnswer {
+        /// The broadcast's ack id.
+        id: u64,
+        /// The answer's arguments.
+        args: Vec<Value>,
+        /// The answer's attachments.
+        attachments: Vec<Bytes>,
+    },
+}
+
+impl WorkerCore {
+    /// Delivers a broadcast to this worker's matching sockets; returns how many got it.
+    pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
+        let targets = self.select(&b.sel);
+        for &idx in &targets {
+            let s = self.sockets.at_mut(idx);
+            if let Some(ack) = b.ack {
+                let key = (idx, s.gen);
+                // A recipient at its pending-ack limit still gets the event, but its answer is
+                // not collected: the collection ends at its deadline without it.
+                if self.acks.arm(&mut s.acks, key, ack.deadline, PendingAck::Collect { origin: ack.origin }, Some(ack.id)).is_err() {
+                    tracing::debug!(socket = %s.id, "too many pending acks; a broadcast's ack will not be collected");
+                }
+            }
+            for p in b.packet.packets() {
+                if ctx.send(&s.client, p, b.flags).is_err() {
+                    break;
+                }
+            }
+        }
+        self.compact_acks();
+        targets.len()
+    }
+
+    /// Broadcasts: local delivery, plus one post of the same `Arc` to every other worker.
+    pub(crate) fn broadcast(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Broadcast) -> usize {
+        let b = Arc::new(b);
+        let n = self.deliver(ctx, &b);
+        let me = ctx.worker();
+        for w in (0..ctx.workers()).filter(|&w| w != me) {
+            ctx.post(w, SioMail::Broadcast(b.clone()));
+        }
+        n
+    }
+
+    #[allow(clippy::too_many_arguments)] // one broadcast's whole description; called in one place
+    /// Broadcasts an event whose every recipient must ack within `timeout`; `cb` runs on the
+    /// emitting socket with every answer, or with those that came before the timeout. Gives
+    /// `cb` back, with nothing sent, when the socket is at its pending-ack limit.
+    pub(crate) fn broadcast_with_ack(
+        &mut self,
+        ctx: &mut Ctx<'_, SioMail>,
+        idx: u32,
+        sel: Selector,
+        event: &str,
+        args: &[Value],
+        attachments: Vec<Bytes>,
+        flags: SendFlags,
+        timeout: Duration,
+        cb: BroadcastAckCallback,
+    ) -> Result<(), BroadcastAckCallback> {
+        let worker = ctx.worker();
+        let id = self.acks.next_broadcast_id(worker);
+        let deadline = ctx.now() + timeout;
+        let s = self.sockets.at_mut(idx);
+        let key = (idx, s.gen);
+        self.acks.start_collector(&mut s.acks, id, key, ctx.workers() - 1, deadline, cb)?;
+        let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
+        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: worker, deadline }) };
+        let n = self.broadcast(ctx, b);
+        if self.acks.count(id, n, false) {
+            // Called from user code: the callback runs once that code has returned.
+            self.intents.push_back((key.0, key.1, super::Intent::Collected(id)));
+        }
+        Ok(())
+    }
+}
+
+/// Applies one piece of mail from another worker or a `ServerHandle`.
+pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
+    match mail {
+        SioMail::Broadcast(b) => {
+            // One copy per worker, not per recipient: keeps reference counts core-local.
+            let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack };
+            let n = core.deliver(ctx, &local);
+            if let Some(ack) = b.ack {
+                ctx.post(ack.origin, SioMail::AckCount { id: ack.id, count: n });
+            }
+        }
+        SioMail::AckCount { id, count } => {
+            if core.acks.count(id, count, true) {
+                super::finish_collector(core, ctx, id, false);
+            }
+        }
+        SioMail::AckAnswer { id, args, attachments } => {
+            if core.acks.answer(id, (args, attachments)) {
+                super::finish_collector(core, ctx, id, false);
+            }
+        }
+        SioMail::Join { sel, rooms } => {
+            for idx in core.select(&sel) {
+                for r in rooms.iter() {
+                    if let Err(e) = core.join(idx, r) {
+                        tracing::debug!(room = %r, error = %e, "a server-side join was refused");
+                    }
+                }
+            }
+        }
+        SioMail::Leave { sel, rooms } => {
+            for idx in core.select(&sel) {
+                for r in rooms.iter() {
+                    core.leave(idx, r);
+                }
+            }
+        }
+        SioMail::Disconnect { sel, close_client } => {
+            for idx in core.select(&sel) {
+                if close_client {
+                    // A socket selected earlier may be gone with a client closed before it.
+                    let Some(client) = core.sockets.get(idx).filter(|s| s.connected).map(|s| s.client.clone()) else { continue };
+                    disconnect_client(core, ctx, &client);
+                } else {
+                    remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
+                }
+            }
+        }
+        SioMail::Flush { reply } => {
+            let _ = reply.send(());
+        }
+        SioMail::Count { sel, reply } => {
+            let _ = reply.send(core.select(&sel).len());
+        }
+    }
+}

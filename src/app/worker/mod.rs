@@ -1,0 +1,513 @@
+//! The Socket.IO layer of one worker, as the [`Handler`] the Engine.IO server calls: it decodes
+//! each session's packets, routes them to sockets, runs user code, and applies what user code
+//! asked for once it has returned.
+//!
+//! - `sockets`: the slab of this worker's sockets and the clients that own them.
+//! - `rooms`: this worker's shard of the room table, and selection.
+//! - `acks`: pending acks (bounded per socket) with their deadline heap, and broadcast-ack
+//!   collection.
+//! - `mail`: what crosses workers: broadcasts, room and disconnect requests, ack reports.
+//! - `guard`: runs user code so that a panic never escapes.
+//!
+//! Every call into user code (connect middleware, the namespace filter, handlers, ack
+//! callbacks) goes through `guard`: a panic disconnects only the socket concerned. A socket
+//! that user code disconnects is marked as leaving and really disconnected (its disconnect
+//! handler run, rooms left, DISCONNECT sent) when the user code that asked returns, never from
+//! inside it.
+//!
+//! Must never: parse bytes itself (it calls `proto::sio`), touch another worker's sockets, let
+//! a panic in user code take the worker down, or run user code from inside other user code.
+
+mod acks;
+mod guard;
+mod mail;
+mod rooms;
+mod sockets;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use mail::{Broadcast, BroadcastAck, Selector, SioMail};
+
+use super::limits::SocketLimits;
+use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
+use super::socket::Socket;
+use acks::{Acks, PendingAck};
+use rooms::Rooms;
+use sockets::{Client, SocketState, Sockets};
+
+use crate::engine::{sid as ids, Ctx, Handler, OpenInfo, SendFlags, Sid};
+use crate::proto::eio::CloseReason;
+use crate::proto::sio::{encode, BinaryAssembler, Decoder, Encoded, Limits, Packet, PacketType};
+use crate::rt::timer::Fifo;
+
+/// A map keyed by strings a client chooses (namespace and room names) or sends us to look up
+/// (session ids). std's `RandomState` keys SipHash with random keys per map (per thread, then
+/// per map), so a client cannot precompute keys that all land in one bucket (HashDoS). Maps
+/// keyed by integers this worker chose (slots, ack ids) keep the faster, unkeyed Fx hasher.
+pub(crate) type KeyedMap<K, V> = HashMap<K, V, RandomState>;
+/// A set of client-chosen strings; see [`KeyedMap`].
+pub(crate) type KeyedSet<K> = HashSet<K, RandomState>;
+
+/// What user code asked to happen to a socket once it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// Leave the namespace (`Socket::disconnect`).
+    Leave,
+    /// Disconnect the whole client (`Socket::disconnect_client`), even if the socket that asked
+    /// is gone by then (its handler panicked): its other sockets are already marked leaving.
+    CloseClient(Sid),
+    /// A broadcast-ack collection user code started completed at once (no recipient): its
+    /// callback runs after that code, not inside it.
+    Collected(u64),
+}
+
+/// The worker's Socket.IO state; handlers reach it through [`Socket`].
+pub struct WorkerCore {
+    namespaces: Arc<Namespaces>,
+    limits: SocketLimits,
+    decoder: Decoder,
+    pub(crate) sockets: Sockets,
+    rooms: Rooms,
+    acks: Acks,
+    /// Every session gets the same delay: deadlines arrive in order, a FIFO is enough.
+    connect_due: Fifo<Sid>,
+    connect_timeout: Duration,
+    /// Disconnects user code asked for, done once it returns: (slot, generation, what).
+    intents: VecDeque<(u32, u32, Intent)>,
+}
+
+/// The Socket.IO [`Handler`] of one worker.
+pub struct SioWorker {
+    core: WorkerCore,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SioWorker {
+    /// The Socket.IO layer of one worker, serving `namespaces`, with the default
+    /// [`SocketLimits`].
+    pub fn new(namespaces: Arc<Namespaces>, limits: Limits) -> SioWorker {
+        SioWorker::with_socket_limits(namespaces, limits, SocketLimits::default())
+    }
+
+    /// The Socket.IO layer of one worker, with explicit per-socket limits.
+    pub fn with_socket_limits(namespaces: Arc<Namespaces>, limits: Limits, socket_limits: SocketLimits) -> SioWorker {
+        SioWorker {
+            core: WorkerCore {
+                namespaces,
+                limits: socket_limits,
+                decoder: Decoder::new(limits),
+                sockets: Sockets::default(),
+                rooms: Rooms::default(),
+                acks: Acks::new(&socket_limits),
+                connect_due: Fifo::default(),
+                connect_timeout: Duration::from_secs(45),
+                intents: VecDeque::new(),
+            },
+        }
+    }
+}
+
+impl WorkerCore {
+    /// Sends an encoded packet (and its attachments) to one socket's client.
+    pub(crate) fn send_to(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, enc: &Encoded, flags: SendFlags) {
+        let client = self.sockets.at(idx).client.clone();
+        for p in enc.packets() {
+            if ctx.send(&client, p, flags).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Whether socket `(idx, gen)` is connected and not leaving: what user code may act on.
+    pub(crate) fn usable(&self, idx: u32, gen: u32) -> bool {
+        self.sockets.live(idx, gen).is_some_and(|s| !s.leaving)
+    }
+
+    /// Registers an ack callback due at `deadline`; returns its id, or the callback back when
+    /// the socket is at its pending-ack limit.
+    pub(crate) fn add_ack(&mut self, idx: u32, deadline: Instant, cb: AckCallback) -> Result<u64, AckCallback> {
+        let s = self.sockets.at_mut(idx);
+        let key = (idx, s.gen);
+        let r = self.acks.arm(&mut s.acks, key, deadline, PendingAck::Callback(cb), None);
+        self.compact_acks();
+        r.map_err(|a| match a {
+            PendingAck::Callback(cb) => cb,
+            PendingAck::Collect { .. } => unreachable!("armed a callback"),
+        })
+    }
+
+    /// Drops deadline entries of answered acks once they outnumber the pending ones.
+    fn compact_acks(&mut self) {
+        if self.acks.needs_compaction() {
+            let sockets = &self.sockets;
+            self.acks.compact(|k| sockets.live(k.slot, k.gen).is_some_and(|s| s.acks.is_pending(k.id)));
+        }
+    }
+
+    /// Records that user code wants socket `idx` gone (or its whole client); done when that
+    /// code returns (see [`run_intents`]). The socket is marked leaving at once: no more
+    /// emits to it, and no selection picks it.
+    pub(crate) fn request(&mut self, idx: u32, intent: Intent) {
+        let Some(s) = self.sockets.get_mut(idx) else { return };
+        s.leaving = true;
+        let gen = s.gen;
+        if let Intent::CloseClient(client) = &intent {
+            for i in self.sockets.of_client(client) {
+                if let Some(s) = self.sockets.get_mut(i) {
+                    s.leaving = true;
+                }
+            }
+        }
+        self.intents.push_back((idx, gen, intent));
+    }
+
+    fn new_socket(&mut self, client: &Sid, nsp: &str, ns: Arc<super::namespace::Namespace>, hs: Handshake, worker: usize) -> u32 {
+        let id: Rc<str> = Rc::from(ids::generate(worker));
+        let nsp = self.rooms.intern(nsp);
+        let idx = self.sockets.insert(|gen| SocketState {
+            id: id.clone(),
+            nsp: nsp.clone(),
+            client: client.clone(),
+            rooms: KeyedSet::default(),
+            handshake: Rc::new(hs),
+            data: None,
+            acks: Default::default(),
+            ns,
+            gen,
+            stamp: 0,
+            connected: true,
+            leaving: false,
+        });
+        self.rooms.add_member(&nsp, idx);
+        // Every socket is in the room named by its own id, whatever the limits on names.
+        self.sockets.at_mut(idx).rooms.insert(id.clone());
+        self.rooms.nsps.entry(nsp.clone()).or_default().rooms.entry(id).or_default().insert(idx);
+        if let Some(c) = self.sockets.clients.get_mut(client) {
+            c.sockets.push((nsp, idx));
+        }
+        idx
+    }
+
+    /// Takes a socket out of its rooms and namespace; the slot stays until `free_socket`.
+    fn detach(&mut self, idx: u32) {
+        let rooms: Vec<Rc<str>> = self.sockets.at(idx).rooms.iter().cloned().collect();
+        for r in rooms {
+            self.leave(idx, &r);
+        }
+        let s = self.sockets.at_mut(idx);
+        s.connected = false;
+        let (nsp, client) = (s.nsp.clone(), s.client.clone());
+        self.rooms.remove_member(&nsp, idx);
+        if let Some(c) = self.sockets.clients.get_mut(&client) {
+            c.sockets.retain(|(_, i)| *i != idx);
+        }
+    }
+
+    fn free_socket(&mut self, idx: u32) {
+        if let Some(mut s) = self.sockets.take(idx) {
+            let acks = self.acks.forget(&mut s.acks);
+            // Unanswered callbacks and the data slot hold user values: their drop is user code.
+            guard::drop_quietly((acks, s));
+        }
+    }
+}
+
+/// Runs a user handler on socket `idx`; a panic is caught, logged once, and only that socket
+/// is disconnected. Then applies the disconnects the handler asked for.
+fn guarded(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, what: &'static str, f: impl FnOnce(&mut Socket<'_, '_>)) {
+    let Some(s) = core.sockets.get(idx) else { return };
+    let id = s.id.clone();
+    let ok = {
+        let mut s = Socket::new(core, ctx, idx);
+        guard::catch(what, &id, || f(&mut s)).is_some()
+    };
+    if !ok && core.sockets.get(idx).is_some_and(|s| s.connected && *s.id == *id) {
+        remove_socket(core, ctx, idx, DisconnectReason::HandlerPanic, true);
+    }
+    run_intents(core, ctx);
+}
+
+/// Applies the disconnects user code asked for, in the order it asked.
+fn run_intents(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
+    while let Some((idx, gen, intent)) = core.intents.pop_front() {
+        match intent {
+            Intent::Collected(id) => finish_collector(core, ctx, id, false),
+            Intent::Leave if core.sockets.live(idx, gen).is_some() => {
+                remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true)
+            }
+            Intent::Leave => {}
+            Intent::CloseClient(client) if core.sockets.clients.contains_key(&client) => disconnect_client(core, ctx, &client),
+            Intent::CloseClient(_) => {}
+        }
+    }
+}
+
+/// A socket leaves its namespace: DISCONNECT sent when the server decided it, rooms left, the
+/// disconnect handler called, the slot freed.
+pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, reason: DisconnectReason, send_packet: bool) {
+    let Some(s) = core.sockets.get(idx) else { return };
+    if !s.connected {
+        return;
+    }
+    if send_packet {
+        let enc = encode::disconnect(&s.nsp);
+        core.send_to(ctx, idx, &enc, SendFlags::default());
+    }
+    core.detach(idx);
+    if let Some(h) = core.sockets.at(idx).ns.on_disconnect.clone() {
+        guarded(core, ctx, idx, "disconnect handler", |s| h(s, reason));
+    }
+    core.free_socket(idx);
+}
+
+/// Disconnects every socket of a client in the order they connected (each gets its
+/// DISCONNECT), then closes the Engine.IO session.
+pub(crate) fn disconnect_client(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, client: &Sid) {
+    for idx in core.sockets.of_client(client) {
+        remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
+    }
+    if let Some(c) = core.sockets.clients.get_mut(client) {
+        c.closing_reason = Some(DisconnectReason::ServerNamespaceDisconnect);
+    }
+    ctx.close(client);
+}
+
+/// Ends a broadcast-ack collection: its callback runs on the emitting socket, if still there.
+fn finish_collector(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, id: u64, timed_out: bool) {
+    let Some(c) = core.acks.finish(id) else { return };
+    let (idx, gen) = c.socket;
+    let Some(s) = core.sockets.live_mut(idx, gen) else { return guard::drop_quietly(c) };
+    s.acks.collecting = s.acks.collecting.saturating_sub(1);
+    let result = if timed_out { Err(PartialResponses { responses: c.responses }) } else { Ok(c.responses) };
+    let cb = c.cb;
+    guarded(core, ctx, idx, "broadcast ack callback", move |s| cb(s, result));
+}
+
+fn refuse(ctx: &mut Ctx<'_, SioMail>, sid: &Sid, nsp: &str, data: &Value) {
+    for pk in encode::connect_error(nsp, data).packets() {
+        let _ = ctx.send(sid, pk, SendFlags::default());
+    }
+}
+
+impl SioWorker {
+    /// A protocol error: logged once, the error handlers told, the session closed.
+    fn fail(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, why: &dyn std::fmt::Display) {
+        let Some(c) = self.core.sockets.clients.get_mut(sid) else { return };
+        if c.closing_reason.is_some() {
+            return; // already failing: one log line per session
+        }
+        c.closing_reason = Some(DisconnectReason::ParseError);
+        tracing::info!(sid = %sid, error = %why, "closing a session after a protocol error");
+        let message = why.to_string();
+        for idx in self.core.sockets.of_client(sid) {
+            let Some(s) = self.core.sockets.get(idx).filter(|s| s.connected) else { continue };
+            if let Some(h) = s.ns.on_error.clone() {
+                guarded(&mut self.core, ctx, idx, "error handler", |s| h(s, &message));
+            }
+        }
+        ctx.close(sid);
+    }
+
+    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, p: Packet) {
+        let core = &mut self.core;
+        match p.kind {
+            PacketType::Connect => self.connect(ctx, sid, p),
+            PacketType::Disconnect => {
+                if let Some(idx) = core.sockets.client_socket(sid, &p.nsp) {
+                    remove_socket(core, ctx, idx, DisconnectReason::ClientNamespaceDisconnect, false);
+                }
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                let Some(idx) = core.sockets.client_socket(sid, &p.nsp) else {
+                    return self.fail(ctx, sid, &"event for a namespace the client is not connected to");
+                };
+                let Some(Value::Array(mut all)) = p.data else { return };
+                let name = match all.first() {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => return,
+                };
+                all.remove(0);
+                let ev = Event { name, args: all, attachments: p.attachments, ack: p.id.map(super::namespace::AckId) };
+                let ns = core.sockets.at(idx).ns.clone();
+                let handler = ns.events.get(&ev.name).or(ns.any.as_ref()).cloned();
+                if let Some(h) = handler {
+                    guarded(core, ctx, idx, "event handler", |s| h(s, ev));
+                }
+            }
+            PacketType::Ack | PacketType::BinaryAck => {
+                let Some(idx) = core.sockets.client_socket(sid, &p.nsp) else { return };
+                let Some(id) = p.id else { return };
+                // A late or unknown ack is ignored.
+                let Some(pending) = core.acks.take(&mut core.sockets.at_mut(idx).acks, id) else { return };
+                let args = match p.data {
+                    Some(Value::Array(a)) => a,
+                    _ => Vec::new(),
+                };
+                let atts = p.attachments;
+                match pending {
+                    PendingAck::Callback(cb) => guarded(core, ctx, idx, "ack callback", |s| cb(s, Ok((args, atts)))),
+                    PendingAck::Collect { origin } if origin == ctx.worker() => {
+                        if core.acks.answer(id, (args, atts)) {
+                            finish_collector(core, ctx, id, false);
+                        }
+                    }
+                    PendingAck::Collect { origin } => ctx.post(origin, SioMail::AckAnswer { id, args, attachments: atts }),
+                }
+            }
+            PacketType::ConnectError => self.fail(ctx, sid, &"a client may not send CONNECT_ERROR"),
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, p: Packet) {
+        let core = &mut self.core;
+        if core.sockets.client_socket(sid, &p.nsp).is_some() {
+            return; // already connected to this namespace
+        }
+        let Some(client) = core.sockets.clients.get(sid) else { return };
+        if client.sockets.len() >= core.limits.max_namespaces_per_client {
+            tracing::debug!(sid = %sid, "too many namespaces for one client");
+            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Too many namespaces" }));
+        }
+        let namespaces = core.namespaces.clone();
+        // The dynamic-namespace filter is user code.
+        let Some(ns) = guard::catch("namespace filter", "", || namespaces.resolve(&p.nsp)) else {
+            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Internal server error" }));
+        };
+        let Some(ns) = ns else {
+            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Invalid namespace" }));
+        };
+        let hs = Handshake {
+            nsp: p.nsp.clone(),
+            auth: p.data,
+            query: client.query.clone(),
+            origin: client.origin.clone(),
+            headers: client.headers.clone(),
+            issued: now_ms(),
+        };
+        for m in &ns.middleware {
+            match guard::catch("connect middleware", "", || m(&hs)) {
+                Some(Ok(())) => {}
+                Some(Err(data)) => {
+                    let data = match data {
+                        Value::String(s) => serde_json::json!({ "message": s }),
+                        other => other,
+                    };
+                    return refuse(ctx, sid, &p.nsp, &data);
+                }
+                None => return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Internal server error" })),
+            }
+        }
+        let idx = core.new_socket(sid, &p.nsp, ns.clone(), hs, ctx.worker());
+        let enc = encode::connect(&p.nsp, &core.sockets.at(idx).id.clone());
+        core.send_to(ctx, idx, &enc, SendFlags::default());
+        if let Some(h) = ns.on_connection.clone() {
+            guarded(core, ctx, idx, "connection handler", |s| h(s));
+        }
+    }
+}
+
+impl Handler for SioWorker {
+    type Mail = SioMail;
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, info: &OpenInfo<'_>) {
+        self.core.sockets.clients.insert(
+            sid.clone(),
+            Client {
+                sockets: Vec::new(),
+                assembler: None,
+                query: info.query.into(),
+                origin: info.origin.map(Rc::from),
+                headers: info.headers.into(),
+                closing_reason: None,
+            },
+        );
+        let deadline = ctx.now() + self.core.connect_timeout;
+        self.core.connect_due.push(deadline, sid.clone());
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, text: &mut [u8]) {
+        let Some(client) = self.core.sockets.clients.get(sid) else { return };
+        if let Some(a) = &client.assembler {
+            let e = crate::proto::sio::SioError::AttachmentsMissing { missing: a.missing() };
+            return self.fail(ctx, sid, &e);
+        }
+        match self.core.decoder.decode(text) {
+            Err(e) => self.fail(ctx, sid, &e),
+            Ok(p) if p.kind.is_binary() => {
+                // The attachments of the whole packet share the packet-size limit.
+                let max_bytes = self.core.decoder.limits().max_packet_size;
+                if let Some(c) = self.core.sockets.clients.get_mut(sid) {
+                    c.assembler = Some(Box::new(BinaryAssembler::new(p, max_bytes)));
+                }
+            }
+            Ok(p) => self.dispatch(ctx, sid, p),
+        }
+    }
+
+    fn on_binary(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, data: Bytes) {
+        let Some(client) = self.core.sockets.clients.get_mut(sid) else { return };
+        let Some(asm) = client.assembler.take() else {
+            return self.fail(ctx, sid, &crate::proto::sio::SioError::UnexpectedBinary);
+        };
+        match (*asm).push(data) {
+            Ok(Ok(p)) => self.dispatch(ctx, sid, p),
+            Ok(Err(asm)) => client.assembler = Some(Box::new(asm)),
+            Err(e) => self.fail(ctx, sid, &e),
+        }
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, reason: CloseReason) {
+        let Some(client) = self.core.sockets.clients.get(sid) else { return };
+        let reason = client.closing_reason.unwrap_or(match reason {
+            CloseReason::TransportClose => DisconnectReason::TransportClose,
+            CloseReason::PingTimeout => DisconnectReason::PingTimeout,
+            CloseReason::TransportError => DisconnectReason::TransportError,
+            CloseReason::ForcedClose => DisconnectReason::ServerNamespaceDisconnect,
+            CloseReason::ParseError => DisconnectReason::ParseError,
+            CloseReason::ServerShutdown => DisconnectReason::ServerShuttingDown,
+        });
+        for idx in self.core.sockets.of_client(sid) {
+            remove_socket(&mut self.core, ctx, idx, reason, false);
+        }
+        self.core.sockets.clients.remove(sid);
+    }
+
+    fn on_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
+        mail::apply(&mut self.core, ctx, mail);
+    }
+
+    fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {
+        let core = &mut self.core;
+        while let Some(key) = core.acks.pop_due(now) {
+            let Some(s) = core.sockets.live_mut(key.slot, key.gen) else { continue };
+            // A stale entry (answered already) misses here.
+            if let Some(PendingAck::Callback(cb)) = core.acks.take(&mut s.acks, key.id) {
+                guarded(core, ctx, key.slot, "ack timeout callback", |s| cb(s, Err(AckTimeout)));
+            }
+        }
+        while let Some(id) = core.acks.pop_collect_due(now) {
+            finish_collector(core, ctx, id, true);
+        }
+        while let Some(sid) = core.connect_due.pop_due(now) {
+            if core.sockets.clients.get(&sid).is_some_and(|c| c.sockets.is_empty()) {
+                tracing::debug!(sid = %sid, "no namespace joined in time; closing");
+                ctx.close(&sid);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [self.core.acks.next_deadline(), self.core.connect_due.next()].into_iter().flatten().min()
+    }
+}

@@ -1,0 +1,134 @@
+//! This worker's sockets and the clients (Engine.IO sessions) that own them: a slab of socket
+//! slots with a generation per slot — so a reference kept across calls (a deadline, a
+//! collector, a deferred disconnect) to a slot that was freed and reused is detected — and each
+//! client's sockets in the order they connected.
+//!
+//! Must never: call user code, or touch rooms and acks (the worker takes a socket out of those
+//! before it frees the slot here).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::acks::SocketAcks;
+use super::KeyedMap;
+use crate::app::namespace::{DisconnectReason, Handshake, Namespace};
+use crate::engine::Sid;
+use crate::proto::sio::BinaryAssembler;
+
+/// One client's connection to one namespace.
+pub(crate) struct SocketState {
+    pub(crate) id: Rc<str>,
+    pub(crate) nsp: Rc<str>,
+    pub(crate) client: Sid,
+    /// Room names are chosen by clients (the contract's `join`): keyed hashing.
+    pub(crate) rooms: super::KeyedSet<Rc<str>>,
+    pub(crate) handshake: Rc<Handshake>,
+    pub(crate) data: Option<Box<dyn std::any::Any>>,
+    pub(crate) acks: SocketAcks,
+    pub(crate) ns: Arc<Namespace>,
+    pub(crate) gen: u32,
+    /// The last selection that picked this socket (each socket is picked once per selection).
+    pub(crate) stamp: u64,
+    /// False once the socket has left its namespace (during its disconnect handler).
+    pub(crate) connected: bool,
+    /// Set when user code asked to disconnect it; done once that code has returned.
+    pub(crate) leaving: bool,
+}
+
+/// One Engine.IO session.
+pub(crate) struct Client {
+    /// Sockets in the order they connected: (namespace, slot).
+    pub(crate) sockets: Vec<(Rc<str>, u32)>,
+    /// Boxed: only a client in the middle of a binary packet has one, and inline it would
+    /// more than double every client's entry.
+    pub(crate) assembler: Option<Box<BinaryAssembler>>,
+    pub(crate) query: Rc<str>,
+    pub(crate) origin: Option<Rc<str>>,
+    pub(crate) headers: Rc<[(String, String)]>,
+    /// Set when this layer closes the session, so its sockets get the right reason.
+    pub(crate) closing_reason: Option<DisconnectReason>,
+}
+
+/// The slab of sockets, and the clients.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    slots: Vec<Option<SocketState>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    /// Session ids arrive with every client request (looked up by what the client sends, in
+    /// the engine before us): keyed hashing, like every map keyed by client input.
+    pub(crate) clients: KeyedMap<Sid, Client>,
+    stamp: u64,
+}
+
+impl Sockets {
+    pub(crate) fn get(&self, idx: u32) -> Option<&SocketState> {
+        self.slots.get(idx as usize)?.as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, idx: u32) -> Option<&mut SocketState> {
+        self.slots.get_mut(idx as usize)?.as_mut()
+    }
+
+    /// The socket in `idx` if it is still generation `gen` and connected.
+    pub(crate) fn live(&self, idx: u32, gen: u32) -> Option<&SocketState> {
+        self.get(idx).filter(|s| s.gen == gen && s.connected)
+    }
+
+    pub(crate) fn live_mut(&mut self, idx: u32, gen: u32) -> Option<&mut SocketState> {
+        self.get_mut(idx).filter(|s| s.gen == gen && s.connected)
+    }
+
+    /// A live socket, for the worker's own use (a missing one is a bug of the worker).
+    pub(crate) fn at(&self, idx: u32) -> &SocketState {
+        self.get(idx).expect("a live socket")
+    }
+
+    pub(crate) fn at_mut(&mut self, idx: u32) -> &mut SocketState {
+        self.get_mut(idx).expect("a live socket")
+    }
+
+    /// Stores a new socket, built by `make` from its slot's new generation; returns the slot.
+    pub(crate) fn insert(&mut self, make: impl FnOnce(u32) -> SocketState) -> u32 {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.gens.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let gen = self.gens[idx as usize].wrapping_add(1);
+        self.gens[idx as usize] = gen;
+        self.slots[idx as usize] = Some(make(gen));
+        idx
+    }
+
+    /// Frees a slot; returns its socket for the caller to drop (its data may be user code).
+    pub(crate) fn take(&mut self, idx: u32) -> Option<SocketState> {
+        let s = self.slots.get_mut(idx as usize)?.take()?;
+        self.free.push(idx);
+        Some(s)
+    }
+
+    /// A new selection's stamp.
+    pub(crate) fn next_stamp(&mut self) -> u64 {
+        self.stamp += 1;
+        self.stamp
+    }
+
+    /// Every slot, for a selection to mark.
+    pub(crate) fn slots_mut(&mut self) -> &mut [Option<SocketState>] {
+        &mut self.slots
+    }
+
+    /// The slot of `sid`'s socket in namespace `nsp`.
+    pub(crate) fn client_socket(&self, sid: &str, nsp: &str) -> Option<u32> {
+        self.clients.get(sid)?.sockets.iter().find(|(n, _)| **n == *nsp).map(|(_, i)| *i)
+    }
+
+    /// `sid`'s sockets, in the order they connected.
+    pub(crate) fn of_client(&self, sid: &str) -> Vec<u32> {
+        self.clients.get(sid).map(|c| c.sockets.iter().map(|(_, i)| *i).collect()).unwrap_or_default()
+    }
+}
