@@ -7,7 +7,7 @@
 //!
 //! Dependencies point one way: `proto` imports nothing else of the crate.
 
-#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod app;
 pub mod cli;

@@ -377,3 +377,52 @@ fn unfinished_compressed_messages_count_against_the_worker_budget() {
     }
     assert_served(&mut s, 0);
 }
+
+/// The codec is split into a decoder and an encoder: a handler answering from inside the
+/// decoding of its connection's bytes sends compressed replies at once and in order (no
+/// deferred queue).
+#[test]
+fn replies_from_inside_decoding_are_compressed_in_order() {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use shardcast::proto::ws::frame::encode_client_frame;
+    use shardcast::proto::ws::OpCode;
+
+    let mut s = sim_with(1, EngineConfig { websocket_compression: true, ..engine_cfg() }, WorkerConfig::default());
+    let c = s.connect(0);
+    s.write(c, b"GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+    let hello = s.read(c);
+    let head_end = hello.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let big = format!("4{}", "a".repeat(3000));
+    let mut z = Compress::new(Compression::default(), false);
+    let mut packed = Vec::with_capacity(4096);
+    z.compress_vec(big.as_bytes(), &mut packed, FlushCompress::Sync).unwrap();
+    packed.truncate(packed.len() - 4);
+    let mut wire = encode_client_frame(true, true, OpCode::Text, [9, 8, 7, 6], &packed);
+    wire.extend(encode_client_frame(true, false, OpCode::Text, [9, 8, 7, 6], b"4b"));
+    s.write(c, &wire);
+    // Server frames: (rsv1, payload), unmasked, in the order they were written.
+    let mut bytes = hello[head_end..].to_vec();
+    bytes.extend(s.read(c));
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let rsv1 = rest[0] & 0x40 != 0;
+        let (len, at) = match rest[1] & 0x7f {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        frames.push((rsv1, rest[at..at + len].to_vec()));
+        rest = &rest[at + len..];
+    }
+    assert_eq!(frames.len(), 3, "open packet, then both replies");
+    assert!(frames[0].1.starts_with(b"0{\"sid\""));
+    assert!(frames[1].0, "the large reply is compressed");
+    let mut d = Decompress::new(false);
+    let mut out = Vec::with_capacity(8192);
+    let mut input = frames[1].1.clone();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    d.decompress_vec(&input, &mut out, FlushDecompress::Sync).unwrap();
+    assert_eq!(out, big.as_bytes());
+    assert_eq!(frames[2], (false, b"4b".to_vec()));
+}

@@ -17,6 +17,7 @@ use super::{EngineConfig, Handler, SendFlags};
 use crate::proto::eio::{Action, CloseReason, Packet, PacketType, SharedPacket, Transport};
 use crate::proto::http::response;
 use crate::proto::ws::close::code;
+use crate::proto::ws::Encoder;
 use crate::rt::{ConnId, Io, Service};
 
 /// Per-connection state.
@@ -39,8 +40,10 @@ pub enum ConnState {
     /// A WebSocket. `inner` is taken out while its bytes are being processed.
     Ws {
         /// Whether permessage-deflate was negotiated.
-        compress: bool,
-        /// The codec and role; `None` while its bytes are being processed.
+        /// The sending half of the codec: always here, so the connection can be sent to while
+        /// its bytes are being decoded.
+        encoder: Encoder,
+        /// The receiving half and the role; `None` while its bytes are being processed.
         inner: Option<Box<WsConn>>,
     },
 }
@@ -123,7 +126,7 @@ impl<H: Handler> EioServer<H> {
             Action::ProbeAccepted => {
                 if let Some(probe) = e.probe {
                     let pong = SharedPacket::text(PacketType::Pong, b"probe");
-                    let _ = ws_send(io, &mut self.core.deferred, probe, &pong, true);
+                    let _ = ws_send(io, probe, &pong, true);
                 }
                 // Release a pending poll (now, or as soon as one arrives) so the client can
                 // pause polling and finish the upgrade. The noop never enters the outbox: it
@@ -143,7 +146,7 @@ impl<H: Handler> EioServer<H> {
                 e.outbox_bytes = 0;
                 let parked = e.poll.take();
                 for p in &outbox {
-                    let _ = ws_send(io, &mut self.core.deferred, ws, p, true);
+                    let _ = ws_send(io, ws, p, true);
                 }
                 if let Some(poll) = parked {
                     self.answer_poll(io, poll, vec![noop().clone()]);

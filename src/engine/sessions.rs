@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::websocket::{ws_send, Deferred};
+use super::websocket::ws_send;
 use super::{ConnState, EngineConfig, SendFailure, SendFlags, Sid, SlowConsumer};
 use crate::proto::eio::{CloseReason, PacketType, Session, SharedPacket, Transport};
 use crate::rt::arena::{Arena, Handle};
@@ -47,7 +47,6 @@ pub struct Core {
     pub(super) by_sid: HashMap<Sid, SessionId>,
     pub(super) dirty_polls: Vec<SessionId>,
     pub(super) closing: Vec<(SessionId, CloseReason)>,
-    pub(super) deferred: Deferred,
     /// One deadline per session, keyed by its slot.
     pub(super) session_due: Deadlines,
     /// One deadline per connection waiting for an HTTP request, keyed by its slot.
@@ -63,7 +62,6 @@ impl Core {
             by_sid: HashMap::default(),
             dirty_polls: Vec::new(),
             closing: Vec::new(),
-            deferred: Deferred::default(),
             session_due: Deadlines::default(),
             http_due: Deadlines::default(),
             shutting_down: false,
@@ -136,7 +134,7 @@ impl Core {
             if flags.volatile && io.queued_bytes(conn) >= VOLATILE_BACKLOG {
                 return Err(SendFailure::Dropped);
             }
-            match ws_send(io, &mut self.deferred, conn, p, flags.compress) {
+            match ws_send(io, conn, p, flags.compress) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Gone) => return Err(SendFailure::NoSession),
                 Err(SendError::Overflow) => {}

@@ -13,12 +13,12 @@ use super::sessions::SessionId;
 use super::{ConnState, Handler, OpenInfo};
 use crate::proto::eio::{self, CloseReason, Packet, SharedPacket, Transport};
 use crate::proto::http::{response, Request};
-use crate::proto::ws::{self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Message, OpCode, ServerCodec};
+use crate::proto::ws::{self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Decoder, Message, OpCode, ServerCodec};
 use crate::rt::{ConnId, Io, SendError};
 
 /// A WebSocket connection: its codec and what it carries.
 pub struct WsConn {
-    pub(super) codec: ServerCodec,
+    pub(super) decoder: Decoder,
     pub(super) role: WsRole,
 }
 
@@ -33,32 +33,18 @@ pub(super) enum WsRole {
     Echo,
 }
 
-/// Packets sent to a connection while its codec is busy decoding (the handler answers from
-/// inside it); they go out, in order, as soon as the codec is back.
-#[derive(Default)]
-pub(super) struct Deferred(Vec<(ConnId, SharedPacket, bool)>);
-
 /// Sends one packet on a WebSocket connection: the shared frame, or a per-connection
-/// compressed one when deflate applies (and `compress` allows it).
-pub(super) fn ws_send<M>(io: &mut Io<ConnState, M>, deferred: &mut Deferred, conn: ConnId, p: &SharedPacket, compress: bool) -> Result<(), SendError> {
-    match io.state(conn) {
-        Some(ConnState::Ws { compress: false, .. }) => io.send(conn, p.ws_frame().clone()),
-        Some(ConnState::Ws { .. }) if !compress => io.send(conn, p.ws_frame().clone()),
-        Some(ConnState::Ws { compress: true, inner: None }) => {
-            deferred.0.push((conn, p.clone(), compress));
-            Ok(())
-        }
-        Some(ConnState::Ws { compress: true, inner: Some(w) }) => {
-            let (payload, binary) = p.ws_payload();
-            if w.codec.compresses(payload.len()) {
-                let mut out = Vec::with_capacity(payload.len() / 2 + 16);
-                w.codec.encode_message(binary, payload, &mut out);
-                io.send(conn, Bytes::from(out))
-            } else {
-                io.send(conn, p.ws_frame().clone())
-            }
-        }
-        _ => Err(SendError::Gone),
+/// compressed one when deflate applies (and `compress` allows it). The encoder is never taken
+/// out of the connection, so this works from inside the connection's own decoding.
+pub(super) fn ws_send<M>(io: &mut Io<ConnState, M>, conn: ConnId, p: &SharedPacket, compress: bool) -> Result<(), SendError> {
+    let Some(ConnState::Ws { encoder, .. }) = io.state(conn) else { return Err(SendError::Gone) };
+    let (payload, binary) = p.ws_payload();
+    if compress && encoder.compresses(payload.len()) {
+        let mut out = Vec::with_capacity(payload.len() / 2 + 16);
+        encoder.encode_message(binary, payload, &mut out);
+        io.send(conn, Bytes::from(out))
+    } else {
+        io.send(conn, p.ws_frame().clone())
     }
 }
 
@@ -91,9 +77,10 @@ impl<H: Handler> EioServer<H> {
     }
 
     fn set_ws(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, codec: ServerCodec, role: WsRole) {
+        let (decoder, encoder) = codec.into_parts();
         self.core.stop_http_wait(id);
         if let Some(st) = io.state(id) {
-            *st = ConnState::Ws { compress: codec.config().deflate.is_some(), inner: Some(Box::new(WsConn { codec, role })) };
+            *st = ConnState::Ws { encoder, inner: Some(Box::new(WsConn { decoder, role })) };
         }
     }
 
@@ -110,7 +97,7 @@ impl<H: Handler> EioServer<H> {
                 let e = self.core.sessions.get_mut(h).expect("just inserted");
                 e.ws = Some(id);
                 let sid = e.sid.clone();
-                let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::raw_text(&open), true);
+                let _ = ws_send(io, id, &SharedPacket::raw_text(&open), true);
                 let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::WebSocket, headers: &req.headers };
                 let mut ctx = Self::ctx(&mut self.core, io);
                 self.handler.on_open(&mut ctx, &sid, &info);
@@ -155,8 +142,8 @@ impl<H: Handler> EioServer<H> {
         let mut pos = 0;
         let mut ended = false;
         while pos < data.len() && !ended {
-            let WsConn { codec, role } = &mut *w;
-            match codec.decode(&mut data[pos..]) {
+            let WsConn { decoder, role } = &mut *w;
+            match decoder.decode(&mut data[pos..]) {
                 Ok(Decoded::Incomplete { .. }) => break,
                 Ok(Decoded::Frame { consumed, message }) => {
                     pos += consumed;
@@ -175,23 +162,11 @@ impl<H: Handler> EioServer<H> {
         }
         // Free the reassembly buffer of messages already handled: an idle connection holds none.
         // What a message in progress holds counts against the worker's read budget.
-        w.codec.release_buffers();
-        io.set_charged(id, w.codec.held_bytes());
-        // Put the connection back (unless it is closing), then send what waited for it.
+        w.decoder.release_buffers();
+        io.set_charged(id, w.decoder.held_bytes());
+        // Put the connection back (unless it is closing).
         if let Some(ConnState::Ws { inner, .. }) = io.state(id) {
             *inner = Some(w);
-        }
-        let mut waiting = Vec::new();
-        self.core.deferred.0.retain(|(c, p, compress)| {
-            if *c == id {
-                waiting.push((p.clone(), *compress));
-                false
-            } else {
-                true
-            }
-        });
-        for (p, compress) in waiting {
-            let _ = ws_send(io, &mut self.core.deferred, id, &p, compress);
         }
         self.finish(io);
         pos
@@ -212,7 +187,7 @@ impl<H: Handler> EioServer<H> {
             }
             Message::Text(t) => match *role {
                 WsRole::Echo => {
-                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::raw_text(t), true);
+                    let _ = ws_send(io, id, &SharedPacket::raw_text(t), true);
                     false
                 }
                 WsRole::Session(h) | WsRole::Probe(h) => match eio::decode_text(t) {
@@ -231,7 +206,7 @@ impl<H: Handler> EioServer<H> {
             },
             Message::Binary(b) => match *role {
                 WsRole::Echo => {
-                    let _ = ws_send(io, &mut self.core.deferred, id, &SharedPacket::binary(Bytes::copy_from_slice(b)), true);
+                    let _ = ws_send(io, id, &SharedPacket::binary(Bytes::copy_from_slice(b)), true);
                     false
                 }
                 WsRole::Session(h) | WsRole::Probe(h) => {

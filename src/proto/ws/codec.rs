@@ -1,9 +1,12 @@
-//! The server side of one WebSocket connection's framing state (RFC 6455 §5, RFC 7692).
+//! The server side of one WebSocket connection's framing state (RFC 6455 §5, RFC 7692), in
+//! two halves that share nothing: the [`Decoder`] (received bytes into messages) here and the
+//! [`Encoder`] (outgoing messages into frames) in [`super::encoder`], so a connection can send
+//! while it is in the middle of decoding. [`ServerCodec`] holds both for callers that want one
+//! value.
 //!
-//! Owns: turning received bytes into messages — header rules that depend on state (masking,
-//! RSV bits, fragmentation order), the message size limit, UTF-8 validity of text (checked per
-//! fragment, so a code point may straddle frames), close frames, and inflation — and turning
-//! outgoing messages into frames (deflating them when negotiated).
+//! The decoder owns: header rules that depend on state (masking, RSV bits, fragmentation
+//! order), the message size limit, UTF-8 validity of text (checked per fragment, so a code
+//! point may straddle frames), close frames, and inflation.
 //!
 //! Zero copy where possible: an unfragmented, uncompressed frame is unmasked in place in the
 //! caller's receive buffer and handed back as a slice of it. Only fragmented or compressed
@@ -11,10 +14,10 @@
 //!
 //! Bounded: the reassembly buffer never holds (nor has capacity for) more than the message
 //! limit plus one byte, counted after decompression and checked as the output grows. It is
-//! freed once its message has been handed out (at the next [`ServerCodec::decode`] or
-//! [`ServerCodec::release_buffers`] call) and on any error, and the zlib states live only as
+//! freed once its message has been handed out (at the next [`Decoder::decode`] or
+//! [`Decoder::release_buffers`] call) and on any error, and the zlib states live only as
 //! long as the negotiated context takeover needs (see [`super::deflate::Deflate`]), so an
-//! idle connection holds neither. [`ServerCodec::held_bytes`] tells what it holds now.
+//! idle connection holds neither. [`Decoder::held_bytes`] tells what it holds now.
 //!
 //! Must never: do I/O, look at a clock, or send anything by itself (a ping is reported to the
 //! caller, which decides to answer with [`encode_control`]).
@@ -25,6 +28,8 @@ use super::error::{ProtocolViolation, WsError};
 use super::frame::{self, parse_header, HeaderStatus, OpCode};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
+
+pub use super::encoder::{encode_close, encode_control, Encoder};
 
 /// Settings of one connection's codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +62,7 @@ pub enum Message<'a> {
     Close(Option<CloseFrame<'a>>),
 }
 
-/// Result of one [`ServerCodec::decode`] step.
+/// Result of one [`Decoder::decode`] step.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// The input holds no whole frame yet; at least `needed` more bytes are required.
@@ -81,9 +86,63 @@ struct Partial {
     wire_size: u64,
 }
 
-/// Framing state of one server-side connection.
+/// Both halves of one server-side connection's framing state.
 #[derive(Debug)]
 pub struct ServerCodec {
+    /// Received bytes into messages.
+    pub decoder: Decoder,
+    /// Outgoing messages into frames.
+    pub encoder: Encoder,
+}
+
+impl ServerCodec {
+    pub fn new(cfg: CodecConfig) -> ServerCodec {
+        ServerCodec { decoder: Decoder::new(cfg), encoder: Encoder::new(&cfg) }
+    }
+
+    /// The two halves, to be kept apart.
+    pub fn into_parts(self) -> (Decoder, Encoder) {
+        (self.decoder, self.encoder)
+    }
+
+    pub fn config(&self) -> &CodecConfig {
+        self.decoder.config()
+    }
+
+    /// See [`Decoder::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        self.decoder.is_closed()
+    }
+
+    /// See [`Decoder::decode`].
+    pub fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, WsError> {
+        self.decoder.decode(input)
+    }
+
+    /// What both halves hold.
+    pub fn held_bytes(&self) -> usize {
+        self.decoder.held_bytes() + self.encoder.held_bytes()
+    }
+
+    /// See [`Decoder::release_buffers`].
+    pub fn release_buffers(&mut self) {
+        self.decoder.release_buffers()
+    }
+
+    /// See [`Encoder::compresses`].
+    pub fn compresses(&self, len: usize) -> bool {
+        self.encoder.compresses(len)
+    }
+
+    /// See [`Encoder::encode_message`].
+    pub fn encode_message(&mut self, binary: bool, payload: &[u8], out: &mut Vec<u8>) {
+        self.encoder.encode_message(binary, payload, out)
+    }
+}
+
+/// The receiving half of one server-side connection's framing state.
+#[derive(Debug)]
+pub struct Decoder {
     cfg: CodecConfig,
     /// Boxed: most connections never negotiate deflate, and its state inline would quadruple
     /// the size of every connection's codec.
@@ -94,9 +153,9 @@ pub struct ServerCodec {
     closed: bool,
 }
 
-impl ServerCodec {
-    pub fn new(cfg: CodecConfig) -> ServerCodec {
-        ServerCodec {
+impl Decoder {
+    pub fn new(cfg: CodecConfig) -> Decoder {
+        Decoder {
             cfg,
             deflate: cfg.deflate.map(|p| Box::new(Deflate::new(p))),
             partial: None,
@@ -126,15 +185,15 @@ impl ServerCodec {
         }
     }
 
-    /// Bytes this connection's codec holds beyond its own struct's inline size: the
-    /// reassembly buffer's capacity and the zlib states it keeps (estimated, see
-    /// [`super::deflate::compressor_bytes`]). Between messages this is a small constant.
+    /// Bytes this decoder holds beyond its own struct's inline size: the reassembly buffer's
+    /// capacity and the zlib state it keeps (estimated, see [`super::deflate::DECOMPRESSOR_BYTES`]).
+    /// Between messages this is a small constant.
     pub fn held_bytes(&self) -> usize {
         self.assembled.capacity() + self.deflate.as_ref().map_or(0, |d| d.held_bytes())
     }
 
     /// Frees the reassembly buffer of a message already handed out. The caller should call
-    /// it once it is done with the messages of one read; [`ServerCodec::decode`] also does.
+    /// it once it is done with the messages of one read; [`Decoder::decode`] also does.
     pub fn release_buffers(&mut self) {
         if self.partial.is_none() && self.assembled.capacity() > 0 {
             self.assembled = Vec::new();
@@ -273,45 +332,6 @@ impl ServerCodec {
         }
         Ok(())
     }
-
-    /// Whether an outgoing message of `len` bytes would be compressed on this connection.
-    pub fn compresses(&self, len: usize) -> bool {
-        self.deflate.is_some() && len >= self.cfg.compress_threshold
-    }
-
-    /// Appends one complete outgoing data frame to `out`, compressed when negotiated and the
-    /// payload reaches the threshold. Uncompressed shared frames (broadcasts) do not need
-    /// this: they are framed once with [`frame::frame_in_place`].
-    pub fn encode_message(&mut self, binary: bool, payload: &[u8], out: &mut Vec<u8>) {
-        let opcode = if binary { OpCode::Binary } else { OpCode::Text };
-        let mut hdr = [0u8; frame::MAX_SERVER_HEADER];
-        if self.compresses(payload.len()) {
-            let deflate = self.deflate.as_mut().expect("checked by compresses()");
-            let at = out.len();
-            out.extend_from_slice(&hdr);
-            deflate.compress_message(payload, out);
-            let clen = out.len() - at - frame::MAX_SERVER_HEADER;
-            let n = frame::write_server_header(&mut hdr, true, true, opcode, clen);
-            // Move the header next to the compressed bytes: drop the unused reserved bytes.
-            out.drain(at..at + frame::MAX_SERVER_HEADER - n);
-            out[at..at + n].copy_from_slice(&hdr[..n]);
-        } else {
-            let n = frame::write_server_header(&mut hdr, true, false, opcode, payload.len());
-            out.extend_from_slice(&hdr[..n]);
-            out.extend_from_slice(payload);
-        }
-    }
-}
-
-/// Encodes a server control frame (ping, pong or close).
-pub fn encode_control(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    debug_assert!(opcode.is_control() && payload.len() <= frame::MAX_CONTROL_PAYLOAD);
-    frame::encode_frame(opcode, false, payload)
-}
-
-/// Encodes a close frame with a code and reason.
-pub fn encode_close(code: u16, reason: &str) -> Vec<u8> {
-    encode_control(OpCode::Close, &super::close::close_payload(code, reason))
 }
 
 #[cfg(test)]
@@ -485,7 +505,7 @@ mod tests {
         w.extend(encode_client_frame(true, true, OpCode::Continuation, M, &[0x48]));
         assert_eq!(err(&mut deflate_codec("permessage-deflate"), &w), code::PROTOCOL_ERROR);
         // A bomb: 1 MB of zeros compresses to ~1 KB; the limit is 1000 bytes inflated.
-        let mut server = Deflate::new(*c.deflate.as_ref().unwrap().params());
+        let mut server = Deflate::new(*c.decoder.deflate.as_ref().unwrap().params());
         let mut bomb = Vec::new();
         server.compress_message(&vec![0u8; 1 << 20], &mut bomb);
         let w = encode_client_frame(true, true, OpCode::Binary, M, &bomb);
@@ -499,7 +519,7 @@ mod tests {
     fn encodes_compressed_frames_the_client_can_inflate() {
         for offer in ["permessage-deflate", "permessage-deflate; server_no_context_takeover; server_max_window_bits=10"] {
             let mut server = deflate_codec(offer);
-            let params = *server.deflate.as_ref().unwrap().params();
+            let params = *server.decoder.deflate.as_ref().unwrap().params();
             // A mirror codec plays the client: it inflates with the server's window.
             let mut client = ServerCodec::new(CodecConfig {
                 max_message_size: 1 << 20,
@@ -574,11 +594,12 @@ mod tests {
             }
         }
         assert_eq!(result, Some(code::MESSAGE_TOO_BIG), "the limit was reached after {sent} bytes");
-        assert!(peak <= MAX + 1 + crate::proto::ws::deflate::DECOMPRESSOR_BYTES + std::mem::size_of::<Deflate>(), "peak {peak}");
+        // Each half of the codec has its own (boxed) deflate state.
+        assert!(peak <= MAX + 1 + crate::proto::ws::deflate::DECOMPRESSOR_BYTES + 2 * std::mem::size_of::<Deflate>(), "peak {peak}");
         eprintln!("bomb: {sent} bytes sent, peak held {peak}");
         assert!(sent < 4 * 1024, "stopped early: {sent} bytes sent");
-        assert_eq!(c.held_bytes(), std::mem::size_of::<Deflate>(), "everything freed on error");
-        assert_eq!(c.deflate.as_ref().unwrap().holds_state(), (false, false));
+        assert_eq!(c.held_bytes(), 2 * std::mem::size_of::<Deflate>(), "everything freed on error");
+        assert_eq!((c.decoder.deflate.as_ref().unwrap().holds_state().1, c.encoder.holds_state()), (false, false));
     }
 
     #[test]
@@ -588,7 +609,7 @@ mod tests {
         let mut c = bounded_codec(MAX);
         let mut f = encode_client_frame(true, true, OpCode::Binary, M, &zero_bomb(1));
         assert_eq!(c.decode(&mut f).unwrap_err().close_code(), code::MESSAGE_TOO_BIG);
-        assert_eq!(c.held_bytes(), std::mem::size_of::<Deflate>());
+        assert_eq!(c.held_bytes(), 2 * std::mem::size_of::<Deflate>());
     }
 
     /// An unfinished fragmented message holds what it inflated so far (within the limit),
@@ -602,7 +623,7 @@ mod tests {
         assert!(matches!(c.decode(&mut f).unwrap(), Decoded::Frame { message: None, .. }));
         let held = c.held_bytes();
         assert!(held <= MAX + 1 + crate::proto::ws::deflate::DECOMPRESSOR_BYTES + std::mem::size_of::<Deflate>(), "{held}");
-        assert!(c.assembled.len() * 2 + 2048 >= c.assembled.capacity(), "capacity proportional to content");
+        assert!(c.decoder.assembled.len() * 2 + 2048 >= c.decoder.assembled.capacity(), "capacity proportional to content");
     }
 
     proptest! {
@@ -612,7 +633,7 @@ mod tests {
         #[test]
         fn nothing_held_between_messages(msgs in proptest::collection::vec((proptest::collection::vec(0u8..3, 0..5000), 1usize..4, any::<bool>()), 1..5)) {
             let mut c = bounded_codec(1 << 16);
-            let p = *c.deflate.as_ref().unwrap().params();
+            let p = *c.decoder.deflate.as_ref().unwrap().params();
             let mut client = Deflate::new(DeflateParams { server_no_context_takeover: p.client_no_context_takeover, ..p });
             for (payload, frags, compress) in &msgs {
                 let body = if *compress {
@@ -636,10 +657,10 @@ mod tests {
                 }
                 prop_assert_eq!(got.as_ref(), Some(payload));
                 c.release_buffers();
-                prop_assert_eq!(c.held_bytes(), std::mem::size_of::<Deflate>());
+                prop_assert_eq!(c.held_bytes(), 2 * std::mem::size_of::<Deflate>());
                 let mut out = Vec::new();
                 c.encode_message(true, payload, &mut out);
-                prop_assert_eq!(c.deflate.as_ref().unwrap().holds_state(), (false, false));
+                prop_assert_eq!((c.decoder.deflate.as_ref().unwrap().holds_state().1, c.encoder.holds_state()), (false, false));
             }
         }
     }
