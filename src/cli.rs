@@ -137,7 +137,6 @@ impl ServerOptions {
                 SlowConsumerArg::DropVolatile => SlowConsumer::DropVolatile,
             },
             max_send_buffer: self.max_send_buffer,
-            raw_ws_echo: false,
             http_timeout: Duration::from_millis(self.http_timeout),
         }
     }

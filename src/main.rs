@@ -60,7 +60,6 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     if opts.path == "/socket.io/" {
         cfg.path = "/engine.io/".into();
     }
-    cfg.raw_ws_echo = true;
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;

@@ -1,9 +1,11 @@
-//! The Engine.IO echo handler (`shardcast echo`): every message is sent back unchanged — the
-//! server the official engine.io-protocol test suite expects.
+//! The echo handler of `shardcast echo`: every Engine.IO message is sent back unchanged (the
+//! server the official engine.io-protocol test suite expects), and a WebSocket upgrade on any
+//! other path is a raw WebSocket echo (for Autobahn|Testsuite and echo benchmarks). It is an
+//! ordinary [`Handler`]: the engine has no echo mode of its own.
 
 use bytes::Bytes;
 
-use super::{Ctx, Handler, OpenInfo, SendFlags, Sid};
+use super::{Ctx, Handler, OpenInfo, RawConn, SendFlags, Sid};
 use crate::proto::eio::{CloseReason, PacketType, SharedPacket};
 
 #[derive(Debug, Default)]
@@ -26,4 +28,13 @@ impl Handler for EioEcho {
     fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _reason: CloseReason) {}
 
     fn on_mail(&mut self, _ctx: &mut Ctx<'_, ()>, _mail: ()) {}
+
+    fn raw_websocket(&self, _path: &str) -> bool {
+        true
+    }
+
+    fn on_raw_message(&mut self, ctx: &mut Ctx<'_, ()>, conn: RawConn, binary: bool, data: &mut [u8]) {
+        let p = if binary { SharedPacket::binary(Bytes::copy_from_slice(data)) } else { SharedPacket::raw_text(data) };
+        let _ = ctx.send_raw(conn, &p);
+    }
 }

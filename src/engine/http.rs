@@ -85,8 +85,8 @@ impl<H: Handler> EioServer<H> {
         let cfg = self.core.cfg.clone();
         let ka = req.keep_alive;
         if req.path() != cfg.path {
-            if cfg.raw_ws_echo && req.upgrade.is_some() {
-                return self.upgrade_echo(io, id, req);
+            if req.upgrade.is_some() && self.handler.raw_websocket(req.path()) {
+                return self.upgrade_raw(io, id, req);
             }
             return Self::respond(&mut self.core, io, id, response::error(404, "", "Not Found", ka), ka);
         }

@@ -71,8 +71,6 @@ pub struct EngineConfig {
     pub slow_consumer: SlowConsumer,
     /// Bytes a client may have queued before the slow-consumer policy applies.
     pub max_send_buffer: usize,
-    /// Serve a raw WebSocket echo on every path other than `path` (the `echo` mode).
-    pub raw_ws_echo: bool,
     /// An HTTP connection that does not complete a request within this time is closed (idle
     /// keep-alive connections, and heads sent too slowly: slowloris).
     pub http_timeout: Duration,
@@ -92,7 +90,6 @@ impl Default for EngineConfig {
             max_connections: 1_000_000,
             slow_consumer: SlowConsumer::Disconnect,
             max_send_buffer: 4 << 20,
-            raw_ws_echo: false,
             http_timeout: Duration::from_secs(30),
         }
     }
@@ -134,7 +131,20 @@ pub trait Handler: 'static {
     }
     /// The server is shutting down.
     fn on_shutdown(&mut self, _ctx: &mut Ctx<'_, Self::Mail>) {}
+    /// Whether a WebSocket upgrade on `path` (any path but the Engine.IO one) is served as a
+    /// raw WebSocket whose messages go to [`Handler::on_raw_message`]. None is by default
+    /// (404), as on the reference server.
+    fn raw_websocket(&self, _path: &str) -> bool {
+        false
+    }
+    /// A message of a raw WebSocket: text (valid UTF-8) or binary; answer with
+    /// [`Ctx::send_raw`].
+    fn on_raw_message(&mut self, _ctx: &mut Ctx<'_, Self::Mail>, _conn: RawConn, _binary: bool, _data: &mut [u8]) {}
 }
+
+/// A raw WebSocket connection (see [`Handler::raw_websocket`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawConn(pub(crate) crate::rt::ConnId);
 
 /// Per-send options, as the reference's emit flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -204,6 +204,11 @@ impl<M> Ctx<'_, M> {
         self.core.send(self.io, h, p, flags)
     }
 
+    /// Sends one message on a raw WebSocket (compressed when it negotiated deflate).
+    pub fn send_raw(&mut self, conn: super::RawConn, p: &SharedPacket) -> Result<(), SendFailure> {
+        ws_send(self.io, conn.0, p, true).map_err(|_| SendFailure::NoSession)
+    }
+
     /// Closes a session ("forced close"); `Handler::on_close` follows.
     pub fn close(&mut self, sid: &str) {
         if let Some(h) = self.core.find(sid) {

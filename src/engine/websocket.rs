@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::server::EioServer;
 use super::sessions::SessionId;
-use super::{ConnState, Handler, OpenInfo};
+use super::{ConnState, Handler, OpenInfo, RawConn};
 use crate::proto::eio::{self, CloseReason, Packet, SharedPacket, Transport};
 use crate::proto::http::{response, Request};
 use crate::proto::ws::{self, close::code, deflate::DeflatePolicy, handshake, CodecConfig, Decoded, Decoder, Message, OpCode, ServerCodec};
@@ -29,8 +29,8 @@ pub(super) enum WsRole {
     Session(SessionId),
     /// Probing an upgrade of a polling session.
     Probe(SessionId),
-    /// Raw WebSocket echo (`shardcast echo`, any other path).
-    Echo,
+    /// A raw WebSocket on another path, its messages handed to the handler as they are.
+    Raw,
 }
 
 /// Sends one packet on a WebSocket connection: the shared frame, or a per-connection
@@ -124,10 +124,10 @@ impl<H: Handler> EioServer<H> {
         }
     }
 
-    /// `shardcast echo`: a raw WebSocket echo on any path but the Engine.IO one.
-    pub(super) fn upgrade_echo(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request) {
+    /// A raw WebSocket on a path the handler serves itself ([`Handler::raw_websocket`]).
+    pub(super) fn upgrade_raw(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request) {
         if let Some(codec) = self.accept_ws(io, id, req) {
-            self.set_ws(io, id, codec, WsRole::Echo);
+            self.set_ws(io, id, codec, WsRole::Raw);
         }
     }
 
@@ -186,8 +186,9 @@ impl<H: Handler> EioServer<H> {
                 true
             }
             Message::Text(t) => match *role {
-                WsRole::Echo => {
-                    let _ = ws_send(io, id, &SharedPacket::raw_text(t), true);
+                WsRole::Raw => {
+                    let mut ctx = Self::ctx(&mut self.core, io);
+                    self.handler.on_raw_message(&mut ctx, RawConn(id), false, t);
                     false
                 }
                 WsRole::Session(h) | WsRole::Probe(h) => match eio::decode_text(t) {
@@ -205,8 +206,9 @@ impl<H: Handler> EioServer<H> {
                 },
             },
             Message::Binary(b) => match *role {
-                WsRole::Echo => {
-                    let _ = ws_send(io, id, &SharedPacket::binary(Bytes::copy_from_slice(b)), true);
+                WsRole::Raw => {
+                    let mut ctx = Self::ctx(&mut self.core, io);
+                    self.handler.on_raw_message(&mut ctx, RawConn(id), true, b);
                     false
                 }
                 WsRole::Session(h) | WsRole::Probe(h) => {
@@ -230,7 +232,7 @@ impl<H: Handler> EioServer<H> {
     /// The WebSocket of `role` is ending: its session closes, or its upgrade is abandoned.
     pub(super) fn ws_gone(&mut self, role: WsRole, reason: CloseReason) {
         match role {
-            WsRole::Echo => {}
+            WsRole::Raw => {}
             WsRole::Session(h) => {
                 if let Some(e) = self.core.sessions.get_mut(h) {
                     e.ws = None;
@@ -252,7 +254,7 @@ impl<H: Handler> EioServer<H> {
         match role {
             WsRole::Session(h) => self.core.sessions.get(h).is_some_and(|e| e.ws == Some(id)),
             WsRole::Probe(h) => self.core.sessions.get(h).is_some_and(|e| e.probe == Some(id)),
-            WsRole::Echo => false,
+            WsRole::Raw => false,
         }
     }
 }
