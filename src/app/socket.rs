@@ -192,7 +192,7 @@ impl<'a, 'c> Socket<'a, 'c> {
     /// Engine.IO session. Done when the running handler returns, like [`Socket::disconnect`].
     pub fn disconnect_client(&mut self) {
         if self.alive() {
-            let client = self.core.sockets.at(self.idx).client.clone();
+            let client = self.core.sockets.at(self.idx).client;
             self.core.request(self.idx, Intent::CloseClient(client));
         }
     }

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::{Ctx, Handler, OpenInfo, RawConn, SendFlags, Sid};
+use super::{Ctx, Handler, OpenInfo, RawConn, SendFlags, SessionId};
 use crate::proto::eio::{CloseReason, PacketType, SharedPacket};
 
 #[derive(Debug, Default)]
@@ -15,17 +15,17 @@ pub struct EioEcho;
 impl Handler for EioEcho {
     type Mail = ();
 
-    fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _info: &OpenInfo<'_>) {}
+    fn on_open(&mut self, _ctx: &mut Ctx<'_, ()>, _session: SessionId, _info: &OpenInfo<'_>) {}
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, text: &mut [u8]) {
-        let _ = ctx.send(sid, &SharedPacket::text(PacketType::Message, text), SendFlags::default());
+    fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, session: SessionId, text: &mut [u8]) {
+        let _ = ctx.send(session, &SharedPacket::text(PacketType::Message, text), SendFlags::default());
     }
 
-    fn on_binary(&mut self, ctx: &mut Ctx<'_, ()>, sid: &Sid, data: Bytes) {
-        let _ = ctx.send(sid, &SharedPacket::binary(data), SendFlags::default());
+    fn on_binary(&mut self, ctx: &mut Ctx<'_, ()>, session: SessionId, data: Bytes) {
+        let _ = ctx.send(session, &SharedPacket::binary(data), SendFlags::default());
     }
 
-    fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, _sid: &Sid, _reason: CloseReason) {}
+    fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, _session: SessionId, _reason: CloseReason) {}
 
     fn on_mail(&mut self, _ctx: &mut Ctx<'_, ()>, _mail: ()) {}
 

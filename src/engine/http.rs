@@ -168,7 +168,7 @@ impl<H: Handler> EioServer<H> {
         Self::respond(&mut self.core, io, id, resp, req.keep_alive);
         let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::Polling, headers: &req.headers };
         let mut ctx = Self::ctx(&mut self.core, io);
-        self.handler.on_open(&mut ctx, &sid, &info);
+        self.handler.on_open(&mut ctx, h, &info);
         self.finish(io);
     }
 }

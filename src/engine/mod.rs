@@ -109,18 +109,20 @@ pub struct OpenInfo<'a> {
 }
 
 /// What the layer above Engine.IO implements. Callbacks run on the worker that owns the
-/// session, synchronously; `ctx` sends, closes and posts mail.
+/// session, synchronously; `ctx` sends, closes and posts mail. Sessions are named by their
+/// copyable [`SessionId`] handle (a stale handle never reaches a newer session);
+/// [`Ctx::sid`] gives the string id when it is needed.
 pub trait Handler: 'static {
     /// Messages other workers (and `ServerHandle`s) send to the handler.
     type Mail: Send + 'static;
     /// A session was opened (its open packet is on its way).
-    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, info: &OpenInfo<'_>);
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, session: SessionId, info: &OpenInfo<'_>);
     /// A text message (valid UTF-8, rewritable in place).
-    fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, text: &mut [u8]);
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Mail>, session: SessionId, text: &mut [u8]);
     /// A binary message.
-    fn on_binary(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, data: Bytes);
+    fn on_binary(&mut self, ctx: &mut Ctx<'_, Self::Mail>, session: SessionId, data: Bytes);
     /// The session ended.
-    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Mail>, sid: &Sid, reason: CloseReason);
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Mail>, session: SessionId, reason: CloseReason);
     /// Mail from another worker or a `ServerHandle`.
     fn on_mail(&mut self, ctx: &mut Ctx<'_, Self::Mail>, mail: Self::Mail);
     /// Timers of the handler (e.g. ack timeouts).

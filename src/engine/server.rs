@@ -102,12 +102,11 @@ impl<H: Handler> EioServer<H> {
         self.core.rearm(h);
         match action {
             Action::Deliver => {
-                let sid = e_sid(&self.core, h);
                 let mut ctx = Self::ctx(&mut self.core, io);
                 if let Some(m) = message {
-                    self.handler.on_message(&mut ctx, &sid, m);
+                    self.handler.on_message(&mut ctx, h, m);
                 } else if let Some(b) = binary {
-                    self.handler.on_binary(&mut ctx, &sid, Bytes::from(b));
+                    self.handler.on_binary(&mut ctx, h, Bytes::from(b));
                 }
             }
             other => self.apply(io, h, other),
@@ -200,9 +199,8 @@ impl<H: Handler> EioServer<H> {
                 e.grace_until = Some(io.now() + grace);
             }
             self.core.rearm(h);
-            let sid = e_sid(&self.core, h);
             let mut ctx = Self::ctx(&mut self.core, io);
-            self.handler.on_close(&mut ctx, &sid, reason);
+            self.handler.on_close(&mut ctx, h, reason);
             if ws.is_some() {
                 self.core.remove(h);
             }
@@ -242,11 +240,6 @@ impl<H: Handler> EioServer<H> {
         }
         self.finish(io);
     }
-}
-
-/// The string id of a live session.
-fn e_sid(core: &Core, h: SessionId) -> super::Sid {
-    core.sessions.get(h).expect("a live session").sid.clone()
 }
 
 impl<H: Handler> Service for EioServer<H> {

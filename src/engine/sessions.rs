@@ -194,14 +194,23 @@ impl<M> Ctx<'_, M> {
     }
 
     /// Whether a session is open on this worker.
-    pub fn has_session(&self, sid: &str) -> bool {
-        self.core.find(sid).and_then(|h| self.core.sessions.get(h)).is_some_and(|e| !e.closing)
+    pub fn has_session(&self, session: SessionId) -> bool {
+        self.core.sessions.get(session).is_some_and(|e| !e.closing)
+    }
+
+    /// The handle of a session of this worker by its string id.
+    pub fn find(&self, sid: &str) -> Option<SessionId> {
+        self.core.find(sid)
+    }
+
+    /// The string id of a session.
+    pub fn sid(&self, session: SessionId) -> Option<&Sid> {
+        self.core.sessions.get(session).map(|e| &e.sid)
     }
 
     /// Sends one packet to a session.
-    pub fn send(&mut self, sid: &str, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
-        let h = self.core.find(sid).ok_or(SendFailure::NoSession)?;
-        self.core.send(self.io, h, p, flags)
+    pub fn send(&mut self, session: SessionId, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
+        self.core.send(self.io, session, p, flags)
     }
 
     /// Sends one message on a raw WebSocket (compressed when it negotiated deflate).
@@ -210,9 +219,9 @@ impl<M> Ctx<'_, M> {
     }
 
     /// Closes a session ("forced close"); `Handler::on_close` follows.
-    pub fn close(&mut self, sid: &str) {
-        if let Some(h) = self.core.find(sid) {
-            self.core.closing.push((h, CloseReason::ForcedClose));
+    pub fn close(&mut self, session: SessionId) {
+        if self.core.sessions.get(session).is_some() {
+            self.core.closing.push((session, CloseReason::ForcedClose));
         }
     }
 }

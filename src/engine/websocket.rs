@@ -96,11 +96,10 @@ impl<H: Handler> EioServer<H> {
                 self.set_ws(io, id, codec, WsRole::Session(h));
                 let e = self.core.sessions.get_mut(h).expect("just inserted");
                 e.ws = Some(id);
-                let sid = e.sid.clone();
                 let _ = ws_send(io, id, &SharedPacket::raw_text(&open), true);
                 let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::WebSocket, headers: &req.headers };
                 let mut ctx = Self::ctx(&mut self.core, io);
-                self.handler.on_open(&mut ctx, &sid, &info);
+                self.handler.on_open(&mut ctx, h, &info);
                 self.finish(io);
             }
             Some(h) => {

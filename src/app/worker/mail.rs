@@ -127,7 +127,7 @@ impl WorkerCore {
                 }
             }
             for p in b.packet.packets() {
-                if ctx.send(&s.client, p, b.flags).is_err() {
+                if ctx.send(s.client, p, b.flags).is_err() {
                     break;
                 }
             }
@@ -221,8 +221,8 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
             for idx in core.select(&sel) {
                 if close_client {
                     // A socket selected earlier may be gone with a client closed before it.
-                    let Some(client) = core.sockets.get(idx).filter(|s| s.connected).map(|s| s.client.clone()) else { continue };
-                    disconnect_client(core, ctx, &client);
+                    let Some(client) = core.sockets.get(idx).filter(|s| s.connected).map(|s| s.client) else { continue };
+                    disconnect_client(core, ctx, client);
                 } else {
                     remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
                 }

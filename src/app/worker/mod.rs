@@ -42,7 +42,7 @@ use acks::{Acks, PendingAck};
 use rooms::Rooms;
 use sockets::{Client, SocketState, Sockets};
 
-use crate::engine::{sid as ids, Ctx, Handler, OpenInfo, SendFlags, Sid};
+use crate::engine::{sid as ids, Ctx, Handler, OpenInfo, SendFlags, SessionId};
 use crate::proto::eio::CloseReason;
 use crate::proto::sio::{encode, BinaryAssembler, Decoder, Encoded, Limits, Packet, PacketType};
 use crate::rt::timer::Fifo;
@@ -62,7 +62,7 @@ pub(crate) enum Intent {
     Leave,
     /// Disconnect the whole client (`Socket::disconnect_client`), even if the socket that asked
     /// is gone by then (its handler panicked): its other sockets are already marked leaving.
-    CloseClient(Sid),
+    CloseClient(SessionId),
     /// A broadcast-ack collection user code started completed at once (no recipient): its
     /// callback runs after that code, not inside it.
     Collected(u64),
@@ -77,7 +77,7 @@ pub struct WorkerCore {
     rooms: Rooms,
     acks: Acks,
     /// Every session gets the same delay: deadlines arrive in order, a FIFO is enough.
-    connect_due: Fifo<Sid>,
+    connect_due: Fifo<SessionId>,
     connect_timeout: Duration,
     /// Disconnects user code asked for, done once it returns: (slot, generation, what).
     intents: VecDeque<(u32, u32, Intent)>,
@@ -120,9 +120,9 @@ impl SioWorker {
 impl WorkerCore {
     /// Sends an encoded packet (and its attachments) to one socket's client.
     pub(crate) fn send_to(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, enc: &Encoded, flags: SendFlags) {
-        let client = self.sockets.at(idx).client.clone();
+        let client = self.sockets.at(idx).client;
         for p in enc.packets() {
-            if ctx.send(&client, p, flags).is_err() {
+            if ctx.send(client, p, flags).is_err() {
                 break;
             }
         }
@@ -162,7 +162,7 @@ impl WorkerCore {
         s.leaving = true;
         let gen = s.gen;
         if let Intent::CloseClient(client) = &intent {
-            for i in self.sockets.of_client(client) {
+            for i in self.sockets.of_client(*client) {
                 if let Some(s) = self.sockets.get_mut(i) {
                     s.leaving = true;
                 }
@@ -171,13 +171,13 @@ impl WorkerCore {
         self.intents.push_back((idx, gen, intent));
     }
 
-    fn new_socket(&mut self, client: &Sid, nsp: &str, ns: Arc<super::namespace::Namespace>, hs: Handshake, worker: usize) -> u32 {
+    fn new_socket(&mut self, client: SessionId, nsp: &str, ns: Arc<super::namespace::Namespace>, hs: Handshake, worker: usize) -> u32 {
         let id: Rc<str> = Rc::from(ids::generate(worker));
         let nsp = self.rooms.intern(nsp);
         let idx = self.sockets.insert(|gen| SocketState {
             id: id.clone(),
             nsp: nsp.clone(),
-            client: client.clone(),
+            client,
             rooms: KeyedSet::default(),
             handshake: Rc::new(hs),
             data: None,
@@ -192,7 +192,7 @@ impl WorkerCore {
         // Every socket is in the room named by its own id, whatever the limits on names.
         self.sockets.at_mut(idx).rooms.insert(id.clone());
         self.rooms.nsps.entry(nsp.clone()).or_default().rooms.entry(id).or_default().insert(idx);
-        if let Some(c) = self.sockets.clients.get_mut(client) {
+        if let Some(c) = self.sockets.clients.get_mut(&client) {
             c.sockets.push((nsp, idx));
         }
         idx
@@ -206,7 +206,7 @@ impl WorkerCore {
         }
         let s = self.sockets.at_mut(idx);
         s.connected = false;
-        let (nsp, client) = (s.nsp.clone(), s.client.clone());
+        let (nsp, client) = (s.nsp.clone(), s.client);
         self.rooms.remove_member(&nsp, idx);
         if let Some(c) = self.sockets.clients.get_mut(&client) {
             c.sockets.retain(|(_, i)| *i != idx);
@@ -246,7 +246,7 @@ fn run_intents(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
                 remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true)
             }
             Intent::Leave => {}
-            Intent::CloseClient(client) if core.sockets.clients.contains_key(&client) => disconnect_client(core, ctx, &client),
+            Intent::CloseClient(client) if core.sockets.clients.contains_key(&client) => disconnect_client(core, ctx, client),
             Intent::CloseClient(_) => {}
         }
     }
@@ -272,11 +272,11 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
 
 /// Disconnects every socket of a client in the order they connected (each gets its
 /// DISCONNECT), then closes the Engine.IO session.
-pub(crate) fn disconnect_client(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, client: &Sid) {
+pub(crate) fn disconnect_client(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, client: SessionId) {
     for idx in core.sockets.of_client(client) {
         remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
     }
-    if let Some(c) = core.sockets.clients.get_mut(client) {
+    if let Some(c) = core.sockets.clients.get_mut(&client) {
         c.closing_reason = Some(DisconnectReason::ServerNamespaceDisconnect);
     }
     ctx.close(client);
@@ -293,7 +293,7 @@ fn finish_collector(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, id: u64, 
     guarded(core, ctx, idx, "broadcast ack callback", move |s| cb(s, result));
 }
 
-fn refuse(ctx: &mut Ctx<'_, SioMail>, sid: &Sid, nsp: &str, data: &Value) {
+fn refuse(ctx: &mut Ctx<'_, SioMail>, sid: SessionId, nsp: &str, data: &Value) {
     for pk in encode::connect_error(nsp, data).packets() {
         let _ = ctx.send(sid, pk, SendFlags::default());
     }
@@ -301,13 +301,13 @@ fn refuse(ctx: &mut Ctx<'_, SioMail>, sid: &Sid, nsp: &str, data: &Value) {
 
 impl SioWorker {
     /// A protocol error: logged once, the error handlers told, the session closed.
-    fn fail(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, why: &dyn std::fmt::Display) {
-        let Some(c) = self.core.sockets.clients.get_mut(sid) else { return };
+    fn fail(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, why: &dyn std::fmt::Display) {
+        let Some(c) = self.core.sockets.clients.get_mut(&sid) else { return };
         if c.closing_reason.is_some() {
             return; // already failing: one log line per session
         }
         c.closing_reason = Some(DisconnectReason::ParseError);
-        tracing::info!(sid = %sid, error = %why, "closing a session after a protocol error");
+        tracing::info!(session = ?sid, error = %why, "closing a session after a protocol error");
         let message = why.to_string();
         for idx in self.core.sockets.of_client(sid) {
             let Some(s) = self.core.sockets.get(idx).filter(|s| s.connected) else { continue };
@@ -318,7 +318,7 @@ impl SioWorker {
         ctx.close(sid);
     }
 
-    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, p: Packet) {
+    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet) {
         let core = &mut self.core;
         match p.kind {
             PacketType::Connect => self.connect(ctx, sid, p),
@@ -369,14 +369,14 @@ impl SioWorker {
         }
     }
 
-    fn connect(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, p: Packet) {
+    fn connect(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet) {
         let core = &mut self.core;
         if core.sockets.client_socket(sid, &p.nsp).is_some() {
             return; // already connected to this namespace
         }
-        let Some(client) = core.sockets.clients.get(sid) else { return };
+        let Some(client) = core.sockets.clients.get(&sid) else { return };
         if client.sockets.len() >= core.limits.max_namespaces_per_client {
-            tracing::debug!(sid = %sid, "too many namespaces for one client");
+            tracing::debug!(session = ?sid, "too many namespaces for one client");
             return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Too many namespaces" }));
         }
         let namespaces = core.namespaces.clone();
@@ -420,9 +420,9 @@ impl SioWorker {
 impl Handler for SioWorker {
     type Mail = SioMail;
 
-    fn on_open(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, info: &OpenInfo<'_>) {
+    fn on_open(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, info: &OpenInfo<'_>) {
         self.core.sockets.clients.insert(
-            sid.clone(),
+            sid,
             Client {
                 sockets: Vec::new(),
                 assembler: None,
@@ -433,11 +433,11 @@ impl Handler for SioWorker {
             },
         );
         let deadline = ctx.now() + self.core.connect_timeout;
-        self.core.connect_due.push(deadline, sid.clone());
+        self.core.connect_due.push(deadline, sid);
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, text: &mut [u8]) {
-        let Some(client) = self.core.sockets.clients.get(sid) else { return };
+    fn on_message(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, text: &mut [u8]) {
+        let Some(client) = self.core.sockets.clients.get(&sid) else { return };
         if let Some(a) = &client.assembler {
             let e = crate::proto::sio::SioError::AttachmentsMissing { missing: a.missing() };
             return self.fail(ctx, sid, &e);
@@ -447,7 +447,7 @@ impl Handler for SioWorker {
             Ok(p) if p.kind.is_binary() => {
                 // The attachments of the whole packet share the packet-size limit.
                 let max_bytes = self.core.decoder.limits().max_packet_size;
-                if let Some(c) = self.core.sockets.clients.get_mut(sid) {
+                if let Some(c) = self.core.sockets.clients.get_mut(&sid) {
                     c.assembler = Some(Box::new(BinaryAssembler::new(p, max_bytes)));
                 }
             }
@@ -455,8 +455,8 @@ impl Handler for SioWorker {
         }
     }
 
-    fn on_binary(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, data: Bytes) {
-        let Some(client) = self.core.sockets.clients.get_mut(sid) else { return };
+    fn on_binary(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, data: Bytes) {
+        let Some(client) = self.core.sockets.clients.get_mut(&sid) else { return };
         let Some(asm) = client.assembler.take() else {
             return self.fail(ctx, sid, &crate::proto::sio::SioError::UnexpectedBinary);
         };
@@ -467,8 +467,8 @@ impl Handler for SioWorker {
         }
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: &Sid, reason: CloseReason) {
-        let Some(client) = self.core.sockets.clients.get(sid) else { return };
+    fn on_close(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, reason: CloseReason) {
+        let Some(client) = self.core.sockets.clients.get(&sid) else { return };
         let reason = client.closing_reason.unwrap_or(match reason {
             CloseReason::TransportClose => DisconnectReason::TransportClose,
             CloseReason::PingTimeout => DisconnectReason::PingTimeout,
@@ -480,7 +480,7 @@ impl Handler for SioWorker {
         for idx in self.core.sockets.of_client(sid) {
             remove_socket(&mut self.core, ctx, idx, reason, false);
         }
-        self.core.sockets.clients.remove(sid);
+        self.core.sockets.clients.remove(&sid);
     }
 
     fn on_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
@@ -501,8 +501,8 @@ impl Handler for SioWorker {
         }
         while let Some(sid) = core.connect_due.pop_due(now) {
             if core.sockets.clients.get(&sid).is_some_and(|c| c.sockets.is_empty()) {
-                tracing::debug!(sid = %sid, "no namespace joined in time; closing");
-                ctx.close(&sid);
+                tracing::debug!(session = ?sid, "no namespace joined in time; closing");
+                ctx.close(sid);
             }
         }
     }

@@ -10,16 +10,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::acks::SocketAcks;
-use super::KeyedMap;
+use rustc_hash::FxHashMap;
 use crate::app::namespace::{DisconnectReason, Handshake, Namespace};
-use crate::engine::Sid;
+use crate::engine::SessionId;
 use crate::proto::sio::BinaryAssembler;
 
 /// One client's connection to one namespace.
 pub(crate) struct SocketState {
     pub(crate) id: Rc<str>,
     pub(crate) nsp: Rc<str>,
-    pub(crate) client: Sid,
+    pub(crate) client: SessionId,
     /// Room names are chosen by clients (the contract's `join`): keyed hashing.
     pub(crate) rooms: super::KeyedSet<Rc<str>>,
     pub(crate) handshake: Rc<Handshake>,
@@ -55,9 +55,9 @@ pub(crate) struct Sockets {
     slots: Vec<Option<SocketState>>,
     gens: Vec<u32>,
     free: Vec<u32>,
-    /// Session ids arrive with every client request (looked up by what the client sends, in
-    /// the engine before us): keyed hashing, like every map keyed by client input.
-    pub(crate) clients: KeyedMap<Sid, Client>,
+    /// Clients by their engine session handle: server-chosen slot numbers, so the fast
+    /// unkeyed hash is safe here.
+    pub(crate) clients: FxHashMap<SessionId, Client>,
     stamp: u64,
 }
 
@@ -122,13 +122,13 @@ impl Sockets {
         &mut self.slots
     }
 
-    /// The slot of `sid`'s socket in namespace `nsp`.
-    pub(crate) fn client_socket(&self, sid: &str, nsp: &str) -> Option<u32> {
-        self.clients.get(sid)?.sockets.iter().find(|(n, _)| **n == *nsp).map(|(_, i)| *i)
+    /// The slot of `client`'s socket in namespace `nsp`.
+    pub(crate) fn client_socket(&self, client: SessionId, nsp: &str) -> Option<u32> {
+        self.clients.get(&client)?.sockets.iter().find(|(n, _)| **n == *nsp).map(|(_, i)| *i)
     }
 
-    /// `sid`'s sockets, in the order they connected.
-    pub(crate) fn of_client(&self, sid: &str) -> Vec<u32> {
-        self.clients.get(sid).map(|c| c.sockets.iter().map(|(_, i)| *i).collect()).unwrap_or_default()
+    /// `client`'s sockets, in the order they connected.
+    pub(crate) fn of_client(&self, client: SessionId) -> Vec<u32> {
+        self.clients.get(&client).map(|c| c.sockets.iter().map(|(_, i)| *i).collect()).unwrap_or_default()
     }
 }
