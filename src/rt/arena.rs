@@ -3,7 +3,7 @@
 //! recognised as stale instead of reaching the new value.
 //!
 //! Owns: slot reuse and generations. It is the one slab of the crate: the runtime's
-//! connections and the engine's sessions both live in one.
+//! connections, the engine's sessions and the Socket.IO layer's sockets live in one.
 //!
 //! Must never: hand out a value through a stale handle.
 
@@ -68,6 +68,17 @@ impl<T> Arena<T> {
     /// The value of a live handle, mutably.
     pub fn get_mut(&mut self, h: Handle) -> Option<&mut T> {
         self.slots.get_mut(h.idx as usize).filter(|s| s.gen == h.gen & GEN_MASK)?.value.as_mut()
+    }
+
+    /// The value in slot `idx`, whatever its generation (for callers that keep the generation
+    /// themselves, or hold only live slots).
+    pub fn get_at(&self, idx: u32) -> Option<&T> {
+        self.slots.get(idx as usize)?.value.as_ref()
+    }
+
+    /// The value in slot `idx`, mutably, whatever its generation.
+    pub fn get_at_mut(&mut self, idx: u32) -> Option<&mut T> {
+        self.slots.get_mut(idx as usize)?.value.as_mut()
     }
 
     /// The live handle of slot `idx`, if it holds a value.

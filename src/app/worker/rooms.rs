@@ -98,7 +98,7 @@ impl WorkerCore {
         let mut out = Vec::new();
         let slots = self.sockets.slots_mut();
         let mut visit = |idx: u32| {
-            let Some(s) = slots[idx as usize].as_mut() else { return };
+            let Some(s) = slots.get_at_mut(idx) else { return };
             if s.stamp == stamp || !s.connected || s.leaving {
                 return;
             }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use super::acks::SocketAcks;
 use rustc_hash::FxHashMap;
+
+use crate::rt::arena::Arena;
 use crate::app::namespace::{DisconnectReason, Handshake, Namespace};
 use crate::engine::SessionId;
 use crate::proto::sio::BinaryAssembler;
@@ -52,9 +54,7 @@ pub(crate) struct Client {
 /// The slab of sockets, and the clients.
 #[derive(Default)]
 pub(crate) struct Sockets {
-    slots: Vec<Option<SocketState>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
+    slots: Arena<SocketState>,
     /// Clients by their engine session handle: server-chosen slot numbers, so the fast
     /// unkeyed hash is safe here.
     pub(crate) clients: FxHashMap<SessionId, Client>,
@@ -63,11 +63,11 @@ pub(crate) struct Sockets {
 
 impl Sockets {
     pub(crate) fn get(&self, idx: u32) -> Option<&SocketState> {
-        self.slots.get(idx as usize)?.as_ref()
+        self.slots.get_at(idx)
     }
 
     pub(crate) fn get_mut(&mut self, idx: u32) -> Option<&mut SocketState> {
-        self.slots.get_mut(idx as usize)?.as_mut()
+        self.slots.get_at_mut(idx)
     }
 
     /// The socket in `idx` if it is still generation `gen` and connected.
@@ -90,25 +90,13 @@ impl Sockets {
 
     /// Stores a new socket, built by `make` from its slot's new generation; returns the slot.
     pub(crate) fn insert(&mut self, make: impl FnOnce(u32) -> SocketState) -> u32 {
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.gens.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let gen = self.gens[idx as usize].wrapping_add(1);
-        self.gens[idx as usize] = gen;
-        self.slots[idx as usize] = Some(make(gen));
-        idx
+        self.slots.insert_with(|h| make(h.gen)).idx
     }
 
     /// Frees a slot; returns its socket for the caller to drop (its data may be user code).
     pub(crate) fn take(&mut self, idx: u32) -> Option<SocketState> {
-        let s = self.slots.get_mut(idx as usize)?.take()?;
-        self.free.push(idx);
-        Some(s)
+        let h = self.slots.handle_at(idx)?;
+        self.slots.remove(h)
     }
 
     /// A new selection's stamp.
@@ -118,7 +106,7 @@ impl Sockets {
     }
 
     /// Every slot, for a selection to mark.
-    pub(crate) fn slots_mut(&mut self) -> &mut [Option<SocketState>] {
+    pub(crate) fn slots_mut(&mut self) -> &mut Arena<SocketState> {
         &mut self.slots
     }
 
