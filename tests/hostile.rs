@@ -426,3 +426,19 @@ fn replies_from_inside_decoding_are_compressed_in_order() {
     assert_eq!(out, big.as_bytes());
     assert_eq!(frames[2], (false, b"4b".to_vec()));
 }
+
+/// A connection closing after its last frames (a `Connection: close` response, a close frame)
+/// is closed anyway once the close grace passes if its peer never reads them: a client cannot
+/// keep a closing connection and its queued bytes alive by not reading.
+#[test]
+fn a_peer_that_never_reads_its_last_frames_is_closed_after_the_grace() {
+    let mut s = sim(1);
+    let c = s.connect(0);
+    s.set_window(c, 0);
+    s.write(c, b"GET /engine.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.advance(Duration::from_millis(4_900));
+    assert!(!s.closed_by_server(c), "still within the grace");
+    s.advance(Duration::from_millis(100));
+    assert!(s.closed_by_server(c), "closed once the grace passed");
+    assert_eq!(s.total_conns(), 0);
+}

@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use super::arena::{Arena, Handle};
 use super::memory::MemoryGuard;
+use super::timer::Deadlines;
 use super::bus::Mailbox;
 use super::sendq::{Overflow, SendQueue};
 use super::worker::WorkerConfig;
@@ -182,6 +183,9 @@ pub struct Io<T, M> {
     counted: usize,
     stats: Stats,
     memory: MemoryGuard,
+    /// Connections closing after their queued frames: one deadline each, past which they are
+    /// closed whether or not the peer read them.
+    close_due: Deadlines,
 }
 
 impl<T, M> Io<T, M> {
@@ -201,6 +205,7 @@ impl<T, M> Io<T, M> {
             counted: 0,
             stats: Stats::default(),
             memory,
+            close_due: Deadlines::default(),
         }
     }
 
@@ -299,10 +304,13 @@ impl<T, M> Io<T, M> {
     }
 
     /// Closes a connection once its queued frames are written. Nothing more is read from it.
+    /// A peer that does not read its last frames is closed anyway after `close_grace`.
     pub fn close_after_flush(&mut self, id: ConnId) {
+        let at = self.now + self.cfg.close_grace;
         if let Some(c) = self.conn(id) {
             if c.closing == Closing::No {
                 c.closing = Closing::AfterFlush;
+                self.close_due.set(id.idx, at);
             }
             self.pending.push(id);
         }
@@ -502,16 +510,24 @@ impl<S: Service> Shard<S> {
     /// Sheds one connection: the service answers it, then it closes; its read buffer is
     /// released at once.
     pub fn shed(&mut self, id: ConnId) {
+        // What it has queued and not yet handed to the kernel goes first: its answer must not
+        // wait behind (or be refused by) a full queue.
+        if let Some(c) = self.io.conn(id) {
+            c.sendq.clear();
+        }
         self.service.on_shed(&mut self.io, id);
         self.io.set_rbuf(id, Vec::new());
         self.io.set_charged(id, 0);
+        self.io.close_after_flush(id);
         if let Some(c) = self.io.conn(id) {
-            if c.closing == Closing::No {
-                c.closing = Closing::AfterFlush;
-            }
             c.handoff_to = None;
-            self.io.pending.push(id);
         }
+    }
+
+    /// The earliest instant [`Shard::turn`] has work: the service's next deadline, or a
+    /// closing connection's grace.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.service.next_deadline(), self.io.close_due.next()].into_iter().flatten().min()
     }
 
     /// The receive on `id` ended: `error` is `None` for a clean end of its multishot run (it
@@ -562,6 +578,12 @@ impl<S: Service> Shard<S> {
     pub fn turn(&mut self, drv: &mut impl Driver) {
         let now = self.io.now;
         self.shed_for_memory(now);
+        while let Some(idx) = self.io.close_due.pop_due(now) {
+            if let Some(id) = self.io.conn_at(idx) {
+                tracing::debug!(worker = self.io.worker, "the peer did not read its last frames in time: closing");
+                self.io.close(id);
+            }
+        }
         self.service.on_timers(&mut self.io, now);
         self.service.on_turn_end(&mut self.io);
         // Resumed connections get their kept bytes; the service may pause them again.
@@ -592,6 +614,7 @@ impl<S: Service> Shard<S> {
                     drv.cancel_recv(id);
                 }
                 if !busy {
+                    self.io.close_due.clear(id.idx);
                     let data = self.io.take_rbuf(id);
                     self.io.set_charged(id, 0);
                     let c = self.io.conns.remove(id).expect("checked above");
@@ -631,6 +654,7 @@ impl<S: Service> Shard<S> {
                 drv.shutdown(c.fd);
             }
             if !c.recv_armed && !c.sendq.in_flight() {
+                self.io.close_due.clear(id.idx);
                 let c = self.io.conns.remove(id).expect("checked above");
                 drv.close(c.fd);
                 self.io.counted -= 1;

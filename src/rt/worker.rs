@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub buf_size: usize,
     /// How long sessions get to close politely at shutdown.
     pub shutdown_grace: Duration,
+    /// How long a connection closing after its last frames waits for the peer to read them.
+    pub close_grace: Duration,
     /// Resident memory of the process past which new connections are refused and the
     /// largest holders are shed (`--max-memory`).
     pub max_memory: Option<usize>,
@@ -61,6 +63,7 @@ impl Default for WorkerConfig {
             buf_size: 16 * 1024,
             shutdown_grace: Duration::from_secs(3),
             max_memory: None,
+            close_grace: Duration::from_secs(5),
         }
     }
 }
@@ -384,7 +387,7 @@ impl<S: Service> Worker<S> {
             if self.test_panic {
                 panic!("{TEST_PANIC_ENV}={}: a runtime panic on purpose", self.shard.io.worker());
             }
-            let mut wait = self.shard.service.next_deadline().map(|d| d.saturating_duration_since(now));
+            let mut wait = self.shard.next_deadline().map(|d| d.saturating_duration_since(now));
             if let Some(s) = self.shutdown_at {
                 let left = s.saturating_duration_since(now).min(Duration::from_millis(20));
                 wait = Some(wait.map_or(left, |w| w.min(left)));
