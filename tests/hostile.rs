@@ -4,95 +4,14 @@
 //! reach; each asserts the budget holds (bytes held per byte sent, deadlines per session),
 //! that other clients keep being served, and that counters return to zero.
 
-use std::rc::Rc;
+mod sim_support;
+
 use std::time::Duration;
 
-use shardcast::engine::echo::EioEcho;
-use shardcast::engine::{sid, EioServer, EngineConfig};
-use shardcast::proto::eio::SessionConfig;
-use shardcast::rt::sim::{ClientId, Sim};
+use shardcast::engine::{sid, EngineConfig};
+use shardcast::rt::sim::ClientId;
 use shardcast::rt::WorkerConfig;
-
-type Echo = Sim<EioServer<EioEcho>>;
-
-fn engine_cfg() -> EngineConfig {
-    EngineConfig {
-        path: "/engine.io/".into(),
-        session: SessionConfig {
-            ping_interval: Duration::from_millis(25_000),
-            ping_timeout: Duration::from_millis(20_000),
-            upgrade_timeout: Duration::from_secs(10),
-        },
-        ..EngineConfig::default()
-    }
-}
-
-fn sim_with(workers: usize, cfg: EngineConfig, rt: WorkerConfig) -> Echo {
-    let cfg = Rc::new(cfg);
-    Sim::new(workers, rt, move |_| EioServer::new(cfg.clone(), EioEcho))
-}
-
-fn sim(workers: usize) -> Echo {
-    let cfg = engine_cfg();
-    let rt = WorkerConfig { max_read_buffer: WorkerConfig::read_buffer_for(cfg.max_payload), ..WorkerConfig::default() };
-    sim_with(workers, cfg, rt)
-}
-
-/// One HTTP response parsed from the bytes a client received.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: Vec<u8>,
-}
-
-/// Splits every complete response out of `bytes`.
-fn responses(bytes: &[u8]) -> Vec<Resp> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-        let len = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
-        let body = rest[end + 4..end + 4 + len].to_vec();
-        rest = &rest[end + 4 + len..];
-        out.push(Resp { status, body });
-    }
-    assert!(rest.is_empty(), "a partial response is left: {:?}", String::from_utf8_lossy(rest));
-    out
-}
-
-fn get(target: &str) -> Vec<u8> {
-    format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
-}
-
-fn post(target: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    r.extend_from_slice(body);
-    r
-}
-
-/// Opens a polling session from a fresh connection on worker `w`; returns the client and sid.
-fn polling_session(s: &mut Echo, w: usize) -> (ClientId, String) {
-    let c = s.connect(w);
-    s.write(c, &get("/engine.io/?EIO=4&transport=polling"));
-    let r = responses(&s.read(c));
-    assert_eq!(r.len(), 1);
-    assert_eq!(r[0].status, 200);
-    let body = String::from_utf8(r[0].body.clone()).unwrap();
-    let sid = body.split("\"sid\":\"").nth(1).expect("an open packet").split('"').next().unwrap().to_owned();
-    (c, sid)
-}
-
-/// A client of worker `w` does a full round trip: handshake, a message, its echo.
-fn assert_served(s: &mut Echo, w: usize) {
-    let (c, sid) = polling_session(s, w);
-    s.write(c, &post(&format!("/engine.io/?EIO=4&transport=polling&sid={sid}"), b"4hello"));
-    assert_eq!(responses(&s.read(c))[0].body, b"ok");
-    s.write(c, &get(&format!("/engine.io/?EIO=4&transport=polling&sid={sid}")));
-    let r = responses(&s.read(c));
-    assert_eq!(r[0].body, b"4hello", "the echo comes back");
-    s.close(c);
-}
+use sim_support::*;
 
 /// Finding 1: bytes sent behind a parked long-poll GET used to be appended to the connection's
 /// read buffer without limit. Reading now pauses while the GET is parked: the bytes stay in
