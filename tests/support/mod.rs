@@ -171,7 +171,9 @@ impl Http {
             match self.stream.read(&mut tmp) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(_) => return false,
+                // Still open when the timeout passes; a reset is a close.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+                Err(_) => return true,
             }
         }
     }
@@ -269,6 +271,8 @@ impl Ws {
     }
 
     /// Reads one frame (`None` on EOF or timeout).
+    /// The next frame, or `None` once the server closed or reset the connection. Panics on a
+    /// read timeout.
     pub fn recv(&mut self) -> Option<Frame> {
         loop {
             if self.buf.len() >= 2 {
@@ -299,7 +303,13 @@ impl Ws {
             }
             let mut tmp = [0u8; 65536];
             match self.stream.read(&mut tmp) {
-                Ok(0) | Err(_) => return None,
+                // The connection ended (closed or reset by the server).
+                Ok(0) => return None,
+                // A read timeout is never an answer: the test fails.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    panic!("timed out waiting for a frame from the server")
+                }
+                Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }
         }
