@@ -15,9 +15,7 @@ fn frame_decode(c: &mut Criterion) {
     for size in [100usize, 16 * 1024] {
         let frames = 64;
         let payload = "x".repeat(size);
-        let wire: Vec<u8> = (0..frames)
-            .flat_map(|_| encode_client_frame(true, false, OpCode::Text, [1, 2, 3, 4], payload.as_bytes()))
-            .collect();
+        let wire: Vec<u8> = (0..frames).flat_map(|_| encode_client_frame(true, false, OpCode::Text, [1, 2, 3, 4], payload.as_bytes())).collect();
         g.throughput(Throughput::Elements(frames));
         g.bench_with_input(BenchmarkId::new("text_frames_x64", size), &size, |b, _| {
             let mut codec = ServerCodec::new(CodecConfig { max_message_size: 1 << 20, ..Default::default() });
@@ -58,9 +56,7 @@ fn sio(c: &mut Criterion) {
             v
         })
     });
-    g.bench_function("parse_json_serde_json", |b| {
-        b.iter(|| serde_json::from_slice::<Value>(black_box(&text[json_at..])).unwrap())
-    });
+    g.bench_function("parse_json_serde_json", |b| b.iter(|| serde_json::from_slice::<Value>(black_box(&text[json_at..])).unwrap()));
     g.finish();
 }
 

@@ -14,18 +14,10 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         let mut buf = vec![0xA5u8; size];
         let src = vec![0x5Au8; size];
-        g.bench_with_input(BenchmarkId::new("simd", size), &size, |b, _| {
-            b.iter(|| apply_mask(black_box(&mut buf), mask, 0))
-        });
-        g.bench_with_input(BenchmarkId::new("word", size), &size, |b, _| {
-            b.iter(|| apply_mask_word(black_box(&mut buf), mask, 0))
-        });
-        g.bench_with_input(BenchmarkId::new("naive", size), &size, |b, _| {
-            b.iter(|| apply_mask_naive(black_box(&mut buf), mask, 0))
-        });
-        g.bench_with_input(BenchmarkId::new("memcpy", size), &size, |b, _| {
-            b.iter(|| black_box(&mut buf).copy_from_slice(black_box(&src)))
-        });
+        g.bench_with_input(BenchmarkId::new("simd", size), &size, |b, _| b.iter(|| apply_mask(black_box(&mut buf), mask, 0)));
+        g.bench_with_input(BenchmarkId::new("word", size), &size, |b, _| b.iter(|| apply_mask_word(black_box(&mut buf), mask, 0)));
+        g.bench_with_input(BenchmarkId::new("naive", size), &size, |b, _| b.iter(|| apply_mask_naive(black_box(&mut buf), mask, 0)));
+        g.bench_with_input(BenchmarkId::new("memcpy", size), &size, |b, _| b.iter(|| black_box(&mut buf).copy_from_slice(black_box(&src))));
     }
     g.finish();
 }

@@ -106,11 +106,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 
 impl ServerOptions {
     pub fn engine_config(&self) -> EngineConfig {
-        let origins = if self.cors_origins.iter().any(|o| o == "*") {
-            AllowedOrigins::Any
-        } else {
-            AllowedOrigins::List(self.cors_origins.clone())
-        };
+        let origins = if self.cors_origins.iter().any(|o| o == "*") { AllowedOrigins::Any } else { AllowedOrigins::List(self.cors_origins.clone()) };
         EngineConfig {
             path: self.path.clone(),
             session: SessionConfig {

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use clap::{Parser, Subcommand};
+use shardcast::app::{contract, Server};
 use shardcast::cli::ServerOptions;
 use shardcast::engine::echo::EioEcho;
-use shardcast::app::{contract, Server};
 use shardcast::engine::EioServer;
 use shardcast::rt::threads;
 

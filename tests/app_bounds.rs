@@ -77,8 +77,7 @@ fn panicky() -> Namespace {
 #[test]
 fn a_panic_in_any_user_code_affects_only_its_socket() {
     let server = start(|b| {
-        b.namespace("/", panicky())
-            .dynamic_namespaces(|n| if n == "/explode" { panic!("filter bug") } else { n.starts_with("/dyn-") }, Namespace::new())
+        b.namespace("/", panicky()).dynamic_namespaces(|n| if n == "/explode" { panic!("filter bug") } else { n.starts_with("/dyn-") }, Namespace::new())
     });
     let mut bystander = connect(&server, "");
     bystander.send_text(r#"421["join","asked"]"#);

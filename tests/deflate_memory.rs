@@ -7,9 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use shardcast::proto::ws::deflate::{
-    self, compressor_bytes, Deflate, DeflateParams, DeflatePolicy, DECOMPRESSOR_BYTES,
-};
+use shardcast::proto::ws::deflate::{self, compressor_bytes, Deflate, DeflateParams, DeflatePolicy, DECOMPRESSOR_BYTES};
 use shardcast::proto::ws::frame::encode_client_frame;
 use shardcast::proto::ws::{CodecConfig, Decoded, Message, OpCode, ServerCodec};
 
@@ -96,31 +94,15 @@ fn zlib_state_estimates_are_upper_bounds() {
         d.compress_message(&[b'x'; 5000], &mut out);
         let state = (live() - after_out) as usize;
         assert_eq!(d.holds_state(), (true, false));
-        assert!(
-            state <= compressor_bytes(bits),
-            "{bits} bits: {state} > {}",
-            compressor_bytes(bits)
-        );
-        assert!(
-            state * 5 >= compressor_bytes(bits) * 4,
-            "{bits} bits: the estimate {} is far above {state}",
-            compressor_bytes(bits)
-        );
+        assert!(state <= compressor_bytes(bits), "{bits} bits: {state} > {}", compressor_bytes(bits));
+        assert!(state * 5 >= compressor_bytes(bits) * 4, "{bits} bits: the estimate {} is far above {state}", compressor_bytes(bits));
         let mut plain = Vec::with_capacity(8000);
         let after_plain = live();
-        let mut inflater = Deflate::new(DeflateParams {
-            client_no_context_takeover: false,
-            ..params(true, bits)
-        });
-        inflater
-            .decompress_fragment(&out, true, &mut plain, 1 << 20)
-            .unwrap();
+        let mut inflater = Deflate::new(DeflateParams { client_no_context_takeover: false, ..params(true, bits) });
+        inflater.decompress_fragment(&out, true, &mut plain, 1 << 20).unwrap();
         let state = (live() - after_plain) as usize;
         assert_eq!(plain, [b'x'; 5000]);
-        assert!(
-            state <= DECOMPRESSOR_BYTES && state * 5 >= DECOMPRESSOR_BYTES * 4,
-            "decompressor: {state}"
-        );
+        assert!(state <= DECOMPRESSOR_BYTES && state * 5 >= DECOMPRESSOR_BYTES * 4, "decompressor: {state}");
         drop((d, inflater, out, plain));
         assert_eq!(live(), before, "all freed");
     }
@@ -128,10 +110,7 @@ fn zlib_state_estimates_are_upper_bounds() {
 
 /// Raw deflate data inflating to `mb` MiB of zeros (see the codec's unit tests).
 fn zero_bomb(mb: usize) -> Vec<u8> {
-    let mut d = Deflate::new(DeflateParams {
-        level: 9,
-        ..params(true, 15)
-    });
+    let mut d = Deflate::new(DeflateParams { level: 9, ..params(true, 15) });
     let zeros = vec![0u8; 1 << 20];
     let (mut first, mut next) = (Vec::new(), Vec::new());
     d.compress_message(&zeros, &mut first);
@@ -146,14 +125,8 @@ fn zero_bomb(mb: usize) -> Vec<u8> {
 
 fn codec(max: usize) -> ServerCodec {
     let offer = deflate::parse_extensions(["permessage-deflate; client_max_window_bits"]);
-    let p = deflate::negotiate(&offer, &DeflatePolicy::default())
-        .unwrap()
-        .0;
-    ServerCodec::new(CodecConfig {
-        max_message_size: max,
-        deflate: Some(p),
-        compress_threshold: 0,
-    })
+    let p = deflate::negotiate(&offer, &DeflatePolicy::default()).unwrap().0;
+    ServerCodec::new(CodecConfig { max_message_size: max, deflate: Some(p), compress_threshold: 0 })
 }
 
 #[test]
@@ -166,19 +139,7 @@ fn a_bomb_costs_at_most_the_limit_plus_one_decompressor() {
     let mut frames: Vec<Vec<u8>> = bomb
         .chunks(1024)
         .enumerate()
-        .map(|(i, ch)| {
-            encode_client_frame(
-                false,
-                i == 0,
-                if i == 0 {
-                    OpCode::Binary
-                } else {
-                    OpCode::Continuation
-                },
-                M,
-                ch,
-            )
-        })
+        .map(|(i, ch)| encode_client_frame(false, i == 0, if i == 0 { OpCode::Binary } else { OpCode::Continuation }, M, ch))
         .collect();
     let base = mark();
     let mut code = None;
@@ -210,10 +171,7 @@ fn nothing_outlives_a_compressed_message() {
     let mut reply = Vec::new();
     let base = live();
     match c.decode(&mut wire).unwrap() {
-        Decoded::Frame {
-            message: Some(Message::Binary(d)),
-            ..
-        } => assert!(*d == msg[..]),
+        Decoded::Frame { message: Some(Message::Binary(d)), .. } => assert!(*d == msg[..]),
         other => panic!("{other:?}"),
     }
     c.release_buffers();

@@ -21,15 +21,7 @@ const MAX_PAYLOAD: usize = 1_000_000;
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 
 fn server() -> Server {
-    let args = [
-        "--threads",
-        "1",
-        "--websocket-compression",
-        "--ping-interval",
-        "25000",
-        "--ping-timeout",
-        "20000",
-    ];
+    let args = ["--threads", "1", "--websocket-compression", "--ping-interval", "25000", "--ping-timeout", "20000"];
     if std::env::var_os("HOSTILE_EAGER_COMMIT").is_some() {
         Server::start(&args)
     } else {
@@ -41,12 +33,7 @@ fn server() -> Server {
 fn rss(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        * 1024
+    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
 }
 
 /// The client's compressor: context kept within a message (fragments continue the stream).
@@ -93,17 +80,8 @@ fn send_frame(ws: &mut Ws, fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) {
 
 /// A Socket.IO client on `/` over a WebSocket, with or without offering compression.
 fn sio_client(s: &Server, compress: bool) -> Ws {
-    let mut ws = Ws::connect(
-        s.addr,
-        "/socket.io/?EIO=4&transport=websocket",
-        if compress { OFFER } else { "" },
-    );
-    assert_eq!(
-        ws.response_head.contains("permessage-deflate"),
-        compress,
-        "{}",
-        ws.response_head
-    );
+    let mut ws = Ws::connect(s.addr, "/socket.io/?EIO=4&transport=websocket", if compress { OFFER } else { "" });
+    assert_eq!(ws.response_head.contains("permessage-deflate"), compress, "{}", ws.response_head);
     ws.set_timeout(Duration::from_secs(10));
     assert!(ws.recv_text().starts_with("0{"));
     ws.send_text("40");
@@ -119,17 +97,10 @@ fn server_closes(ws: &mut Ws, limit: Duration) -> u16 {
     ws.set_timeout(limit);
     while let Some(f) = ws.recv() {
         if f.opcode == 8 {
-            return if f.payload.len() >= 2 {
-                u16::from_be_bytes([f.payload[0], f.payload[1]])
-            } else {
-                1005
-            };
+            return if f.payload.len() >= 2 { u16::from_be_bytes([f.payload[0], f.payload[1]]) } else { 1005 };
         }
     }
-    assert!(
-        start.elapsed() < limit,
-        "the server did not answer within {limit:?}"
-    );
+    assert!(start.elapsed() < limit, "the server did not answer within {limit:?}");
     1006
 }
 
@@ -153,13 +124,7 @@ fn compressed_attachment_flood_closes_only_that_session() {
     let mut hostile: Vec<Ws> = (0..N).map(|_| sio_client(&s, true)).collect();
     assert_served(&mut bystander, "before");
     let before = rss(pid);
-    let header = format!(
-        r#"4510-["message",{}]"#,
-        (0..10)
-            .map(|i| format!(r#"{{"_placeholder":true,"num":{i}}}"#))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let header = format!(r#"4510-["message",{}]"#, (0..10).map(|i| format!(r#"{{"_placeholder":true,"num":{i}}}"#)).collect::<Vec<_>>().join(","));
     let mut sent = 0;
     for ws in &mut hostile {
         send_frame(ws, true, false, 1, header.as_bytes());
@@ -179,13 +144,8 @@ fn compressed_attachment_flood_closes_only_that_session() {
         server_closes(ws, Duration::from_secs(20));
     }
     let grown = rss(pid).saturating_sub(before);
-    eprintln!(
-        "attachment flood: {sent} bytes sent on {N} connections, server RSS grew by {grown} bytes"
-    );
-    assert!(
-        grown < N * 3 * MAX_PAYLOAD,
-        "RSS grew by {grown} for {N} hostile connections"
-    );
+    eprintln!("attachment flood: {sent} bytes sent on {N} connections, server RSS grew by {grown} bytes");
+    assert!(grown < N * 3 * MAX_PAYLOAD, "RSS grew by {grown} for {N} hostile connections");
     assert_served(&mut bystander, "after");
 }
 
@@ -198,9 +158,7 @@ fn unfinished_compressed_fragment_is_bounded_then_closed_1009() {
     let s = server();
     let pid = s.child.id();
     let mut bystander = sio_client(&s, false);
-    let mut hostile: Vec<(Ws, Deflate)> = (0..N)
-        .map(|_| (sio_client(&s, true), client_deflate()))
-        .collect();
+    let mut hostile: Vec<(Ws, Deflate)> = (0..N).map(|_| (sio_client(&s, true), client_deflate())).collect();
     assert_served(&mut bystander, "before");
     let before = rss(pid);
     let mut sent = 0;
@@ -219,10 +177,7 @@ fn unfinished_compressed_fragment_is_bounded_then_closed_1009() {
     let per_conn = grown / N;
     eprintln!("unfinished fragments: {sent} bytes sent on {N} connections hold {grown} bytes of server RSS ({per_conn} per connection)");
     // At most the message limit plus one decompressor (48 KiB) and some slack.
-    assert!(
-        per_conn < MAX_PAYLOAD + 128 * 1024,
-        "{per_conn} bytes per connection"
-    );
+    assert!(per_conn < MAX_PAYLOAD + 128 * 1024, "{per_conn} bytes per connection");
     assert_served(&mut bystander, "during");
     for (ws, d) in &mut hostile {
         let more = compressed_zeros(d, 200_000, false);
@@ -256,19 +211,10 @@ fn idle_cost(compress: bool, n: usize) -> usize {
             ws.send_text(&text);
         }
         let f = ws.recv().expect("message-back");
-        assert_eq!(
-            (f.opcode, f.rsv1),
-            (1, compress),
-            "compressed exactly when negotiated"
-        );
+        assert_eq!((f.opcode, f.rsv1), (1, compress), "compressed exactly when negotiated");
         if compress {
             let mut out = Vec::new();
-            Deflate::new(DeflateParams {
-                client_no_context_takeover: true,
-                ..*d.params()
-            })
-            .decompress_fragment(&f.payload, true, &mut out, 1 << 20)
-            .unwrap();
+            Deflate::new(DeflateParams { client_no_context_takeover: true, ..*d.params() }).decompress_fragment(&f.payload, true, &mut out, 1 << 20).unwrap();
             assert!(out.starts_with(br#"42["message-back","abcdefghij"#));
         }
     };
@@ -295,13 +241,6 @@ fn idle_connection_cost_with_and_without_compression() {
     let plain = idle_cost(false, N);
     let deflate = idle_cost(true, N);
     eprintln!("idle connection: {plain} bytes without compression, {deflate} bytes with");
-    assert!(
-        deflate < 16 * 1024,
-        "{deflate} bytes per idle compressed connection"
-    );
-    assert!(
-        deflate < plain + 8 * 1024,
-        "compression adds {} bytes",
-        deflate as isize - plain as isize
-    );
+    assert!(deflate < 16 * 1024, "{deflate} bytes per idle compressed connection");
+    assert!(deflate < plain + 8 * 1024, "compression adds {} bytes", deflate as isize - plain as isize);
 }

@@ -41,47 +41,19 @@ fn block_io_uring_enter() -> std::io::Result<()> {
     const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
     let filter = [
         // Load the system call number (offset 0 of `struct seccomp_data`).
-        libc::sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: BPF_JMP_JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: NR_IO_URING_ENTER,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ALLOW,
-        },
+        libc::sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter { code: BPF_JMP_JEQ_K, jt: 0, jf: 1, k: NR_IO_URING_ENTER },
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::EPERM as u32 },
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
     ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
     // SAFETY: prctl with constant arguments; `prog` points to `filter`, both alive during the
     // call (the kernel copies the program).
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &prog as *const libc::sock_fprog,
-        ) != 0
-        {
+        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -91,10 +63,7 @@ fn block_io_uring_enter() -> std::io::Result<()> {
 impl Proc {
     fn spawn(args: &[&str], limits: Limits) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-        cmd.args(args)
-            .args(["--bind", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).args(["--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in &limits.env {
             cmd.env(k, v);
@@ -106,10 +75,7 @@ impl Proc {
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(n) = nofile {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -136,27 +102,14 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
+        Proc { child, stdout, stderr }
     }
 
     /// Waits (bounded) for the "listening on" line and returns the address.
     fn listening(&self) -> SocketAddr {
-        let line = self
-            .stdout
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no \"listening\" line within 20 s; stderr: {:?}",
-                    self.stderr_text()
-                )
-            });
-        line.split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+        let line =
+            self.stdout.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no \"listening\" line within 20 s; stderr: {:?}", self.stderr_text()));
+        line.split_whitespace().find_map(|w| w.parse::<SocketAddr>().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     fn stderr_lines(&self) -> usize {
@@ -176,10 +129,7 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "{what} not seen on stderr within {limit:?}; stderr: {}",
-            self.stderr_text()
-        );
+        panic!("{what} not seen on stderr within {limit:?}; stderr: {}", self.stderr_text());
     }
 
     /// Waits for the process to exit; fails (and kills it) after `limit`.
@@ -192,10 +142,7 @@ impl Proc {
             if Instant::now() >= end {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!(
-                    "the server did not exit within {limit:?}; stderr: {}",
-                    self.stderr_text()
-                );
+                panic!("the server did not exit within {limit:?}; stderr: {}", self.stderr_text());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -235,42 +182,24 @@ fn polling_handshake_ok(addr: SocketAddr) {
 
 #[test]
 fn out_of_file_descriptors_pauses_accepts_quietly_and_recovers() {
-    let server = Proc::spawn(
-        &["--threads", "1", "--no-pin"],
-        Limits {
-            nofile: Some(64),
-            ..Limits::default()
-        },
-    );
+    let server = Proc::spawn(&["--threads", "1", "--no-pin"], Limits { nofile: Some(64), ..Limits::default() });
     let addr = server.listening();
     // More connections than the server has descriptors: the kernel completes the handshakes
     // into the listen backlog; the server accepts until EMFILE.
     let mut clients = Vec::new();
     for _ in 0..150 {
-        clients.push(
-            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                .expect("connect into the backlog"),
-        );
+        clients.push(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect into the backlog"));
     }
-    server.wait_stderr(Duration::from_secs(5), "the EMFILE warning", |e| {
-        e.contains("pausing accepts")
-    });
+    server.wait_stderr(Duration::from_secs(5), "the EMFILE warning", |e| e.contains("pausing accepts"));
     // Over the next 2 s the server keeps running out of descriptors: it must neither flood
     // its log nor spin.
     let (lines0, cpu0, t0) = (server.stderr_lines(), server.cpu_time(), Instant::now());
     std::thread::sleep(Duration::from_secs(2));
     let (lines1, cpu1, elapsed) = (server.stderr_lines(), server.cpu_time(), t0.elapsed());
     let logged = lines1 - lines0;
-    assert!(
-        logged < 50,
-        "{logged} stderr lines in {elapsed:?}: {}",
-        server.stderr_text()
-    );
+    assert!(logged < 50, "{logged} stderr lines in {elapsed:?}: {}", server.stderr_text());
     let cpu = cpu1 - cpu0;
-    assert!(
-        cpu < elapsed / 4,
-        "the server used {cpu:?} of CPU in {elapsed:?} while out of descriptors"
-    );
+    assert!(cpu < elapsed / 4, "the server used {cpu:?} of CPU in {elapsed:?} while out of descriptors");
     let warnings = server.stderr_text().matches("pausing accepts").count();
     assert!(warnings >= 1);
     // Once the excess clients leave, a fresh one is served.
@@ -282,11 +211,7 @@ fn out_of_file_descriptors_pauses_accepts_quietly_and_recovers() {
         if served.is_ok() {
             break;
         }
-        assert!(
-            Instant::now() < end,
-            "no handshake served within 10 s after the clients left; stderr: {}",
-            server.stderr_text()
-        );
+        assert!(Instant::now() < end, "no handshake served within 10 s after the clients left; stderr: {}", server.stderr_text());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -304,17 +229,7 @@ fn stuck_reader(addr: SocketAddr) -> Ws {
 #[test]
 fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
     let mut server = Proc::spawn(
-        &[
-            "--threads",
-            "2",
-            "--no-pin",
-            "--ping-interval",
-            "60000",
-            "--ping-timeout",
-            "60000",
-            "--max-send-buffer",
-            "1000000000",
-        ],
+        &["--threads", "2", "--no-pin", "--ping-interval", "60000", "--ping-timeout", "60000", "--max-send-buffer", "1000000000"],
         Limits::default(),
     );
     let addr = server.listening();
@@ -325,9 +240,7 @@ fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut ws = stuck_reader(addr);
-        ws.stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        ws.stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         for _ in 0..20 {
             ws.send_text(&msg);
         }
@@ -336,9 +249,7 @@ fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
     // The echoes are flowing (the first bytes reached the client), and more is queued than
     // the sockets hold.
     for ws in &clients {
-        ws.stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        ws.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = [0u8; 1];
         assert_eq!(ws.stream.peek(&mut b).expect("echoes arrive"), 1);
     }
@@ -355,76 +266,33 @@ fn shutdown_refuses_new_clients_at_once_and_exits_with_sends_in_flight() {
                 let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
             }
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "a connect was still accepted 1 s after SIGTERM"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(1), "a connect was still accepted 1 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "refused only because the server had already exited"
-    );
+    assert!(server.child.try_wait().unwrap().is_none(), "refused only because the server had already exited");
     let status = server.wait_exit(grace + Duration::from_secs(2) - t0.elapsed().min(grace));
     let took = t0.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status:?}; stderr: {}",
-        server.stderr_text()
-    );
-    assert!(
-        !server.stderr_text().contains("still in flight"),
-        "teardown did not drain: {}",
-        server.stderr_text()
-    );
+    assert!(status.success(), "exit status {status:?}; stderr: {}", server.stderr_text());
+    assert!(!server.stderr_text().contains("still in flight"), "teardown did not drain: {}", server.stderr_text());
     eprintln!("refused {refused_after:?} after SIGTERM; exited after {took:?}");
     drop(clients);
 }
 
 #[test]
 fn a_runtime_panic_aborts_the_process_with_a_message() {
-    let mut server = Proc::spawn(
-        &["--threads", "2", "--no-pin"],
-        Limits {
-            env: vec![("SHARDCAST_TEST_PANIC_WORKER", "1")],
-            ..Limits::default()
-        },
-    );
+    let mut server = Proc::spawn(&["--threads", "2", "--no-pin"], Limits { env: vec![("SHARDCAST_TEST_PANIC_WORKER", "1")], ..Limits::default() });
     let status = server.wait_exit(Duration::from_secs(20));
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGABRT),
-        "status {status:?}; stderr: {}",
-        server.stderr_text()
-    );
-    server.wait_stderr(Duration::from_secs(5), "the abort message", |e| {
-        e.contains("shardcast: worker 1 panicked:") && e.contains("; aborting")
-    });
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "status {status:?}; stderr: {}", server.stderr_text());
+    server.wait_stderr(Duration::from_secs(5), "the abort message", |e| e.contains("shardcast: worker 1 panicked:") && e.contains("; aborting"));
 }
 
 #[test]
 fn blocked_io_uring_enter_fails_before_listening() {
-    let mut server = Proc::spawn(
-        &["--threads", "2", "--no-pin"],
-        Limits {
-            block_io_uring_enter: true,
-            ..Limits::default()
-        },
-    );
+    let mut server = Proc::spawn(&["--threads", "2", "--no-pin"], Limits { block_io_uring_enter: true, ..Limits::default() });
     let status = server.wait_exit(Duration::from_secs(20));
     assert!(!status.success(), "status {status:?}");
-    assert_eq!(
-        status.signal(),
-        None,
-        "a clean error exit, not a crash: {status:?}; stderr: {}",
-        server.stderr_text()
-    );
-    server.wait_stderr(Duration::from_secs(5), "the io_uring_enter error", |e| {
-        e.contains("io_uring_enter") && e.contains("EPERM") && e.contains("seccomp")
-    });
+    assert_eq!(status.signal(), None, "a clean error exit, not a crash: {status:?}; stderr: {}", server.stderr_text());
+    server.wait_stderr(Duration::from_secs(5), "the io_uring_enter error", |e| e.contains("io_uring_enter") && e.contains("EPERM") && e.contains("seccomp"));
     let said: Vec<String> = server.stdout.try_iter().collect();
-    assert!(
-        said.iter().all(|l| !l.contains("listening")),
-        "it said it was listening: {said:?}"
-    );
+    assert!(said.iter().all(|l| !l.contains("listening")), "it said it was listening: {said:?}");
 }

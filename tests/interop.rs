@@ -46,10 +46,7 @@ fn official_python_client_passes_the_contract() {
     require(&python, "the python-socketio virtualenv");
     let s = Server::start(&["--threads", "2"]);
     let mut cmd = Command::new(&python);
-    cmd.current_dir(&py)
-        .args(["-m", "unittest", "-v", "test_contract"])
-        .env("SHARDCAST_URL", format!("http://{}", s.addr))
-        .env("PY_CLIENTS", "100");
+    cmd.current_dir(&py).args(["-m", "unittest", "-v", "test_contract"]).env("SHARDCAST_URL", format!("http://{}", s.addr)).env("PY_CLIENTS", "100");
     run(cmd, "the python-socketio suite");
 }
 
@@ -57,12 +54,7 @@ fn official_python_client_passes_the_contract() {
 fn packets_match_node_socket_io() {
     let js = interop_dir().join("js");
     require(&js.join("node_modules/socket.io"), "Node's socket.io (the reference server)");
-    let mut reference = Command::new("node")
-        .current_dir(&js)
-        .arg("reference-server.js")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the reference server");
+    let mut reference = Command::new("node").current_dir(&js).arg("reference-server.js").stdout(Stdio::piped()).spawn().expect("start the reference server");
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(reference.stdout.take().unwrap()), &mut line).unwrap();
     let ref_addr = line.trim().trim_start_matches("listening on ").to_string();

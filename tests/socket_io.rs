@@ -57,13 +57,12 @@ fn closed(ws: &mut Ws) -> bool {
 fn recording() -> (Namespace, mpsc::Receiver<DisconnectReason>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let ns = Namespace::new()
-        .on("bye", |s, _| s.disconnect())
-        .on("boom", |_, _| panic!("handler bug"))
-        .on("echo", |s, ev| s.emit("echo", &ev.args))
-        .on_disconnect(move |_, reason| {
-            let _ = tx.lock().unwrap().send(reason);
-        });
+    let ns =
+        Namespace::new().on("bye", |s, _| s.disconnect()).on("boom", |_, _| panic!("handler bug")).on("echo", |s, ev| s.emit("echo", &ev.args)).on_disconnect(
+            move |_, reason| {
+                let _ = tx.lock().unwrap().send(reason);
+            },
+        );
     (ns, rx)
 }
 
@@ -106,22 +105,22 @@ fn bad_input_closes_only_that_session() {
     let deep = format!(r#"42["echo",{}{}]"#, "[".repeat(200), "]".repeat(200));
     type Send = Box<dyn Fn(&mut Ws)>;
     let bad: Vec<Send> = vec![
-        Box::new(|ws| ws.send_text("47")),                                   // unknown packet type
-        Box::new(|ws| ws.send_text(r#"42["echo",{"a":]"#)),                    // bad JSON
-        Box::new(move |ws| ws.send_text(&deep)),                               // too deep
-        Box::new(|ws| ws.send_text(r#"42/other,["echo"]"#)),                   // event before CONNECT
-        Box::new(|ws| ws.send_text("4218446744073709551616[\"echo\"]")),        // ack id overflows u64
+        Box::new(|ws| ws.send_text("47")),                               // unknown packet type
+        Box::new(|ws| ws.send_text(r#"42["echo",{"a":]"#)),              // bad JSON
+        Box::new(move |ws| ws.send_text(&deep)),                         // too deep
+        Box::new(|ws| ws.send_text(r#"42/other,["echo"]"#)),             // event before CONNECT
+        Box::new(|ws| ws.send_text("4218446744073709551616[\"echo\"]")), // ack id overflows u64
         Box::new(|ws| {
-            ws.send_text(r#"451-["echo",{"_placeholder":true,"num":3}]"#);    // index out of range
+            ws.send_text(r#"451-["echo",{"_placeholder":true,"num":3}]"#); // index out of range
             ws.send_binary(b"x");
         }),
-        Box::new(|ws| ws.send_binary(b"unexpected")),                          // binary with no packet
+        Box::new(|ws| ws.send_binary(b"unexpected")), // binary with no packet
         Box::new(|ws| {
-            ws.send_text(r#"452-["echo",{"_placeholder":true,"num":0}]"#);    // attachment never comes
+            ws.send_text(r#"452-["echo",{"_placeholder":true,"num":0}]"#); // attachment never comes
             ws.send_text(r#"42["echo"]"#);
         }),
-        Box::new(|ws| ws.send_text("4")),                                      // empty Socket.IO packet
-        Box::new(|ws| ws.send_text(r#"44{"message":"clients may not"}"#)),     // CONNECT_ERROR from a client
+        Box::new(|ws| ws.send_text("4")),                                  // empty Socket.IO packet
+        Box::new(|ws| ws.send_text(r#"44{"message":"clients may not"}"#)), // CONNECT_ERROR from a client
     ];
     for (i, send) in bad.iter().enumerate() {
         let mut ws = client(&server, "/");
@@ -235,10 +234,13 @@ fn middleware_and_dynamic_namespaces() {
         _ => Err(json!({"message": "not authorized", "data": {"code": 401}})),
     });
     let server = start(1, |b| {
-        b.namespace("/admin", guarded).dynamic_namespaces(|n| n.starts_with("/room-"), Namespace::new().on_connection(|s| {
-            let nsp = s.nsp().to_string();
-            s.emit("welcome", &[json!(nsp)]);
-        }))
+        b.namespace("/admin", guarded).dynamic_namespaces(
+            |n| n.starts_with("/room-"),
+            Namespace::new().on_connection(|s| {
+                let nsp = s.nsp().to_string();
+                s.emit("welcome", &[json!(nsp)]);
+            }),
+        )
     });
     let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
     ws.recv_text();
@@ -281,7 +283,11 @@ fn middleware_sees_headers_and_error_handler_sees_protocol_errors() {
     let ns = Namespace::new()
         .use_middleware(|hs| {
             let key = hs.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("x-api-key")).map(|(_, v)| v.as_str());
-            if key == Some("k1") { Ok(()) } else { Err(json!({"message": "bad key"})) }
+            if key == Some("k1") {
+                Ok(())
+            } else {
+                Err(json!({"message": "bad key"}))
+            }
         })
         .on_error(move |_, e| {
             let _ = tx.lock().unwrap().send(e.to_string());

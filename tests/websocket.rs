@@ -29,7 +29,11 @@ fn handshake_refusals() {
     assert_eq!((r.status, r.header("sec-websocket-version")), (426, Some("13")));
     let r = request(s.addr, format!("{base}Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes());
     assert_eq!(r.status, 400);
-    let r = request(s.addr, format!("GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes());
+    let r = request(
+        s.addr,
+        format!("GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            .as_bytes(),
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -93,9 +97,7 @@ fn permessage_deflate_both_ways() {
     let mut ws = Ws::connect(s.addr, "/x", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
     // No context takeover either way (RFC 7692 §7.1.1): no zlib state outlives a message.
     assert!(
-        ws.response_head.contains(
-            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
-        ),
+        ws.response_head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
         "{}",
         ws.response_head
     );

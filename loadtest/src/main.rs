@@ -35,10 +35,7 @@ extern "C" fn on_sigint(_: libc::c_int) {
 }
 
 #[derive(Parser)]
-#[command(
-    name = "shardcast-loadtest",
-    about = "Load generator for Socket.IO servers (shared/CONTRACT.md)"
-)]
+#[command(name = "shardcast-loadtest", about = "Load generator for Socket.IO servers (shared/CONTRACT.md)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -163,19 +160,13 @@ where
         .map(|t| {
             let f = f.clone();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime");
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&rt, f(t))
             })
         })
         .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("a client thread"))
-        .collect()
+    handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
 }
 
 /// Keeps a client thread's tasks running until `done` (or Ctrl-C): returning drops them.
@@ -193,12 +184,7 @@ fn source(i: usize, target: &SocketAddr) -> Option<IpAddr> {
         return None;
     }
     let n = i / 4096;
-    Some(IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
-        1 + (n / 250) as u8,
-        1 + (n % 250) as u8,
-    )))
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8)))
 }
 
 fn payload(size: usize) -> String {
@@ -217,10 +203,7 @@ fn wait_until(cond: impl Fn() -> bool, limit: Duration) -> bool {
 }
 
 /// Live progress on stderr while a phase runs.
-fn progress(
-    counters: Arc<Counters>,
-    label: &'static str,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn progress(counters: Arc<Counters>, label: &'static str) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let done = Arc::new(AtomicBool::new(false));
     let d = done.clone();
     let h = std::thread::spawn(move || {
@@ -262,11 +245,7 @@ struct Window {
 
 impl Window {
     fn open(pid: Option<u32>) -> Window {
-        Window {
-            t0: Instant::now(),
-            own0: metrics::own_cpu_us(),
-            server0: pid.and_then(metrics::sample),
-        }
+        Window { t0: Instant::now(), own0: metrics::own_cpu_us(), server0: pid.and_then(metrics::sample) }
     }
 
     /// Closes the window: (seconds, own CPU µs, server (CPU µs, RSS before, RSS after)).
@@ -289,24 +268,12 @@ fn merge(hs: Vec<Histogram<u64>>) -> Histogram<u64> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fanout(
-    c: Common,
-    subscribers: usize,
-    rooms: usize,
-    publishers: usize,
-    rate: u64,
-    duration: u64,
-    size: usize,
-    ramp_rate: f64,
-) -> Report {
+fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: u64, duration: u64, size: usize, ramp_rate: f64) -> Report {
     let counters = Arc::new(Counters::new(duration as usize + 60));
     let expected = Arc::new(AtomicU64::new(0));
     let go = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let target = Target {
-        addr: c.target,
-        path: c.path.clone(),
-    };
+    let target = Target { addr: c.target, path: c.path.clone() };
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let body = payload(size);
@@ -321,54 +288,29 @@ fn fanout(
     let (pdone, prog) = progress(counters.clone(), "fanout");
     let runner = std::thread::spawn(move || {
         on_threads(threads, move |t| {
-            let (counters, expected, go, done, target, body, joined_in) = (
-                cs.clone(),
-                ex.clone(),
-                g.clone(),
-                d.clone(),
-                target.clone(),
-                body.clone(),
-                ji.clone(),
-            );
+            let (counters, expected, go, done, target, body, joined_in) =
+                (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone(), ji.clone());
             let published = pd.clone();
             async move {
                 let hist = Rc::new(RefCell::new(histogram()));
                 let mut tasks = Vec::new();
                 for i in (t..subscribers).step_by(threads) {
-                    let (counters, target, hist, joined_in) = (
-                        counters.clone(),
-                        target.clone(),
-                        hist.clone(),
-                        joined_in.clone(),
-                    );
+                    let (counters, target, hist, joined_in) = (counters.clone(), target.clone(), hist.clone(), joined_in.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
-                            tokio::time::sleep_until(
-                                (counters.start + Duration::from_secs_f64(i as f64 / ramp_rate))
-                                    .into(),
-                            )
-                            .await;
+                            tokio::time::sleep_until((counters.start + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
                         }
                         let step = std::cell::Cell::new("connect");
                         let joined = tokio::time::timeout(SETUP_LIMIT, async {
-                            let mut s = Sio::connect(&target, polling, source(i, &target.addr))
-                                .await
-                                .map_err(|e| format!("connect: {e}"))?;
+                            let mut s = Sio::connect(&target, polling, source(i, &target.addr)).await.map_err(|e| format!("connect: {e}"))?;
                             step.set("join");
-                            s.call(1, &format!(r#"["join","r{}"]"#, i % rooms), |_| {})
-                                .await
-                                .map_err(|e| format!("join: {e}"))?;
+                            s.call(1, &format!(r#"["join","r{}"]"#, i % rooms), |_| {}).await.map_err(|e| format!("join: {e}"))?;
                             Ok::<_, String>(s)
                         });
                         let mut s = match joined.await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => return counters.error(&e),
-                            Err(_) => {
-                                return counters.error(&format!(
-                                    "{}: no answer in {SETUP_LIMIT:?}",
-                                    step.get()
-                                ))
-                            }
+                            Err(_) => return counters.error(&format!("{}: no answer in {SETUP_LIMIT:?}", step.get())),
                         };
                         joined_in[i % rooms].fetch_add(1, Ordering::Relaxed);
                         counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -393,20 +335,10 @@ fn fanout(
                     }));
                 }
                 for p in (t..publishers).step_by(threads) {
-                    let (counters, expected, go, target, body, joined_in, published) = (
-                        counters.clone(),
-                        expected.clone(),
-                        go.clone(),
-                        target.clone(),
-                        body.clone(),
-                        joined_in.clone(),
-                        published.clone(),
-                    );
+                    let (counters, expected, go, target, body, joined_in, published) =
+                        (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone(), joined_in.clone(), published.clone());
                     tasks.push(tokio::task::spawn_local(async move {
-                        let Ok(mut s) =
-                            Sio::connect(&target, polling, source(subscribers + p, &target.addr))
-                                .await
-                        else {
+                        let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
                             return;
                         };
@@ -428,20 +360,14 @@ fn fanout(
                             while sent < due {
                                 let room = k % rooms;
                                 k += publishers;
-                                let pkt = format!(
-                                    r#"["to-room","r{room}",{{"t":{},"p":"{body}"}}]"#,
-                                    counters.now_ns()
-                                );
+                                let pkt = format!(r#"["to-room","r{room}",{{"t":{},"p":"{body}"}}]"#, counters.now_ns());
                                 if s.emit(&pkt).await.is_err() {
                                     counters.errors.fetch_add(1, Ordering::Relaxed);
                                     return;
                                 }
                                 sent += 1;
                                 counters.sent.fetch_add(1, Ordering::Relaxed);
-                                expected.fetch_add(
-                                    joined_in[room].load(Ordering::Relaxed),
-                                    Ordering::Relaxed,
-                                );
+                                expected.fetch_add(joined_in[room].load(Ordering::Relaxed), Ordering::Relaxed);
                             }
                             if !matches!(s.poll().await, Ok(true)) {
                                 counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -463,11 +389,7 @@ fn fanout(
         })
     });
     let joined = wait_until(
-        || {
-            counters.connected.load(Ordering::Relaxed) as usize
-                + counters.errors.load(Ordering::Relaxed) as usize
-                >= subscribers
-        },
+        || counters.connected.load(Ordering::Relaxed) as usize + counters.errors.load(Ordering::Relaxed) as usize >= subscribers,
         Duration::from_secs(300),
     );
     if !joined {
@@ -478,28 +400,12 @@ fn fanout(
     let window = Window::open(c.server_pid);
     let t_pub = Instant::now();
     go.store(true, Ordering::SeqCst);
-    wait_until(
-        || t_pub.elapsed() >= Duration::from_secs(duration),
-        Duration::from_secs(duration + 1),
-    );
+    wait_until(|| t_pub.elapsed() >= Duration::from_secs(duration), Duration::from_secs(duration + 1));
     // Every publisher has sent its last message (its clock started a little after ours)...
-    wait_until(
-        || {
-            published.load(Ordering::SeqCst) + counters.errors.load(Ordering::Relaxed) as usize
-                >= publishers
-        },
-        Duration::from_secs(5),
-    );
+    wait_until(|| published.load(Ordering::SeqCst) + counters.errors.load(Ordering::Relaxed) as usize >= publishers, Duration::from_secs(5));
     // ...then drain: until every expected delivery arrived or 5 s passed.
-    wait_until(
-        || counters.received.load(Ordering::Relaxed) >= expected.load(Ordering::Relaxed),
-        Duration::from_secs(5),
-    );
-    let publish_secs = t_pub
-        .elapsed()
-        .as_secs_f64()
-        .min(duration as f64)
-        .max(0.001);
+    wait_until(|| counters.received.load(Ordering::Relaxed) >= expected.load(Ordering::Relaxed), Duration::from_secs(5));
+    let publish_secs = t_pub.elapsed().as_secs_f64().min(duration as f64).max(0.001);
     let (_secs, own_cpu, server) = window.close(c.server_pid);
     done.store(true, Ordering::SeqCst);
     let hist = merge(runner.join().expect("clients"));
@@ -516,17 +422,9 @@ fn fanout(
         received,
         received as f64 / publish_secs,
         &hist,
-        counters
-            .per_second
-            .iter()
-            .skip(start_s)
-            .take(duration as usize + 5)
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect(),
+        counters.per_second.iter().skip(start_s).take(duration as usize + 5).map(|a| a.load(Ordering::Relaxed)).collect(),
         own_cpu,
-        server.map(|(cpu, rss0, rss1)| {
-            ServerCost::new(cpu, rss0, rss1, received, subscribers + publishers)
-        }),
+        server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, received, subscribers + publishers)),
         counters.errors.load(Ordering::Relaxed),
         counters.closed.load(Ordering::Relaxed),
         None,
@@ -537,10 +435,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
     let counters = Arc::new(Counters::new(duration as usize + 60));
     let go = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let target = Target {
-        addr: c.target,
-        path: c.path.clone(),
-    };
+    let target = Target { addr: c.target, path: c.path.clone() };
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let body = payload(size);
@@ -548,38 +443,22 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
     let (pdone, prog) = progress(counters.clone(), "echo");
     let runner = std::thread::spawn(move || {
         on_threads(threads, move |t| {
-            let (counters, go, done, target, body) = (
-                cs.clone(),
-                g.clone(),
-                d.clone(),
-                target.clone(),
-                body.clone(),
-            );
+            let (counters, go, done, target, body) = (cs.clone(), g.clone(), d.clone(), target.clone(), body.clone());
             async move {
                 let hist = Rc::new(RefCell::new(histogram()));
                 let mut tasks = Vec::new();
                 for i in (t..clients).step_by(threads) {
-                    let (counters, go, done, target, body, hist) = (
-                        counters.clone(),
-                        go.clone(),
-                        done.clone(),
-                        target.clone(),
-                        body.clone(),
-                        hist.clone(),
-                    );
+                    let (counters, go, done, target, body, hist) = (counters.clone(), go.clone(), done.clone(), target.clone(), body.clone(), hist.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         let wait_go = || async {
                             while !go.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
                                 tokio::time::sleep(Duration::from_millis(5)).await;
                             }
                         };
-                        let running =
-                            || !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed);
+                        let running = || !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed);
                         match protocol {
                             Protocol::Raw => {
-                                let Ok(mut ws) =
-                                    RawWs::connect(&target, source(i, &target.addr)).await
-                                else {
+                                let Ok(mut ws) = RawWs::connect(&target, source(i, &target.addr)).await else {
                                     counters.errors.fetch_add(1, Ordering::Relaxed);
                                     return;
                                 };
@@ -587,26 +466,17 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                 wait_go().await;
                                 while running() {
                                     let t0 = counters.now_ns();
-                                    if ws
-                                        .send(format!(r#"{{"t":{t0},"p":"{body}"}}"#).as_bytes())
-                                        .await
-                                        .is_err()
-                                        || !matches!(ws.recv().await, Ok(1..))
-                                    {
+                                    if ws.send(format!(r#"{{"t":{t0},"p":"{body}"}}"#).as_bytes()).await.is_err() || !matches!(ws.recv().await, Ok(1..)) {
                                         counters.closed.fetch_add(1, Ordering::Relaxed);
                                         return;
                                     }
-                                    let _ = hist
-                                        .borrow_mut()
-                                        .record(((counters.now_ns() - t0) / 1000).max(1));
+                                    let _ = hist.borrow_mut().record(((counters.now_ns() - t0) / 1000).max(1));
                                     counters.sent.fetch_add(1, Ordering::Relaxed);
                                     counters.delivered();
                                 }
                             }
                             Protocol::Sio => {
-                                let Ok(mut s) =
-                                    Sio::connect(&target, polling, source(i, &target.addr)).await
-                                else {
+                                let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
                                     counters.errors.fetch_add(1, Ordering::Relaxed);
                                     return;
                                 };
@@ -614,10 +484,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                 wait_go().await;
                                 while running() {
                                     let t0 = counters.now_ns();
-                                    if s.emit(&format!(r#"["message",{{"t":{t0},"p":"{body}"}}]"#))
-                                        .await
-                                        .is_err()
-                                    {
+                                    if s.emit(&format!(r#"["message",{{"t":{t0},"p":"{body}"}}]"#)).await.is_err() {
                                         counters.closed.fetch_add(1, Ordering::Relaxed);
                                         return;
                                     }
@@ -637,9 +504,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                             }
                                         }
                                     }
-                                    let _ = hist
-                                        .borrow_mut()
-                                        .record(((counters.now_ns() - t0) / 1000).max(1));
+                                    let _ = hist.borrow_mut().record(((counters.now_ns() - t0) / 1000).max(1));
                                     counters.delivered();
                                 }
                             }
@@ -653,23 +518,13 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
             }
         })
     });
-    wait_until(
-        || {
-            counters.connected.load(Ordering::Relaxed) as usize
-                + counters.errors.load(Ordering::Relaxed) as usize
-                >= clients
-        },
-        Duration::from_secs(120),
-    );
+    wait_until(|| counters.connected.load(Ordering::Relaxed) as usize + counters.errors.load(Ordering::Relaxed) as usize >= clients, Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(300));
     let window = Window::open(c.server_pid);
     let r0 = counters.received.load(Ordering::Relaxed);
     let t0 = Instant::now();
     go.store(true, Ordering::SeqCst);
-    wait_until(
-        || t0.elapsed() >= Duration::from_secs(duration),
-        Duration::from_secs(duration + 1),
-    );
+    wait_until(|| t0.elapsed() >= Duration::from_secs(duration), Duration::from_secs(duration + 1));
     let received = counters.received.load(Ordering::Relaxed) - r0;
     let (secs, own_cpu, server) = window.close(c.server_pid);
     done.store(true, Ordering::SeqCst);
@@ -685,13 +540,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
         received,
         received as f64 / secs,
         &hist,
-        counters
-            .per_second
-            .iter()
-            .skip(start_s)
-            .take(duration as usize)
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect(),
+        counters.per_second.iter().skip(start_s).take(duration as usize).map(|a| a.load(Ordering::Relaxed)).collect(),
         own_cpu,
         server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, received, clients)),
         counters.errors.load(Ordering::Relaxed),
@@ -707,10 +556,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
     }
     let counters = Arc::new(Counters::new(hold as usize + 600));
     let done = Arc::new(AtomicBool::new(false));
-    let target = Target {
-        addr: c.target,
-        path: c.path.clone(),
-    };
+    let target = Target { addr: c.target, path: c.path.clone() };
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let before = c.server_pid.and_then(metrics::sample);
@@ -726,14 +572,10 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
                 let gate = Rc::new(tokio::sync::Semaphore::new(128));
                 let mut tasks = Vec::new();
                 for i in (t..n).step_by(threads) {
-                    let (counters, target, gate, hc) =
-                        (counters.clone(), target.clone(), gate.clone(), hc.clone());
+                    let (counters, target, gate, hc) = (counters.clone(), target.clone(), gate.clone(), hc.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
-                            tokio::time::sleep_until(
-                                (t0 + Duration::from_secs_f64(i as f64 / ramp_rate)).into(),
-                            )
-                            .await;
+                            tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
                         }
                         let permit = gate.acquire().await;
                         let c0 = Instant::now();
@@ -769,14 +611,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
             }
         })
     });
-    wait_until(
-        || {
-            counters.connected.load(Ordering::Relaxed) as usize
-                + counters.errors.load(Ordering::Relaxed) as usize
-                >= n
-        },
-        Duration::from_secs(600),
-    );
+    wait_until(|| counters.connected.load(Ordering::Relaxed) as usize + counters.errors.load(Ordering::Relaxed) as usize >= n, Duration::from_secs(600));
     let ramp = t0.elapsed().as_secs_f64();
     let connected = counters.connected.load(Ordering::Relaxed);
     let (_, ramp_cpu, ramp_server) = window.close(c.server_pid);
@@ -823,10 +658,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
 
 fn churn(c: Common, clients: usize, duration: u64) -> Report {
     let counters = Arc::new(Counters::new(duration as usize + 60));
-    let target = Target {
-        addr: c.target,
-        path: c.path.clone(),
-    };
+    let target = Target { addr: c.target, path: c.path.clone() };
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let window = Window::open(c.server_pid);
@@ -843,9 +675,7 @@ fn churn(c: Common, clients: usize, duration: u64) -> Report {
                 tasks.push(tokio::task::spawn_local(async move {
                     while Instant::now() < deadline && !STOP.load(Ordering::Relaxed) {
                         let t0 = Instant::now();
-                        let Ok(mut s) =
-                            Sio::connect(&target, polling, source(i, &target.addr)).await
-                        else {
+                        let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
                             counters.errors.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
@@ -899,8 +729,7 @@ fn churn(c: Common, clients: usize, duration: u64) -> Report {
     for h in &steps {
         total.add(h).expect("same bounds");
     }
-    let mut server =
-        server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, cycles, clients));
+    let mut server = server.map(|(cpu, rss0, rss1)| ServerCost::new(cpu, rss0, rss1, cycles, clients));
     if let Some(s) = server.as_mut() {
         s.cpu_us_per_connect = Some(s.cpu_us as f64 / cycles.max(1) as f64);
     }
@@ -930,53 +759,12 @@ fn main() {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let cli = Cli::parse();
     let (report, common) = match cli.cmd {
-        Cmd::Fanout {
-            common,
-            subscribers,
-            rooms,
-            publishers,
-            rate,
-            duration,
-            size,
-            ramp_rate,
-        } => (
-            fanout(
-                common.clone(),
-                subscribers,
-                rooms.max(1),
-                publishers.max(1),
-                rate,
-                duration,
-                size,
-                ramp_rate,
-            ),
-            common,
-        ),
-        Cmd::Echo {
-            common,
-            clients,
-            duration,
-            size,
-            protocol,
-        } => (
-            echo(common.clone(), clients, duration, size, protocol),
-            common,
-        ),
-        Cmd::Conns {
-            common,
-            connections,
-            hold,
-            protocol,
-            ramp_rate,
-        } => (
-            conns(common.clone(), connections, hold, protocol, ramp_rate),
-            common,
-        ),
-        Cmd::Churn {
-            common,
-            clients,
-            duration,
-        } => (churn(common.clone(), clients, duration), common),
+        Cmd::Fanout { common, subscribers, rooms, publishers, rate, duration, size, ramp_rate } => {
+            (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size, ramp_rate), common)
+        }
+        Cmd::Echo { common, clients, duration, size, protocol } => (echo(common.clone(), clients, duration, size, protocol), common),
+        Cmd::Conns { common, connections, hold, protocol, ramp_rate } => (conns(common.clone(), connections, hold, protocol, ramp_rate), common),
+        Cmd::Churn { common, clients, duration } => (churn(common.clone(), clients, duration), common),
         Cmd::Compare { a, b } => {
             report::compare(&a, &b);
             return;
@@ -987,11 +775,7 @@ fn main() {
     }
     report.print();
     if let Some(path) = &common.json {
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(&report).expect("a report serializes"),
-        )
-        .expect("write the JSON report");
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("a report serializes")).expect("write the JSON report");
     }
     if let Some(path) = &common.svg {
         std::fs::write(path, report::svg(&report)).expect("write the SVG report");

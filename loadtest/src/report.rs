@@ -35,10 +35,7 @@ pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     if h.is_empty() {
         return Vec::new();
     }
-    [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0]
-        .iter()
-        .map(|&p| (p, h.value_at_percentile(p)))
-        .collect()
+    [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0].iter().map(|&p| (p, h.value_at_percentile(p))).collect()
 }
 
 /// The server's cost in a run (from `/proc`).
@@ -176,11 +173,7 @@ pub fn svg(r: &Report) -> String {
         r.transport
     );
     // Latency by percentile: x = log10(1/(1-p)), y = log10(latency).
-    let pts: Vec<(f64, f64)> = r
-        .percentiles
-        .iter()
-        .map(|&(p, v)| ((1.0 / (1.0 - (p / 100.0).min(0.99999))).log10(), (v.max(1) as f64).log10()))
-        .collect();
+    let pts: Vec<(f64, f64)> = r.percentiles.iter().map(|&(p, v)| ((1.0 / (1.0 - (p / 100.0).min(0.99999))).log10(), (v.max(1) as f64).log10())).collect();
     let ymax = pts.iter().map(|p| p.1).fold(1.0_f64, f64::max).ceil();
     let xmax = 5.0;
     let px = |x: f64| pad + x / xmax * (w - 2.0 * pad);

@@ -46,10 +46,8 @@ async fn parses_fragments_long_frames_pings_and_close() {
         let text = String::from_utf8(req).unwrap();
         let key = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().trim().to_string();
         let accept = shardcast::proto::ws::handshake::accept_key(&key);
-        let mut out = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .into_bytes();
+        let mut out =
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").into_bytes();
         out.extend_from_slice(&[0x01, 3, b'a', b'b', b'c', 0x80, 2, b'd', b'e']); // "abc" + "de", fragmented
         out.extend_from_slice(&[0x89, 2, b'h', b'i']); // ping "hi"
         out.extend_from_slice(&[0x81, 126, 1, 44]); // a 300-byte text message

@@ -28,16 +28,14 @@ impl BufRing {
     /// Registers `entries` (a power of two) buffers of `buf_size` bytes as group `bgid`.
     pub fn new(ring: &IoUring, entries: u16, buf_size: usize, bgid: u16) -> Result<BufRing, RingError> {
         assert!(entries.is_power_of_two());
-        let ring_layout = Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), 4096)
-            .expect("valid layout");
+        let ring_layout = Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), 4096).expect("valid layout");
         let bufs_layout = Layout::from_size_align(entries as usize * buf_size, 64).expect("valid layout");
         // SAFETY: both layouts have non-zero size; the pointers are checked for null below.
         let (r, b) = unsafe { (alloc_zeroed(ring_layout) as *mut BufRingEntry, alloc_zeroed(bufs_layout)) };
         assert!(!r.is_null() && !b.is_null(), "out of memory for the buffer ring");
         let mut me = BufRing { ring: r, ring_layout, bufs: b, bufs_layout, entries, buf_size, tail: 0, bgid };
         // SAFETY: `r` is page aligned, zeroed and lives until `Drop` unregisters it.
-        unsafe { ring.submitter().register_buf_ring_with_flags(r as u64, entries, bgid, 0) }
-            .map_err(RingError::NoBufRing)?;
+        unsafe { ring.submitter().register_buf_ring_with_flags(r as u64, entries, bgid, 0) }.map_err(RingError::NoBufRing)?;
         for bid in 0..entries {
             me.push(bid);
         }

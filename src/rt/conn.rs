@@ -22,10 +22,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::arena::{Arena, Handle};
-use super::memory::MemoryGuard;
-use super::timer::Deadlines;
 use super::bus::Mailbox;
+use super::memory::MemoryGuard;
 use super::sendq::{Overflow, SendQueue};
+use super::timer::Deadlines;
 use super::worker::WorkerConfig;
 
 /// A connection's handle: slot index and generation (a reused slot gets a new generation).
@@ -354,7 +354,11 @@ impl<T, M> Io<T, M> {
 
     /// The connection holding the most bytes (read buffer and send queue), if any.
     pub fn largest_holder(&self) -> Option<(ConnId, usize)> {
-        self.conns.iter().filter(|(_, c)| c.closing != Closing::Now).map(|(id, c)| (id, c.rbuf.len() + c.charged + c.sendq.queued_bytes())).max_by_key(|&(_, n)| n)
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.closing != Closing::Now)
+            .map(|(id, c)| (id, c.rbuf.len() + c.charged + c.sendq.queued_bytes()))
+            .max_by_key(|&(_, n)| n)
     }
 
     fn set_rbuf(&mut self, id: ConnId, buf: Vec<u8>) {

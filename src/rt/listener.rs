@@ -22,10 +22,7 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
 pub fn local_addr(fd: RawFd) -> std::io::Result<SocketAddr> {
     // SAFETY: the caller owns `fd` and keeps it open for the duration of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&fd)
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("unknown address family"))
+    socket2::SockRef::from(&fd).local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("unknown address family"))
 }
 
 /// Sets `TCP_NODELAY` on an accepted connection (frames are already batched per loop turn).
@@ -51,15 +48,7 @@ mod tests {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: `v` and `len` are valid out-parameters of the sizes given.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                level,
-                opt,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
+        let r = unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
         assert_eq!(r, 0, "getsockopt: {}", std::io::Error::last_os_error());
         v
     }

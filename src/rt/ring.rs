@@ -12,9 +12,7 @@ use io_uring::{opcode, types, IoUring};
 /// Why the runtime cannot start, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
-    #[error(
-        "io_uring is not available (ENOSYS): the kernel is too old (5.19 or later is needed) or was built without it"
-    )]
+    #[error("io_uring is not available (ENOSYS): the kernel is too old (5.19 or later is needed) or was built without it")]
     NotSupported,
     #[error(
         "io_uring is disabled or blocked (EPERM): check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with this user in `kernel.io_uring_group`) and the container's seccomp profile (Docker's default blocks io_uring: run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register)"
@@ -27,11 +25,7 @@ pub enum RingError {
     /// The ring was created but `io_uring_enter` fails: found by a no-op submitted at start,
     /// before the server says it is listening.
     #[error("io_uring_enter fails ({errno}: {error}): {hint}")]
-    Enter {
-        errno: &'static str,
-        error: io::Error,
-        hint: &'static str,
-    },
+    Enter { errno: &'static str, error: io::Error, hint: &'static str },
 }
 
 /// How the kernel runs a ring's completion work; decides how a pass that must not sleep
@@ -69,16 +63,7 @@ pub fn create_with_taskrun(entries: u32) -> Result<(IoUring, Taskrun), RingError
         b.setup_cqsize(entries * 8);
         setup(&mut b);
         match b.build(entries) {
-            Ok(r) => {
-                return Ok((
-                    r,
-                    if i == 0 {
-                        Taskrun::Defer
-                    } else {
-                        Taskrun::Eager
-                    },
-                ))
-            }
+            Ok(r) => return Ok((r, if i == 0 { Taskrun::Defer } else { Taskrun::Eager })),
             Err(e) => match e.raw_os_error() {
                 Some(libc::ENOSYS) => return Err(RingError::NotSupported),
                 Some(libc::EPERM) | Some(libc::EACCES) => return Err(RingError::Blocked),
@@ -87,9 +72,7 @@ pub fn create_with_taskrun(entries: u32) -> Result<(IoUring, Taskrun), RingError
             },
         }
     }
-    Err(RingError::Other(last.unwrap_or_else(|| {
-        io::Error::other("no setup flags accepted")
-    })))
+    Err(RingError::Other(last.unwrap_or_else(|| io::Error::other("no setup flags accepted"))))
 }
 
 /// What to do about an `io_uring_enter` error.
@@ -99,10 +82,7 @@ pub enum EnterError {
     /// (completion queue full, no memory for a request right now). Go round the loop again.
     Retry,
     /// The ring cannot be used: the errno's name and what it most likely means.
-    Fatal {
-        errno: &'static str,
-        hint: &'static str,
-    },
+    Fatal { errno: &'static str, hint: &'static str },
 }
 
 /// Classifies the errno of a failed `io_uring_enter` (pure: no syscalls).
@@ -126,23 +106,14 @@ pub fn classify_enter_error(errno: i32) -> EnterError {
 pub fn check_enter(ring: &mut IoUring) -> Result<(), RingError> {
     let ud = u64::MAX - 2;
     // SAFETY: a no-op references no memory.
-    unsafe {
-        ring.submission()
-            .push(&opcode::Nop::new().build().user_data(ud))
-    }
-    .map_err(|_| RingError::Other(io::Error::other("a fresh ring has no free submission slot")))?;
+    unsafe { ring.submission().push(&opcode::Nop::new().build().user_data(ud)) }
+        .map_err(|_| RingError::Other(io::Error::other("a fresh ring has no free submission slot")))?;
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => break,
             Err(e) => match classify_enter_error(e.raw_os_error().unwrap_or(0)) {
                 EnterError::Retry => continue,
-                EnterError::Fatal { errno, hint } => {
-                    return Err(RingError::Enter {
-                        errno,
-                        error: e,
-                        hint,
-                    })
-                }
+                EnterError::Fatal { errno, hint } => return Err(RingError::Enter { errno, error: e, hint }),
             },
         }
     }
@@ -153,9 +124,7 @@ pub fn check_enter(ring: &mut IoUring) -> Result<(), RingError> {
     if seen {
         Ok(())
     } else {
-        Err(RingError::Other(io::Error::other(
-            "io_uring_enter returned without completing a no-op",
-        )))
+        Err(RingError::Other(io::Error::other("io_uring_enter returned without completing a no-op")))
     }
 }
 
@@ -182,10 +151,7 @@ pub fn submit_no_sleep(ring: &IoUring, taskrun: Taskrun) -> io::Result<usize> {
             let to_submit = unsafe { ring.submission_shared().len() } as u32;
             // SAFETY: `to_submit` is the number of published entries; no argument pointer is
             // passed (a null signal mask), with the flag the kernel documents for reaping.
-            unsafe {
-                ring.submitter()
-                    .enter::<libc::sigset_t>(to_submit, 0, IORING_ENTER_GETEVENTS, None)
-            }
+            unsafe { ring.submitter().enter::<libc::sigset_t>(to_submit, 0, IORING_ENTER_GETEVENTS, None) }
         }
     }
 }
@@ -228,21 +194,11 @@ pub fn gen_matches(stored: u32, tagged: u32) -> bool {
 pub fn probe_multishot_recv(ring: &mut IoUring, bgid: u16) -> bool {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
         return false;
     }
     let ud = u64::MAX - 1;
-    let entry = opcode::RecvMulti::new(types::Fd(fds[0]), bgid)
-        .build()
-        .user_data(ud);
+    let entry = opcode::RecvMulti::new(types::Fd(fds[0]), bgid).build().user_data(ud);
     // SAFETY: the entry references no memory of ours (the kernel picks a provided buffer).
     let pushed = unsafe { ring.submission().push(&entry).is_ok() };
     let mut ok = false;
@@ -272,9 +228,7 @@ pub fn probe_multishot_recv(ring: &mut IoUring, bgid: u16) -> bool {
 
 /// The `timespec` for a wait of `d`.
 pub fn timespec(d: std::time::Duration) -> types::Timespec {
-    types::Timespec::new()
-        .sec(d.as_secs())
-        .nsec(d.subsec_nanos())
+    types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos())
 }
 
 #[cfg(test)]
@@ -293,11 +247,7 @@ mod tests {
         for e in [libc::ETIME, libc::EINTR, libc::EAGAIN, libc::EBUSY] {
             assert_eq!(classify_enter_error(e), EnterError::Retry, "errno {e}");
         }
-        for (e, name) in [
-            (libc::EPERM, "EPERM"),
-            (libc::EACCES, "EACCES"),
-            (libc::ENOSYS, "ENOSYS"),
-        ] {
+        for (e, name) in [(libc::EPERM, "EPERM"), (libc::EACCES, "EACCES"), (libc::ENOSYS, "ENOSYS")] {
             match classify_enter_error(e) {
                 EnterError::Fatal { errno, hint } => {
                     assert_eq!(errno, name);
@@ -306,19 +256,8 @@ mod tests {
                 EnterError::Retry => panic!("{name} must be fatal"),
             }
         }
-        for e in [
-            libc::EBADF,
-            libc::EFAULT,
-            libc::EINVAL,
-            libc::EEXIST,
-            libc::ENOMEM,
-            libc::EOWNERDEAD,
-            9999,
-        ] {
-            assert!(
-                matches!(classify_enter_error(e), EnterError::Fatal { .. }),
-                "errno {e}"
-            );
+        for e in [libc::EBADF, libc::EFAULT, libc::EINVAL, libc::EEXIST, libc::ENOMEM, libc::EOWNERDEAD, 9999] {
+            assert!(matches!(classify_enter_error(e), EnterError::Fatal { .. }), "errno {e}");
         }
     }
 
@@ -326,11 +265,7 @@ mod tests {
     fn check_enter_passes_on_a_working_ring() {
         let (mut ring, _) = create_with_taskrun(8).unwrap();
         check_enter(&mut ring).unwrap();
-        assert_eq!(
-            ring.completion().len(),
-            0,
-            "the no-op's completion was reaped"
-        );
+        assert_eq!(ring.completion().len(), 0, "the no-op's completion was reaped");
     }
 
     /// A receive armed on a socketpair completes through deferred task work when the peer
@@ -343,20 +278,11 @@ mod tests {
         let mut fds = [0 as RawFd; 2];
         assert_eq!(
             // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-            unsafe {
-                libc::socketpair(
-                    libc::AF_UNIX,
-                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                    0,
-                    fds.as_mut_ptr(),
-                )
-            },
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr(),) },
             0
         );
         let mut buf = [0u8; 8];
-        let e = opcode::Recv::new(types::Fd(fds[0]), buf.as_mut_ptr(), 8)
-            .build()
-            .user_data(42);
+        let e = opcode::Recv::new(types::Fd(fds[0]), buf.as_mut_ptr(), 8).build().user_data(42);
         // SAFETY: `buf` outlives the operation: it completes (or the ring is dropped, which
         // cancels it) before this function returns.
         unsafe { ring.submission_shared().push(&e).unwrap() };
@@ -391,10 +317,7 @@ mod tests {
             eprintln!("DEFER_TASKRUN not supported by this kernel; nothing to check");
             return;
         };
-        assert!(
-            seen,
-            "submit_no_sleep must run deferred task work (GETEVENTS)"
-        );
+        assert!(seen, "submit_no_sleep must run deferred task work (GETEVENTS)");
         // Why the rule exists: a plain submit() leaves the completion unreaped on this kernel.
         let plain = recv_completion_after(|r| r.submit()).unwrap();
         eprintln!("plain submit() reaped the deferred completion: {plain}");

@@ -155,8 +155,7 @@ impl<S: Service> Sim<S> {
         let resident = Arc::new(AtomicUsize::new(0));
         let r = resident.clone();
         let memory = MemoryGuard::new(cfg.max_memory, Arc::new(move || r.load(Ordering::Relaxed)), Arc::default());
-        let shards =
-            (0..workers).map(|i| Shard::new(Io::new(i, mailboxes.clone(), cfg.clone(), conns_total.clone(), memory.clone(), now), make(i))).collect();
+        let shards = (0..workers).map(|i| Shard::new(Io::new(i, mailboxes.clone(), cfg.clone(), conns_total.clone(), memory.clone(), now), make(i))).collect();
         Sim { now, shards, mailboxes, conns_total, clients: Vec::new(), done: Vec::new(), resident }
     }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::bus::Mailbox;
+use super::conn::{RtMail, Service};
 use super::listener;
 use super::memory::{self, MemoryGuard};
 use super::ring::RingError;
-use super::conn::{RtMail, Service};
 use super::worker::{Worker, WorkerConfig};
 
 /// Why the runtime did not start.
@@ -78,11 +78,8 @@ fn pin_to(core: usize) {
 /// run, is worse than a crash a supervisor restarts.
 fn abort_on_panic(index: usize, body: impl FnOnce()) {
     if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(a non-string panic payload)");
+        let msg =
+            payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("(a non-string panic payload)");
         eprintln!("shardcast: worker {index} panicked: {msg}; aborting");
         std::process::abort();
     }

@@ -32,10 +32,7 @@ impl Server {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let addr = line.split_whitespace().find_map(|w| w.parse::<SocketAddr>().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         std::thread::spawn(move || for _ in out.lines() {});
         Server { child, addr }
     }
@@ -63,10 +60,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -83,13 +77,8 @@ pub struct Http {
 impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Http {
-            stream,
-            buf: Vec::new(),
-        }
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Http { stream, buf: Vec::new() }
     }
 
     pub fn send_raw(&mut self, raw: &[u8]) {
@@ -97,18 +86,12 @@ impl Http {
     }
 
     pub fn get(&mut self, target: &str, extra: &str) -> Response {
-        self.send_raw(
-            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").as_bytes(),
-        );
+        self.send_raw(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").as_bytes());
         self.read_response()
     }
 
     pub fn post(&mut self, target: &str, body: &[u8], extra: &str) -> Response {
-        let mut raw = format!(
-            "POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n{extra}\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut raw = format!("POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n{extra}\r\n", body.len()).into_bytes();
         raw.extend_from_slice(body);
         self.send_raw(&raw);
         self.read_response()
@@ -128,44 +111,22 @@ impl Http {
             let mut r = httparse::Response::new(&mut headers);
             if let httparse::Status::Complete(n) = r.parse(&self.buf).unwrap() {
                 let status = r.code.unwrap();
-                let hs: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                let len: usize = hs
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let hs: Vec<(String, String)> = r.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
+                let len: usize = hs.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map_or(0, |(_, v)| v.parse().unwrap());
                 while self.buf.len() < n + len {
                     assert!(self.fill() > 0, "connection closed mid-body");
                 }
                 let body = self.buf[n..n + len].to_vec();
                 self.buf.drain(..n + len);
-                return Response {
-                    status,
-                    headers: hs,
-                    body,
-                };
+                return Response { status, headers: hs, body };
             }
-            assert!(
-                self.fill() > 0,
-                "connection closed before a response: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
+            assert!(self.fill() > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&self.buf));
         }
     }
 
     /// Whether the server closed the connection (reads until EOF or timeout).
     pub fn closed_by_server(&mut self) -> bool {
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        self.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut tmp = [0u8; 1024];
         loop {
             match self.stream.read(&mut tmp) {
@@ -231,11 +192,7 @@ impl Ws {
         h.send_raw(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").as_bytes());
         let r = h.read_response_head_only();
         match r {
-            Ok(head) => Ok(Ws {
-                stream: h.stream,
-                buf: h.buf,
-                response_head: head,
-            }),
+            Ok(head) => Ok(Ws { stream: h.stream, buf: h.buf, response_head: head }),
             Err(resp) => Err(resp),
         }
     }
@@ -280,25 +237,15 @@ impl Ws {
                 let b1 = self.buf[1];
                 assert_eq!(b1 & 0x80, 0, "server frames are never masked");
                 let (len, at) = match b1 & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10),
                     n if n < 126 => (n as usize, 2),
                     _ => (usize::MAX, 0),
                 };
                 if len != usize::MAX && self.buf.len() >= at + len {
                     let payload = self.buf[at..at + len].to_vec();
                     self.buf.drain(..at + len);
-                    return Some(Frame {
-                        fin: b0 & 0x80 != 0,
-                        rsv1: b0 & 0x40 != 0,
-                        opcode: b0 & 0x0f,
-                        payload,
-                    });
+                    return Some(Frame { fin: b0 & 0x80 != 0, rsv1: b0 & 0x40 != 0, opcode: b0 & 0x0f, payload });
                 }
             }
             let mut tmp = [0u8; 65536];

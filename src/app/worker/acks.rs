@@ -117,14 +117,7 @@ impl Acks {
     /// Registers an ack socket `(slot, gen)` owes, due at `deadline`, under `id` (a broadcast's)
     /// or the socket's next own id; returns the id, or the ack back when the socket is at its
     /// limit. `live` tells whether a deadline entry still names a pending ack (for compaction).
-    pub(crate) fn arm(
-        &mut self,
-        sa: &mut SocketAcks,
-        (slot, gen): (u32, u32),
-        deadline: Instant,
-        ack: PendingAck,
-        id: Option<u64>,
-    ) -> Result<u64, PendingAck> {
+    pub(crate) fn arm(&mut self, sa: &mut SocketAcks, (slot, gen): (u32, u32), deadline: Instant, ack: PendingAck, id: Option<u64>) -> Result<u64, PendingAck> {
         if sa.load() >= self.max_per_socket {
             return Err(ack);
         }

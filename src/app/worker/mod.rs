@@ -242,9 +242,7 @@ fn run_intents(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
     while let Some((idx, gen, intent)) = core.intents.pop_front() {
         match intent {
             Intent::Collected(id) => finish_collector(core, ctx, id, false),
-            Intent::Leave if core.sockets.live(idx, gen).is_some() => {
-                remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true)
-            }
+            Intent::Leave if core.sockets.live(idx, gen).is_some() => remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true),
             Intent::Leave => {}
             Intent::CloseClient(client) if core.sockets.clients.contains_key(&client) => disconnect_client(core, ctx, client),
             Intent::CloseClient(_) => {}

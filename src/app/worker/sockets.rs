@@ -12,10 +12,10 @@ use std::sync::Arc;
 use super::acks::SocketAcks;
 use rustc_hash::FxHashMap;
 
-use crate::rt::arena::Arena;
 use crate::app::namespace::{DisconnectReason, Handshake, Namespace};
 use crate::engine::SessionId;
 use crate::proto::sio::BinaryAssembler;
+use crate::rt::arena::Arena;
 
 /// One client's connection to one namespace.
 pub(crate) struct SocketState {

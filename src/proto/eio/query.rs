@@ -117,11 +117,7 @@ pub fn verify<'a>(
     enabled: &[Transport],
     session_transport: impl FnOnce(&str) -> Option<Transport>,
 ) -> Result<Verified<'a>, EioError> {
-    let transport = q
-        .transport
-        .and_then(Transport::from_name)
-        .filter(|t| enabled.contains(t))
-        .ok_or(EioError::UnknownTransport)?;
+    let transport = q.transport.and_then(Transport::from_name).filter(|t| enabled.contains(t)).ok_or(EioError::UnknownTransport)?;
     if let Some(sid) = q.sid {
         let current = session_transport(sid).ok_or(EioError::UnknownSid)?;
         // The one mismatch allowed: a polling session's WebSocket upgrade. Anything else (a

@@ -78,7 +78,10 @@ enum Heartbeat {
 enum Upgrade {
     None,
     /// A WebSocket is probing; it must send `5` by the deadline. `probed` once `2probe` came.
-    Probing { deadline: Instant, probed: bool },
+    Probing {
+        deadline: Instant,
+        probed: bool,
+    },
     Done,
 }
 
@@ -208,9 +211,7 @@ impl Session {
             // A client never sends open or noop, nor upgrade on the active transport, nor pings
             // in v4 (the server pings); the reference server treats unexpected packets as a
             // parse error.
-            PacketType::Open | PacketType::Noop | PacketType::Upgrade | PacketType::Ping => {
-                self.close(CloseReason::ParseError)
-            }
+            PacketType::Open | PacketType::Noop | PacketType::Upgrade | PacketType::Ping => self.close(CloseReason::ParseError),
         }
     }
 
@@ -272,11 +273,7 @@ mod tests {
     use Transport::*;
 
     fn cfg() -> SessionConfig {
-        SessionConfig {
-            ping_interval: Duration::from_millis(300),
-            ping_timeout: Duration::from_millis(200),
-            upgrade_timeout: Duration::from_millis(1000),
-        }
+        SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), upgrade_timeout: Duration::from_millis(1000) }
     }
 
     fn ms(n: u64) -> Duration {

@@ -45,12 +45,8 @@ impl CorsConfig {
         let mut h = String::new();
         match &self.origins {
             AllowedOrigins::Any if !self.credentials => h.push_str("Access-Control-Allow-Origin: *\r\n"),
-            AllowedOrigins::Any => {
-                h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"))
-            }
-            AllowedOrigins::List(list) if list.iter().any(|o| o == origin) => {
-                h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"))
-            }
+            AllowedOrigins::Any => h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n")),
+            AllowedOrigins::List(list) if list.iter().any(|o| o == origin) => h.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n")),
             AllowedOrigins::List(_) => return CorsDecision::Rejected,
         }
         if self.credentials {

@@ -186,13 +186,11 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
     out.content_length = len;
     out.keep_alive = keep_alive;
     if handshake::is_upgrade_request(req.headers) {
-        out.upgrade = Some(
-            handshake::validate(req.method.unwrap_or(""), minor, req.headers).map(|u| Upgrade {
-                key: u.key.to_owned(),
-                protocols: u.protocols.iter().map(|s| s.to_string()).collect(),
-                extensions: u.extensions.iter().map(|s| s.to_string()).collect(),
-            }),
-        );
+        out.upgrade = Some(handshake::validate(req.method.unwrap_or(""), minor, req.headers).map(|u| Upgrade {
+            key: u.key.to_owned(),
+            protocols: u.protocols.iter().map(|s| s.to_string()).collect(),
+            extensions: u.extensions.iter().map(|s| s.to_string()).collect(),
+        }));
     }
     Ok(Some(out))
 }
@@ -237,7 +235,8 @@ mod tests {
         let raw = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
         let r = parse_request(raw, 10).unwrap().unwrap();
         assert_eq!(r.upgrade.unwrap().unwrap().key, "dGhlIHNhbXBsZSBub25jZQ==");
-        let raw = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
+        let raw =
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
         assert_eq!(parse_request(raw, 10).unwrap().unwrap().upgrade, Some(Err(HandshakeError::BadVersion)));
     }
 }

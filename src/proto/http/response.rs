@@ -37,8 +37,7 @@ pub fn choose_encoding(accept: Option<&str>) -> Option<Encoding> {
     let accepts = |name: &str| {
         accept.split(',').any(|part| {
             let mut it = part.split(';').map(str::trim);
-            it.next().is_some_and(|n| n.eq_ignore_ascii_case(name))
-                && !it.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."))
+            it.next().is_some_and(|n| n.eq_ignore_ascii_case(name)) && !it.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."))
         })
     };
     if accepts("gzip") {

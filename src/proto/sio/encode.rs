@@ -57,13 +57,7 @@ impl Encoded {
 }
 
 /// Writes `<type>[<n>-][<nsp>,][<id>]` then lets `data` append the JSON, and frames it.
-pub fn encode_with(
-    kind: PacketType,
-    nsp: &str,
-    id: Option<u64>,
-    attachments: Vec<Bytes>,
-    data: impl FnOnce(&mut Vec<u8>),
-) -> Encoded {
+pub fn encode_with(kind: PacketType, nsp: &str, id: Option<u64>, attachments: Vec<Bytes>, data: impl FnOnce(&mut Vec<u8>)) -> Encoded {
     let kind = match (kind, attachments.is_empty()) {
         (PacketType::Event, false) => PacketType::BinaryEvent,
         (PacketType::Ack, false) => PacketType::BinaryAck,
@@ -113,9 +107,7 @@ pub fn ack(nsp: &str, id: u64, args: &[Value], attachments: Vec<Bytes>) -> Encod
 
 /// CONNECT answer `{"sid":"..."}`.
 pub fn connect(nsp: &str, sid: &str) -> Encoded {
-    encode_with(PacketType::Connect, nsp, None, Vec::new(), |out| {
-        write_json(out, &serde_json::json!({ "sid": sid }))
-    })
+    encode_with(PacketType::Connect, nsp, None, Vec::new(), |out| write_json(out, &serde_json::json!({ "sid": sid })))
 }
 
 /// CONNECT_ERROR with `data` (normally `{"message": ...}`).

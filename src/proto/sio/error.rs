@@ -52,9 +52,7 @@ impl SioError {
         use crate::proto::ws::close::code;
         match self {
             SioError::InvalidNamespace => ProtocolAnswer::ConnectError("Invalid namespace"),
-            SioError::TooLarge { .. } => {
-                ProtocolAnswer::CloseSession { ws_close: code::MESSAGE_TOO_BIG, http_status: 413 }
-            }
+            SioError::TooLarge { .. } => ProtocolAnswer::CloseSession { ws_close: code::MESSAGE_TOO_BIG, http_status: 413 },
             _ => ProtocolAnswer::CloseSession { ws_close: code::POLICY_VIOLATION, http_status: 400 },
         }
     }

@@ -91,9 +91,7 @@ impl Packet {
     /// The event name and arguments of an EVENT / BINARY_EVENT (`None` for other packets).
     pub fn event(&self) -> Option<(&str, &[Value])> {
         match (&self.kind, &self.data) {
-            (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(a))) => {
-                a.first().and_then(Value::as_str).map(|name| (name, &a[1..]))
-            }
+            (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(a))) => a.first().and_then(Value::as_str).map(|name| (name, &a[1..])),
             _ => None,
         }
     }
@@ -115,8 +113,7 @@ pub fn placeholder(num: usize) -> Value {
 }
 
 /// Event names reserved by the reference implementation; an EVENT may not use them.
-pub const RESERVED_EVENTS: [&str; 6] =
-    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+pub const RESERVED_EVENTS: [&str; 6] = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
 
 /// Whether JSON `bytes` nest deeper than `max`. One iterative pass; strings are skipped so
 /// brackets inside them do not count.
@@ -191,10 +188,7 @@ impl Decoder {
             if i == start || i >= buf.len() || buf[i] != b'-' || i - start > 20 {
                 return Err(SioError::IllegalAttachments);
             }
-            let n: u64 = std::str::from_utf8(&buf[start..i])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(SioError::IllegalAttachments)?;
+            let n: u64 = std::str::from_utf8(&buf[start..i]).ok().and_then(|s| s.parse().ok()).ok_or(SioError::IllegalAttachments)?;
             if n < 1 {
                 return Err(SioError::IllegalAttachments);
             }
@@ -237,8 +231,7 @@ impl Decoder {
             if nesting_exceeds(json, lim.max_depth) {
                 return Err(SioError::TooDeep { max: lim.max_depth });
             }
-            let v: Value = simd_json::serde::from_slice_with_buffers(json, &mut self.buffers)
-                .map_err(|e| SioError::BadJson(e.to_string()))?;
+            let v: Value = simd_json::serde::from_slice_with_buffers(json, &mut self.buffers).map_err(|e| SioError::BadJson(e.to_string()))?;
             Some(v)
         };
         if !payload_valid(kind, data.as_ref()) {
@@ -291,8 +284,14 @@ mod tests {
         assert_eq!(dec("2/admin,456[\"project:delete\",123]").unwrap(), p(Event, "/admin", Some(456), Some(json!(["project:delete", 123])), 0));
         assert_eq!(dec("3/admin,456[]").unwrap(), p(Ack, "/admin", Some(456), Some(json!([])), 0));
         assert_eq!(dec("4/admin,{\"message\":\"Not authorized\"}").unwrap(), p(ConnectError, "/admin", None, Some(json!({"message":"Not authorized"})), 0));
-        assert_eq!(dec("51-[\"hello\",{\"_placeholder\":true,\"num\":0}]").unwrap(), p(BinaryEvent, "/", None, Some(json!(["hello", {"_placeholder":true,"num":0}])), 1));
-        assert_eq!(dec("61-/admin,456[{\"_placeholder\":true,\"num\":0}]").unwrap(), p(BinaryAck, "/admin", Some(456), Some(json!([{"_placeholder":true,"num":0}])), 1));
+        assert_eq!(
+            dec("51-[\"hello\",{\"_placeholder\":true,\"num\":0}]").unwrap(),
+            p(BinaryEvent, "/", None, Some(json!(["hello", {"_placeholder":true,"num":0}])), 1)
+        );
+        assert_eq!(
+            dec("61-/admin,456[{\"_placeholder\":true,\"num\":0}]").unwrap(),
+            p(BinaryAck, "/admin", Some(456), Some(json!([{"_placeholder":true,"num":0}])), 1)
+        );
         assert_eq!(dec("2[123]").unwrap().event(), None);
     }
 

@@ -47,8 +47,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, Pro
             if !is_valid_wire_code(code) {
                 return Err(ProtocolViolation::InvalidCloseCode(code));
             }
-            let reason = simdutf8::basic::from_utf8(&payload[2..])
-                .map_err(|_| ProtocolViolation::CloseReasonNotUtf8)?;
+            let reason = simdutf8::basic::from_utf8(&payload[2..]).map_err(|_| ProtocolViolation::CloseReasonNotUtf8)?;
             Ok(Some(CloseFrame { code, reason }))
         }
     }

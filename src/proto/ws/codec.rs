@@ -417,13 +417,16 @@ mod tests {
         wire.extend(cf(true, OpCode::Binary, &[0, 1, 2]));
         wire.extend(cf(true, OpCode::Close, &[0x03, 0xe8, b'b', b'y', b'e']));
         let got = run(&mut codec(), &wire, &[]).unwrap();
-        assert_eq!(got, vec![
-            Owned::Text(b"Hello".to_vec()),
-            Owned::Ping(b"p".to_vec()),
-            Owned::Text(b"Hello".to_vec()),
-            Owned::Binary(vec![0, 1, 2]),
-            Owned::Close(Some((1000, "bye".into()))),
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                Owned::Text(b"Hello".to_vec()),
+                Owned::Ping(b"p".to_vec()),
+                Owned::Text(b"Hello".to_vec()),
+                Owned::Binary(vec![0, 1, 2]),
+                Owned::Close(Some((1000, "bye".into()))),
+            ]
+        );
     }
 
     #[test]
@@ -523,7 +526,11 @@ mod tests {
             // A mirror codec plays the client: it inflates with the server's window.
             let mut client = ServerCodec::new(CodecConfig {
                 max_message_size: 1 << 20,
-                deflate: Some(DeflateParams { client_max_window_bits: params.server_max_window_bits, client_no_context_takeover: params.server_no_context_takeover, ..params }),
+                deflate: Some(DeflateParams {
+                    client_max_window_bits: params.server_max_window_bits,
+                    client_no_context_takeover: params.server_no_context_takeover,
+                    ..params
+                }),
                 compress_threshold: 0,
             });
             for msg in ["hello hello hello hello", "second message, hello again", ""] {
@@ -531,7 +538,10 @@ mod tests {
                 server.encode_message(false, msg.as_bytes(), &mut out);
                 assert_eq!(out[0], 0xC1, "FIN + RSV1 + text");
                 // Re-mask the server frame as a client frame for the mirror.
-                let (h, n) = match parse_header(&out).unwrap() { HeaderStatus::Complete { header, header_len } => (header, header_len), _ => unreachable!() };
+                let (h, n) = match parse_header(&out).unwrap() {
+                    HeaderStatus::Complete { header, header_len } => (header, header_len),
+                    _ => unreachable!(),
+                };
                 assert_eq!(h.payload_len as usize, out.len() - n);
                 let wire = encode_client_frame(true, true, OpCode::Text, M, &out[n..]);
                 assert_eq!(run(&mut client, &wire, &[]).unwrap(), vec![Owned::Text(msg.as_bytes().to_vec())]);
@@ -549,7 +559,13 @@ mod tests {
     /// MiB, then a second MiB compressed against a window of zeros repeated (it only
     /// refers back into zeros, so it is a valid continuation of any all-zero window).
     fn zero_bomb(mb: usize) -> Vec<u8> {
-        let p = DeflateParams { server_no_context_takeover: false, client_no_context_takeover: false, server_max_window_bits: 15, client_max_window_bits: 15, level: 9 };
+        let p = DeflateParams {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            level: 9,
+        };
         let mut d = Deflate::new(p);
         let zeros = vec![0u8; 1 << 20];
         let (mut first, mut next) = (Vec::new(), Vec::new());

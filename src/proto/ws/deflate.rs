@@ -31,9 +31,7 @@ pub fn parse_extensions<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Ex
             let params = parts
                 .filter(|p| !p.is_empty())
                 .map(|p| match p.split_once('=') {
-                    Some((k, v)) => {
-                        (k.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_string()))
-                    }
+                    Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_string())),
                     None => (p.to_ascii_lowercase(), None),
                 })
                 .collect();
@@ -72,13 +70,7 @@ pub struct DeflatePolicy {
 
 impl Default for DeflatePolicy {
     fn default() -> Self {
-        DeflatePolicy {
-            server_no_context_takeover: true,
-            client_no_context_takeover: true,
-            server_max_window_bits: 15,
-            client_max_window_bits: 15,
-            level: 6,
-        }
+        DeflatePolicy { server_no_context_takeover: true, client_no_context_takeover: true, server_max_window_bits: 15, client_max_window_bits: 15, level: 6 }
     }
 }
 
@@ -241,9 +233,7 @@ fn give_back_decompressor(mut d: Decompress) {
 /// Bytes held by this thread's idle zlib states (a per-worker constant, at most two
 /// compressors and eight decompressors).
 pub fn pool_bytes() -> usize {
-    POOL.with_borrow(|p| {
-        p.compressors.iter().map(|(_, b, _)| compressor_bytes(*b)).sum::<usize>() + p.decompressors.len() * DECOMPRESSOR_BYTES
-    })
+    POOL.with_borrow(|p| p.compressors.iter().map(|(_, b, _)| compressor_bytes(*b)).sum::<usize>() + p.decompressors.len() * DECOMPRESSOR_BYTES)
 }
 
 /// Drops this thread's idle zlib states.
@@ -312,13 +302,7 @@ impl Deflate {
     /// message's final fragment (the RFC 7692 tail is then added). Fails once `out` would
     /// exceed `limit` bytes, checked as the output grows: `out` never holds more than
     /// `limit + 1` bytes nor has a larger capacity. On failure the zlib state is dropped.
-    pub fn decompress_fragment(
-        &mut self,
-        input: &[u8],
-        last: bool,
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(), InflateError> {
+    pub fn decompress_fragment(&mut self, input: &[u8], last: bool, out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         let mut d = self.decompress.take().unwrap_or_else(take_decompressor);
         Self::inflate_into(&mut d, input, out, limit)?;
         if last {
@@ -344,8 +328,7 @@ impl Deflate {
             }
             let before_in = d.total_in();
             let before_out = out.len();
-            let status =
-                d.decompress_vec(input, out, FlushDecompress::Sync).map_err(|e| InflateError::Corrupt(e.to_string()))?;
+            let status = d.decompress_vec(input, out, FlushDecompress::Sync).map_err(|e| InflateError::Corrupt(e.to_string()))?;
             let used = (d.total_in() - before_in) as usize;
             input = &input[used..];
             if out.len() > limit {
@@ -451,10 +434,15 @@ mod tests {
         assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (10, 12));
         assert_eq!(h, "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12");
         // Invalid offers are declined; a later valid one is taken.
-        for bad in ["permessage-deflate; server_max_window_bits=16", "permessage-deflate; server_max_window_bits=08",
-                    "permessage-deflate; foo", "permessage-deflate; server_no_context_takeover=1",
-                    "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
-                    "permessage-deflate; server_max_window_bits", "permessage-deflate; server_max_window_bits=8"] {
+        for bad in [
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits=08",
+            "permessage-deflate; foo",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=8",
+        ] {
             assert_eq!(negotiate(&offer(bad), &pol), None, "{bad}");
         }
         let (p, _) = negotiate(&offer("permessage-deflate; foo, permessage-deflate; server_max_window_bits=9"), &pol).unwrap();
@@ -466,7 +454,11 @@ mod tests {
     fn roundtrip(params: DeflateParams, msgs: &[Vec<u8>]) {
         let mut server = Deflate::new(params);
         // The "client" inflates what the server compressed with the server's window.
-        let mut client = Deflate::new(DeflateParams { client_max_window_bits: params.server_max_window_bits, client_no_context_takeover: params.server_no_context_takeover, ..params });
+        let mut client = Deflate::new(DeflateParams {
+            client_max_window_bits: params.server_max_window_bits,
+            client_no_context_takeover: params.server_no_context_takeover,
+            ..params
+        });
         for m in msgs {
             let mut c = Vec::new();
             server.compress_message(m, &mut c);

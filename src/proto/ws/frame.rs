@@ -123,15 +123,7 @@ pub fn parse_header(buf: &[u8]) -> Result<HeaderStatus, ProtocolViolation> {
         None
     };
     Ok(HeaderStatus::Complete {
-        header: FrameHeader {
-            fin,
-            rsv1: b0 & 0x40 != 0,
-            rsv2: b0 & 0x20 != 0,
-            rsv3: b0 & 0x10 != 0,
-            opcode,
-            mask,
-            payload_len,
-        },
+        header: FrameHeader { fin, rsv1: b0 & 0x40 != 0, rsv2: b0 & 0x20 != 0, rsv3: b0 & 0x10 != 0, opcode, mask, payload_len },
         header_len,
     })
 }
@@ -150,13 +142,7 @@ pub fn server_header_len(len: usize) -> usize {
 
 /// Writes an unmasked server frame header into `out` and returns how many bytes it used.
 #[inline]
-pub fn write_server_header(
-    out: &mut [u8; MAX_SERVER_HEADER],
-    fin: bool,
-    rsv1: bool,
-    opcode: OpCode,
-    len: usize,
-) -> usize {
+pub fn write_server_header(out: &mut [u8; MAX_SERVER_HEADER], fin: bool, rsv1: bool, opcode: OpCode, len: usize) -> usize {
     out[0] = (fin as u8) << 7 | (rsv1 as u8) << 6 | opcode as u8;
     if len < 126 {
         out[1] = len as u8;
@@ -200,13 +186,7 @@ pub fn encode_frame(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Encodes a masked client frame (used by tests, fuzz seeds and the load generator).
-pub fn encode_client_frame(
-    fin: bool,
-    rsv1: bool,
-    opcode: OpCode,
-    mask: [u8; 4],
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn encode_client_frame(fin: bool, rsv1: bool, opcode: OpCode, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut hdr = [0u8; MAX_SERVER_HEADER];
     let n = write_server_header(&mut hdr, fin, rsv1, opcode, payload.len());
     hdr[1] |= 0x80;
@@ -265,10 +245,7 @@ mod tests {
         // 256 bytes binary message in a single unmasked frame.
         assert_eq!(&encode_frame(OpCode::Binary, false, &[0; 256])[..4], &[0x82, 0x7E, 0x01, 0x00]);
         // 64KiB binary message.
-        assert_eq!(
-            &encode_frame(OpCode::Binary, false, &vec![0; 65536])[..10],
-            &[0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]
-        );
+        assert_eq!(&encode_frame(OpCode::Binary, false, &vec![0; 65536])[..10], &[0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]);
         let (h, n) = complete(&[0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]);
         assert_eq!((h.payload_len, n), (65536, 10));
     }
@@ -288,10 +265,7 @@ mod tests {
         }
         assert_eq!(parse_header(&[0x09, 0x80]), Err(ProtocolViolation::FragmentedControl));
         assert_eq!(parse_header(&[0x89, 0xFE]), Err(ProtocolViolation::ControlTooLong));
-        assert_eq!(
-            parse_header(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]),
-            Err(ProtocolViolation::LengthTopBitSet)
-        );
+        assert_eq!(parse_header(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]), Err(ProtocolViolation::LengthTopBitSet));
     }
 
     #[test]

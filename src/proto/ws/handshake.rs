@@ -48,11 +48,7 @@ impl HandshakeError {
             HandshakeError::BadVersion => ("426 Upgrade Required", "Sec-WebSocket-Version: 13\r\n"),
             _ => ("400 Bad Request", ""),
         };
-        format!(
-            "HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+        format!("HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
     }
 }
 
@@ -68,9 +64,7 @@ pub struct UpgradeRequest<'a> {
 
 /// Whether the comma-separated header value contains `token` (case-insensitive).
 pub fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether a request asks for a WebSocket upgrade at all (so that the HTTP front can route it).
@@ -79,11 +73,7 @@ pub fn is_upgrade_request(headers: &[httparse::Header<'_>]) -> bool {
 }
 
 /// Validates an upgrade request (method, version and headers as parsed by `httparse`).
-pub fn validate<'a>(
-    method: &str,
-    http_minor_version: u8,
-    headers: &[httparse::Header<'a>],
-) -> Result<UpgradeRequest<'a>, HandshakeError> {
+pub fn validate<'a>(method: &str, http_minor_version: u8, headers: &[httparse::Header<'a>]) -> Result<UpgradeRequest<'a>, HandshakeError> {
     if method != "GET" {
         return Err(HandshakeError::NotGet);
     }
@@ -160,8 +150,7 @@ pub fn accept(
     extra_headers: &str,
 ) -> Accepted {
     let protocol = select_protocol(&req.protocols);
-    let negotiated = deflate_policy
-        .and_then(|p| deflate::negotiate(&deflate::parse_extensions(req.extensions.iter().copied()), p));
+    let negotiated = deflate_policy.and_then(|p| deflate::negotiate(&deflate::parse_extensions(req.extensions.iter().copied()), p));
     let mut r = String::with_capacity(160);
     r.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     r.push_str(&accept_key(req.key));
@@ -247,9 +236,9 @@ mod tests {
             let req = validate(m, v, h).unwrap();
             let acc = accept(&req, |_| None, Some(&DeflatePolicy::default()), "");
             assert!(acc.deflate.is_some());
-            assert!(String::from_utf8(acc.response).unwrap().contains(
-                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
-            ));
+            assert!(String::from_utf8(acc.response)
+                .unwrap()
+                .contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"));
             let acc = accept(&req, |_| None, None, "");
             assert!(acc.deflate.is_none());
         });

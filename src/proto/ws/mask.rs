@@ -148,8 +148,7 @@ mod tests {
     type MaskFn = fn(&mut [u8], [u8; 4], usize) -> usize;
 
     fn paths() -> Vec<(&'static str, MaskFn)> {
-        let mut v: Vec<(&'static str, MaskFn)> =
-            vec![("dispatch", apply_mask), ("word", apply_mask_word)];
+        let mut v: Vec<(&'static str, MaskFn)> = vec![("dispatch", apply_mask), ("word", apply_mask_word)];
         #[cfg(target_arch = "x86_64")]
         {
             v.push(("sse2", apply_mask_sse2));

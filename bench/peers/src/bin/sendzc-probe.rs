@@ -40,11 +40,7 @@ fn run(zc: bool, size: usize, total: usize) -> (f64, f64) {
     let mut notifs_pending = 0usize;
     while sent < total || notifs_pending > 0 {
         if sent < total {
-            let e = if zc {
-                opcode::SendZc::new(fd, data.as_ptr(), size as u32).build()
-            } else {
-                opcode::Send::new(fd, data.as_ptr(), size as u32).build()
-            };
+            let e = if zc { opcode::SendZc::new(fd, data.as_ptr(), size as u32).build() } else { opcode::Send::new(fd, data.as_ptr(), size as u32).build() };
             // SAFETY: `data` outlives the operation (and, for SEND_ZC, its notification).
             unsafe { ring.submission().push(&e.user_data(1)).unwrap() };
         }
