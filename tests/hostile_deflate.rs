@@ -61,21 +61,7 @@ fn compressed_zeros(d: &mut Deflate, n: usize, more_follows: bool) -> Vec<u8> {
 /// Writes one masked client frame; errors are ignored (a hostile client does not care that
 /// the server already closed).
 fn send_frame(ws: &mut Ws, fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) {
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut f = vec![(fin as u8) << 7 | (rsv1 as u8) << 6 | opcode];
-    let n = payload.len();
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else if n < 65536 {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    let _ = ws.stream.write_all(&f);
+    let _ = ws.try_send_frame_rsv(fin, rsv1, opcode, payload);
 }
 
 /// A Socket.IO client on `/` over a WebSocket, with or without offering compression.

@@ -202,6 +202,12 @@ impl Ws {
     }
 
     pub fn send_frame_rsv(&mut self, fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) {
+        self.try_send_frame_rsv(fin, rsv1, opcode, payload).unwrap();
+    }
+
+    /// Writes one masked client frame; the write's error is returned (a hostile client does
+    /// not care that the server already closed).
+    pub fn try_send_frame_rsv(&mut self, fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
         let mask = [0x11, 0x22, 0x33, 0x44];
         let mut f = vec![(fin as u8) << 7 | (rsv1 as u8) << 6 | opcode];
         let n = payload.len();
@@ -216,7 +222,7 @@ impl Ws {
         }
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&f).unwrap();
+        self.stream.write_all(&f)
     }
 
     pub fn send_text(&mut self, s: &str) {
