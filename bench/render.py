@@ -16,6 +16,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "bench", "results")
 CMP = os.path.join(RES, "compare")
+BOUNDS = os.path.join(RES, "bounds")
 CRIT = os.path.join(ROOT, "target", "criterion")
 SERVERS = ["node", "socketioxide", "shardcast"]
 NAMES = {"node": "Node socket.io 4.8.4", "socketioxide": "socketioxide 0.18.9", "shardcast": "shardcast"}
@@ -264,6 +265,95 @@ def floor_line():
             f"sends batched one submission per round.")
 
 
+def bounds_floor():
+    try:
+        text = open(os.path.join(BOUNDS, "floor.txt")).read()
+    except OSError:
+        return None
+    w = re.search(r"plain write\s*: ([\d.]+)", text)
+    return float(w.group(1)) if w else None
+
+
+BOUNDS_BIN = {"base": "before (20fca7a)", "head": "after (rewrite)"}
+
+
+def bounds_idle_table():
+    """(A) RSS per idle connection, with and without compression, before and after."""
+    rows = ["| server | connections | compression | server RSS per connection | compressed replies | connect rate | server CPU per connect | closed during hold |",
+            "|---|---|---|---|---|---|---|---|"]
+    for scen, comp in [("conns", "off (default)"), ("conns-deflate", "`--websocket-compression`, 2 KiB exchanged each way first")]:
+        for b in ["base", "head"]:
+            r = load(os.path.join(BOUNDS, f"{scen}-{b}.json"))
+            if not r:
+                rows.append(f"| {BOUNDS_BIN[b]} | failed ||||||| ")
+                continue
+            s, x = r.get("server") or {}, r.get("extra") or {}
+            cb = x.get("deflate_answers_compressed")
+            rows.append(f"| {BOUNDS_BIN[b]} | {r['received']:,} of {r['expected']:,} | {comp} | {s.get('rss_per_connection', 0) / 1024:.1f} KiB "
+                        f"| {f'{cb:,}' if cb is not None else DASH} | {x.get('connect_rate', 0):,.0f}/s | {s.get('cpu_us_per_connect', 0):.1f} µs "
+                        f"| {x.get('closed_during_hold', DASH)} |")
+    return "\n".join(rows)
+
+
+def bounds_hostile_table():
+    """(B) Peak server RSS growth per byte sent, per finding, before and after."""
+    res = {}
+    for b in ["base", "head"]:
+        r = load(os.path.join(BOUNDS, f"hostile-{b}.json"))
+        res[b] = {x["finding"]: x for x in (r or {}).get("results", [])}
+    keys = [k for k in res["head"] or res["base"]] or list(res["base"])
+    rows = ["| finding | hostile input | before: sent → peak RSS growth | before: growth ÷ sent | after: sent → peak RSS growth | after: growth ÷ sent | bystander served (before / after) |",
+            "|---|---|---|---|---|---|---|"]
+
+    def cell(x):
+        if not x:
+            return DASH, DASH
+        mib = x["rss_growth"] / (1 << 20)
+        r = x["ratio"]
+        ratio = DASH if r is None else f"{r:,.0f}" if r >= 100 else f"{r:.2f}"
+        if x.get("capped"):
+            ratio = f"≥ {ratio} (stopped at the 2 GiB cap)"
+        return f"{x['sent'] / 1e6:,.2f} MB → {mib:,.1f} MiB", ratio
+
+    worst = {b: max(res[b].values(), key=lambda x: x["ratio"] or 0, default=None) for b in res}
+    for k in keys:
+        a, h = res["base"].get(k), res["head"].get(k)
+        what = (h or a)["what"]
+        (sa, ra), (sh, rh) = cell(a), cell(h)
+        if worst["base"] is a and a:
+            ra = f"**{ra}** (worst)"
+        if worst["head"] is h and h:
+            rh = f"**{rh}** (worst)"
+        by = " / ".join(("yes" if x["bystander_ok"] and x["server_alive"] else "**no**") if x else DASH for x in (a, h))
+        rows.append(f"| {k} | {what} | {sa} | {ra} | {sh} | {rh} | {by} |")
+    return "\n".join(rows)
+
+
+def bounds_load_table():
+    """(C) fanout and echo, before and after, with the floor ratio."""
+    fw = bounds_floor()
+    rows = ["| scenario | binary | rate/s | loss | p50 ms | p99 ms | server CPU µs/unit | ÷ floor | server RSS/conn KiB | load generator CPU µs/unit |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for scen, label in [("fanout-1k", "fanout 1,000 × 100/s"), ("fanout-10k", "fanout 10,000 × 10/s"), ("echo", "echo 100 clients")]:
+        for b in ["base", "head"]:
+            r = load(os.path.join(BOUNDS, f"{scen}-{b}.json"))
+            if not r:
+                rows.append(f"| {label} | {BOUNDS_BIN[b]} | failed ||||||||")
+                continue
+            s, lat = r.get("server") or {}, r["latency_us"]
+            unit = s.get("cpu_us_per_delivery")
+            fl = ratio(unit, fw) if scen.startswith("fanout") else DASH
+            rss = f"{s.get('rss_per_connection', 0) / 1024:.1f}" if scen == "fanout-10k" else DASH
+            rows.append(f"| {label} | {BOUNDS_BIN[b]} | {r['rate']:,.0f} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} "
+                        f"| {unit or 0:.2f} | {fl} | {rss} | {r['loadgen_cpu_us_per_delivery']:.2f} |")
+    return "\n".join(rows)
+
+
+def bounds_floor_line():
+    fw = bounds_floor()
+    return f"**{fw:.2f} µs**" if fw else DASH
+
+
 def main():
     tpl = open(os.path.join(ROOT, "bench", "benchmarks.md.in")).read()
     stamp = os.environ.get("BENCH_DATE") or time.strftime("%Y-%m-%d")
@@ -272,10 +362,14 @@ def main():
         "echo_peers": echo_peers_table(), "soak": soak_table(), "floor": floor_line(),
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
+        "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
+        "bounds_floor": bounds_floor_line(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
-    open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(out)
-    print("wrote docs/benchmarks.md", file=sys.stderr)
+    # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).
+    dest = os.environ.get("RENDER_OUT") or os.path.join(ROOT, "docs", "benchmarks.md")
+    open(dest, "w").write(out)
+    print(f"wrote {dest}", file=sys.stderr)
 
 
 if __name__ == "__main__":

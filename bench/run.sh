@@ -9,7 +9,9 @@
 #    10,000-session heartbeat soak;
 #    then the SEND_ZC probe;
 # 3. bench/run-compare.sh: against Node socket.io 4.8 and socketioxide 0.18, with the floor;
-# 4. bench/render.py: the page, with the date and the machine.
+# 4. with BASELINE=/path/to/shardcast (a release build of 20fca7a, before the bounded rewrite):
+#    bench/run-bounds.sh, the "Bounded by construction" section (about 5 more minutes);
+# 5. bench/render.py: the page, with the date and the machine.
 # Needs: cargo, node + npm (for the Node peer), python3, taskset. Two cores at least.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +25,5 @@ cargo bench --bench broadcast
 bench/run-echo.sh
 taskset -c 0 bench/peers/target/release/sendzc-probe | tee bench/results/sendzc.md
 bench/run-compare.sh
+if [ -n "${BASELINE:-}" ]; then bench/run-bounds.sh; fi
 python3 bench/render.py

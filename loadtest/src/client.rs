@@ -82,8 +82,14 @@ pub struct SioWs {
 impl SioWs {
     /// Connects, completes the Engine.IO handshake and CONNECTs to namespace `/`.
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<SioWs> {
+        Self::connect_with(target, source, None).await
+    }
+
+    /// `connect`, offering `extensions` in the WebSocket handshake (e.g. permessage-deflate).
+    pub async fn connect_with(target: &Target, source: Option<IpAddr>, extensions: Option<&str>) -> io::Result<SioWs> {
         let stream = tcp(target, source).await?;
-        let ws = WsConn::handshake(stream, &target.addr.to_string(), &format!("{}?EIO=4&transport=websocket", target.path)).await?;
+        let path = format!("{}?EIO=4&transport=websocket", target.path);
+        let ws = WsConn::handshake_with(stream, &target.addr.to_string(), &path, extensions).await?;
         let mut c = SioWs { ws };
         let mut open = false;
         while !open {
@@ -157,6 +163,21 @@ impl SioWs {
             Err(_) if self.ws.is_closed() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Emits `message` with a compressible `size`-byte string, compressed (permessage-deflate
+    /// must have been agreed), and waits for the contract's `message-back`. Returns whether
+    /// the answer arrived compressed. Exercises both zlib directions of the server once.
+    pub async fn exchange_compressed(&mut self, size: usize) -> io::Result<bool> {
+        let text: String = (0..size).map(|i| (b'a' + (i % 7) as u8) as char).collect();
+        let packet = format!(r#"42["message","{text}"]"#);
+        let before = self.ws.deflate().ok_or_else(|| err("permessage-deflate was not agreed"))?;
+        self.ws.send_compressed_text(packet.as_bytes()).await?;
+        let mut back = false;
+        while !back {
+            self.engine_packets(|p| back |= p.starts_with(br#"42["message-back""#)).await?;
+        }
+        Ok(self.ws.deflate().unwrap_or(0) > before)
     }
 
     /// Handles whatever already arrived (answering pings) without waiting; `false` once closed.

@@ -133,6 +133,12 @@ enum Cmd {
         /// Connections per second during the ramp (0: as fast as possible).
         #[arg(long, default_value_t = 0.0)]
         ramp_rate: f64,
+        /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`), and have each
+        /// connection exchange one compressed message each way (`message` → `message-back`,
+        /// 2 KiB) before it idles, so the server's lazily allocated zlib state is exercised.
+        /// Socket.IO over WebSocket only.
+        #[arg(long)]
+        deflate: bool,
     },
     /// connect → join → disconnect cycles, with the latency of each step.
     Churn {
@@ -549,7 +555,16 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
     )
 }
 
-fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> Report {
+/// Bytes of the message each `conns --deflate` connection exchanges (compressed both ways: the
+/// server compresses from 1 KiB).
+const DEFLATE_MESSAGE: usize = 2048;
+
+fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, deflate: bool) -> Report {
+    if deflate && (protocol != Protocol::Sio || c.transport != Transport::Websocket) {
+        eprintln!("--deflate needs --protocol sio over --transport websocket");
+        std::process::exit(2);
+    }
+    let compressed_back = Arc::new(AtomicU64::new(0));
     let limit = metrics::raise_fd_limit();
     if (n as u64) + 64 > limit {
         eprintln!("warning: {n} connections need more than the open-file limit of {limit}");
@@ -562,17 +577,17 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
     let before = c.server_pid.and_then(metrics::sample);
     let window = Window::open(c.server_pid);
     let hist_connect = Arc::new(std::sync::Mutex::new(histogram()));
-    let (cs, d, hc) = (counters.clone(), done.clone(), hist_connect.clone());
+    let (cs, d, hc, cb) = (counters.clone(), done.clone(), hist_connect.clone(), compressed_back.clone());
     let (pdone, prog) = progress(counters.clone(), "conns");
     let t0 = Instant::now();
     let runner = std::thread::spawn(move || {
         on_threads(threads, move |t| {
-            let (counters, done, target, hc) = (cs.clone(), d.clone(), target.clone(), hc.clone());
+            let (counters, done, target, hc, cb) = (cs.clone(), d.clone(), target.clone(), hc.clone(), cb.clone());
             async move {
                 let gate = Rc::new(tokio::sync::Semaphore::new(128));
                 let mut tasks = Vec::new();
                 for i in (t..n).step_by(threads) {
-                    let (counters, target, gate, hc) = (counters.clone(), target.clone(), gate.clone(), hc.clone());
+                    let (counters, target, gate, hc, cb) = (counters.clone(), target.clone(), gate.clone(), hc.clone(), cb.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
                             tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;
@@ -590,6 +605,27 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 drop(permit);
                                 while let Ok(1..) = ws.recv().await {}
+                                counters.closed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Protocol::Sio if deflate => {
+                                let s = client::SioWs::connect_with(&target, src, Some(ws::DEFLATE_OFFER)).await;
+                                let Ok(mut s) = s else {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                };
+                                match s.exchange_compressed(DEFLATE_MESSAGE).await {
+                                    Ok(compressed) => {
+                                        cb.fetch_add(u64::from(compressed), Ordering::Relaxed);
+                                    }
+                                    Err(_) => {
+                                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                                        return;
+                                    }
+                                }
+                                let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
+                                counters.connected.fetch_add(1, Ordering::Relaxed);
+                                drop(permit);
+                                while let Ok(true) = s.recv(|_| {}).await {}
                                 counters.closed.fetch_add(1, Ordering::Relaxed);
                             }
                             Protocol::Sio => {
@@ -640,7 +676,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
     Report::new(
         "conns",
         &c,
-        serde_json::json!({"connections": n, "hold": hold, "protocol": format!("{protocol:?}").to_lowercase()}),
+        serde_json::json!({"connections": n, "hold": hold, "protocol": format!("{protocol:?}").to_lowercase(), "deflate": deflate}),
         n as u64,
         connected,
         connected as f64 / ramp,
@@ -651,7 +687,8 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64) -> 
         counters.errors.load(Ordering::Relaxed),
         closed_during_hold,
         Some(
-            serde_json::json!({"ramp_seconds": ramp, "connect_rate": connected as f64 / ramp, "held_seconds": hold_secs, "closed_during_ramp": closed_in_ramp, "closed_during_hold": closed_during_hold}),
+            serde_json::json!({"ramp_seconds": ramp, "connect_rate": connected as f64 / ramp, "held_seconds": hold_secs, "closed_during_ramp": closed_in_ramp, "closed_during_hold": closed_during_hold,
+                "deflate_answers_compressed": deflate.then(|| compressed_back.load(Ordering::Relaxed))}),
         ),
     )
 }
@@ -763,7 +800,9 @@ fn main() {
             (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size, ramp_rate), common)
         }
         Cmd::Echo { common, clients, duration, size, protocol } => (echo(common.clone(), clients, duration, size, protocol), common),
-        Cmd::Conns { common, connections, hold, protocol, ramp_rate } => (conns(common.clone(), connections, hold, protocol, ramp_rate), common),
+        Cmd::Conns { common, connections, hold, protocol, ramp_rate, deflate } => {
+            (conns(common.clone(), connections, hold, protocol, ramp_rate, deflate), common)
+        }
         Cmd::Churn { common, clients, duration } => (churn(common.clone(), clients, duration), common),
         Cmd::Compare { a, b } => {
             report::compare(&a, &b);

@@ -16,6 +16,10 @@ use shardcast::proto::ws::mask::apply_mask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The permessage-deflate offer `--deflate` makes (RFC 7692): the client advertises that it
+/// can use a smaller window, and accepts whatever context-takeover rules the server answers.
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
 const INITIAL_BUFFER: usize = 4096;
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -34,6 +38,19 @@ pub struct WsConn {
     out: Vec<u8>,
     mask: [u8; 4],
     closed: bool,
+    /// permessage-deflate was agreed: compressed (RSV1) messages are inflated before they are
+    /// handed over. `None` on the hot path of every scenario but `conns --deflate`.
+    inflate: Option<Box<Inflate>>,
+}
+
+/// The client's decompressor and what it counted (only with permessage-deflate).
+pub struct Inflate {
+    z: flate2::Decompress,
+    out: Vec<u8>,
+    /// Compressed messages received.
+    pub compressed: u64,
+    /// The server answered `server_no_context_takeover`: every message starts a fresh window.
+    reset_each: bool,
 }
 
 /// A cheap per-connection pseudo-random source for keys and masks (xorshift64*); a load
@@ -47,15 +64,22 @@ fn next_random(state: &mut u64) -> u64 {
 
 impl WsConn {
     /// Performs the opening handshake for `path` (with its query) on a connected stream.
-    pub async fn handshake(mut stream: TcpStream, host: &str, path: &str) -> io::Result<WsConn> {
+    pub async fn handshake(stream: TcpStream, host: &str, path: &str) -> io::Result<WsConn> {
+        Self::handshake_with(stream, host, path, None).await
+    }
+
+    /// The opening handshake, offering `extensions` (a `Sec-WebSocket-Extensions` value) when
+    /// given. When the server agrees to permessage-deflate, compressed messages are inflated.
+    pub async fn handshake_with(mut stream: TcpStream, host: &str, path: &str, extensions: Option<&str>) -> io::Result<WsConn> {
         let mut seed = {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             (t.as_nanos() as u64) ^ (stream.local_addr().map(|a| a.port() as u64).unwrap_or(1) << 32) | 1
         };
         let key_bytes: Vec<u8> = (0..2).flat_map(|_| next_random(&mut seed).to_le_bytes()).collect();
         let key = base64::engine::general_purpose::STANDARD.encode(&key_bytes);
+        let ext = extensions.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::with_capacity(INITIAL_BUFFER);
@@ -73,8 +97,22 @@ impl WsConn {
                 if accept.map(|h| h.value) != Some(accept_key(&key).as_bytes()) {
                     return Err(err("wrong Sec-WebSocket-Accept"));
                 }
+                let agreed = res
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .filter_map(|h| std::str::from_utf8(h.value).ok())
+                    .find(|v| v.trim_start().starts_with("permessage-deflate"));
+                let inflate = agreed.map(|v| {
+                    Box::new(Inflate {
+                        z: flate2::Decompress::new(false),
+                        out: Vec::new(),
+                        compressed: 0,
+                        reset_each: v.contains("server_no_context_takeover"),
+                    })
+                });
                 let mask = (next_random(&mut seed) as u32).to_le_bytes();
-                return Ok(WsConn { stream, buf, start: n, partial: Vec::new(), out: Vec::new(), mask, closed: false });
+                return Ok(WsConn { stream, buf, start: n, partial: Vec::new(), out: Vec::new(), mask, closed: false, inflate });
             }
         }
     }
@@ -84,9 +122,19 @@ impl WsConn {
         self.closed
     }
 
+    /// Whether permessage-deflate was agreed, and how many compressed messages arrived.
+    pub fn deflate(&self) -> Option<u64> {
+        self.inflate.as_ref().map(|i| i.compressed)
+    }
+
     /// Appends one masked frame to `out`.
     fn frame_into(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-        out.push(0x80 | opcode);
+        Self::frame_rsv_into(out, 0x80 | opcode, payload, mask)
+    }
+
+    /// Appends one masked frame with first byte `b0` (FIN, RSV bits, opcode) to `out`.
+    fn frame_rsv_into(out: &mut Vec<u8>, b0: u8, payload: &[u8], mask: [u8; 4]) {
+        out.push(b0);
         match payload.len() {
             n if n < 126 => out.push(0x80 | n as u8),
             n if n <= u16::MAX as usize => {
@@ -107,6 +155,30 @@ impl WsConn {
     /// Sends one text message (and whatever pongs are queued) in one write.
     pub async fn send_text(&mut self, payload: &[u8]) -> io::Result<()> {
         Self::frame_into(&mut self.out, 0x1, payload, self.mask);
+        self.flush().await
+    }
+
+    /// Sends one text message compressed with permessage-deflate (RSV1; RFC 7692 §7.2.1: raw
+    /// deflate, sync flush, the trailing 00 00 ff ff removed), each message on its own (no
+    /// context kept, which every server's answer allows). Errors if deflate was not agreed.
+    pub async fn send_compressed_text(&mut self, payload: &[u8]) -> io::Result<()> {
+        if self.inflate.is_none() {
+            return Err(err("permessage-deflate was not agreed"));
+        }
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut data = Vec::with_capacity(payload.len() / 2 + 64);
+        loop {
+            let consumed = z.total_in() as usize;
+            z.compress_vec(&payload[consumed..], &mut data, flate2::FlushCompress::Sync).map_err(|e| err(e.to_string()))?;
+            if z.total_in() as usize == payload.len() && data.len() < data.capacity() {
+                break;
+            }
+            data.reserve(data.capacity().max(64));
+        }
+        if data.ends_with(&[0, 0, 0xff, 0xff]) {
+            data.truncate(data.len() - 4);
+        }
+        Self::frame_rsv_into(&mut self.out, 0x80 | 0x40 | 0x1, &data, self.mask);
         self.flush().await
     }
 
@@ -188,6 +260,26 @@ impl WsConn {
             let (fin, opcode) = (b[0] & 0x80 != 0, b[0] & 0x0f);
             let payload = &b[head..head + len];
             match opcode {
+                0x1 | 0x2 if fin && b[0] & 0x40 != 0 && self.inflate.is_some() => {
+                    let inf = self.inflate.as_mut().expect("checked");
+                    inf.compressed += 1;
+                    if inf.reset_each {
+                        inf.z.reset(false);
+                    }
+                    inf.out.clear();
+                    let mut input = payload.to_vec();
+                    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                    loop {
+                        inf.out.reserve(input.len() * 4 + 256);
+                        let consumed = inf.z.total_in() as usize;
+                        inf.z.decompress_vec(&input[consumed..], &mut inf.out, flate2::FlushDecompress::Sync).map_err(|e| err(format!("inflate: {e}")))?;
+                        if inf.z.total_in() as usize == input.len() && inf.out.len() < inf.out.capacity() {
+                            break;
+                        }
+                    }
+                    f(&inf.out);
+                    count += 1;
+                }
                 0x1 | 0x2 if fin => {
                     f(payload);
                     count += 1;
