@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use shardcast::proto::ws::deflate::{Deflate, DeflateParams};

@@ -48,17 +48,15 @@ impl<H: Handler> EioServer<H> {
     /// A polling POST: its packets go to the session.
     pub(super) fn post(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, h: SessionId, body: &mut [u8], cors: &str) {
         let ka = req.keep_alive;
-        let packets = match eio::decode_payload(body, self.core.cfg.max_payload) {
-            Ok(p) => p,
-            Err(err) => {
-                Self::respond(&mut self.core, io, id, response::error(err.http_status(), cors, &err.to_string(), ka), ka);
-                self.core.closing.push((h, CloseReason::ParseError));
-                self.finish(io);
-                return;
-            }
-        };
+        if let Err(err) = eio::check_payload(body, self.core.cfg.max_payload) {
+            Self::respond(&mut self.core, io, id, response::error(err.http_status(), cors, &err.to_string(), ka), ka);
+            self.core.closing.push((h, CloseReason::ParseError));
+            self.finish(io);
+            return;
+        }
         Self::respond(&mut self.core, io, id, response::build(200, cors, Some("text/html"), b"ok", ka), ka);
-        for p in packets {
+        // One packet at a time: a body of many tiny packets is never a vector of them.
+        for p in eio::payload_packets(body) {
             self.packet(io, h, Transport::Polling, p);
         }
         self.finish(io);

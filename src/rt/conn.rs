@@ -357,7 +357,7 @@ impl<T, M> Io<T, M> {
         self.conns
             .iter()
             .filter(|(_, c)| c.closing != Closing::Now)
-            .map(|(id, c)| (id, c.rbuf.len() + c.charged + c.sendq.queued_bytes()))
+            .map(|(id, c)| (id, c.rbuf.capacity() + c.charged + c.sendq.queued_bytes()))
             .max_by_key(|&(_, n)| n)
     }
 
@@ -365,16 +365,23 @@ impl<T, M> Io<T, M> {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        self.read_held = self.read_held - c.rbuf.len() + buf.len();
-        // An idle connection holds no buffer.
-        c.rbuf = if buf.is_empty() { Vec::new() } else { buf };
+        // What a buffer holds is its capacity: that is what counts against the budget. An idle
+        // connection holds no buffer, and a small tail does not keep a large one.
+        let mut buf = buf;
+        if buf.is_empty() {
+            buf = Vec::new();
+        } else if buf.capacity() > 2 * buf.len() + (16 << 10) {
+            buf.shrink_to_fit();
+        }
+        self.read_held = self.read_held - c.rbuf.capacity() + buf.capacity();
+        c.rbuf = buf;
     }
 
     fn take_rbuf(&mut self, id: ConnId) -> Vec<u8> {
         let Some(c) = self.conns.get_mut(id) else {
             return Vec::new();
         };
-        self.read_held -= c.rbuf.len();
+        self.read_held -= c.rbuf.capacity();
         std::mem::take(&mut c.rbuf)
     }
 }
@@ -711,6 +718,6 @@ impl<S: Service> Shard<S> {
     #[cfg(debug_assertions)]
     fn check_counts(&self) {
         debug_assert_eq!(self.io.counted, self.io.conns.len(), "connection count drifted from the table");
-        debug_assert_eq!(self.io.read_held, self.io.conns.iter().map(|(_, c)| c.rbuf.len() + c.charged).sum::<usize>(), "read_held drifted");
+        debug_assert_eq!(self.io.read_held, self.io.conns.iter().map(|(_, c)| c.rbuf.capacity() + c.charged).sum::<usize>(), "read_held drifted");
     }
 }

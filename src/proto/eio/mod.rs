@@ -11,7 +11,7 @@ pub mod session;
 pub mod shared;
 
 pub use packet::{decode_text, encode_text, Packet, PacketError, PacketType};
-pub use payload::{decode_payload, PayloadWriter};
+pub use payload::{check_payload, decode_payload, payload_packets, PayloadWriter};
 pub use query::{parse_query, verify, EioError, Query, Transport, Verified};
 pub use session::{Action, CloseReason, Session, SessionConfig};
 pub use shared::SharedPacket;

@@ -12,25 +12,41 @@ use super::packet::{decode_text, Packet, PacketError};
 /// The record separator between packets.
 pub const SEPARATOR: u8 = 0x1e;
 
-/// Decodes a whole POST body into packets. The body must be UTF-8 and at most `max_payload`
-/// bytes; every packet must be non-empty, of a known type, and (for `b`) valid base64.
-pub fn decode_payload(body: &mut [u8], max_payload: usize) -> Result<Vec<Packet<'_>>, PacketError> {
+/// Checks a whole POST body without keeping anything of it: at most `max_payload` bytes,
+/// UTF-8, every packet non-empty, of a known type, and (for `b`) valid base64. A body that
+/// fails is refused before any of its packets is handled, as the reference server does;
+/// one that passes is then decoded a packet at a time by [`payload_packets`], so a body of
+/// half a million tiny packets never becomes half a million packets in memory.
+pub fn check_payload(body: &mut [u8], max_payload: usize) -> Result<(), PacketError> {
     if body.len() > max_payload {
         return Err(PacketError::TooLarge { size: body.len(), max: max_payload });
     }
     if simdutf8::basic::from_utf8(body).is_err() {
         return Err(PacketError::NotUtf8);
     }
-    let mut packets = Vec::new();
     for part in body.split_mut(|&b| b == SEPARATOR) {
-        if part.first() == Some(&b'b') {
-            let bin = STANDARD.decode(&part[1..]).map_err(|_| PacketError::BadBase64)?;
-            packets.push(Packet::Binary(bin));
-        } else {
-            packets.push(decode_text(part)?);
-        }
+        decode_part(part)?;
     }
-    Ok(packets)
+    Ok(())
+}
+
+fn decode_part(part: &mut [u8]) -> Result<Packet<'_>, PacketError> {
+    if part.first() == Some(&b'b') {
+        Ok(Packet::Binary(STANDARD.decode(&part[1..]).map_err(|_| PacketError::BadBase64)?))
+    } else {
+        decode_text(part)
+    }
+}
+
+/// The packets of a body [`check_payload`] accepted, decoded one at a time.
+pub fn payload_packets(body: &mut [u8]) -> impl Iterator<Item = Packet<'_>> {
+    body.split_mut(|&b| b == SEPARATOR).filter_map(|part| decode_part(part).ok())
+}
+
+/// Decodes a whole POST body into packets ([`check_payload`], then [`payload_packets`]).
+pub fn decode_payload(body: &mut [u8], max_payload: usize) -> Result<Vec<Packet<'_>>, PacketError> {
+    check_payload(body, max_payload)?;
+    Ok(payload_packets(body).collect())
 }
 
 /// Builds a GET response body one packet at a time.

@@ -366,6 +366,12 @@ impl Deflate {
         if out.len() - start >= 4 && out[out.len() - 4..] == TAIL {
             out.truncate(out.len() - 4);
         }
+        // An empty message right after another sync flush makes zlib emit nothing at all, and
+        // an empty payload plus the receiver's appended tail is not a valid block: send the
+        // single 0x00 of RFC 7692 §7.2.3.6 (an empty stored block without its tail).
+        if out.len() == start {
+            out.push(0x00);
+        }
         if self.params.server_no_context_takeover {
             give_back_compressor(level, bits, c);
         } else {
@@ -466,6 +472,20 @@ mod tests {
             client.decompress_fragment(&c, true, &mut d, 1 << 20).unwrap();
             assert_eq!(&d, m);
         }
+    }
+
+    /// Found by the roundtrip property: with context takeover, an empty message after another
+    /// message compressed to nothing, which the receiver cannot inflate.
+    #[test]
+    fn empty_messages_with_context_takeover() {
+        let p = DeflateParams {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 13,
+            client_max_window_bits: 15,
+            level: 6,
+        };
+        roundtrip(p, &[b"abc".to_vec(), Vec::new(), Vec::new(), b"abc".to_vec()]);
     }
 
     #[test]
