@@ -359,5 +359,6 @@ fn a_peer_that_never_reads_its_last_frames_is_closed_after_the_grace() {
     assert!(!s.closed_by_server(c), "still within the grace");
     s.advance(Duration::from_millis(100));
     assert!(s.closed_by_server(c), "closed once the grace passed");
+    assert_eq!(s.shard(0).io.stats().close_grace_expired, 1, "the cut is counted");
     assert_eq!(s.total_conns(), 0);
 }

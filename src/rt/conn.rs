@@ -17,7 +17,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -112,7 +112,13 @@ pub struct Stats {
     pub shed_read_budget: u64,
     /// Connections shed because the process passed `--max-memory`.
     pub shed_memory: u64,
+    /// Connections closed because their peer did not read their last frames within the
+    /// close grace.
+    pub close_grace_expired: u64,
 }
+
+/// At most one log line about cuts and sheds per this interval, per worker.
+const STATS_LOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
@@ -392,12 +398,15 @@ pub struct Shard<S: Service> {
     pub io: Io<S::Conn, S::Mail>,
     /// The protocol stack.
     pub service: S,
+    /// What the last log line about cuts and sheds covered, and when it was written.
+    logged: Stats,
+    logged_at: Option<Instant>,
 }
 
 impl<S: Service> Shard<S> {
     /// A shard with no connections.
     pub fn new(io: Io<S::Conn, S::Mail>, service: S) -> Self {
-        Shard { io, service }
+        Shard { io, service, logged: Stats::default(), logged_at: None }
     }
 
     fn insert(&mut self, fd: RawFd) -> ConnId {
@@ -463,7 +472,6 @@ impl<S: Service> Shard<S> {
         }
         if c.handoff_to.is_some() || c.paused || !c.rbuf.is_empty() {
             if c.rbuf.len() + data.len() > max {
-                tracing::debug!(worker = self.io.worker, "read buffer limit passed: closing the connection");
                 self.io.stats.read_overflow += 1;
                 self.io.close(id);
                 return;
@@ -515,7 +523,6 @@ impl<S: Service> Shard<S> {
             }
         }
         self.io.stats.shed_memory += shed as u64;
-        self.io.memory.record_shed(shed, now);
     }
 
     /// Sheds one connection: the service answers it, then it closes; its read buffer is
@@ -538,7 +545,26 @@ impl<S: Service> Shard<S> {
     /// The earliest instant [`Shard::turn`] has work: the service's next deadline, or a
     /// closing connection's grace.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.service.next_deadline(), self.io.close_due.next()].into_iter().flatten().min()
+        let log = (self.io.stats != self.logged).then(|| self.logged_at.map_or(self.io.now, |t| t + STATS_LOG_EVERY));
+        [self.service.next_deadline(), self.io.close_due.next(), log].into_iter().flatten().min()
+    }
+
+    /// Cuts and sheds since the last line, in one line at most once per interval.
+    fn log_stats(&mut self, now: Instant) {
+        if self.io.stats == self.logged || self.logged_at.is_some_and(|t| now < t + STATS_LOG_EVERY) {
+            return;
+        }
+        let (s, l) = (self.io.stats, self.logged);
+        tracing::warn!(
+            worker = self.io.worker,
+            read_overflow = s.read_overflow - l.read_overflow,
+            shed_read_budget = s.shed_read_budget - l.shed_read_budget,
+            shed_memory = s.shed_memory - l.shed_memory,
+            close_grace_expired = s.close_grace_expired - l.close_grace_expired,
+            "connections cut or shed since the last report"
+        );
+        self.logged = s;
+        self.logged_at = Some(now);
     }
 
     /// The receive on `id` ended: `error` is `None` for a clean end of its multishot run (it
@@ -591,7 +617,7 @@ impl<S: Service> Shard<S> {
         self.shed_for_memory(now);
         while let Some(idx) = self.io.close_due.pop_due(now) {
             if let Some(id) = self.io.conn_at(idx) {
-                tracing::debug!(worker = self.io.worker, "the peer did not read its last frames in time: closing");
+                self.io.stats.close_grace_expired += 1;
                 self.io.close(id);
             }
         }
@@ -606,6 +632,7 @@ impl<S: Service> Shard<S> {
         }
         self.settle(drv);
         self.flush(drv);
+        self.log_stats(now);
         #[cfg(debug_assertions)]
         self.check_counts();
     }

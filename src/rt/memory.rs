@@ -1,8 +1,9 @@
 //! The process memory guard behind `--max-memory`: every worker samples the process's resident
 //! memory at most every [`CHECK_EVERY`] of its clock; past the limit the process is overloaded
 //! (new connections are refused with the protocol's answer) and each worker sheds its largest
-//! holders, a few per check, until resident memory is back under 90% of the limit. Shedding
-//! is counted and logged once per interval, never per connection.
+//! holders, a few per check, until resident memory is back under 90% of the limit. Crossing
+//! the limit either way is logged once; sheds are counted in the worker's `Stats`, logged
+//! with its other cuts once per interval.
 //!
 //! Must never: shed without a limit set, or log per event.
 
@@ -14,8 +15,6 @@ use std::time::{Duration, Instant};
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Connections a worker sheds per check while over the limit.
 pub const SHED_PER_CHECK: usize = 8;
-/// At most one log line per this interval.
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads the process's resident memory in bytes.
 pub type Probe = Arc<dyn Fn() -> usize + Send + Sync>;
@@ -37,15 +36,13 @@ pub struct MemoryGuard {
     /// Shared by every worker: the process is over its limit.
     overloaded: Arc<AtomicBool>,
     next_check: Option<Instant>,
-    shed_since_log: u64,
-    last_log: Option<Instant>,
 }
 
 impl MemoryGuard {
     /// A guard for `limit` bytes of resident memory (none: never overloaded), read by `probe`,
     /// sharing `overloaded` with the other workers.
     pub fn new(limit: Option<usize>, probe: Probe, overloaded: Arc<AtomicBool>) -> Self {
-        MemoryGuard { limit, probe, overloaded, next_check: None, shed_since_log: 0, last_log: None }
+        MemoryGuard { limit, probe, overloaded, next_check: None }
     }
 
     /// No limit.
@@ -88,16 +85,6 @@ impl MemoryGuard {
             }
         }
         over
-    }
-
-    /// Counts shed connections; logs once per interval.
-    pub fn record_shed(&mut self, n: usize, now: Instant) {
-        self.shed_since_log += n as u64;
-        if self.shed_since_log > 0 && self.last_log.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-            tracing::warn!(shed = self.shed_since_log, "connections shed over --max-memory");
-            self.shed_since_log = 0;
-            self.last_log = Some(now);
-        }
     }
 
     /// The next instant this guard wants to sample (so an idle worker still checks).
