@@ -1,0 +1,102 @@
+//! Wire compatibility with the reference (Node's engine.io 6.6 / socket.io 4.8), one test per
+//! difference found: what the reference sends, byte for byte, where shardcast sent something
+//! else. Socket.IO behaviour runs an in-process server with the contract app and raw
+//! WebSocket clients; Engine.IO timing runs in the in-memory harness.
+
+mod sim_support;
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use shardcast::app::{contract, RunningServer, Server};
+use shardcast::engine::EngineConfig;
+use shardcast::proto::eio::SessionConfig;
+use shardcast::rt::threads::RuntimeConfig;
+use support::{Frame, Ws};
+
+fn start_contract(threads: usize) -> RunningServer {
+    let engine = EngineConfig {
+        session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
+        ..Default::default()
+    };
+    let runtime = RuntimeConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, pin: false, backlog: 1024, worker: Default::default() };
+    contract::app(Server::builder().engine(engine).runtime(runtime)).start().expect("server starts")
+}
+
+/// A raw Socket.IO client over WebSocket, connected to `/`; its `auth` event is consumed.
+fn sio_client(server: &RunningServer) -> Ws {
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    ws.set_timeout(Duration::from_secs(5));
+    assert!(ws.recv_text().starts_with("0{"));
+    ws.send_text("40");
+    assert!(ws.recv_eio().starts_with("40{"));
+    assert_eq!(ws.recv_eio(), r#"42["auth",{}]"#);
+    ws
+}
+
+/// The next frame that is not an Engine.IO ping (pings are answered).
+fn next_frame(ws: &mut Ws) -> Frame {
+    loop {
+        let f = ws.recv().expect("a frame");
+        if f.opcode == 1 && f.payload == b"2" {
+            ws.send_text("3");
+            continue;
+        }
+        return f;
+    }
+}
+
+/// A BINARY_EVENT header text frame, then its one binary attachment `[1, 2, 3]`.
+fn expect_binary_event(ws: &mut Ws, header: &str) {
+    let f = next_frame(ws);
+    assert_eq!((f.opcode, String::from_utf8_lossy(&f.payload).into_owned()), (1, header.to_owned()));
+    let f = next_frame(ws);
+    assert_eq!((f.opcode, f.payload.as_slice()), (2, &[1u8, 2, 3][..]), "the attachment follows its header");
+}
+
+const PLACEHOLDER: &str = r#"{"_placeholder":true,"num":0}"#;
+
+/// Every kind of server emit carries its binary attachments: to the sender, with an ack, to a
+/// room, as a broadcast, and from a `ServerHandle`. The emit with an ack (`call-me` →
+/// `ping-back`) used to send the placeholder and drop the bytes.
+#[test]
+fn every_kind_of_emit_sends_its_binary_attachments() {
+    let server = start_contract(2);
+    let mut a = sio_client(&server);
+    let mut b = sio_client(&server);
+    let send_bin = |ws: &mut Ws, head: &str| {
+        ws.send_text(head);
+        ws.send_binary(&[1, 2, 3]);
+    };
+    // Plain emit back to the sender.
+    send_bin(&mut a, &format!(r#"451-["message",{PLACEHOLDER}]"#));
+    expect_binary_event(&mut a, &format!(r#"451-["message-back",{PLACEHOLDER}]"#));
+    // Emit with an ack: the header carries the ack id, then the attachment; the client's
+    // binary answer comes back in `pong-result`.
+    send_bin(&mut a, &format!(r#"451-["call-me",{PLACEHOLDER}]"#));
+    let f = next_frame(&mut a);
+    let header = String::from_utf8(f.payload).unwrap();
+    let id: String = header.strip_prefix("451-").expect("a BINARY_EVENT with one attachment").chars().take_while(char::is_ascii_digit).collect();
+    assert_eq!(header, format!(r#"451-{id}["ping-back",{PLACEHOLDER}]"#));
+    let f = next_frame(&mut a);
+    assert_eq!((f.opcode, f.payload.as_slice()), (2, &[1u8, 2, 3][..]), "the ack'd emit's attachment");
+    send_bin(&mut a, &format!(r#"461-{id}[{PLACEHOLDER}]"#));
+    expect_binary_event(&mut a, &format!(r#"451-["pong-result",{PLACEHOLDER}]"#));
+    // To a room (both clients are members; the ack comes first).
+    for ws in [&mut a, &mut b] {
+        ws.send_text(r#"420["join","r"]"#);
+        assert_eq!(ws.recv_eio(), "430[true]");
+    }
+    send_bin(&mut a, &format!(r#"451-["to-room","r",{PLACEHOLDER}]"#));
+    expect_binary_event(&mut a, &format!(r#"451-["room-message",{PLACEHOLDER}]"#));
+    expect_binary_event(&mut b, &format!(r#"451-["room-message",{PLACEHOLDER}]"#));
+    // Broadcast: everyone but the sender.
+    send_bin(&mut a, &format!(r#"451-["broadcast",{PLACEHOLDER}]"#));
+    expect_binary_event(&mut b, &format!(r#"451-["broadcast-back",{PLACEHOLDER}]"#));
+    // From a ServerHandle.
+    server.handle().of("/").to("r").emit_binary("tick", &[json!({"_placeholder": true, "num": 0})], vec![bytes::Bytes::from_static(&[1, 2, 3])]);
+    expect_binary_event(&mut a, &format!(r#"451-["tick",{PLACEHOLDER}]"#));
+    expect_binary_event(&mut b, &format!(r#"451-["tick",{PLACEHOLDER}]"#));
+    server.shutdown();
+}
