@@ -100,3 +100,69 @@ fn every_kind_of_emit_sends_its_binary_attachments() {
     expect_binary_event(&mut b, &format!(r#"451-["tick",{PLACEHOLDER}]"#));
     server.shutdown();
 }
+
+// ------------------------------------------------------------ Engine.IO, in the harness
+
+mod eio {
+    use super::sim_support::*;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+    const PING_INTERVAL: Duration = Duration::from_millis(25_000);
+    const PING_TIMEOUT: Duration = Duration::from_millis(20_000);
+    const UNKNOWN_SID: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
+
+    fn unknown(r: &Resp) -> bool {
+        r.status == 400 && r.text() == UNKNOWN_SID
+    }
+
+    /// A polling client that stops polling is forgotten at pingInterval + pingTimeout (its
+    /// ping timeout), not a grace period later, and its next poll is told so at once.
+    #[test]
+    fn an_abandoned_polling_session_is_gone_at_ping_timeout() {
+        let mut s = sim(1);
+        let (c, sid) = polling_session(&mut s, 0);
+        s.advance(PING_INTERVAL);
+        s.advance(PING_TIMEOUT - MS);
+        assert_eq!(s.shard(0).service.session_count(), 1);
+        s.advance(MS);
+        assert_eq!(s.shard(0).service.session_count(), 0, "removed at pingInterval + pingTimeout");
+        assert_eq!(s.shard(0).service.deadline_count(), 0, "no deadline is left behind");
+        assert!(s.closed_by_server(c), "the idle handshake connection went at the HTTP timeout");
+        let c = s.connect(0);
+        s.write(c, &get(&polling(&sid)));
+        let r = one_response(&s.read(c));
+        assert!(unknown(&r), "{r:?}");
+    }
+
+    /// A session closed for a parse error answers "Session ID unknown" at once.
+    #[test]
+    fn a_session_closed_for_a_parse_error_is_unknown_at_once() {
+        let mut s = sim(1);
+        let (c, sid) = polling_session(&mut s, 0);
+        s.write(c, &post(&polling(&sid), b"9nonsense"));
+        assert_eq!(one_response(&s.read(c)).status, 400);
+        assert_eq!(s.shard(0).service.session_count(), 0);
+        let c = s.connect(0);
+        s.write(c, &get(&polling(&sid)));
+        let r = one_response(&s.read(c));
+        assert!(unknown(&r), "{r:?}");
+    }
+
+    /// The client's close packet while a GET is parked: the GET gets a noop (`6`), as from the
+    /// reference's polling transport, and the session is gone.
+    #[test]
+    fn a_client_close_answers_the_parked_get_with_a_noop() {
+        let mut s = sim(1);
+        let (c, sid) = polling_session(&mut s, 0);
+        s.write(c, &get(&polling(&sid)));
+        let other = s.connect(0);
+        s.write(other, &post(&polling(&sid), b"1"));
+        assert_eq!(one_response(&s.read(other)).text(), "ok");
+        assert_eq!(one_response(&s.read(c)).text(), "6");
+        assert_eq!(s.shard(0).service.session_count(), 0);
+        s.write(c, &get(&polling(&sid)));
+        let r = one_response(&s.read(c));
+        assert!(unknown(&r), "{r:?}");
+    }
+}

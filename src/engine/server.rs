@@ -178,14 +178,32 @@ impl<H: Handler> EioServer<H> {
                 io.close(probe);
             }
             let ws = e.ws.take();
+            let mut forget = ws.is_some();
             if let Some(ws) = ws {
                 if matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
                     close_ws(io, ws, if reason == CloseReason::ServerShutdown { code::GOING_AWAY } else { code::NORMAL });
                 } else {
                     io.close(ws);
                 }
+            } else if !matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
+                // Polling, closed for cause (ping timeout, bad input, the client's close packet,
+                // a transport error): as the reference server does it, what was queued is
+                // dropped, a parked GET is answered at once (`6` when the client closed, `1`
+                // otherwise), and the session is forgotten: the next request for it gets
+                // "Session ID unknown".
+                e.outbox.clear();
+                e.outbox_bytes = 0;
+                e.close_after_drain = false;
+                if e.poll.is_some() {
+                    e.outbox.push(if reason == CloseReason::TransportClose { noop() } else { close_packet() }.clone());
+                    self.core.dirty_polls.push(h);
+                    // Removed by `flush_polls` at the end of this pass, once answered.
+                    e.grace_until = Some(io.now() + grace);
+                } else {
+                    forget = true;
+                }
             } else {
-                // Polling, as the reference server does it: what is queued drains first, and
+                // Polling, closed gracefully by the server: what is queued drains first, and
                 // the close packet goes out on the poll after that (a client handles a poll's
                 // packets asynchronously, so a close in the same response would overtake them).
                 if e.outbox.is_empty() {
@@ -201,7 +219,7 @@ impl<H: Handler> EioServer<H> {
             self.core.rearm(h);
             let mut ctx = Self::ctx(&mut self.core, io);
             self.handler.on_close(&mut ctx, h, reason);
-            if ws.is_some() {
+            if forget {
                 self.core.remove(h);
             }
         }
