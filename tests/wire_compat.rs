@@ -165,4 +165,80 @@ mod eio {
         let r = one_response(&s.read(c));
         assert!(unknown(&r), "{r:?}");
     }
+
+    /// A HEAD request's answer has no body (its Content-Length may stay).
+    #[test]
+    fn a_head_request_gets_no_body() {
+        let mut s = sim(1);
+        let c = s.connect(0);
+        s.write(c, b"HEAD /engine.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
+        let out = String::from_utf8(s.read(c)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert!(out.ends_with("\r\n\r\n"), "nothing after the head: {out:?}");
+        // The connection is still usable: the next request's answer is not mistaken for a body.
+        s.write(c, &get("/engine.io/?EIO=4&transport=polling"));
+        assert_eq!(one_response(&s.read(c)).status, 200);
+    }
+
+    /// A WebSocket session closed by its ping timeout gets a close frame (without a status
+    /// code, as the reference's `ws.close()`), not a bare TCP close.
+    #[test]
+    fn a_websocket_ping_timeout_sends_a_close_frame() {
+        let mut s = sim(1);
+        let (c, _, _) = ws_session(&mut s, 0);
+        s.advance(PING_INTERVAL);
+        assert_eq!(texts(&s.read(c)), ["2"]);
+        s.advance(PING_TIMEOUT);
+        assert!(s.closed_by_server(c));
+        assert_eq!(frames(&s.read(c)), [Frame { fin: true, opcode: 8, payload: vec![] }]);
+    }
+
+    /// An HTTP/1.0 request with `Connection: keep-alive` is kept alive and told so.
+    #[test]
+    fn an_http10_keep_alive_request_is_answered_keep_alive() {
+        let mut s = sim(1);
+        let c = s.connect(0);
+        let req = b"GET /engine.io/?EIO=4&transport=polling HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        s.write(c, req);
+        let r = one_response(&s.read(c));
+        assert_eq!(r.status, 200);
+        assert!(r.head.to_ascii_lowercase().contains("\r\nconnection: keep-alive"), "{}", r.head);
+        assert!(!s.closed_by_server(c));
+        s.write(c, req);
+        let r = one_response(&s.read(c));
+        assert!(r.head.to_ascii_lowercase().contains("\r\nconnection: keep-alive"), "{}", r.head);
+        // Without the header, HTTP/1.0 closes.
+        s.write(c, b"GET /engine.io/?EIO=4&transport=polling HTTP/1.0\r\n\r\n");
+        let r = one_response(&s.read(c));
+        assert!(r.head.contains("Connection: close"), "{}", r.head);
+        assert!(s.closed_by_server(c));
+    }
+
+    /// `Accept-Encoding: gzip;q=0.0` refuses gzip (any zero weight, not only `q=0`).
+    #[test]
+    fn a_zero_weight_coding_is_not_used() {
+        let mut s = sim(1);
+        let (c, sid) = polling_session(&mut s, 0);
+        let q = polling(&sid);
+        let big = format!("4{}", "x".repeat(4000));
+        for (accept, coded) in [("gzip;q=0.0, deflate;q=0.000", None), ("gzip; q=0.000, deflate", Some("deflate")), ("gzip;Q=0.5", Some("gzip"))] {
+            s.write(c, &post(&q, big.as_bytes()));
+            assert_eq!(one_response(&s.read(c)).text(), "ok");
+            s.write(c, format!("GET {q} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {accept}\r\n\r\n").as_bytes());
+            let r = one_response(&s.read(c));
+            let got = r.head.lines().find_map(|l| l.strip_prefix("Content-Encoding: ").map(str::to_owned));
+            assert_eq!(got.as_deref(), coded, "{accept}");
+        }
+    }
+
+    /// An absolute-form request target (RFC 9112 §3.2.2) is served like its origin form.
+    #[test]
+    fn an_absolute_form_target_is_served() {
+        let mut s = sim(1);
+        let c = s.connect(0);
+        s.write(c, &get("http://x/engine.io/?EIO=4&transport=polling"));
+        let r = one_response(&s.read(c));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().starts_with("0{"), "{}", r.text());
+    }
 }

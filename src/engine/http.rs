@@ -51,7 +51,9 @@ impl<H: Handler> EioServer<H> {
                 }
             }
             let body = &mut data[pos + req.head_len..pos + total];
+            self.core.reply = Some((id, response::Reply::of(&req)));
             self.request(io, id, &req, body);
+            self.core.reply = None;
             pos += total;
             if !req.keep_alive {
                 if matches!(io.state(id), Some(ConnState::Http)) {
@@ -67,7 +69,12 @@ impl<H: Handler> EioServer<H> {
     }
 
     /// Queues a response; a connection that is not kept alive closes once it is written.
-    pub(super) fn respond(core: &mut Core, io: &mut Io<ConnState, H::Mail>, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
+    pub(super) fn respond(core: &mut Core, io: &mut Io<ConnState, H::Mail>, id: ConnId, mut bytes: Vec<u8>, keep_alive: bool) {
+        if let Some((conn, reply)) = core.reply {
+            if conn == id {
+                reply.apply(&mut bytes);
+            }
+        }
         // A client whose responses no longer fit its send queue (it pipelines and does not
         // read them) is closed.
         if io.send(id, bytes.into()).is_err() {

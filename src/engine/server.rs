@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::sessions::{close_packet, noop, ping, Core, Ctx, SessionId};
-use super::websocket::{close_ws, ws_send, WsConn};
+use super::websocket::{close_ws, close_ws_bare, ws_send, WsConn};
 use super::{EngineConfig, Handler, SendFlags};
 use crate::proto::eio::{Action, CloseReason, Packet, PacketType, SharedPacket, Transport};
 use crate::proto::http::response;
@@ -36,6 +36,8 @@ pub enum ConnState {
         encoding: Option<response::Encoding>,
         /// Whether the connection stays open after the response.
         keep_alive: bool,
+        /// An HTTP/1.0 request (told `Connection: keep-alive` when kept alive).
+        http10: bool,
     },
     /// A WebSocket. `inner` is taken out while its bytes are being processed.
     Ws {
@@ -180,10 +182,14 @@ impl<H: Handler> EioServer<H> {
             let ws = e.ws.take();
             let mut forget = ws.is_some();
             if let Some(ws) = ws {
-                if matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
-                    close_ws(io, ws, if reason == CloseReason::ServerShutdown { code::GOING_AWAY } else { code::NORMAL });
-                } else {
-                    io.close(ws);
+                // A close frame first. Shutdown says 1001; a ping timeout or a forced close
+                // gets a close frame without a status code, as the reference's `ws.close()`
+                // sends. A slow consumer (its queue is full: it would never read the frame) is
+                // closed at once.
+                match reason {
+                    CloseReason::ServerShutdown => close_ws(io, ws, code::GOING_AWAY),
+                    CloseReason::TransportError => io.close(ws),
+                    _ => close_ws_bare(io, ws),
                 }
             } else if !matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
                 // Polling, closed for cause (ping timeout, bad input, the client's close packet,

@@ -52,6 +52,9 @@ pub struct Core {
     /// One deadline per connection waiting for an HTTP request, keyed by its slot.
     pub(super) http_due: Deadlines,
     pub(super) shutting_down: bool,
+    /// The request being answered and what it asks of its response (HEAD, HTTP/1.0
+    /// keep-alive); applied by `respond` to that connection's responses only.
+    pub(super) reply: Option<(ConnId, crate::proto::http::response::Reply)>,
 }
 
 impl Core {
@@ -65,6 +68,7 @@ impl Core {
             session_due: Deadlines::default(),
             http_due: Deadlines::default(),
             shutting_down: false,
+            reply: None,
         }
     }
 
