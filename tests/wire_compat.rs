@@ -241,4 +241,47 @@ mod eio {
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.text().starts_with("0{"), "{}", r.text());
     }
+
+    /// A second POST for a session while another connection's POST body is still coming:
+    /// HTTP 400 with an empty body, both POSTs dropped, the session closed (a parked GET gets
+    /// the close packet), as the reference ("data request overlap from client").
+    #[test]
+    fn an_overlapping_post_is_refused_and_closes_the_session() {
+        let mut s = sim(1);
+        let (parked, sid) = polling_session(&mut s, 0);
+        let q = polling(&sid);
+        s.write(parked, &get(&q));
+        let first = s.connect(0);
+        let mut partial = post(&q, b"4first-message");
+        partial.truncate(partial.len() - 5);
+        s.write(first, &partial);
+        assert!(s.read(first).is_empty(), "its body is still coming");
+        let second = s.connect(0);
+        s.write(second, &post(&q, b"4second"));
+        let out = String::from_utf8(s.read(second)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert!(out.contains("Content-Length: 0\r\n") && out.ends_with("\r\n\r\n"), "an empty body: {out:?}");
+        assert!(s.closed_by_server(second));
+        assert!(s.closed_by_server(first), "the first POST is dropped");
+        assert_eq!(one_response(&s.read(parked)).text(), "1");
+        assert_eq!(s.shard(0).service.session_count(), 0);
+        // A POST that completes releases the session: the next one is not an overlap.
+        let (c, sid) = polling_session(&mut s, 0);
+        let q = polling(&sid);
+        let a = s.connect(0);
+        let body = post(&q, b"4one");
+        s.write(a, &body[..body.len() - 2]);
+        s.write(a, &body[body.len() - 2..]);
+        assert_eq!(one_response(&s.read(a)).text(), "ok");
+        s.write(c, &post(&q, b"4two"));
+        assert_eq!(one_response(&s.read(c)).text(), "ok");
+        // So does one whose connection goes away (the reference also closes the session then:
+        // "data request connection closed prematurely"; not done here).
+        let b = s.connect(0);
+        s.write(b, &body[..body.len() - 2]);
+        s.close(b);
+        s.write(c, &post(&q, b"4three"));
+        assert_eq!(one_response(&s.read(c)).text(), "ok");
+        assert_eq!(s.shard(0).service.session_count(), 1);
+    }
 }

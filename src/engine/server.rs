@@ -309,6 +309,9 @@ impl<H: Handler> Service for EioServer<H> {
 
     fn on_closed(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, state: ConnState) {
         self.core.stop_http_wait(id);
+        if matches!(state, ConnState::Http) {
+            self.core.forget_post(id);
+        }
         match state {
             ConnState::Poll { session, .. } => {
                 if let Some(e) = self.core.sessions.get_mut(session) {
