@@ -285,3 +285,78 @@ mod eio {
         assert_eq!(s.shard(0).service.session_count(), 1);
     }
 }
+
+/// The lingering close in the harness: after refusing an oversize POST by its head (413), the
+/// server shuts down its sending side and reads (and discards) what the client still sends, so
+/// no unread bytes are left to turn its close into a reset; at most 1 MiB is drained.
+#[test]
+fn a_refused_body_is_drained_before_the_close() {
+    use sim_support::*;
+    let mut s = sim(1);
+    let c = s.connect(0);
+    let head = "POST /engine.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n";
+    let mut req = head.as_bytes().to_vec();
+    req.resize(req.len() + 500_000, b'4');
+    s.write(c, &req);
+    assert_eq!(one_response(&s.read(c)).status, 413);
+    assert_eq!(s.unread_by_server(c), 0, "what the client sent after the refusal is drained");
+    assert!(s.closed_by_server(c), "closed once the client closed its side");
+    // Bounded: a client that sends more than 1 MiB after the answer is cut off.
+    let c = s.connect(0);
+    let mut req = head.as_bytes().to_vec();
+    req.resize(req.len() + 3_000_000, b'4');
+    s.write(c, &req);
+    assert_eq!(one_response(&s.read(c)).status, 413);
+    assert!(s.closed_by_server(c));
+    assert!(s.unread_by_server(c) > 1_000_000, "at most 1 MiB is drained");
+}
+
+// ------------------------------------------------------------ lingering close, real sockets
+
+/// The server refuses oversize input while the client is still sending it: a 1 MB polling
+/// POST (413 by its head) and a 1 MB WebSocket frame (close 1009). Its answer must reach the
+/// client every time, and end in a clean close: the server shuts down its sending side and
+/// drains what the client still sends before closing, so the kernel does not reset the
+/// connection (a reset can destroy the answer before the client reads it; clients report it
+/// as an error instead of the answer).
+/// The client writes everything before it reads, as a simple client does.
+#[test]
+fn refusals_of_oversize_input_are_not_lost_to_a_reset() {
+    use std::io::{Read as _, Write as _};
+    let server = support::Server::start(&["--threads", "1", "--max-payload", "1000000"]);
+    for round in 0..20 {
+        // A polling POST one byte over the limit.
+        let sid = support::handshake(server.addr, "/socket.io/");
+        let mut body = vec![b'4'; 1_000_001];
+        let mut req = format!("POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        req.append(&mut body);
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // The head and a little of the body, then (once the server has answered) the rest.
+        let _ = s.write_all(&req[..64 << 10]);
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = s.write_all(&req[64 << 10..]);
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got);
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413 "), "round {round}: {r:?}, got {:?}", String::from_utf8_lossy(&got));
+        assert!(r.is_ok(), "round {round}: the answer ends in a clean close, not a reset: {r:?}");
+        // A WebSocket frame one byte over the limit, in one frame.
+        let mut ws = Ws::connect(server.addr, "/socket.io/?EIO=4&transport=websocket", "");
+        ws.set_timeout(Duration::from_secs(10));
+        assert!(ws.recv_text().starts_with("0{"));
+        let n = 1_000_001usize;
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(n as u64).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.resize(frame.len() + n, b'x');
+        let _ = ws.stream.write_all(&frame[..64 << 10]);
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = ws.stream.write_all(&frame[64 << 10..]);
+        let close = std::iter::from_fn(|| ws.recv()).find(|f| f.opcode == 8);
+        let close = close.unwrap_or_else(|| panic!("round {round}: the connection ended without the close frame"));
+        assert_eq!(u16::from_be_bytes([close.payload[0], close.payload[1]]), 1009, "round {round}");
+        let mut rest = Vec::new();
+        let r = ws.stream.read_to_end(&mut rest);
+        assert!(r.is_ok(), "round {round}: the close frame is followed by a clean close, not a reset: {r:?}");
+    }
+}
