@@ -60,7 +60,7 @@ pub fn namespace() -> Namespace {
             s.broadcast().emit_binary("broadcast-back", &ev.args, ev.attachments);
         })
         .on("call-me", |s, ev| {
-            s.emit_with_ack("ping-back", &ev.args, Duration::from_secs(5), |s, answer| {
+            s.emit_binary_with_ack("ping-back", &ev.args, ev.attachments, Duration::from_secs(5), |s, answer| {
                 if let Ok((vals, attachments)) = answer {
                     s.emit_binary("pong-result", &vals, attachments);
                 }

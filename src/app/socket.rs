@@ -101,13 +101,26 @@ impl<'a, 'c> Socket<'a, 'c> {
         timeout: Duration,
         cb: impl FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>) + 'static,
     ) {
+        self.emit_binary_with_ack(event, args, Vec::new(), timeout, cb);
+    }
+
+    /// [`Socket::emit_with_ack`] with binary attachments (placeholders in `args`): the
+    /// BINARY_EVENT header and then each attachment, as the reference sends them.
+    pub fn emit_binary_with_ack(
+        &mut self,
+        event: &str,
+        args: &[Value],
+        attachments: Vec<Bytes>,
+        timeout: Duration,
+        cb: impl FnOnce(&mut Socket<'_, '_>, Result<(Vec<Value>, Vec<Bytes>), AckTimeout>) + 'static,
+    ) {
         if !self.alive() {
             return;
         }
         let deadline = self.ctx.now() + timeout;
         match self.core.add_ack(self.idx, deadline, Box::new(cb)) {
             Ok(id) => {
-                let enc = encode::event(self.nsp(), event, args, Some(id), Vec::new());
+                let enc = encode::event(self.nsp(), event, args, Some(id), attachments);
                 self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
             }
             // Too many acks pending on this socket: nothing is sent, the callback gets its
@@ -267,11 +280,23 @@ impl Operator<'_, '_, '_> {
         timeout: Duration,
         cb: impl FnOnce(&mut Socket<'_, '_>, Result<Responses, PartialResponses>) + 'static,
     ) {
+        self.emit_binary_with_ack(event, args, Vec::new(), timeout, cb);
+    }
+
+    /// [`Operator::emit_with_ack`] with binary attachments (placeholders in `args`).
+    pub fn emit_binary_with_ack(
+        self,
+        event: &str,
+        args: &[Value],
+        attachments: Vec<Bytes>,
+        timeout: Duration,
+        cb: impl FnOnce(&mut Socket<'_, '_>, Result<Responses, PartialResponses>) + 'static,
+    ) {
         let s = self.socket;
         if !s.alive() {
             return;
         }
-        let r = s.core.broadcast_with_ack(s.ctx, s.idx, self.sel, event, args, Vec::new(), self.flags, timeout, Box::new(cb));
+        let r = s.core.broadcast_with_ack(s.ctx, s.idx, self.sel, event, args, attachments, self.flags, timeout, Box::new(cb));
         // Too many acks pending on this socket: nothing is sent, the callback gets its
         // timeout (with no answers) now.
         if let Err(cb) = r {

@@ -37,7 +37,11 @@ impl<H: Handler> EioServer<H> {
                 }
             };
             let total = req.head_len + req.content_length;
-            if data.len() - pos < total {
+            let complete = data.len() - pos >= total;
+            if req.method == Method::Post && self.overlapping_post(io, id, &req, complete) {
+                return data.len();
+            }
+            if !complete {
                 return pos;
             }
             // A request for a session of another worker goes to that worker, bytes and all.
@@ -51,7 +55,9 @@ impl<H: Handler> EioServer<H> {
                 }
             }
             let body = &mut data[pos + req.head_len..pos + total];
+            self.core.reply = Some((id, response::Reply::of(&req)));
             self.request(io, id, &req, body);
+            self.core.reply = None;
             pos += total;
             if !req.keep_alive {
                 if matches!(io.state(id), Some(ConnState::Http)) {
@@ -66,8 +72,48 @@ impl<H: Handler> EioServer<H> {
         }
     }
 
+    /// Tracks the POST in progress of each session of this worker. A POST whose head arrives
+    /// while another connection's POST for the same session is still being read is refused
+    /// as the reference does ("data request overlap from client"): HTTP 400 with an empty
+    /// body, this connection closed (the rest of its body is never read), the other POST
+    /// dropped, and the session closed for a transport error. Returns whether it was refused.
+    fn overlapping_post(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, complete: bool) -> bool {
+        if req.path() != self.core.cfg.path {
+            return false;
+        }
+        let Some(h) = eio::parse_query(&req.target).sid.and_then(|s| self.core.find(s)) else {
+            return false;
+        };
+        let e = self.core.sessions.get_mut(h).expect("found");
+        match e.posting {
+            Some(other) if other != id => {
+                e.posting = None;
+                Self::respond(&mut self.core, io, id, response::build(400, "", None, b"", false), false);
+                io.close(other);
+                self.core.closing.push((h, crate::proto::eio::CloseReason::TransportError));
+                self.finish(io);
+                true
+            }
+            _ => {
+                if complete {
+                    e.posting = None;
+                    self.core.posts.remove(&id);
+                } else {
+                    e.posting = Some(id);
+                    self.core.posts.insert(id, h);
+                }
+                false
+            }
+        }
+    }
+
     /// Queues a response; a connection that is not kept alive closes once it is written.
-    pub(super) fn respond(core: &mut Core, io: &mut Io<ConnState, H::Mail>, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
+    pub(super) fn respond(core: &mut Core, io: &mut Io<ConnState, H::Mail>, id: ConnId, mut bytes: Vec<u8>, keep_alive: bool) {
+        if let Some((conn, reply)) = core.reply {
+            if conn == id {
+                reply.apply(&mut bytes);
+            }
+        }
         // A client whose responses no longer fit its send queue (it pipelines and does not
         // read them) is closed.
         if io.send(id, bytes.into()).is_err() {

@@ -25,7 +25,7 @@ impl<H: Handler> EioServer<H> {
         let threshold = self.core.cfg.http_compression_threshold;
         let encoding = threshold.and_then(|_| response::choose_encoding(req.accept_encoding.as_deref()));
         if let Some(st) = io.state(id) {
-            *st = ConnState::Poll { session: h, headers: cors, encoding, keep_alive: req.keep_alive };
+            *st = ConnState::Poll { session: h, headers: cors, encoding, keep_alive: req.keep_alive, http10: req.http10 };
         }
         // Parked: no HTTP deadline (the heartbeat answers it within the ping interval), and
         // nothing more is read from the connection until it is answered.
@@ -65,7 +65,7 @@ impl<H: Handler> EioServer<H> {
     /// Answers a parked GET with `packets`; the connection reads its next request.
     pub(super) fn answer_poll(&mut self, io: &mut Io<ConnState, H::Mail>, conn: ConnId, packets: Vec<SharedPacket>) {
         let Some(st) = io.state(conn) else { return };
-        let ConnState::Poll { headers, encoding, keep_alive, .. } = std::mem::replace(st, ConnState::Http) else {
+        let ConnState::Poll { headers, encoding, keep_alive, http10, .. } = std::mem::replace(st, ConnState::Http) else {
             return;
         };
         self.core.wait_http(conn, io.now());
@@ -88,7 +88,11 @@ impl<H: Handler> EioServer<H> {
             }
             _ => response::build(200, &headers, Some("text/plain; charset=UTF-8"), &body, keep_alive),
         };
+        // The GET may be answered while another request is being handled: its own framing.
+        let reply = response::Reply { head_only: false, http10_keep_alive: http10 && keep_alive };
+        let outer = self.core.reply.replace((conn, reply));
         Self::respond(&mut self.core, io, conn, resp, keep_alive);
+        self.core.reply = outer;
     }
 
     /// Answers every parked GET whose session has packets queued.

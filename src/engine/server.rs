@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::sessions::{close_packet, noop, ping, Core, Ctx, SessionId};
-use super::websocket::{close_ws, ws_send, WsConn};
+use super::websocket::{close_ws, close_ws_bare, ws_send, WsConn};
 use super::{EngineConfig, Handler, SendFlags};
 use crate::proto::eio::{Action, CloseReason, Packet, PacketType, SharedPacket, Transport};
 use crate::proto::http::response;
@@ -36,6 +36,8 @@ pub enum ConnState {
         encoding: Option<response::Encoding>,
         /// Whether the connection stays open after the response.
         keep_alive: bool,
+        /// An HTTP/1.0 request (told `Connection: keep-alive` when kept alive).
+        http10: bool,
     },
     /// A WebSocket. `inner` is taken out while its bytes are being processed.
     Ws {
@@ -178,14 +180,36 @@ impl<H: Handler> EioServer<H> {
                 io.close(probe);
             }
             let ws = e.ws.take();
+            let mut forget = ws.is_some();
             if let Some(ws) = ws {
-                if matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
-                    close_ws(io, ws, if reason == CloseReason::ServerShutdown { code::GOING_AWAY } else { code::NORMAL });
+                // A close frame first. Shutdown says 1001; a ping timeout or a forced close
+                // gets a close frame without a status code, as the reference's `ws.close()`
+                // sends. A slow consumer (its queue is full: it would never read the frame) is
+                // closed at once.
+                match reason {
+                    CloseReason::ServerShutdown => close_ws(io, ws, code::GOING_AWAY),
+                    CloseReason::TransportError => io.close(ws),
+                    _ => close_ws_bare(io, ws),
+                }
+            } else if !matches!(reason, CloseReason::ForcedClose | CloseReason::ServerShutdown) {
+                // Polling, closed for cause (ping timeout, bad input, the client's close packet,
+                // a transport error): as the reference server does it, what was queued is
+                // dropped, a parked GET is answered at once (`6` when the client closed, `1`
+                // otherwise), and the session is forgotten: the next request for it gets
+                // "Session ID unknown".
+                e.outbox.clear();
+                e.outbox_bytes = 0;
+                e.close_after_drain = false;
+                if e.poll.is_some() {
+                    e.outbox.push(if reason == CloseReason::TransportClose { noop() } else { close_packet() }.clone());
+                    self.core.dirty_polls.push(h);
+                    // Removed by `flush_polls` at the end of this pass, once answered.
+                    e.grace_until = Some(io.now() + grace);
                 } else {
-                    io.close(ws);
+                    forget = true;
                 }
             } else {
-                // Polling, as the reference server does it: what is queued drains first, and
+                // Polling, closed gracefully by the server: what is queued drains first, and
                 // the close packet goes out on the poll after that (a client handles a poll's
                 // packets asynchronously, so a close in the same response would overtake them).
                 if e.outbox.is_empty() {
@@ -201,7 +225,7 @@ impl<H: Handler> EioServer<H> {
             self.core.rearm(h);
             let mut ctx = Self::ctx(&mut self.core, io);
             self.handler.on_close(&mut ctx, h, reason);
-            if ws.is_some() {
+            if forget {
                 self.core.remove(h);
             }
         }
@@ -285,6 +309,9 @@ impl<H: Handler> Service for EioServer<H> {
 
     fn on_closed(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, state: ConnState) {
         self.core.stop_http_wait(id);
+        if matches!(state, ConnState::Http) {
+            self.core.forget_post(id);
+        }
         match state {
             ConnState::Poll { session, .. } => {
                 if let Some(e) = self.core.sessions.get_mut(session) {

@@ -28,6 +28,8 @@ pub(super) struct Entry {
     pub ws: Option<ConnId>,
     pub probe: Option<ConnId>,
     pub poll: Option<ConnId>,
+    /// The connection whose POST for this session has its head in and its body still coming.
+    pub posting: Option<ConnId>,
     pub outbox: Vec<SharedPacket>,
     pub outbox_bytes: usize,
     /// Closed; kept only until a last poll collects the outbox (or the grace ends).
@@ -52,6 +54,12 @@ pub struct Core {
     /// One deadline per connection waiting for an HTTP request, keyed by its slot.
     pub(super) http_due: Deadlines,
     pub(super) shutting_down: bool,
+    /// The request being answered and what it asks of its response (HEAD, HTTP/1.0
+    /// keep-alive); applied by `respond` to that connection's responses only.
+    pub(super) reply: Option<(ConnId, crate::proto::http::response::Reply)>,
+    /// The session each connection with a POST body in progress posts to (at most one entry
+    /// per connection), so a connection that goes away releases it.
+    pub(super) posts: HashMap<ConnId, SessionId>,
 }
 
 impl Core {
@@ -65,6 +73,8 @@ impl Core {
             session_due: Deadlines::default(),
             http_due: Deadlines::default(),
             shutting_down: false,
+            reply: None,
+            posts: HashMap::default(),
         }
     }
 
@@ -81,6 +91,7 @@ impl Core {
             ws: None,
             probe: None,
             poll: None,
+            posting: None,
             outbox: Vec::new(),
             outbox_bytes: 0,
             closing: false,
@@ -109,6 +120,17 @@ impl Core {
         match at {
             Some(t) => self.session_due.set(h.idx, t),
             None => self.session_due.clear(h.idx),
+        }
+    }
+
+    /// The connection `id` is gone: a POST it was reading no longer holds its session.
+    pub(super) fn forget_post(&mut self, id: ConnId) {
+        if let Some(h) = self.posts.remove(&id) {
+            if let Some(e) = self.sessions.get_mut(h) {
+                if e.posting == Some(id) {
+                    e.posting = None;
+                }
+            }
         }
     }
 

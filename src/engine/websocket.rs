@@ -54,6 +54,12 @@ pub(super) fn close_ws<M>(io: &mut Io<ConnState, M>, id: ConnId, close_code: u16
     io.close_after_flush(id);
 }
 
+/// Queues a close frame without a status code and closes the connection once it is written.
+pub(super) fn close_ws_bare<M>(io: &mut Io<ConnState, M>, id: ConnId) {
+    let _ = io.send(id, Bytes::from(ws::codec::encode_control(OpCode::Close, &[])));
+    io.close_after_flush(id);
+}
+
 impl<H: Handler> EioServer<H> {
     /// Answers a WebSocket upgrade with 101 (or the handshake's refusal) and returns the codec.
     fn accept_ws(&self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request) -> Option<ServerCodec> {

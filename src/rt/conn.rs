@@ -99,6 +99,9 @@ pub trait Driver {
     fn write(&mut self, id: ConnId, fd: RawFd, iov: *const libc::iovec, n: u32);
     /// Shut the socket down both ways: operations in flight on it complete.
     fn shutdown(&mut self, fd: RawFd);
+    /// Shut down the sending side only (`SHUT_WR`): the peer sees the end of the stream after
+    /// everything written; receives go on (a lingering close drains them).
+    fn shutdown_write(&mut self, fd: RawFd);
     /// Close the descriptor; no operation on it is in flight.
     fn close(&mut self, fd: RawFd);
 }
@@ -124,8 +127,18 @@ const STATS_LOG_EVERY: Duration = Duration::from_secs(1);
 enum Closing {
     No,
     AfterFlush,
+    /// The last frames are written and the sending side is shut down; what the peer still
+    /// sends is read and discarded (at most [`DRAIN_MAX`] bytes, for at most [`DRAIN_TIME`])
+    /// until it closes, so its unread bytes do not make the kernel answer with a reset that
+    /// destroys the answer in flight (the lingering close of nginx and hyper).
+    Draining,
     Now,
 }
+
+/// A lingering close reads and discards at most this many bytes...
+pub const DRAIN_MAX: usize = 1 << 20;
+/// ...for at most this long (or what is left of the close grace, if less).
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 struct Conn<T> {
     fd: RawFd,
@@ -140,6 +153,8 @@ struct Conn<T> {
     paused: bool,
     closing: Closing,
     shut: bool,
+    /// Bytes a lingering close may still discard.
+    drain_left: usize,
     handoff_to: Option<usize>,
     state: Option<T>,
 }
@@ -156,6 +171,7 @@ impl<T> Conn<T> {
             paused: false,
             closing: Closing::No,
             shut: false,
+            drain_left: 0,
             handoff_to: None,
             state: None,
         }
@@ -467,6 +483,14 @@ impl<S: Service> Shard<S> {
     pub fn received(&mut self, id: ConnId, data: &mut [u8]) {
         let max = self.io.cfg.max_read_buffer;
         let Some(c) = self.io.conn(id) else { return };
+        if c.closing == Closing::Draining {
+            // A lingering close: discarded, bounded.
+            c.drain_left = c.drain_left.saturating_sub(data.len());
+            if c.drain_left == 0 {
+                self.io.close(id);
+            }
+            return;
+        }
         if c.closing != Closing::No {
             return;
         }
@@ -617,7 +641,11 @@ impl<S: Service> Shard<S> {
         self.shed_for_memory(now);
         while let Some(idx) = self.io.close_due.pop_due(now) {
             if let Some(id) = self.io.conn_at(idx) {
-                self.io.stats.close_grace_expired += 1;
+                // A lingering close that ran out of time is the normal end of one; a peer that
+                // did not read its last frames in time is a cut.
+                if self.io.conn(id).is_some_and(|c| c.closing != Closing::Draining) {
+                    self.io.stats.close_grace_expired += 1;
+                }
                 self.io.close(id);
             }
         }
@@ -642,7 +670,8 @@ impl<S: Service> Shard<S> {
         while let Some(id) = self.io.pending.pop() {
             let Some(c) = self.io.conn(id) else { continue };
             if c.closing == Closing::AfterFlush && !c.sendq.has_queued() && !c.sendq.in_flight() {
-                c.closing = Closing::Now;
+                self.start_draining(drv, id);
+                continue;
             }
             if let Some(target) = c.handoff_to {
                 // Written first: a response queued before the hand-off goes out in order.
@@ -669,6 +698,15 @@ impl<S: Service> Shard<S> {
                     }
                 } else {
                     self.arm(drv, id);
+                }
+                continue;
+            }
+            if c.closing == Closing::Draining {
+                // Re-armed after a cancel, a run's end or a lack of buffers.
+                if !c.recv_armed {
+                    c.recv_armed = true;
+                    c.cancel_sent = false;
+                    drv.arm_recv(id, c.fd);
                 }
                 continue;
             }
@@ -699,6 +737,29 @@ impl<S: Service> Shard<S> {
                 self.io.conns_total.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The last frames of `id` are written: the service forgets it, its sending side is shut
+    /// down, and what the peer still sends is discarded until it closes (bounded by
+    /// [`DRAIN_MAX`] and [`DRAIN_TIME`]).
+    fn start_draining(&mut self, drv: &mut impl Driver, id: ConnId) {
+        let Some(c) = self.io.conn(id) else { return };
+        c.closing = Closing::Draining;
+        c.drain_left = DRAIN_MAX;
+        let state = c.state.take();
+        let fd = c.fd;
+        if let Some(state) = state {
+            self.service.on_closed(&mut self.io, id, state);
+        }
+        self.io.set_rbuf(id, Vec::new());
+        self.io.set_charged(id, 0);
+        drv.shutdown_write(fd);
+        let due = self.io.now + DRAIN_TIME;
+        if self.io.close_due.get(id.idx).is_none_or(|t| t > due) {
+            self.io.close_due.set(id.idx, due);
+        }
+        // Armed now, or (a cancel in flight) once it ends.
+        self.io.pending.push(id);
     }
 
     fn flush(&mut self, drv: &mut impl Driver) {

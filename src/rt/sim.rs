@@ -42,6 +42,9 @@ struct Client {
     eof: bool,
     eof_delivered: bool,
     shut_by_server: bool,
+    /// The server shut down its sending side (a lingering close): the client, having read
+    /// everything, closes its side once the server has read what it sent.
+    write_shut_by_server: bool,
     closed_by_server: bool,
 }
 
@@ -126,6 +129,10 @@ impl Driver for SimDriver<'_> {
         if let Some((id, _)) = blocked {
             self.done.push((w, Completion::Sent(id, -libc::EPIPE)));
         }
+    }
+
+    fn shutdown_write(&mut self, fd: RawFd) {
+        self.client(fd).write_shut_by_server = true;
     }
 
     fn close(&mut self, fd: RawFd) {
@@ -306,7 +313,7 @@ impl<S: Service> Sim<S> {
                 let mut chunk: Vec<u8> = cl.to_server.drain(..n).collect();
                 moved = true;
                 shard.received(id, &mut chunk);
-            } else if cl.eof && !cl.eof_delivered {
+            } else if (cl.eof || cl.write_shut_by_server) && !cl.eof_delivered {
                 cl.eof_delivered = true;
                 cl.recv_armed = false;
                 moved = true;

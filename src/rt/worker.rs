@@ -178,6 +178,11 @@ impl Driver for RingDriver<'_> {
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 
+    fn shutdown_write(&mut self, fd: RawFd) {
+        // SAFETY: shutting down the sending side of our own socket; receives go on.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    }
+
     fn close(&mut self, fd: RawFd) {
         // SAFETY: no operation on this descriptor is in flight any more; it is closed once.
         unsafe { libc::close(fd) };

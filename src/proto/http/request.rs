@@ -51,6 +51,8 @@ pub struct Request {
     /// Body length (0 when none).
     pub content_length: usize,
     pub keep_alive: bool,
+    /// An HTTP/1.0 request (a kept-alive one must be told so: `Connection: keep-alive`).
+    pub http10: bool,
     pub origin: Option<String>,
     pub accept_encoding: Option<String>,
     pub cookie: Option<String>,
@@ -97,6 +99,23 @@ impl HttpError {
     }
 }
 
+/// The origin form (`/path?query`) of a request target: an absolute-form target
+/// (`http://host/path?query`, RFC 9112 §3.2.2, which a server must accept) loses its scheme
+/// and authority; any other target is kept as it is.
+fn origin_form(target: &str) -> std::borrow::Cow<'_, str> {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
+    });
+    let Some(rest) = rest else { return target.into() };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => rest[i..].into(),
+        // `http://host?q`: the path is `/`.
+        Some(i) => format!("/{}", &rest[i..]).into(),
+        None => "/".into(),
+    }
+}
+
 /// Parses a request head from the front of `buf`. `Ok(None)`: incomplete, read more.
 /// `max_body` bounds Content-Length (413 beyond it).
 pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, HttpError> {
@@ -126,10 +145,11 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
     let mut keep_alive = minor >= 1;
     let mut out = Request {
         method,
-        target: req.path.unwrap_or("/").to_owned(),
+        target: origin_form(req.path.unwrap_or("/")).into_owned(),
         head_len,
         content_length: 0,
         keep_alive,
+        http10: minor == 0,
         origin: None,
         accept_encoding: None,
         cookie: None,
@@ -198,6 +218,16 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Request>, Htt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_form_targets_are_served_as_their_origin_form() {
+        let t = |target: &str| parse_request(format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(), 10).unwrap().unwrap().target;
+        assert_eq!(t("http://h:3000/socket.io/?EIO=4&transport=polling"), "/socket.io/?EIO=4&transport=polling");
+        assert_eq!(t("HTTPS://h/x"), "/x");
+        assert_eq!(t("http://h?a=1"), "/?a=1");
+        assert_eq!(t("http://h"), "/");
+        assert_eq!(t("/socket.io/"), "/socket.io/");
+    }
 
     #[test]
     fn parses_a_polling_post() {

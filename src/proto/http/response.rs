@@ -31,15 +31,29 @@ pub enum Encoding {
     Deflate,
 }
 
-/// Picks gzip, else deflate, from an `Accept-Encoding` value (q=0 excludes a coding).
+/// Whether a coding's parameters give it a weight of zero (`q=0`, `q=0.0`, `Q=0.000`: "not
+/// acceptable", RFC 9110 §12.4.2). A weight that does not parse counts as not acceptable.
+fn zero_weight<'a>(params: impl Iterator<Item = &'a str>) -> bool {
+    for p in params {
+        let Some((name, value)) = p.split_once('=') else { continue };
+        if name.trim().eq_ignore_ascii_case("q") {
+            return value.trim().parse::<f32>().map_or(true, |q| q <= 0.0);
+        }
+    }
+    false
+}
+
+/// Picks gzip, else deflate, from an `Accept-Encoding` value: a coding is accepted when it is
+/// listed, or covered by `*`, with a non-zero weight (an explicit entry overrides `*`).
 pub fn choose_encoding(accept: Option<&str>) -> Option<Encoding> {
     let accept = accept?;
-    let accepts = |name: &str| {
-        accept.split(',').any(|part| {
+    let weight_of = |name: &str| -> Option<bool> {
+        accept.split(',').find_map(|part| {
             let mut it = part.split(';').map(str::trim);
-            it.next().is_some_and(|n| n.eq_ignore_ascii_case(name)) && !it.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."))
+            it.next().is_some_and(|n| n.eq_ignore_ascii_case(name)).then(|| !zero_weight(it))
         })
     };
+    let accepts = |name: &str| weight_of(name).or_else(|| weight_of("*")).unwrap_or(false);
     if accepts("gzip") {
         Some(Encoding::Gzip)
     } else if accepts("deflate") {
@@ -83,6 +97,39 @@ pub fn build(status: u16, headers: &str, content_type: Option<&str>, body: &[u8]
     out
 }
 
+/// What a request asks of its response beyond status, headers and body, applied to a response
+/// made by [`build`]: a HEAD request gets the head alone (Content-Length kept, RFC 9110 §9.3.2);
+/// a kept-alive HTTP/1.0 request is told so with `Connection: keep-alive` (HTTP/1.0 closes by
+/// default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The request was a HEAD.
+    pub head_only: bool,
+    /// An HTTP/1.0 request that asked to be kept alive.
+    pub http10_keep_alive: bool,
+}
+
+impl Reply {
+    /// What `req` asks of its response.
+    pub fn of(req: &super::Request) -> Reply {
+        Reply { head_only: req.method == super::Method::Head, http10_keep_alive: req.http10 && req.keep_alive }
+    }
+
+    /// Adapts `resp` (made by [`build`]) to the request.
+    pub fn apply(self, resp: &mut Vec<u8>) {
+        if self == Reply::default() {
+            return;
+        }
+        let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+        if self.head_only {
+            resp.truncate(end + 4);
+        }
+        if self.http10_keep_alive {
+            resp.splice(end + 2..end + 2, b"Connection: keep-alive\r\n".iter().copied());
+        }
+    }
+}
+
 /// A plain-text error response.
 pub fn error(status: u16, headers: &str, message: &str, keep_alive: bool) -> Vec<u8> {
     build(status, headers, Some("text/plain; charset=UTF-8"), message.as_bytes(), keep_alive)
@@ -98,6 +145,10 @@ mod tests {
         assert_eq!(choose_encoding(Some("gzip, deflate, br")), Some(Encoding::Gzip));
         assert_eq!(choose_encoding(Some("deflate")), Some(Encoding::Deflate));
         assert_eq!(choose_encoding(Some("gzip;q=0, deflate")), Some(Encoding::Deflate));
+        assert_eq!(choose_encoding(Some("gzip;q=0.0, deflate;Q=0.000")), None);
+        assert_eq!(choose_encoding(Some("gzip; q=0.5")), Some(Encoding::Gzip));
+        assert_eq!(choose_encoding(Some("*")), Some(Encoding::Gzip));
+        assert_eq!(choose_encoding(Some("gzip;q=0, *")), Some(Encoding::Deflate));
         assert_eq!(choose_encoding(Some("br")), None);
         assert_eq!(choose_encoding(None), None);
     }
