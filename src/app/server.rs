@@ -12,6 +12,17 @@ use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
 use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
 
+/// An Engine.IO path as Node's servers use it: `/sock`, `sock` and `/sock/` all become
+/// `/sock/`.
+pub fn normalize_path(s: &str) -> String {
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{trimmed}/")
+    }
+}
+
 /// Entry point: `Server::builder()`.
 pub struct Server;
 
@@ -89,6 +100,7 @@ impl ServerBuilder {
 
     /// Starts the workers.
     pub fn start(mut self) -> Result<RunningServer, StartError> {
+        self.engine.path = normalize_path(&self.engine.path);
         self.runtime.worker.max_read_buffer = crate::rt::WorkerConfig::read_buffer_for(self.engine.max_payload);
         let mut limits = self.limits;
         limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);

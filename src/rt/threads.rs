@@ -15,6 +15,9 @@ use super::worker::{Worker, WorkerConfig};
 /// Why the runtime did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another process (or socket) already serves the address.
+    #[error("cannot listen on {addr}: address in use (is another server already running on this port?)")]
+    AddrInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the mailbox eventfd: {0}")]
@@ -61,6 +64,24 @@ impl<M: Send + 'static> Poster<M> {
     }
 }
 
+/// The CPUs this process may run on (`sched_getaffinity`, which `taskset` and cpusets set),
+/// in order; empty if the kernel will not say.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set the kernel fills; CPU_ISSET reads within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// The default worker count: one per CPU this process may run on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn pin_to(core: usize) {
     // SAFETY: `set` is a plain bit set initialised by CPU_ZERO; failure leaves the thread
     // unpinned, which is only slower.
@@ -93,7 +114,12 @@ where
     F: Fn(usize) -> S + Send + Sync + 'static,
 {
     let threads = cfg.threads.max(1);
-    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
+    // The first listener claims the address (see `listener`): a port another process serves
+    // fails here instead of being shared with it.
+    let first = listener::claim(cfg.bind, cfg.backlog).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => StartError::AddrInUse { addr: cfg.bind },
+        _ => StartError::Bind { addr: cfg.bind, source },
+    })?;
     let first_fd = listener::into_raw(first);
     let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
     let mut fds = vec![first_fd];
@@ -109,7 +135,9 @@ where
     let make = Arc::new(make);
     let conns_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let memory = MemoryGuard::new(cfg.worker.max_memory, Arc::new(memory::resident_bytes), Arc::default());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Worker i pins itself to the i-th CPU the process was given (wrapping), never outside
+    // that set: under `taskset -c 1` worker 0 runs on CPU 1, not CPU 0.
+    let cpus = Arc::new(allowed_cpus());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
     for (i, fd) in fds.into_iter().enumerate() {
@@ -120,12 +148,13 @@ where
         let pin = cfg.pin;
         let conns_total = conns_total.clone();
         let memory = memory.clone();
+        let cpus = cpus.clone();
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
                 abort_on_panic(i, || {
-                    if pin {
-                        pin_to(i % cores);
+                    if pin && !cpus.is_empty() {
+                        pin_to(cpus[i % cpus.len()]);
                     }
                     let service = make(i);
                     match Worker::new(i, fd, peers, conns_total, memory, service, wcfg) {
