@@ -23,7 +23,7 @@ pub mod server;
 pub mod socket;
 pub mod worker;
 
-pub use handle::ServerHandle;
+pub use handle::{HandleError, ServerHandle};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use server::{RunningServer, Server, ServerBuilder};

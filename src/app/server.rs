@@ -27,17 +27,13 @@ pub fn normalize_path(s: &str) -> String {
 pub struct Server;
 
 impl Server {
-    /// A builder with the default options, binding 127.0.0.1:3000 with one worker per core.
+    /// A builder with the default options ([`EngineConfig::default`],
+    /// [`RuntimeConfig::default`]): 127.0.0.1:3000, one pinned worker per CPU this process may
+    /// run on.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             engine: EngineConfig::default(),
-            runtime: RuntimeConfig {
-                bind: "127.0.0.1:3000".parse().expect("valid address"),
-                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                pin: true,
-                backlog: 4096,
-                worker: Default::default(),
-            },
+            runtime: RuntimeConfig::default(),
             namespaces: Namespaces::default(),
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
@@ -46,6 +42,11 @@ impl Server {
 }
 
 /// Collects options and namespaces; [`ServerBuilder::start`] starts the workers.
+///
+/// Each method owns its settings and no other method touches them, so the order of the calls
+/// does not matter: [`engine`](Self::engine) every Engine.IO option, [`bind`](Self::bind),
+/// [`threads`](Self::threads), [`pin`](Self::pin), [`backlog`](Self::backlog) and
+/// [`worker`](Self::worker) the runtime's.
 pub struct ServerBuilder {
     engine: EngineConfig,
     runtime: RuntimeConfig,
@@ -68,9 +69,30 @@ impl ServerBuilder {
         self
     }
 
-    /// Bind address, worker threads, pinning, send buffer.
-    pub fn runtime(mut self, cfg: RuntimeConfig) -> Self {
-        self.runtime = cfg;
+    /// Worker threads, one per core (default: the CPUs this process may run on; at least 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.runtime.threads = threads.max(1);
+        self
+    }
+
+    /// Whether each worker pins itself to one of the CPUs this process may run on (default
+    /// true).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.runtime.pin = pin;
+        self
+    }
+
+    /// The listen backlog of each worker's socket (default 4096).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.runtime.backlog = backlog;
+        self
+    }
+
+    /// The workers' I/O settings (send buffer per client, read budget, ring sizes, shutdown
+    /// grace, memory limit). Its `max_read_buffer` is derived from the engine's `max_payload`
+    /// at start.
+    pub fn worker(mut self, cfg: crate::rt::WorkerConfig) -> Self {
+        self.runtime.worker = cfg;
         self
     }
 

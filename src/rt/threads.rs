@@ -2,6 +2,7 @@
 //! listener; a handle to post mail to them, shut them down and join them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -36,31 +37,86 @@ pub struct RuntimeConfig {
     pub worker: WorkerConfig,
 }
 
+impl Default for RuntimeConfig {
+    /// 127.0.0.1:3000, one worker per CPU this process may run on, pinned, a backlog of 4096,
+    /// the default worker settings.
+    fn default() -> Self {
+        RuntimeConfig { bind: SocketAddr::from(([127, 0, 0, 1], 3000)), threads: default_threads(), pin: true, backlog: 4096, worker: WorkerConfig::default() }
+    }
+}
+
+/// Whether the runtime still runs, shared by its handle and its posters.
+#[derive(Default)]
+struct Liveness {
+    /// Set by [`Runtime::shutdown`] (and so by dropping the runtime).
+    stopping: AtomicBool,
+    /// Worker threads that have returned.
+    exited: AtomicUsize,
+}
+
 /// The running workers.
 pub struct Runtime<M: Send + 'static> {
     addr: SocketAddr,
     mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
+    live: Arc<Liveness>,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// Posts mail to the workers from any thread.
 pub struct Poster<M: Send + 'static> {
     mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
+    live: Arc<Liveness>,
 }
 
 impl<M: Send + 'static> Clone for Poster<M> {
     fn clone(&self) -> Self {
-        Poster { mailboxes: self.mailboxes.clone() }
+        Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
     }
 }
+
+/// Why a post was not delivered: the runtime was shut down or a worker has exited, so the
+/// mail would never be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server has shut down")]
+pub struct Stopped;
 
 impl<M: Send + 'static> Poster<M> {
     pub fn workers(&self) -> usize {
         self.mailboxes.len()
     }
 
-    pub fn post(&self, worker: usize, m: M) {
+    /// Whether shutdown was asked for or any worker has exited: mail posted now may never be
+    /// read, so nobody should wait for an answer to it.
+    pub fn stopped(&self) -> bool {
+        self.live.stopping.load(Ordering::Acquire) || self.live.exited.load(Ordering::Acquire) > 0
+    }
+
+    /// Posts `m` to `worker`, unless the runtime has [`stopped`](Self::stopped).
+    pub fn post(&self, worker: usize, m: M) -> Result<(), Stopped> {
+        if self.stopped() {
+            return Err(Stopped);
+        }
         self.mailboxes[worker].post(RtMail::User(m));
+        Ok(())
+    }
+}
+
+thread_local! {
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a worker of some runtime (where waiting for a worker's
+/// answer could wait for itself, or for a worker waiting for it).
+pub fn on_worker_thread() -> bool {
+    ON_WORKER.with(|w| w.get())
+}
+
+/// Counts a worker thread as exited when its body returns (or unwinds).
+struct ExitGuard(Arc<Liveness>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -140,6 +196,7 @@ where
     let cpus = Arc::new(allowed_cpus());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
+    let live = Arc::new(Liveness::default());
     for (i, fd) in fds.into_iter().enumerate() {
         let peers = mailboxes.clone();
         let make = make.clone();
@@ -149,9 +206,12 @@ where
         let conns_total = conns_total.clone();
         let memory = memory.clone();
         let cpus = cpus.clone();
+        let live = live.clone();
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
+                let _exit = ExitGuard(live);
+                ON_WORKER.with(|w| w.set(true));
                 abort_on_panic(i, || {
                     if pin && !cpus.is_empty() {
                         pin_to(cpus[i % cpus.len()]);
@@ -172,7 +232,7 @@ where
         handles.push(h);
     }
     drop(ready_tx);
-    let mut rt = Runtime { addr, mailboxes, threads: handles };
+    let mut rt = Runtime { addr, mailboxes, live, threads: handles };
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -194,11 +254,12 @@ impl<M: Send + 'static> Runtime<M> {
     }
 
     pub fn poster(&self) -> Poster<M> {
-        Poster { mailboxes: self.mailboxes.clone() }
+        Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.
     pub fn shutdown(&self) {
+        self.live.stopping.store(true, Ordering::Release);
         for m in self.mailboxes.iter() {
             m.post(RtMail::Shutdown);
         }
