@@ -113,3 +113,31 @@ fn start_on_a_port_another_server_serves_is_an_error() {
         Ok(s) => panic!("a second server started on {}", s.local_addr()),
     }
 }
+
+/// The README's example (`examples/hello.rs`, built by `cargo test`) serves until SIGTERM,
+/// then shuts down cleanly (exit 0) within a bounded time.
+#[test]
+fn the_hello_example_serves_until_sigterm_and_exits_cleanly() {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    let hello = exe.parent().and_then(|deps| deps.parent()).map(|d| d.join("examples").join("hello")).unwrap();
+    if !hello.exists() {
+        eprintln!("skipped: {} is not built (cargo test builds it)", hello.display());
+        return;
+    }
+    let mut child = std::process::Command::new(&hello).arg("127.0.0.1:0").stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket", "");
+    ws.set_timeout(BOUND);
+    assert!(ws.recv_text().starts_with("0{"));
+    ws.send_text("40");
+    assert!(ws.recv_eio().starts_with("40{\"sid\""));
+    assert_eq!(ws.recv_eio(), r#"42["hello","welcome"]"#);
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = bounded("the example's exit after SIGTERM", move || child.wait().unwrap());
+    assert!(status.success(), "{status}");
+}

@@ -154,6 +154,15 @@ impl RunningServer {
         self.handle.clone()
     }
 
+    /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and
+    /// returns the signal; call [`shutdown`](Self::shutdown) next. Works whatever other
+    /// threads the program runs (see [`super::signal`]).
+    pub fn wait_for_signal(&self) -> std::io::Result<i32> {
+        let sig = super::signal::wait_for_termination()?;
+        tracing::info!(signal = sig, "shutting down");
+        Ok(sig)
+    }
+
     /// Closes every session politely and waits for the workers to exit.
     pub fn shutdown(mut self) {
         self.rt.shutdown();
