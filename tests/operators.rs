@@ -140,3 +140,14 @@ fn the_default_worker_count_is_the_number_of_allowed_cpus() {
     let _ = child.wait();
     assert!(line.contains("(1 workers)"), "{line}");
 }
+
+/// Criterion's HTML reports are built (the `html_reports` feature) and the README says where
+/// they land.
+#[test]
+fn criterion_html_reports_are_enabled_and_documented() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let criterion = manifest.lines().find(|l| l.trim_start().starts_with("criterion")).expect("criterion dev-dependency");
+    assert!(criterion.contains("\"html_reports\""), "{criterion}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("target/criterion/report/index.html"));
+}
