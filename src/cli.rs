@@ -91,6 +91,10 @@ pub struct ServerOptions {
     /// connections are refused with 503 and the largest holders are shed (default: no limit).
     #[arg(long, value_parser = parse_size)]
     pub max_memory: Option<usize>,
+    /// Write the process id to this file once listening (removed at a clean exit); the load
+    /// generator's `--server-pidfile` reads it.
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<std::path::PathBuf>,
 }
 
 /// The most worker threads `--threads` accepts.

@@ -55,6 +55,27 @@ fn wait_for_signal(set: &libc::sigset_t) {
     tracing::info!(signal = sig, "shutting down");
 }
 
+/// Writes `--pidfile` (once listening); removes it when dropped, at a clean exit.
+struct Pidfile(Option<std::path::PathBuf>);
+
+impl Pidfile {
+    fn write(path: Option<&std::path::Path>) -> Result<Pidfile, String> {
+        let Some(path) = path else {
+            return Ok(Pidfile(None));
+        };
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write --pidfile {}: {e}", path.display()))?;
+        Ok(Pidfile(Some(path.to_path_buf())))
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let mut cfg = opts.engine_config();
     if opts.path == "/socket.io/" {
@@ -66,6 +87,13 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let started = threads::start(rtcfg, move |_| EioServer::new(Rc::new(cfg.clone()), EioEcho));
     let mut rt = match started {
         Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _pidfile = match Pidfile::write(opts.pidfile.as_deref()) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("shardcast: {e}");
             return ExitCode::FAILURE;
@@ -85,6 +113,13 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let builder = Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
     let server = match contract::app(builder).start() {
         Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _pidfile = match Pidfile::write(opts.pidfile.as_deref()) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("shardcast: {e}");
             return ExitCode::FAILURE;

@@ -151,3 +151,13 @@ fn criterion_html_reports_are_enabled_and_documented() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert!(readme.contains("target/criterion/report/index.html"));
 }
+
+#[test]
+fn pidfile_holds_the_server_pid_and_goes_at_a_clean_exit() {
+    let path = std::env::temp_dir().join(format!("shardcast-pidfile-test-{}", std::process::id()));
+    let mut s = Server::start(&["--threads", "1", "--no-pin", "--pidfile", path.to_str().unwrap()]);
+    let written = std::fs::read_to_string(&path).expect("the pidfile exists once listening");
+    assert_eq!(written.trim(), s.child.id().to_string());
+    assert!(s.stop().success());
+    assert!(!path.exists(), "the pidfile is removed at a clean exit");
+}
