@@ -352,9 +352,9 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                     let (counters, expected, go, target, body, joined_in, published) =
                         (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone(), joined_in.clone(), published.clone());
                     tasks.push(tokio::task::spawn_local(async move {
-                        let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            return;
+                        let mut s = match Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await {
+                            Ok(c) => c,
+                            Err(e) => return counters.error(&format!("connect: {e}")),
                         };
                         while !go.load(Ordering::Relaxed) {
                             if !matches!(s.poll().await, Ok(true)) {
@@ -472,9 +472,9 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                         let running = || !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed);
                         match protocol {
                             Protocol::Raw => {
-                                let Ok(mut ws) = RawWs::connect(&target, source(i, &target.addr)).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut ws = match RawWs::connect(&target, source(i, &target.addr)).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 wait_go().await;
@@ -490,9 +490,9 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                 }
                             }
                             Protocol::Sio => {
-                                let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut s = match Sio::connect(&target, polling, source(i, &target.addr)).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 wait_go().await;
@@ -605,9 +605,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
                         let src = source(i, &target.addr);
                         match protocol {
                             Protocol::Raw => {
-                                let Ok(mut ws) = RawWs::connect(&target, src).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut ws = match RawWs::connect(&target, src).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -617,9 +617,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
                             }
                             Protocol::Sio if deflate => {
                                 let s = client::SioWs::connect_with(&target, src, Some(ws::DEFLATE_OFFER)).await;
-                                let Ok(mut s) = s else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut s = match s {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 match s.exchange_compressed(DEFLATE_MESSAGE).await {
                                     Ok(compressed) => {
@@ -637,9 +637,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
                                 counters.closed.fetch_add(1, Ordering::Relaxed);
                             }
                             Protocol::Sio => {
-                                let Ok(mut s) = Sio::connect(&target, polling, src).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut s = match Sio::connect(&target, polling, src).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
