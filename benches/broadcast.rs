@@ -18,7 +18,6 @@ use shardcast::app::{contract, Server};
 use shardcast::engine::EngineConfig;
 use shardcast::proto::eio::SessionConfig;
 use shardcast::proto::sio::encode;
-use shardcast::rt::threads::RuntimeConfig;
 use shardcast::rt::WorkerConfig;
 
 const SOCKETS: usize = 10_000;
@@ -66,21 +65,21 @@ fn bench(c: &mut Criterion) {
         max_send_buffer: 1 << 30,
         ..Default::default()
     };
-    let runtime = RuntimeConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        threads: 2,
-        pin: true,
-        backlog: 1024,
-        worker: WorkerConfig { max_send_buffer: 1 << 30, ..Default::default() },
-    };
-    let server = contract::app(Server::builder().engine(engine).runtime(runtime)).start().unwrap();
+    let builder = Server::builder()
+        .engine(engine)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(true)
+        .backlog(1024)
+        .worker(WorkerConfig { max_send_buffer: 1 << 30, ..Default::default() });
+    let server = contract::app(builder).start().unwrap();
     connect_sockets(server.local_addr());
     let handle = server.handle();
     let all = handle.of("/");
-    assert_eq!(all.count(), SOCKETS);
-    all.sockets_join(&["bench"]);
+    assert_eq!(all.count(), Ok(SOCKETS));
+    all.sockets_join(&["bench"]).unwrap();
     let room = handle.of("/").to("bench");
-    assert_eq!(room.count(), SOCKETS, "every socket joined the room");
+    assert_eq!(room.count(), Ok(SOCKETS), "every socket joined the room");
     let payload = [json!({"seq": 1, "body": "x".repeat(80)})];
 
     let mut g = c.benchmark_group("broadcast_10k_sockets_2_workers");
@@ -88,9 +87,9 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     g.bench_function("encode_once_and_deliver", |b| {
         b.iter(|| {
-            room.emit("tick", &payload);
+            room.emit("tick", &payload).unwrap();
             // Mail is FIFO per worker: once both workers pass the barrier, both delivered.
-            handle.flush()
+            handle.flush().unwrap()
         })
     });
     g.bench_function("encode_only_10k_times", |b| {

@@ -30,10 +30,14 @@ fn main() {
         for seq in 0u64.. {
             price += ((seq * 7919) % 11) as f64 / 10.0 - 0.5;
             // Encoded once here; every worker sends the same bytes to its subscribers.
-            handle.of("/").to("prices").volatile().emit("price", &[json!({"seq": seq, "price": price})]);
+            if handle.of("/").to("prices").volatile().emit("price", &[json!({"seq": seq, "price": price})]).is_err() {
+                break; // the server has shut down
+            }
             if seq % 50 == 0 {
-                let n = handle.of("/").to("prices").count();
-                println!("seq {seq}: {n} subscribers");
+                match handle.of("/").to("prices").count() {
+                    Ok(n) => println!("seq {seq}: {n} subscribers"),
+                    Err(_) => break,
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -33,26 +33,28 @@ pub struct ServerOptions {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:3000")]
     pub bind: SocketAddr,
-    /// Worker threads, one per core, each with its own io_uring (default: available cores).
-    #[arg(long)]
+    /// Worker threads, one per core, each with its own io_uring (default: the CPUs this
+    /// process may run on, as `taskset` or a cgroup sets them).
+    #[arg(long, value_parser = in_range::<usize>(1, MAX_THREADS))]
     pub threads: Option<usize>,
     /// Do not pin worker threads to cores.
     #[arg(long)]
     pub no_pin: bool,
-    /// Engine.IO endpoint path.
-    #[arg(long, default_value = "/socket.io/")]
+    /// Engine.IO endpoint path (given a leading and a trailing slash, as Node does: `/sock`
+    /// serves `/sock/`).
+    #[arg(long, default_value = "/socket.io/", value_parser = parse_path)]
     pub path: String,
     /// Milliseconds between server pings.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub ping_interval: u64,
     /// Milliseconds to wait for a pong before closing the session.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub ping_timeout: u64,
     /// Milliseconds a WebSocket upgrade may take.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub upgrade_timeout: u64,
     /// Largest Engine.IO packet or polling body, in bytes.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = in_range::<usize>(64, 1 << 30))]
     pub max_payload: usize,
     /// Transports offered.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "polling,websocket")]
@@ -73,14 +75,14 @@ pub struct ServerOptions {
     #[arg(long)]
     pub cookie: Option<String>,
     /// Refuse connections beyond this many with 503.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = in_range::<usize>(1, 100_000_000))]
     pub max_connections: usize,
     /// Bytes that may wait in one client's send queue.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 4 << 20, value_parser = in_range::<usize>(1024, 1 << 40))]
     pub max_send_buffer: usize,
     /// Milliseconds an HTTP connection may take to send a complete request (idle keep-alive
     /// connections and slowloris heads are closed after it).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub http_timeout: u64,
     /// What to do with a client that does not read fast enough.
     #[arg(long, value_enum, default_value = "disconnect")]
@@ -89,7 +91,43 @@ pub struct ServerOptions {
     /// connections are refused with 503 and the largest holders are shed (default: no limit).
     #[arg(long, value_parser = parse_size)]
     pub max_memory: Option<usize>,
+    /// Write the process id to this file once listening (removed at a clean exit); the load
+    /// generator's `--server-pidfile` reads it.
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<std::path::PathBuf>,
 }
+
+/// The most worker threads `--threads` accepts.
+pub const MAX_THREADS: usize = 1024;
+/// The shortest timer a flag in milliseconds accepts (0 would ping in a loop or drop every
+/// client at once).
+pub const MIN_MILLIS: u64 = 10;
+/// The longest: one day.
+pub const MAX_MILLIS: u64 = 86_400_000;
+
+/// A clap value parser for a number in `min..=max`; clap names the flag in its error.
+pub fn in_range<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |s: &str| {
+        let v: T = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+        if v < min || v > max {
+            return Err(format!("must be between {min} and {max}"));
+        }
+        Ok(v)
+    }
+}
+
+/// `--path`: normalised to a leading and a trailing slash (see [`normalize_path`]).
+pub fn parse_path(s: &str) -> Result<String, String> {
+    if s.contains(['?', '#', ' ']) {
+        return Err(format!("{s:?} is not a path"));
+    }
+    Ok(normalize_path(s))
+}
+
+pub use crate::app::server::normalize_path;
 
 /// A size in bytes: digits with an optional K, M or G suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -140,7 +178,7 @@ impl ServerOptions {
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             bind: self.bind,
-            threads: self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            threads: self.threads.unwrap_or_else(crate::rt::threads::default_threads),
             pin: !self.no_pin,
             backlog: 4096,
             worker: WorkerConfig {
@@ -150,5 +188,29 @@ impl ServerOptions {
                 ..WorkerConfig::default()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_get_a_leading_and_a_trailing_slash() {
+        assert_eq!(normalize_path("/sock"), "/sock/");
+        assert_eq!(normalize_path("sock"), "/sock/");
+        assert_eq!(normalize_path("/sock/"), "/sock/");
+        assert_eq!(normalize_path("/a/b"), "/a/b/");
+        assert_eq!(normalize_path("/"), "/");
+        assert!(parse_path("/x?y").is_err());
+    }
+
+    #[test]
+    fn ranges_refuse_zero_and_absurd_values() {
+        let threads = in_range::<usize>(1, MAX_THREADS);
+        assert!(threads("0").is_err());
+        assert!(threads("1025").is_err());
+        assert_eq!(threads("4"), Ok(4));
+        assert!(threads("x").is_err());
     }
 }

@@ -55,6 +55,27 @@ fn wait_for_signal(set: &libc::sigset_t) {
     tracing::info!(signal = sig, "shutting down");
 }
 
+/// Writes `--pidfile` (once listening); removes it when dropped, at a clean exit.
+struct Pidfile(Option<std::path::PathBuf>);
+
+impl Pidfile {
+    fn write(path: Option<&std::path::Path>) -> Result<Pidfile, String> {
+        let Some(path) = path else {
+            return Ok(Pidfile(None));
+        };
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write --pidfile {}: {e}", path.display()))?;
+        Ok(Pidfile(Some(path.to_path_buf())))
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let mut cfg = opts.engine_config();
     if opts.path == "/socket.io/" {
@@ -71,6 +92,13 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _pidfile = match Pidfile::write(opts.pidfile.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("shardcast echo listening on {} ({} workers)", rt.local_addr(), workers);
     wait_for_signal(&set);
     rt.shutdown();
@@ -82,9 +110,17 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let builder = Server::builder().engine(opts.engine_config()).runtime(rtcfg);
+    let builder =
+        Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
     let server = match contract::app(builder).start() {
         Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _pidfile = match Pidfile::write(opts.pidfile.as_deref()) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("shardcast: {e}");
             return ExitCode::FAILURE;

@@ -13,12 +13,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shardcast::app::{Namespace, RunningServer, Server, ServerBuilder, SocketLimits};
 use shardcast::engine::EngineConfig;
-use shardcast::rt::threads::RuntimeConfig;
 use support::Ws;
 
 fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> RunningServer {
-    let runtime = RuntimeConfig { bind: "127.0.0.1:0".parse().unwrap(), threads: 1, pin: false, backlog: 1024, worker: Default::default() };
-    configure(Server::builder().engine(EngineConfig::default()).runtime(runtime)).start().expect("server starts")
+    configure(Server::builder().engine(EngineConfig::default()).bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).backlog(1024))
+        .start()
+        .expect("server starts")
 }
 
 /// A raw WebSocket client after the Engine.IO open packet, before any CONNECT.

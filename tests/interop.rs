@@ -76,3 +76,25 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `--path /sock` (no trailing slash) serves socket.io-client configured with `path: "/sock"`,
+/// over both transports, as Node's server does (it used to answer 404).
+#[test]
+fn js_client_with_a_path_without_trailing_slash_connects() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io-client"), "socket.io-client");
+    let s = Server::start(&["--threads", "1", "--path", "/sock"]);
+    for transport in ["polling", "websocket"] {
+        let script = format!(
+            r#"const {{ io }} = require("socket.io-client");
+const s = io("http://{addr}", {{ path: "/sock", transports: ["{transport}"], reconnection: false }});
+s.on("connect", () => {{ console.log("connected"); s.close(); process.exit(0); }});
+s.on("connect_error", (e) => {{ console.error("connect_error: " + e.message); process.exit(1); }});
+setTimeout(() => {{ console.error("timed out"); process.exit(2); }}, 5000);"#,
+            addr = s.addr
+        );
+        let mut cmd = Command::new("node");
+        cmd.current_dir(&js).args(["-e", &script]);
+        run(cmd, &format!("socket.io-client with path /sock over {transport}"));
+    }
+}

@@ -14,7 +14,6 @@ use serde_json::json;
 use shardcast::app::{DisconnectReason, Namespace, RunningServer, Server};
 use shardcast::engine::EngineConfig;
 use shardcast::proto::eio::SessionConfig;
-use shardcast::rt::threads::RuntimeConfig;
 use support::Ws;
 
 fn start(threads: usize, configure: impl FnOnce(shardcast::app::ServerBuilder) -> shardcast::app::ServerBuilder) -> RunningServer {
@@ -22,8 +21,7 @@ fn start(threads: usize, configure: impl FnOnce(shardcast::app::ServerBuilder) -
         session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
         ..Default::default()
     };
-    let runtime = RuntimeConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, pin: false, backlog: 1024, worker: Default::default() };
-    configure(Server::builder().engine(engine).runtime(runtime)).start().expect("server starts")
+    configure(Server::builder().engine(engine).bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).backlog(1024)).start().expect("server starts")
 }
 
 /// A raw Socket.IO client over WebSocket, connected to `nsp`.
@@ -205,20 +203,20 @@ fn server_handle_from_another_thread() {
     }
     let h = handle.clone();
     std::thread::spawn(move || {
-        assert_eq!(h.of("/").to("feed").count(), 6);
-        assert_eq!(h.of("/").count(), 7);
-        h.of("/").to("feed").emit("tick", &[json!(42)]);
+        assert_eq!(h.of("/").to("feed").count(), Ok(6));
+        assert_eq!(h.of("/").count(), Ok(7));
+        h.of("/").to("feed").emit("tick", &[json!(42)]).unwrap();
     })
     .join()
     .unwrap();
     for ws in &mut members {
         assert_eq!(ws.recv_eio(), r#"42["tick",42]"#);
     }
-    handle.of("/").to("feed").sockets_join(&["vip"]);
-    assert_eq!(handle.of("/").to("vip").count(), 6);
-    handle.close_room("/", "vip");
-    assert_eq!(handle.of("/").to("vip").count(), 0);
-    handle.of("/").to("feed").disconnect_sockets(false);
+    handle.of("/").to("feed").sockets_join(&["vip"]).unwrap();
+    assert_eq!(handle.of("/").to("vip").count(), Ok(6));
+    handle.close_room("/", "vip").unwrap();
+    assert_eq!(handle.of("/").to("vip").count(), Ok(0));
+    handle.of("/").to("feed").disconnect_sockets(false).unwrap();
     for ws in &mut members {
         assert_eq!(ws.recv_eio(), "41");
     }

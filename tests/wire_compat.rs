@@ -12,7 +12,6 @@ use serde_json::json;
 use shardcast::app::{contract, RunningServer, Server};
 use shardcast::engine::EngineConfig;
 use shardcast::proto::eio::SessionConfig;
-use shardcast::rt::threads::RuntimeConfig;
 use support::{Frame, Ws};
 
 fn start_contract(threads: usize) -> RunningServer {
@@ -20,8 +19,8 @@ fn start_contract(threads: usize) -> RunningServer {
         session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
         ..Default::default()
     };
-    let runtime = RuntimeConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, pin: false, backlog: 1024, worker: Default::default() };
-    contract::app(Server::builder().engine(engine).runtime(runtime)).start().expect("server starts")
+    let builder = Server::builder().engine(engine).bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).backlog(1024);
+    contract::app(builder).start().expect("server starts")
 }
 
 /// A raw Socket.IO client over WebSocket, connected to `/`; its `auth` event is consumed.
@@ -95,7 +94,12 @@ fn every_kind_of_emit_sends_its_binary_attachments() {
     send_bin(&mut a, &format!(r#"451-["broadcast",{PLACEHOLDER}]"#));
     expect_binary_event(&mut b, &format!(r#"451-["broadcast-back",{PLACEHOLDER}]"#));
     // From a ServerHandle.
-    server.handle().of("/").to("r").emit_binary("tick", &[json!({"_placeholder": true, "num": 0})], vec![bytes::Bytes::from_static(&[1, 2, 3])]);
+    server
+        .handle()
+        .of("/")
+        .to("r")
+        .emit_binary("tick", &[json!({"_placeholder": true, "num": 0})], vec![bytes::Bytes::from_static(&[1, 2, 3])])
+        .expect("the server is running");
     expect_binary_event(&mut a, &format!(r#"451-["tick",{PLACEHOLDER}]"#));
     expect_binary_event(&mut b, &format!(r#"451-["tick",{PLACEHOLDER}]"#));
     server.shutdown();

@@ -69,8 +69,16 @@ struct Common {
     #[arg(long, value_enum, default_value = "websocket")]
     transport: Transport,
     /// Sample this server process's CPU time and memory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "server_pidfile")]
     server_pid: Option<u32>,
+    /// Like `--server-pid`, reading the pid from this file (as `shardcast --pidfile PATH`
+    /// writes it).
+    #[arg(long, value_name = "PATH")]
+    server_pidfile: Option<String>,
+    /// Exit non-zero when more than this percentage of the expected deliveries (or
+    /// connections) was lost. Any failed connection also makes the exit non-zero.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
+    max_loss: f64,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<String>,
@@ -344,9 +352,9 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
                     let (counters, expected, go, target, body, joined_in, published) =
                         (counters.clone(), expected.clone(), go.clone(), target.clone(), body.clone(), joined_in.clone(), published.clone());
                     tasks.push(tokio::task::spawn_local(async move {
-                        let Ok(mut s) = Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await else {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            return;
+                        let mut s = match Sio::connect(&target, polling, source(subscribers + p, &target.addr)).await {
+                            Ok(c) => c,
+                            Err(e) => return counters.error(&format!("connect: {e}")),
                         };
                         while !go.load(Ordering::Relaxed) {
                             if !matches!(s.poll().await, Ok(true)) {
@@ -464,9 +472,9 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                         let running = || !done.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed);
                         match protocol {
                             Protocol::Raw => {
-                                let Ok(mut ws) = RawWs::connect(&target, source(i, &target.addr)).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut ws = match RawWs::connect(&target, source(i, &target.addr)).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 wait_go().await;
@@ -482,9 +490,9 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
                                 }
                             }
                             Protocol::Sio => {
-                                let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut s = match Sio::connect(&target, polling, source(i, &target.addr)).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
                                 wait_go().await;
@@ -597,9 +605,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
                         let src = source(i, &target.addr);
                         match protocol {
                             Protocol::Raw => {
-                                let Ok(mut ws) = RawWs::connect(&target, src).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut ws = match RawWs::connect(&target, src).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -609,9 +617,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
                             }
                             Protocol::Sio if deflate => {
                                 let s = client::SioWs::connect_with(&target, src, Some(ws::DEFLATE_OFFER)).await;
-                                let Ok(mut s) = s else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut s = match s {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 match s.exchange_compressed(DEFLATE_MESSAGE).await {
                                     Ok(compressed) => {
@@ -629,9 +637,9 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
                                 counters.closed.fetch_add(1, Ordering::Relaxed);
                             }
                             Protocol::Sio => {
-                                let Ok(mut s) = Sio::connect(&target, polling, src).await else {
-                                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                                    return;
+                                let mut s = match Sio::connect(&target, polling, src).await {
+                                    Ok(c) => c,
+                                    Err(e) => return counters.error(&format!("connect: {e}")),
                                 };
                                 let _ = hc.lock().unwrap().record(c0.elapsed().as_micros() as u64);
                                 counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -712,14 +720,17 @@ fn churn(c: Common, clients: usize, duration: u64) -> Report {
                 tasks.push(tokio::task::spawn_local(async move {
                     while Instant::now() < deadline && !STOP.load(Ordering::Relaxed) {
                         let t0 = Instant::now();
-                        let Ok(mut s) = Sio::connect(&target, polling, source(i, &target.addr)).await else {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
+                        let mut s = match Sio::connect(&target, polling, source(i, &target.addr)).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                counters.error(&format!("connect: {e}"));
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
                         };
                         let t1 = Instant::now();
-                        if s.call(1, r#"["join","churn"]"#, |_| {}).await.is_err() {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = s.call(1, r#"["join","churn"]"#, |_| {}).await {
+                            counters.error(&format!("join: {e}"));
                             continue;
                         }
                         let t2 = Instant::now();
@@ -791,10 +802,84 @@ fn churn(c: Common, clients: usize, duration: u64) -> Report {
     )
 }
 
-fn main() {
+/// Reads a pid from a pidfile (`--server-pidfile`).
+fn read_pidfile(path: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--server-pidfile {path}: {e}"))?;
+    text.trim().parse().map_err(|_| format!("--server-pidfile {path}: {:?} is not a pid", text.trim()))
+}
+
+/// Before a Socket.IO run: asks the server for an Engine.IO handshake on `--path`, so that a
+/// wrong path (or a server that is not there) is reported with what came back instead of as
+/// thousands of anonymous connection errors.
+fn preflight(target: SocketAddr, path: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let url = format!("{path}?EIO=4&transport=polling");
+    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(format!("GET {url} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| format!("{target}: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let status = loop {
+        let n = s.read(&mut chunk).map_err(|e| format!("GET {url} on {target}: {e}"))?;
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut res = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(_)) = res.parse(&buf) {
+            break res.code.unwrap_or(0);
+        }
+        if n == 0 {
+            return Err(format!("GET {url} on {target}: the connection closed without an HTTP response"));
+        }
+    };
+    if status != 200 {
+        return Err(format!("GET {url} on {target} answered HTTP {status}: is --path right? (a Socket.IO server answers 200 with an open packet)"));
+    }
+    Ok(())
+}
+
+/// Whether a run passed: no failed connection, and loss within `max_loss_percent`.
+fn verdict(r: &Report, max_loss_percent: f64) -> Result<(), String> {
+    let mut why = Vec::new();
+    if r.errors > 0 {
+        why.push(format!("{} connections or setup steps failed", r.errors));
+    }
+    if r.loss * 100.0 > max_loss_percent {
+        why.push(format!("loss {:.4}% is above --max-loss {max_loss_percent}%", r.loss * 100.0));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
     // SAFETY: installing a plain signal handler that only stores an atomic flag.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let sio = match &cli.cmd {
+        Cmd::Fanout { .. } | Cmd::Churn { .. } => true,
+        Cmd::Echo { protocol, .. } | Cmd::Conns { protocol, .. } => *protocol == Protocol::Sio,
+        Cmd::Compare { .. } => false,
+    };
+    if let Cmd::Fanout { common, .. } | Cmd::Echo { common, .. } | Cmd::Conns { common, .. } | Cmd::Churn { common, .. } = &mut cli.cmd {
+        if let Some(path) = &common.server_pidfile {
+            match read_pidfile(path) {
+                Ok(pid) => common.server_pid = Some(pid),
+                Err(e) => {
+                    eprintln!("shardcast-loadtest: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if sio {
+            if let Err(e) = preflight(common.target, &common.path) {
+                eprintln!("shardcast-loadtest: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (report, common) = match cli.cmd {
         Cmd::Fanout { common, subscribers, rooms, publishers, rate, duration, size, ramp_rate } => {
             (fanout(common.clone(), subscribers, rooms.max(1), publishers.max(1), rate, duration, size, ramp_rate), common)
@@ -805,8 +890,13 @@ fn main() {
         }
         Cmd::Churn { common, clients, duration } => (churn(common.clone(), clients, duration), common),
         Cmd::Compare { a, b } => {
-            report::compare(&a, &b);
-            return;
+            return match report::compare(&a, &b) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shardcast-loadtest compare: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
     };
     if STOP.load(Ordering::Relaxed) {
@@ -818,5 +908,100 @@ fn main() {
     }
     if let Some(path) = &common.svg {
         std::fs::write(path, report::svg(&report)).expect("write the SVG report");
+    }
+    match verdict(&report, common.max_loss) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardcast-loadtest: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report of `scenario` as the scenarios build it, with these outcomes.
+    fn report(scenario: &str, expected: u64, received: u64, errors: u64) -> Report {
+        let cli = Cli::try_parse_from(["shardcast-loadtest", "churn"]).unwrap();
+        let Cmd::Churn { common, .. } = cli.cmd else { unreachable!() };
+        Report::new(scenario, &common, serde_json::json!({}), expected, received, 0.0, &histogram(), Vec::new(), 0, None, errors, 0, None)
+    }
+
+    #[test]
+    fn a_run_where_every_connection_failed_fails() {
+        // An echo run against nothing: nothing expected, nothing received, every client failed.
+        assert!(verdict(&report("echo", 0, 0, 100), 0.0).unwrap_err().contains("100 connections"));
+        assert!(verdict(&report("fanout", 1000, 990, 0), 0.0).unwrap_err().contains("loss 1.0000%"));
+        assert!(verdict(&report("fanout", 1000, 990, 0), 2.0).is_ok());
+        assert!(verdict(&report("fanout", 1000, 1000, 0), 0.0).is_ok());
+    }
+
+    #[test]
+    fn a_wrong_path_is_reported_with_the_http_status() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").unwrap();
+            head
+        });
+        let e = preflight(addr, "/wrong/").unwrap_err();
+        assert!(e.contains("HTTP 404") && e.contains("--path"), "{e}");
+        assert!(server.join().unwrap().starts_with("GET /wrong/?EIO=4&transport=polling HTTP/1.1"));
+    }
+
+    #[test]
+    fn the_preflight_passes_against_a_real_server_and_fails_on_its_wrong_path() {
+        let server = shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false)).start();
+        let Ok(server) = server else {
+            return; // no io_uring here
+        };
+        assert_eq!(preflight(server.local_addr(), "/socket.io/"), Ok(()));
+        assert!(preflight(server.local_addr(), "/nope/").unwrap_err().contains("HTTP 4"));
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_pidfile_gives_the_server_pid() {
+        let path = std::env::temp_dir().join(format!("shardcast-loadtest-pidfile-{}", std::process::id()));
+        std::fs::write(&path, "4242\n").unwrap();
+        assert_eq!(read_pidfile(path.to_str().unwrap()), Ok(4242));
+        std::fs::write(&path, "nope").unwrap();
+        assert!(read_pidfile(path.to_str().unwrap()).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_pidfile(path.to_str().unwrap()).unwrap_err().contains("--server-pidfile"));
+        let cli = Cli::try_parse_from(["shardcast-loadtest", "conns", "--server-pidfile", "/tmp/x"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Conns { common: Common { server_pidfile: Some(_), .. }, .. }));
+        assert!(Cli::try_parse_from(["shardcast-loadtest", "conns", "--server-pidfile", "/tmp/x", "--server-pid", "1"]).is_err());
+    }
+
+    #[test]
+    fn compare_refuses_different_scenarios() {
+        let a = report("fanout", 10, 10, 0);
+        let b = report("conns", 10, 10, 0);
+        assert!(report::comparable(&a, &b).unwrap_err().contains("different scenarios"));
+        assert_eq!(report::comparable(&a, &report("fanout", 5, 5, 0)), Ok(()));
+        let dir = std::env::temp_dir();
+        let (pa, pb) = (dir.join(format!("lt-a-{}.json", std::process::id())), dir.join(format!("lt-b-{}.json", std::process::id())));
+        std::fs::write(&pa, serde_json::to_string(&a).unwrap()).unwrap();
+        std::fs::write(&pb, serde_json::to_string(&b).unwrap()).unwrap();
+        assert!(report::compare(pa.to_str().unwrap(), pb.to_str().unwrap()).is_err());
+        let _ = (std::fs::remove_file(&pa), std::fs::remove_file(&pb));
+    }
+
+    #[test]
+    fn memory_per_connection_is_never_negative() {
+        let s = report::ServerCost::new(0, 10_000_000, 9_000_000, 0, 100);
+        assert_eq!(s.rss_per_connection, 0.0);
+        assert!(s.rss_fell);
+        let s = report::ServerCost::new(0, 1_000_000, 2_000_000, 0, 100);
+        assert_eq!(s.rss_per_connection, 10_000.0);
+        assert!(!s.rss_fell);
     }
 }

@@ -49,6 +49,10 @@ pub struct ServerCost {
     pub cpu_us_per_connect: Option<f64>,
     /// Server CPU while idle connections were held (percent of one core).
     pub hold_cpu_percent: Option<f64>,
+    /// The server's RSS fell during the run (memory it freed outweighed what the connections
+    /// hold), so `rss_per_connection` is 0 rather than a meaningless negative figure.
+    #[serde(default)]
+    pub rss_fell: bool,
 }
 
 impl ServerCost {
@@ -58,9 +62,10 @@ impl ServerCost {
             cpu_us_per_delivery: cpu_us as f64 / deliveries.max(1) as f64,
             rss_before,
             rss_after,
-            rss_per_connection: (rss_after as f64 - rss_before as f64) / connections.max(1) as f64,
+            rss_per_connection: rss_after.saturating_sub(rss_before) as f64 / connections.max(1) as f64,
             cpu_us_per_connect: None,
             hold_cpu_percent: None,
+            rss_fell: rss_after < rss_before,
         }
     }
 }
@@ -143,7 +148,14 @@ impl Report {
         println!("loadgen CPU   {:.2} µs per delivery ({} µs total)", self.loadgen_cpu_us_per_delivery, self.loadgen_cpu_us);
         if let Some(s) = &self.server {
             println!("server CPU    {:.2} µs per delivery ({} µs total)", s.cpu_us_per_delivery, s.cpu_us);
-            println!("server RSS    {} → {} bytes ({:.0} bytes per connection)", s.rss_before, s.rss_after, s.rss_per_connection);
+            if s.rss_fell {
+                println!(
+                    "server RSS    {} → {} bytes (fell: the server freed more than the connections hold, so no per-connection figure; run longer or with more connections)",
+                    s.rss_before, s.rss_after
+                );
+            } else {
+                println!("server RSS    {} → {} bytes ({:.0} bytes per connection)", s.rss_before, s.rss_after, s.rss_per_connection);
+            }
             if let Some(c) = s.cpu_us_per_connect {
                 println!("server CPU    {c:.1} µs per connect");
             }
@@ -204,10 +216,30 @@ pub fn svg(r: &Report) -> String {
     s
 }
 
-/// Prints two reports side by side with b/a ratios.
-pub fn compare(a: &str, b: &str) {
-    let load = |p: &str| -> Report { serde_json::from_str(&std::fs::read_to_string(p).expect("read a report")).expect("a report") };
-    let (ra, rb) = (load(a), load(b));
+/// Why two reports cannot be compared: a different scenario (fanout against conns, say) or
+/// transport makes every ratio meaningless. Different parameters only earn a warning.
+pub fn comparable(ra: &Report, rb: &Report) -> Result<(), String> {
+    if ra.scenario != rb.scenario {
+        return Err(format!("the reports are of different scenarios ({} and {}); compare runs of the same scenario", ra.scenario, rb.scenario));
+    }
+    if ra.transport != rb.transport {
+        return Err(format!("the reports use different transports ({} and {})", ra.transport, rb.transport));
+    }
+    Ok(())
+}
+
+/// Prints two reports side by side with b/a ratios; refuses reports that are not
+/// [`comparable`].
+pub fn compare(a: &str, b: &str) -> Result<(), String> {
+    let load = |p: &str| -> Result<Report, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"))?;
+        serde_json::from_str(&text).map_err(|e| format!("{p} is not a report: {e}"))
+    };
+    let (ra, rb) = (load(a)?, load(b)?);
+    comparable(&ra, &rb)?;
+    if ra.params != rb.params {
+        eprintln!("warning: the runs' parameters differ ({} and {})", ra.params, rb.params);
+    }
     let row = |name: &str, x: f64, y: f64| {
         let ratio = if x == 0.0 { f64::NAN } else { y / x };
         println!("{name:<28} {x:>14.2} {y:>14.2} {ratio:>8.2}×");
@@ -224,4 +256,5 @@ pub fn compare(a: &str, b: &str) {
         row("server RSS bytes/conn", sa.rss_per_connection, sb.rss_per_connection);
     }
     row("loadgen CPU µs/delivery", ra.loadgen_cpu_us_per_delivery, rb.loadgen_cpu_us_per_delivery);
+    Ok(())
 }

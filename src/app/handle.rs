@@ -1,7 +1,19 @@
 //! `ServerHandle`: `Send + Sync + Clone`, usable from any thread (a tokio task reading a feed,
 //! say) to emit and manage rooms. Everything goes through the workers' mailboxes; a worker is
-//! never blocked. Only [`Operator::count`] waits, on the calling thread, for the workers'
-//! answers.
+//! never blocked.
+//!
+//! Every call returns a `Result` and none can hang:
+//! - Once the server is shut down (or a worker has exited), every call returns
+//!   [`HandleError::Stopped`]; a [`Operator::count`] or [`ServerHandle::flush`] waiting when
+//!   that happens returns it too, instead of waiting for an answer that will never come.
+//! - [`Operator::count`] and [`ServerHandle::flush`] wait, on the calling thread, for every
+//!   worker's answer. On a worker thread (inside a handler) that would wait for the worker
+//!   itself, or for a worker waiting for this one, so there they return
+//!   [`HandleError::WouldDeadlock`] at once. The posting calls (emit, join, leave, disconnect)
+//!   never wait and work from a handler too.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -11,7 +23,51 @@ use serde_json::Value;
 use super::worker::{Broadcast, Selector, SioMail};
 use crate::engine::SendFlags;
 use crate::proto::sio::encode;
-use crate::rt::threads::Poster;
+use crate::rt::threads::{self, Poster, Stopped};
+
+/// Why a [`ServerHandle`] call did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// The server was shut down (or one of its workers has exited).
+    #[error("the server has shut down")]
+    Stopped,
+    /// A call that waits for the workers' answers was made on a worker thread (inside a
+    /// handler), where it would wait for itself.
+    #[error("count() and flush() wait for every worker and cannot be called on a worker thread (inside a handler)")]
+    WouldDeadlock,
+}
+
+impl From<Stopped> for HandleError {
+    fn from(_: Stopped) -> Self {
+        HandleError::Stopped
+    }
+}
+
+/// How often a waiting call checks whether the server is still running.
+const LIVENESS_POLL: Duration = Duration::from_millis(20);
+
+/// Collects one answer per worker from `rx`, or [`HandleError::Stopped`] as soon as the server
+/// stops (mail posted to a worker that has exited is never answered).
+fn gather<T>(poster: &Poster<SioMail>, rx: &Receiver<T>) -> Result<Vec<T>, HandleError> {
+    let mut answers = Vec::with_capacity(poster.workers());
+    while answers.len() < poster.workers() {
+        match rx.recv_timeout(LIVENESS_POLL) {
+            Ok(a) => answers.push(a),
+            Err(RecvTimeoutError::Timeout) if !poster.stopped() => {}
+            Err(_) => return Err(HandleError::Stopped),
+        }
+    }
+    Ok(answers)
+}
+
+/// Refuses a waiting call on a worker thread.
+fn may_wait() -> Result<(), HandleError> {
+    if threads::on_worker_thread() {
+        Err(HandleError::WouldDeadlock)
+    } else {
+        Ok(())
+    }
+}
 
 #[derive(Clone)]
 /// A handle to a running server, for any thread: `Send + Sync + Clone`.
@@ -30,19 +86,21 @@ impl ServerHandle {
     }
 
     /// Waits until every worker has handled everything this handle posted before (mail is
-    /// FIFO per worker). Call it from outside the workers.
-    pub fn flush(&self) {
+    /// FIFO per worker). [`HandleError::WouldDeadlock`] on a worker thread (inside a handler);
+    /// [`HandleError::Stopped`] once the server is gone.
+    pub fn flush(&self) -> Result<(), HandleError> {
+        may_wait()?;
         let (tx, rx) = std::sync::mpsc::channel();
         for w in 0..self.poster.workers() {
-            self.poster.post(w, SioMail::Flush { reply: tx.clone() });
+            self.poster.post(w, SioMail::Flush { reply: tx.clone() })?;
         }
         drop(tx);
-        let _ = rx.iter().take(self.poster.workers()).count();
+        gather(&self.poster, &rx).map(drop)
     }
 
     /// Removes every socket of `nsp` from `room`.
-    pub fn close_room(&self, nsp: &str, room: &str) {
-        self.of(nsp).to(room).sockets_leave(&[room]);
+    pub fn close_room(&self, nsp: &str, room: &str) -> Result<(), HandleError> {
+        self.of(nsp).to(room).sockets_leave(&[room])
     }
 }
 
@@ -90,51 +148,54 @@ impl Operator {
         self
     }
 
-    fn all(&self, mail: impl Fn() -> SioMail) {
+    fn all(&self, mail: impl Fn() -> SioMail) -> Result<(), HandleError> {
         for w in 0..self.poster.workers() {
-            self.poster.post(w, mail());
+            self.poster.post(w, mail())?;
         }
+        Ok(())
     }
 
     /// Emits to the selection; encoded once here, shared by every worker.
-    pub fn emit(&self, event: &str, args: &[Value]) {
-        self.emit_binary(event, args, Vec::new());
+    pub fn emit(&self, event: &str, args: &[Value]) -> Result<(), HandleError> {
+        self.emit_binary(event, args, Vec::new())
     }
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
-    pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
+    pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
-        self.all(|| SioMail::Broadcast(b.clone()));
+        self.all(|| SioMail::Broadcast(b.clone()))
     }
 
     /// Makes the selected sockets join `rooms`.
-    pub fn sockets_join(&self, rooms: &[&str]) {
+    pub fn sockets_join(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() });
+        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })
     }
 
     /// Makes the selected sockets leave `rooms`.
-    pub fn sockets_leave(&self, rooms: &[&str]) {
+    pub fn sockets_leave(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() });
+        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })
     }
 
     /// Disconnects the selected sockets; with `close_client`, their whole clients.
-    pub fn disconnect_sockets(&self, close_client: bool) {
+    pub fn disconnect_sockets(&self, close_client: bool) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client });
+        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client })
     }
 
-    /// Counts the selected sockets across workers (waits for every worker's answer; call it
-    /// from outside the workers).
-    pub fn count(&self) -> usize {
+    /// Counts the selected sockets across workers, waiting for every worker's answer:
+    /// [`HandleError::WouldDeadlock`] on a worker thread (inside a handler), where it would
+    /// wait for itself; [`HandleError::Stopped`] once the server is gone.
+    pub fn count(&self) -> Result<usize, HandleError> {
+        may_wait()?;
         let (tx, rx) = std::sync::mpsc::channel();
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Count { sel: sel.clone(), reply: tx.clone() });
+        self.all(|| SioMail::Count { sel: sel.clone(), reply: tx.clone() })?;
         drop(tx);
-        rx.iter().take(self.poster.workers()).sum()
+        Ok(gather(&self.poster, &rx)?.into_iter().sum())
     }
 }

@@ -9,6 +9,7 @@
 //!   its shard of the rooms, pending acks, cross-worker mail, and the guard around user code.
 //! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
+//! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
 //! Must never: see io_uring or raw bytes; it works through `engine::Ctx` and `proto::sio`.
@@ -20,10 +21,11 @@ pub mod handle;
 pub mod limits;
 pub mod namespace;
 pub mod server;
+pub mod signal;
 pub mod socket;
 pub mod worker;
 
-pub use handle::ServerHandle;
+pub use handle::{HandleError, ServerHandle};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use server::{RunningServer, Server, ServerBuilder};

@@ -12,21 +12,28 @@ use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
 use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
 
+/// An Engine.IO path as Node's servers use it: `/sock`, `sock` and `/sock/` all become
+/// `/sock/`.
+pub fn normalize_path(s: &str) -> String {
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{trimmed}/")
+    }
+}
+
 /// Entry point: `Server::builder()`.
 pub struct Server;
 
 impl Server {
-    /// A builder with the default options, binding 127.0.0.1:3000 with one worker per core.
+    /// A builder with the default options ([`EngineConfig::default`],
+    /// [`RuntimeConfig::default`]): 127.0.0.1:3000, one pinned worker per CPU this process may
+    /// run on.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             engine: EngineConfig::default(),
-            runtime: RuntimeConfig {
-                bind: "127.0.0.1:3000".parse().expect("valid address"),
-                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                pin: true,
-                backlog: 4096,
-                worker: Default::default(),
-            },
+            runtime: RuntimeConfig::default(),
             namespaces: Namespaces::default(),
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
@@ -35,6 +42,11 @@ impl Server {
 }
 
 /// Collects options and namespaces; [`ServerBuilder::start`] starts the workers.
+///
+/// Each method owns its settings and no other method touches them, so the order of the calls
+/// does not matter: [`engine`](Self::engine) every Engine.IO option, [`bind`](Self::bind),
+/// [`threads`](Self::threads), [`pin`](Self::pin), [`backlog`](Self::backlog) and
+/// [`worker`](Self::worker) the runtime's.
 pub struct ServerBuilder {
     engine: EngineConfig,
     runtime: RuntimeConfig,
@@ -57,9 +69,30 @@ impl ServerBuilder {
         self
     }
 
-    /// Bind address, worker threads, pinning, send buffer.
-    pub fn runtime(mut self, cfg: RuntimeConfig) -> Self {
-        self.runtime = cfg;
+    /// Worker threads, one per core (default: the CPUs this process may run on; at least 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.runtime.threads = threads.max(1);
+        self
+    }
+
+    /// Whether each worker pins itself to one of the CPUs this process may run on (default
+    /// true).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.runtime.pin = pin;
+        self
+    }
+
+    /// The listen backlog of each worker's socket (default 4096).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.runtime.backlog = backlog;
+        self
+    }
+
+    /// The workers' I/O settings (send buffer per client, read budget, ring sizes, shutdown
+    /// grace, memory limit). Its `max_read_buffer` is derived from the engine's `max_payload`
+    /// at start.
+    pub fn worker(mut self, cfg: crate::rt::WorkerConfig) -> Self {
+        self.runtime.worker = cfg;
         self
     }
 
@@ -89,6 +122,7 @@ impl ServerBuilder {
 
     /// Starts the workers.
     pub fn start(mut self) -> Result<RunningServer, StartError> {
+        self.engine.path = normalize_path(&self.engine.path);
         self.runtime.worker.max_read_buffer = crate::rt::WorkerConfig::read_buffer_for(self.engine.max_payload);
         let mut limits = self.limits;
         limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);
@@ -118,6 +152,15 @@ impl RunningServer {
     /// A handle usable from any thread.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
+    }
+
+    /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and
+    /// returns the signal; call [`shutdown`](Self::shutdown) next. Works whatever other
+    /// threads the program runs (see [`super::signal`]).
+    pub fn wait_for_signal(&self) -> std::io::Result<i32> {
+        let sig = super::signal::wait_for_termination()?;
+        tracing::info!(signal = sig, "shutting down");
+        Ok(sig)
     }
 
     /// Closes every session politely and waits for the workers to exit.

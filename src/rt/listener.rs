@@ -1,5 +1,16 @@
 //! Listening sockets: one per worker on the same address with `SO_REUSEPORT`, so the kernel
 //! spreads new connections over the workers and nothing is shared on the hot path.
+//!
+//! Only this process's workers may share the port. Linux lets any process of the same
+//! effective UID join a `SO_REUSEPORT` group, so a second server started on the same port
+//! would silently take half the connections. [`claim`] therefore binds the first listener
+//! *without* `SO_REUSEPORT` (the bind fails with `EADDRINUSE` if anything else holds the
+//! address, reuse-port group or not), and only then turns `SO_REUSEPORT` on and listens;
+//! the other workers [`bind`] into that group. The claim is the bind itself, atomic in the
+//! kernel: there is no window between a check and a bind (as a probe socket closed before
+//! the real bind would leave) in which two instances could both pass. What stays open is a
+//! *different* program that binds with `SO_REUSEPORT` under the same UID after we started:
+//! the kernel gives us no way to close the group to it.
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
@@ -14,6 +25,20 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Claims `addr` for this process: binds without `SO_REUSEPORT`, so that the bind fails with
+/// `EADDRINUSE` when any other socket (another process's reuse-port group included) holds it,
+/// then enables `SO_REUSEPORT` and listens so that this process's other workers can [`bind`]
+/// to the same address.
+pub fn claim(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_cloexec(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.set_reuse_port(true)?;
     socket.listen(backlog)?;
     Ok(socket.into())
 }
@@ -70,6 +95,27 @@ mod tests {
             assert_ne!(fdflags & libc::FD_CLOEXEC, 0);
         }
         // A client gets through.
+        std::net::TcpStream::connect(addr).unwrap();
+    }
+
+    #[test]
+    fn claim_refuses_an_address_someone_else_serves_and_lets_our_workers_join() {
+        // Someone else's reuse-port listener (another instance of us, same UID) holds the port:
+        // a claim must fail where a plain reuse-port bind would silently join.
+        let other = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = local_addr(other.as_raw_fd()).unwrap();
+        let err = claim(addr, 16).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(other);
+
+        // A claimed address takes our own workers' reuse-port listeners...
+        let first = claim("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = local_addr(first.as_raw_fd()).unwrap();
+        assert_ne!(flag(first.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT), 0);
+        let second = bind(addr, 16).unwrap();
+        assert_ne!(flag(second.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ACCEPTCONN), 0);
+        // ...and refuses a second claim (a second instance of the server).
+        assert_eq!(claim(addr, 16).unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
         std::net::TcpStream::connect(addr).unwrap();
     }
 

@@ -2,6 +2,7 @@
 //! listener; a handle to post mail to them, shut them down and join them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -15,6 +16,9 @@ use super::worker::{Worker, WorkerConfig};
 /// Why the runtime did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another process (or socket) already serves the address.
+    #[error("cannot listen on {addr}: address in use (is another server already running on this port?)")]
+    AddrInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the mailbox eventfd: {0}")]
@@ -33,32 +37,105 @@ pub struct RuntimeConfig {
     pub worker: WorkerConfig,
 }
 
+impl Default for RuntimeConfig {
+    /// 127.0.0.1:3000, one worker per CPU this process may run on, pinned, a backlog of 4096,
+    /// the default worker settings.
+    fn default() -> Self {
+        RuntimeConfig { bind: SocketAddr::from(([127, 0, 0, 1], 3000)), threads: default_threads(), pin: true, backlog: 4096, worker: WorkerConfig::default() }
+    }
+}
+
+/// Whether the runtime still runs, shared by its handle and its posters.
+#[derive(Default)]
+struct Liveness {
+    /// Set by [`Runtime::shutdown`] (and so by dropping the runtime).
+    stopping: AtomicBool,
+    /// Worker threads that have returned.
+    exited: AtomicUsize,
+}
+
 /// The running workers.
 pub struct Runtime<M: Send + 'static> {
     addr: SocketAddr,
     mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
+    live: Arc<Liveness>,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// Posts mail to the workers from any thread.
 pub struct Poster<M: Send + 'static> {
     mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
+    live: Arc<Liveness>,
 }
 
 impl<M: Send + 'static> Clone for Poster<M> {
     fn clone(&self) -> Self {
-        Poster { mailboxes: self.mailboxes.clone() }
+        Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
     }
 }
+
+/// Why a post was not delivered: the runtime was shut down or a worker has exited, so the
+/// mail would never be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server has shut down")]
+pub struct Stopped;
 
 impl<M: Send + 'static> Poster<M> {
     pub fn workers(&self) -> usize {
         self.mailboxes.len()
     }
 
-    pub fn post(&self, worker: usize, m: M) {
-        self.mailboxes[worker].post(RtMail::User(m));
+    /// Whether shutdown was asked for or any worker has exited: mail posted now may never be
+    /// read, so nobody should wait for an answer to it.
+    pub fn stopped(&self) -> bool {
+        self.live.stopping.load(Ordering::Acquire) || self.live.exited.load(Ordering::Acquire) > 0
     }
+
+    /// Posts `m` to `worker`, unless the runtime has [`stopped`](Self::stopped).
+    pub fn post(&self, worker: usize, m: M) -> Result<(), Stopped> {
+        if self.stopped() {
+            return Err(Stopped);
+        }
+        self.mailboxes[worker].post(RtMail::User(m));
+        Ok(())
+    }
+}
+
+thread_local! {
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a worker of some runtime (where waiting for a worker's
+/// answer could wait for itself, or for a worker waiting for it).
+pub fn on_worker_thread() -> bool {
+    ON_WORKER.with(|w| w.get())
+}
+
+/// Counts a worker thread as exited when its body returns (or unwinds).
+struct ExitGuard(Arc<Liveness>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`, which `taskset` and cpusets set),
+/// in order; empty if the kernel will not say.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set the kernel fills; CPU_ISSET reads within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// The default worker count: one per CPU this process may run on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn pin_to(core: usize) {
@@ -93,7 +170,12 @@ where
     F: Fn(usize) -> S + Send + Sync + 'static,
 {
     let threads = cfg.threads.max(1);
-    let first = listener::bind(cfg.bind, cfg.backlog).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
+    // The first listener claims the address (see `listener`): a port another process serves
+    // fails here instead of being shared with it.
+    let first = listener::claim(cfg.bind, cfg.backlog).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => StartError::AddrInUse { addr: cfg.bind },
+        _ => StartError::Bind { addr: cfg.bind, source },
+    })?;
     let first_fd = listener::into_raw(first);
     let addr = listener::local_addr(first_fd).map_err(|source| StartError::Bind { addr: cfg.bind, source })?;
     let mut fds = vec![first_fd];
@@ -109,9 +191,12 @@ where
     let make = Arc::new(make);
     let conns_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let memory = MemoryGuard::new(cfg.worker.max_memory, Arc::new(memory::resident_bytes), Arc::default());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Worker i pins itself to the i-th CPU the process was given (wrapping), never outside
+    // that set: under `taskset -c 1` worker 0 runs on CPU 1, not CPU 0.
+    let cpus = Arc::new(allowed_cpus());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
+    let live = Arc::new(Liveness::default());
     for (i, fd) in fds.into_iter().enumerate() {
         let peers = mailboxes.clone();
         let make = make.clone();
@@ -120,12 +205,16 @@ where
         let pin = cfg.pin;
         let conns_total = conns_total.clone();
         let memory = memory.clone();
+        let cpus = cpus.clone();
+        let live = live.clone();
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
+                let _exit = ExitGuard(live);
+                ON_WORKER.with(|w| w.set(true));
                 abort_on_panic(i, || {
-                    if pin {
-                        pin_to(i % cores);
+                    if pin && !cpus.is_empty() {
+                        pin_to(cpus[i % cpus.len()]);
                     }
                     let service = make(i);
                     match Worker::new(i, fd, peers, conns_total, memory, service, wcfg) {
@@ -143,7 +232,7 @@ where
         handles.push(h);
     }
     drop(ready_tx);
-    let mut rt = Runtime { addr, mailboxes, threads: handles };
+    let mut rt = Runtime { addr, mailboxes, live, threads: handles };
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -165,11 +254,12 @@ impl<M: Send + 'static> Runtime<M> {
     }
 
     pub fn poster(&self) -> Poster<M> {
-        Poster { mailboxes: self.mailboxes.clone() }
+        Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.
     pub fn shutdown(&self) {
+        self.live.stopping.store(true, Ordering::Release);
         for m in self.mailboxes.iter() {
             m.post(RtMail::Shutdown);
         }

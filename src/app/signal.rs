@@ -1,0 +1,103 @@
+//! Waiting for SIGINT or SIGTERM from a library user's program, whatever threads it runs.
+//!
+//! The binary blocks both signals before starting any thread and `sigwait`s for them; a
+//! library user may already run threads of their own (where the signals are not blocked, so
+//! the kernel could deliver them there and kill the process). So here a handler is installed
+//! for the duration of the wait instead: it writes the signal number to a pipe (`write` is
+//! async-signal-safe) and the waiting thread reads it. The previous dispositions are restored
+//! afterwards.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+
+/// The write end of the pipe the handler writes to (-1 when nobody waits).
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// One waiter at a time (the pipe and the dispositions are process-wide).
+static WAITING: Mutex<()> = Mutex::new(());
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = PIPE_WRITE.load(Ordering::Acquire);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `b` lives for the call. A failed write (a full
+        // pipe after many signals) loses nothing: one byte already wakes the waiter.
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
+}
+
+/// Blocks the calling thread until the process receives SIGINT or SIGTERM; returns which.
+pub fn wait_for_termination() -> std::io::Result<i32> {
+    let _one = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let [read_fd, write_fd] = fds;
+    PIPE_WRITE.store(write_fd, Ordering::Release);
+    // SAFETY: `action` is zero-initialised then filled; `old` receives the previous
+    // dispositions, restored below; `on_signal` only calls async-signal-safe functions.
+    let mut old: [libc::sigaction; 2] = unsafe { std::mem::zeroed() };
+    let signals = [libc::SIGINT, libc::SIGTERM];
+    for (sig, old) in signals.iter().zip(old.iter_mut()) {
+        // SAFETY: as above.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(*sig, &action, old);
+        }
+    }
+    let mut b = 0u8;
+    let got = loop {
+        // SAFETY: reads one byte into `b` from the pipe this function owns.
+        let n = unsafe { libc::read(read_fd, (&mut b as *mut u8).cast(), 1) };
+        if n == 1 {
+            break Ok(i32::from(b));
+        }
+        let e = std::io::Error::last_os_error();
+        if n < 0 && e.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break Err(e);
+    };
+    for (sig, old) in signals.iter().zip(old.iter()) {
+        // SAFETY: restores the disposition saved above.
+        unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+    }
+    PIPE_WRITE.store(-1, Ordering::Release);
+    // SAFETY: both descriptors were opened above and nothing else uses them now.
+    unsafe {
+        libc::close(read_fd);
+        libc::close(write_fd);
+    }
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    /// Whether a handler (not the default action) is installed for `sig`.
+    fn handled(sig: libc::c_int) -> bool {
+        // SAFETY: queries the disposition into a zeroed struct.
+        unsafe {
+            let mut cur: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut cur);
+            cur.sa_sigaction != libc::SIG_DFL
+        }
+    }
+
+    #[test]
+    fn sigterm_wakes_the_waiter_and_the_default_comes_back() {
+        let waiter = std::thread::spawn(super::wait_for_termination);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !handled(libc::SIGTERM) {
+            assert!(std::time::Instant::now() < deadline, "the handler was never installed");
+            std::thread::yield_now();
+        }
+        // SAFETY: signals this process; the handler installed above catches it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        assert_eq!(waiter.join().unwrap().unwrap(), libc::SIGTERM);
+        assert!(!handled(libc::SIGTERM));
+    }
+}
