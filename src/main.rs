@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use clap::{Parser, Subcommand};
 use shardcast::app::{contract, Server};
-use shardcast::cli::ServerOptions;
+use shardcast::cli::{LogFormat, ServerOptions};
 use shardcast::engine::echo::EioEcho;
 use shardcast::engine::EioServer;
 use shardcast::rt::threads;
@@ -99,7 +99,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("shardcast echo listening on {} ({} workers)", rt.local_addr(), workers);
+    println!("{}", opts.banner("echo mode (raw WebSocket echo on every path, Engine.IO echo on the Engine.IO path)", rt.local_addr(), workers));
     wait_for_signal(&set);
     rt.shutdown();
     rt.join();
@@ -126,18 +126,31 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("shardcast listening on {} ({} workers)", server.local_addr(), workers);
+    println!("{}", opts.banner("the built-in test application (docs/default-app.md)", server.local_addr(), workers));
     wait_for_signal(&set);
     server.shutdown();
     ExitCode::SUCCESS
 }
 
+/// Logs to stderr at `RUST_LOG`'s level (default `info`), as text (colours only on a terminal)
+/// or JSON.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let format = match &cli.mode {
+        Some(Mode::Echo { opts }) => opts.log_format,
+        None => cli.opts.log_format,
+    };
+    init_logs(format);
     match cli.mode {
         Some(Mode::Echo { opts }) => serve_echo(&opts),
         None => serve_app(&cli.opts),

@@ -140,6 +140,7 @@ impl<H: Handler> EioServer<H> {
                 }
             }
             Action::Upgraded => {
+                tracing::debug!(sid = &*e.sid, "session upgraded to websocket");
                 // The probe's role becomes Session in `sync_role`, once its packet is handled.
                 let ws = e.probe.take().expect("upgraded from a probe");
                 e.ws = Some(ws);
@@ -176,6 +177,7 @@ impl<H: Handler> EioServer<H> {
             }
             e.closing = true;
             e.session.close_with(reason);
+            tracing::debug!(sid = &*e.sid, reason = reason.as_str(), "session closed");
             if let Some(probe) = e.probe.take() {
                 io.close(probe);
             }

@@ -85,6 +85,7 @@ impl Core {
 
     /// Opens a session: its entry, its handle, its first deadline.
     pub(super) fn insert(&mut self, sid: Sid, session: Session) -> SessionId {
+        tracing::debug!(sid = &*sid, transport = session.transport().name(), "session opened");
         let h = self.sessions.insert(Entry {
             sid: sid.clone(),
             session,

@@ -20,9 +20,19 @@ impl Server {
     }
 
     /// Like [`Server::start`], with extra environment variables for the server process.
+    /// The test contract's heartbeats (300 ms / 200 ms) are passed explicitly unless `args`
+    /// set them: the binary's defaults are the production ones.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut heartbeats = Vec::new();
+        if !args.contains(&"--ping-interval") {
+            heartbeats.extend(["--ping-interval", "300"]);
+        }
+        if !args.contains(&"--ping-timeout") {
+            heartbeats.extend(["--ping-timeout", "200"]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(args)
+            .args(&heartbeats)
             .envs(env.iter().copied())
             .args(["--bind", "127.0.0.1:0"])
             .stdout(Stdio::piped())

@@ -305,7 +305,7 @@ impl SioWorker {
             return; // already failing: one log line per session
         }
         c.closing_reason = Some(DisconnectReason::ParseError);
-        tracing::info!(session = ?sid, error = %why, "closing a session after a protocol error");
+        tracing::debug!(session = ?sid, error = %why, "closing a session after a protocol error");
         let message = why.to_string();
         for idx in self.core.sockets.of_client(sid) {
             let Some(s) = self.core.sockets.get(idx).filter(|s| s.connected) else { continue };
