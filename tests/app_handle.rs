@@ -119,21 +119,11 @@ fn start_on_a_port_another_server_serves_is_an_error() {
 #[test]
 fn the_hello_example_serves_until_sigterm_and_exits_cleanly() {
     use std::io::BufRead;
-    // `cargo test --all-targets` builds the example as `examples/hello-<hash>` (a plain
-    // `cargo build --examples` also links `examples/hello`): take the newest executable.
+    // `cargo build --examples` (which scripts/test runs first) links the program itself at
+    // `examples/hello`; `cargo test` alone builds examples only as test executables.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).map(|d| d.join("examples")).unwrap();
-    let hello = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            (name == "hello" || name.starts_with("hello-")) && p.extension().is_none() && p.metadata().is_ok_and(|m| m.is_file())
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("examples/hello is not built in {}: run the tests with `--all-targets` (scripts/test does)", dir.display()));
+    let hello = exe.parent().and_then(|deps| deps.parent()).map(|d| d.join("examples").join("hello")).unwrap();
+    assert!(hello.exists(), "{} is not built: run `cargo build --examples` first (scripts/test does)", hello.display());
     let mut child = std::process::Command::new(&hello).arg("127.0.0.1:0").stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
