@@ -66,6 +66,8 @@ def show(agent, cid, r, base):
     print("\n- **%s** (behavior %s, close %s, %s ms): %s" % (
         cid, r["behavior"], r.get("behaviorClose"), r.get("duration"),
         first_line(detail.get("description", ""))))
+    if not detail:
+        return  # the per-case JSON is not there (index.json alone, as committed)
     print("  - result: %s" % detail.get("result", "?"))
     print("  - close: %s" % detail.get("resultClose", "?"))
     print("  - expected: %s; observed: %s" % (
