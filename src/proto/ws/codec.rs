@@ -150,8 +150,23 @@ pub struct Decoder {
     partial: Option<Partial>,
     assembled: Vec<u8>,
     utf8: Utf8Validator,
+    /// The UTF-8 check of an uncompressed text frame whose payload has only partly arrived.
+    peek: Option<Peek>,
     closed: bool,
 }
+
+/// How far the payload of the (uncompressed, text) frame at the front of the input has been
+/// validated while it was still incomplete, so that invalid UTF-8 fails the connection as
+/// soon as it arrives, not once the whole frame is in (Autobahn 6.4.3/6.4.4, "fail fast").
+/// The bytes stay masked in the input; each read checks only what is new.
+#[derive(Debug, Clone)]
+struct Peek {
+    checked: usize,
+    utf8: Utf8Validator,
+}
+
+/// Bytes unmasked at a time into a stack buffer by [`Decoder::peek_text`].
+const PEEK_CHUNK: usize = 4096;
 
 impl Decoder {
     pub fn new(cfg: CodecConfig) -> Decoder {
@@ -161,6 +176,7 @@ impl Decoder {
             partial: None,
             assembled: Vec::new(),
             utf8: Utf8Validator::default(),
+            peek: None,
             closed: false,
         }
     }
@@ -203,6 +219,7 @@ impl Decoder {
     /// The connection is failing: frees everything held and passes the error on.
     fn fail(&mut self, e: WsError) -> WsError {
         self.partial = None;
+        self.peek = None;
         self.assembled = Vec::new();
         if let Some(d) = self.deflate.as_mut() {
             d.release();
@@ -227,8 +244,12 @@ impl Decoder {
         let mask = h.mask.expect("checked by check_header");
         let total = header_len + h.payload_len as usize;
         if input.len() < total {
+            if let Err(e) = self.peek_text(&h, &input[header_len..], mask) {
+                return Err(self.fail(e));
+            }
             return Ok(Decoded::Incomplete { needed: total - input.len() });
         }
+        self.peek = None;
         let payload = &mut input[header_len..total];
         apply_mask(payload, mask, 0);
 
@@ -274,6 +295,36 @@ impl Decoder {
             }
         };
         Ok(Decoded::Frame { consumed: total, message })
+    }
+
+    /// Validates the newly arrived part of an incomplete text frame's payload (`avail`, still
+    /// masked): uncompressed text only, as compressed data cannot be checked before inflating.
+    fn peek_text(&mut self, h: &frame::FrameHeader, avail: &[u8], mask: [u8; 4]) -> Result<(), WsError> {
+        let text = match h.opcode {
+            OpCode::Text => !h.rsv1,
+            OpCode::Continuation => {
+                matches!(self.partial, Some(Partial { kind: DataKind::Text, compressed: false, .. }))
+            }
+            _ => false,
+        };
+        if !text || avail.is_empty() {
+            return Ok(());
+        }
+        let continued = h.opcode == OpCode::Continuation;
+        let utf8 = &self.utf8;
+        let peek = self.peek.get_or_insert_with(|| Peek { checked: 0, utf8: if continued { utf8.clone() } else { Utf8Validator::default() } });
+        let mut buf = [0u8; PEEK_CHUNK];
+        while peek.checked < avail.len() {
+            let n = (avail.len() - peek.checked).min(PEEK_CHUNK);
+            let chunk = &mut buf[..n];
+            chunk.copy_from_slice(&avail[peek.checked..peek.checked + n]);
+            apply_mask(chunk, mask, peek.checked);
+            peek.checked += n;
+            if !peek.utf8.feed(chunk, false) {
+                return Err(WsError::InvalidUtf8);
+            }
+        }
+        Ok(())
     }
 
     /// The header rules that depend on the connection's state (RFC 6455 §5.1–5.4, RFC 7692
@@ -490,6 +541,47 @@ mod tests {
         let mut w = cf(false, OpCode::Text, b"\xe2\x82");
         w.extend(cf(true, OpCode::Continuation, b"\xac"));
         assert_eq!(run(&mut codec(), &w, &[]).unwrap(), vec![Owned::Text("€".as_bytes().to_vec())]);
+    }
+
+    #[test]
+    fn invalid_utf8_1007_fails_fast_inside_an_incomplete_frame() {
+        // Autobahn 6.4.3: one text frame arriving in chops; the second chop is invalid.
+        let wire = cf(true, OpCode::Text, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80edited");
+        let mut c = codec();
+        let mut buf = wire[..2 + 4 + 11].to_vec();
+        assert!(matches!(c.decode(&mut buf), Ok(Decoded::Incomplete { .. })));
+        buf.extend_from_slice(&wire[17..21]);
+        assert_eq!(c.decode(&mut buf).unwrap_err().close_code(), code::INVALID_PAYLOAD);
+        // Autobahn 6.4.4: the invalid byte alone, the frame still far from complete.
+        let mut c = codec();
+        let mut buf = wire[..2 + 4 + 12].to_vec();
+        assert!(matches!(c.decode(&mut buf), Ok(Decoded::Incomplete { .. })));
+        buf.push(wire[18]);
+        assert_eq!(c.decode(&mut buf).unwrap_err().close_code(), code::INVALID_PAYLOAD);
+        // In a continuation frame, with a code point straddling the fragments.
+        let mut wire = cf(false, OpCode::Text, b"ab\xe2\x82");
+        let first = wire.len();
+        wire.extend(cf(true, OpCode::Continuation, b"\xacxyz\xffmore"));
+        let mut c = codec();
+        let mut buf = wire[..first + 2 + 4 + 3].to_vec();
+        assert!(matches!(c.decode(&mut buf), Ok(Decoded::Frame { message: None, .. })));
+        buf.drain(..first);
+        assert!(matches!(c.decode(&mut buf), Ok(Decoded::Incomplete { .. })));
+        buf.extend_from_slice(&wire[first + 9..first + 11]);
+        assert_eq!(c.decode(&mut buf).unwrap_err().close_code(), code::INVALID_PAYLOAD);
+        // Valid text arriving a byte at a time is delivered whole and unchanged.
+        let text = "κόσμε€𝄞 hello".repeat(700);
+        let wire = cf(true, OpCode::Text, text.as_bytes());
+        let cuts: Vec<usize> = (1..wire.len()).step_by(97).collect();
+        assert_eq!(run(&mut codec_max(1 << 16), &wire, &cuts).unwrap(), vec![Owned::Text(text.into_bytes())]);
+        let cuts: Vec<usize> = (1..200).collect();
+        let short = cf(true, OpCode::Text, "κόσμε€𝄞".repeat(20).as_bytes());
+        assert_eq!(run(&mut codec_max(1 << 16), &short, &cuts).unwrap(), vec![Owned::Text("κόσμε€𝄞".repeat(20).into_bytes())]);
+        // Compressed frames are not peeked (they cannot be checked before inflating).
+    }
+
+    fn codec_max(max: usize) -> ServerCodec {
+        ServerCodec::new(CodecConfig { max_message_size: max, ..Default::default() })
     }
 
     #[test]
