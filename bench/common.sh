@@ -1,5 +1,16 @@
 # Shared by the bench/ scripts (sourced, not run).
 
+# Waits up to 10 s for a server to accept connections on 127.0.0.1:$1; $2 names it if it does
+# not.
+wait_listening() {
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$2 did not start" >&2
+  return 1
+}
+
 # Stops the server in $PID: SIGTERM first (a background job of a script ignores SIGINT), then
 # SIGKILL if it is still there after $1 tenths of a second (default 30).
 stop() {

@@ -41,12 +41,7 @@ start() { # which extra-server-flags...; sets PID and port
   taskset -c 0 "$(bin "$which")" --bind 127.0.0.1:$port --threads 1 --no-pin \
     --ping-interval 25000 --ping-timeout 20000 "$@" > "$OUT/server-$which.log" 2>&1 &
   PID=$!
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$which did not start" >&2
-  return 1
+  wait_listening $port "$which"
 }
 
 run() { # which name server-flags(one word, "-" for none) scenario args...

@@ -34,12 +34,7 @@ start() { # server threads; sets PID and port
     node) PING_INTERVAL=25000 PING_TIMEOUT=20000 exec taskset -c $cores node tests/interop/js/reference-server.js $port ;;
   esac > "$OUT/server-$1.log" 2>&1 &
   PID=$!  # each branch execs, so this is the server itself
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$1 did not start" >&2
-  return 1
+  wait_listening $port "$1"
 }
 
 run() { # server threads scenario args...

@@ -93,14 +93,12 @@ fn cpus_allowed(pid: u32, thread_name: &str) -> Option<String> {
     None
 }
 
-#[test]
-fn workers_pin_only_within_the_cpus_the_process_was_given() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let has_cpu1 = std::fs::read_to_string("/sys/devices/system/cpu/online").is_ok_and(|s| s.trim() != "0");
-    assert!(cpus >= 2 && has_cpu1, "this test needs a CPU 1 the process may use (the project's machines have 2 cores)");
+/// Starts the binary under `taskset -c cpus` with `args`; returns it and its banner line.
+fn under_taskset(cpus: &str, args: &[&str]) -> (std::process::Child, String) {
     assert!(Command::new("taskset").arg("-V").output().is_ok(), "taskset (util-linux) is required");
     let mut child = Command::new("taskset")
-        .args(["-c", "1", env!("CARGO_BIN_EXE_shardcast"), "--threads", "1", "--bind", "127.0.0.1:0"])
+        .args(["-c", cpus, env!("CARGO_BIN_EXE_shardcast"), "--bind", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -108,6 +106,15 @@ fn workers_pin_only_within_the_cpus_the_process_was_given() {
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    (child, line)
+}
+
+#[test]
+fn workers_pin_only_within_the_cpus_the_process_was_given() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let has_cpu1 = std::fs::read_to_string("/sys/devices/system/cpu/online").is_ok_and(|s| s.trim() != "0");
+    assert!(cpus >= 2 && has_cpu1, "this test needs a CPU 1 the process may use (the project's machines have 2 cores)");
+    let (mut child, line) = under_taskset("1", &["--threads", "1"]);
     assert!(line.contains("listening"), "{line}");
     let allowed = cpus_allowed(child.id(), "shardcast-w0");
     let _ = child.kill();
@@ -117,16 +124,7 @@ fn workers_pin_only_within_the_cpus_the_process_was_given() {
 
 #[test]
 fn the_default_worker_count_is_the_number_of_allowed_cpus() {
-    assert!(Command::new("taskset").arg("-V").output().is_ok(), "taskset (util-linux) is required");
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", env!("CARGO_BIN_EXE_shardcast"), "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start shardcast under taskset");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let (mut child, line) = under_taskset("0", &[]);
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.contains("(1 workers,"), "{line}");

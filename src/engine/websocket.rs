@@ -191,11 +191,7 @@ impl<H: Handler> EioServer<H> {
                 true
             }
             Message::Text(t) => match *role {
-                WsRole::Raw => {
-                    let mut ctx = Self::ctx(&mut self.core, io);
-                    self.handler.on_raw_message(&mut ctx, RawConn(id), false, t);
-                    false
-                }
+                WsRole::Raw => self.raw_message(io, id, false, t),
                 WsRole::Session(h) | WsRole::Probe(h) => match eio::decode_text(t) {
                     Ok(p) => {
                         self.packet(io, h, Transport::WebSocket, p);
@@ -211,17 +207,20 @@ impl<H: Handler> EioServer<H> {
                 },
             },
             Message::Binary(b) => match *role {
-                WsRole::Raw => {
-                    let mut ctx = Self::ctx(&mut self.core, io);
-                    self.handler.on_raw_message(&mut ctx, RawConn(id), true, b);
-                    false
-                }
+                WsRole::Raw => self.raw_message(io, id, true, b),
                 WsRole::Session(h) | WsRole::Probe(h) => {
                     self.packet(io, h, Transport::WebSocket, Packet::Binary(b.to_vec()));
                     false
                 }
             },
         }
+    }
+
+    /// A message of a raw WebSocket goes to the handler as it is; the connection goes on.
+    fn raw_message(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, binary: bool, data: &mut [u8]) -> bool {
+        let mut ctx = Self::ctx(&mut self.core, io);
+        self.handler.on_raw_message(&mut ctx, RawConn(id), binary, data);
+        false
     }
 
     /// After an upgrade completes on the connection being processed, its role becomes the
