@@ -11,6 +11,7 @@ use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
 use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
+use crate::rt::tls::{Tls, TlsError};
 
 /// An Engine.IO path as Node's servers use it: `/sock`, `sock` and `/sock/` all become
 /// `/sock/`.
@@ -96,6 +97,13 @@ impl ServerBuilder {
         self
     }
 
+    /// TLS on the public port (see [`Tls::from_pem_files`]); [`RunningServer::reload_tls`]
+    /// and SIGHUP during [`RunningServer::wait_for_signal`] reload its files.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.runtime.worker.tls = Some(tls);
+        self
+    }
+
     /// Socket.IO decoding limits (nesting depth, attachments, packet size).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -129,11 +137,21 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
+        let tls = self.runtime.worker.tls.clone();
         let rt = threads::start(self.runtime, move |_| {
             EioServer::new(Rc::new((*engine).clone()), SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits))
         })?;
         let handle = ServerHandle::new(rt.poster());
-        Ok(RunningServer { rt, handle })
+        Ok(RunningServer { rt, handle, tls })
+    }
+}
+
+/// Reloads the TLS certificate and key, logging the outcome (a failure keeps the old pair).
+pub fn reload_tls_logged(tls: &Tls) {
+    let (cert, key) = tls.paths();
+    match tls.reload() {
+        Ok(()) => tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded; new handshakes use it"),
+        Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
     }
 }
 
@@ -141,6 +159,7 @@ impl ServerBuilder {
 pub struct RunningServer {
     rt: Runtime<SioMail>,
     handle: ServerHandle,
+    tls: Option<Tls>,
 }
 
 impl RunningServer {
@@ -154,11 +173,24 @@ impl RunningServer {
         self.handle.clone()
     }
 
+    /// Reloads the TLS certificate and key from their files: new handshakes use them,
+    /// established connections keep theirs. `None` without TLS; on an error the previous pair
+    /// stays in use.
+    pub fn reload_tls(&self) -> Option<Result<(), TlsError>> {
+        self.tls.as_ref().map(Tls::reload)
+    }
+
     /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and
-    /// returns the signal; call [`shutdown`](Self::shutdown) next. Works whatever other
-    /// threads the program runs (see [`super::signal`]).
+    /// returns the signal; call [`shutdown`](Self::shutdown) next. With TLS on, each SIGHUP
+    /// meanwhile reloads the certificate and key ([`reload_tls`](Self::reload_tls)). Works
+    /// whatever other threads the program runs (see [`super::signal`]).
     pub fn wait_for_signal(&self) -> std::io::Result<i32> {
-        let sig = super::signal::wait_for_termination()?;
+        let mut reload = || {
+            if let Some(tls) = &self.tls {
+                reload_tls_logged(tls);
+            }
+        };
+        let sig = super::signal::wait_for_termination_or_hup(self.tls.is_some().then_some(&mut reload as &mut dyn FnMut()))?;
         tracing::info!(signal = sig, "shutting down");
         Ok(sig)
     }

@@ -5,7 +5,8 @@
 //! the kernel could deliver them there and kill the process). So here a handler is installed
 //! for the duration of the wait instead: it writes the signal number to a pipe (`write` is
 //! async-signal-safe) and the waiting thread reads it. The previous dispositions are restored
-//! afterwards.
+//! afterwards. With a SIGHUP callback (TLS on: reload the certificate), SIGHUP is caught too
+//! and runs the callback on the waiting thread, and the wait goes on.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
@@ -27,6 +28,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Blocks the calling thread until the process receives SIGINT or SIGTERM; returns which.
 pub fn wait_for_termination() -> std::io::Result<i32> {
+    wait_for_termination_or_hup(None)
+}
+
+/// Like [`wait_for_termination`]; with `on_hup`, each SIGHUP meanwhile calls it (on this
+/// thread, not in the signal handler).
+pub fn wait_for_termination_or_hup(mut on_hup: Option<&mut dyn FnMut()>) -> std::io::Result<i32> {
     let _one = WAITING.lock().unwrap_or_else(|e| e.into_inner());
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -37,8 +44,9 @@ pub fn wait_for_termination() -> std::io::Result<i32> {
     PIPE_WRITE.store(write_fd, Ordering::Release);
     // SAFETY: `action` is zero-initialised then filled; `old` receives the previous
     // dispositions, restored below; `on_signal` only calls async-signal-safe functions.
-    let mut old: [libc::sigaction; 2] = unsafe { std::mem::zeroed() };
-    let signals = [libc::SIGINT, libc::SIGTERM];
+    let mut old: [libc::sigaction; 3] = unsafe { std::mem::zeroed() };
+    let all = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let signals = &all[..if on_hup.is_some() { 3 } else { 2 }];
     for (sig, old) in signals.iter().zip(old.iter_mut()) {
         // SAFETY: as above.
         unsafe {
@@ -54,6 +62,12 @@ pub fn wait_for_termination() -> std::io::Result<i32> {
         // SAFETY: reads one byte into `b` from the pipe this function owns.
         let n = unsafe { libc::read(read_fd, (&mut b as *mut u8).cast(), 1) };
         if n == 1 {
+            if i32::from(b) == libc::SIGHUP {
+                if let Some(f) = on_hup.as_mut() {
+                    f();
+                    continue;
+                }
+            }
             break Ok(i32::from(b));
         }
         let e = std::io::Error::last_os_error();

@@ -11,6 +11,8 @@
 //! - [`sendq`]: bounded, corked, vectored per-connection send queues.
 //! - [`bus`]: lock-free mailboxes with eventfd wake-up.
 //! - [`memory`]: the `--max-memory` guard: resident-memory sampling and shedding.
+//! - [`tls`]: rustls per connection, driven by the connection table for every backend, and
+//!   the certificate store SIGHUP reloads.
 //! - [`timer`]: deadlines updated in place, one per key.
 //! - [`listener`]: `SO_REUSEPORT` listening sockets.
 //! - [`threads`]: starting, pinning, signalling and joining the workers.
@@ -28,6 +30,7 @@ pub mod sendq;
 pub mod sim;
 pub mod threads;
 pub mod timer;
+pub mod tls;
 pub mod worker;
 
 pub use conn::{ConnId, Io, RtMail, SendError, Service, Stats};
