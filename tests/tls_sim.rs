@@ -201,13 +201,20 @@ fn garbage_gets_an_alert_then_a_close_and_others_keep_working() {
     assert_eq!(got.first(), Some(&0x15), "a TLS alert record: {got:?}");
     s.close(bad);
     assert!(s.closed_by_server(bad));
+    // A handshake record announcing an oversized message.
+    let bad = s.connect(0);
+    s.write(bad, &[0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00]);
+    let got = s.read(bad);
+    assert_eq!(got.first(), Some(&0x15), "a TLS alert record: {got:?}");
+    s.close(bad);
+    assert!(s.closed_by_server(bad));
     // Garbage after a complete handshake: an (encrypted) alert, then the close.
     let mut hs = TlsClient::connect(&mut s, 0, &der);
     s.write(hs.id, &[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]);
     assert!(hs.pump(&mut s).is_err(), "the client reads the server's alert");
     s.close(hs.id);
     assert!(s.closed_by_server(hs.id));
-    assert_eq!(s.shard(0).io.stats().tls_failed, 2);
+    assert_eq!(s.shard(0).io.stats().tls_failed, 3);
     // The first client is untouched.
     good.send(&mut s, &post(&polling(&sid), b"4still"));
     assert_eq!(one_response(&good.take()).body, b"ok");
@@ -241,7 +248,13 @@ fn a_reload_serves_new_handshakes_with_the_new_certificate() {
     assert_eq!(one_response(&old.take()).body, b"ok");
     // A client trusting only the old certificate is refused; one trusting the new one is not.
     let id = s.connect(0);
-    let mut stale = TlsClient { id, conn: ClientConnection::new(client_config(&der_a), ServerName::try_from("localhost").unwrap()).unwrap(), plain: Vec::new(), closed_cleanly: false, raw: Vec::new() };
+    let mut stale = TlsClient {
+        id,
+        conn: ClientConnection::new(client_config(&der_a), ServerName::try_from("localhost").unwrap()).unwrap(),
+        plain: Vec::new(),
+        closed_cleanly: false,
+        raw: Vec::new(),
+    };
     assert!(matches!(stale.pump(&mut s), Err(rustls::Error::InvalidCertificate(_))));
     let mut fresh = TlsClient::connect(&mut s, 0, &der_b);
     tls_session(&mut s, &mut fresh);

@@ -43,6 +43,10 @@ pub const FLUSH_MAX: usize = 256 << 10;
 /// before the handshake ended).
 pub const RUSTLS_BUFFER_LIMIT: usize = 64 << 10;
 
+/// A plaintext TLS record: alert, TLS 1.2 record version, length 2, level fatal (2),
+/// description decode_error (50), as rustls sends it before the handshake.
+const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
+
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -70,9 +74,8 @@ pub struct CertStore {
 
 impl CertStore {
     fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|source| TlsError::Cert { path: cert.into(), source })?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(cert).and_then(|it| it.collect::<Result<_, _>>()).map_err(|source| TlsError::Cert { path: cert.into(), source })?;
         if chain.is_empty() {
             return Err(TlsError::NoCert { path: cert.into() });
         }
@@ -193,6 +196,12 @@ impl TlsConn {
         }
         if error.is_some() {
             self.failed = true;
+            if !self.conn.wants_write() && self.conn.is_handshaking() {
+                // rustls answers most errors with an alert but not all (an oversized
+                // handshake message, for one); before the handshake an alert is a plaintext
+                // record, so the peer gets a fatal decode_error from here.
+                let _ = self.wire.push(Bytes::from_static(&DECODE_ERROR_ALERT), usize::MAX);
+            }
         }
         Decrypted { error, handshake_done: was_handshaking && !self.conn.is_handshaking() && !self.failed }
     }
