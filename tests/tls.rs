@@ -289,7 +289,7 @@ fn sighup_swaps_the_certificate_and_keeps_connections() {
     s.sighup();
     s.expect_log("TLS certificate reloaded");
     established.round_trip("after-swap");
-    let stale = tls_connect(s.addr, &a.der).err().expect("a client trusting only the old certificate is refused");
+    let Err(stale) = tls_connect(s.addr, &a.der) else { panic!("a client trusting only the old certificate is refused") };
     assert!(is_bad_certificate(&stale), "{stale:?}");
     let mut fresh = WssClient::connect(s.addr, &b.der);
     fresh.round_trip("new-cert");

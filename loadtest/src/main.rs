@@ -848,7 +848,8 @@ fn preflight(target: SocketAddr, path: &str, tls: Option<Arc<rustls::ClientConfi
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
     let mut s: Box<dyn ReadWrite> = match tls {
         Some(cfg) => {
-            let conn = rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("localhost").expect("a valid name")).map_err(|e| e.to_string())?;
+            let conn =
+                rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("localhost").expect("a valid name")).map_err(|e| e.to_string())?;
             Box::new(rustls::StreamOwned::new(conn, tcp))
         }
         None => Box::new(tcp),

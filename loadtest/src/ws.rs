@@ -10,10 +10,10 @@
 
 use std::io;
 
+use crate::tls::Stream;
 use base64::Engine as _;
 use shardcast::proto::ws::handshake::accept_key;
 use shardcast::proto::ws::mask::apply_mask;
-use crate::tls::Stream;
 
 /// The permessage-deflate offer `--deflate` makes (RFC 7692): the client advertises that it
 /// can use a smaller window, and accepts whatever context-takeover rules the server answers.
