@@ -995,6 +995,27 @@ mod tests {
     }
 
     #[test]
+    fn the_preflight_speaks_tls_to_a_tls_server() {
+        let dir = std::env::temp_dir().join(format!("shardcast-loadtest-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let tls = shardcast::rt::tls::Tls::from_pem_files(&cert, &key).unwrap();
+        let server = shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).tls(tls)).start();
+        let Ok(server) = server else {
+            return; // no io_uring here
+        };
+        let cfg = tls::client_config(cert.to_str().unwrap()).unwrap();
+        assert_eq!(preflight(server.local_addr(), "/socket.io/", Some(cfg)), Ok(()));
+        // Plain HTTP to the TLS port gets an alert, not an HTTP response.
+        assert!(preflight(server.local_addr(), "/socket.io/", None).is_err());
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn the_preflight_passes_against_a_real_server_and_fails_on_its_wrong_path() {
         let server = shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false)).start();
         let Ok(server) = server else {
