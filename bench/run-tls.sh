@@ -9,7 +9,9 @@
 # production heartbeats. A self-signed P-256 certificate for localhost/127.0.0.1 is made with
 # openssl for the run. kTLS is measured where the kernel offers it (`tls` in
 # /proc/sys/net/ipv4/tcp_available_ulp); the script says so when it does not.
-# Variables: DUR (10), SCENARIOS ("fanout-1k fanout-10k"), OUT (bench/results/tls),
+# Each scenario runs REPEAT times, plain and TLS alternating (on a shared machine one run of
+# each is noise); the table gives every run and the medians.
+# Variables: DUR (10), REPEAT (3), SCENARIOS ("fanout-1k fanout-10k"), OUT (bench/results/tls),
 # FLOOR (a built `floor` binary; default: build bench/peers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/tls}
 mkdir -p "$OUT"
 DUR=${DUR:-10}
+REPEAT=${REPEAT:-3}
 SCENARIOS=${SCENARIOS:-"fanout-1k fanout-10k"}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -p shardcast -p shardcast-loadtest
@@ -49,29 +52,31 @@ start() { # mode; sets PID and port
   wait_listening $port "$1"
 }
 
-run() { # mode name args...
-  local mode=$1 name=$2
-  shift 2
+run() { # mode name run args...
+  local mode=$1 name=$2 i=$3
+  shift 3
   case " $SCENARIOS " in *" $name "*) ;; *) return 0 ;; esac
   start "$mode"
-  local f="$OUT/$name-$mode" tls=()
+  local f="$OUT/$name-$mode-$i" tls=()
   [ "$mode" = tls ] && tls=(--tls --tls-ca "$CERT_DIR/cert.pem")
   taskset -c 1 target/release/shardcast-loadtest fanout "$@" "${tls[@]}" --target 127.0.0.1:$port --server-pid "$PID" \
     --label "$mode" --json "$f.json" > "$f.txt" 2>/dev/null || echo "$name over $mode failed (see $f.txt)" >&2
   stop
 }
 
-for mode in plain tls; do
-  run "$mode" fanout-1k --subscribers 1000 --rate 100 --duration "$DUR" --ramp-rate 2000
-  run "$mode" fanout-10k --subscribers 10000 --rate 10 --duration "$DUR" --ramp-rate 2000
+for i in $(seq "$REPEAT"); do
+  for mode in plain tls; do
+    run "$mode" fanout-1k "$i" --subscribers 1000 --rate 100 --duration "$DUR" --ramp-rate 2000
+    run "$mode" fanout-10k "$i" --subscribers 10000 --rate 10 --duration "$DUR" --ramp-rate 2000
+  done
 done
 
 # The kernel's own cost per delivery, same run: 1,000 loopback sockets, 300 rounds.
 "$FLOOR" 1000 300 | tee "$OUT/floor.txt"
 
-python3 - "$OUT" <<'PY'
-import json, re, sys
-out = sys.argv[1]
+python3 - "$OUT" "$REPEAT" <<'PY'
+import json, re, statistics, sys
+out, repeat = sys.argv[1], int(sys.argv[2])
 def load(p):
     try:
         return json.load(open(p))
@@ -79,21 +84,26 @@ def load(p):
         return None
 floor = float(re.search(r"plain write\s*: ([\d.]+)", open(f"{out}/floor.txt").read()).group(1))
 print(f"floor (plain write): {floor:.2f} µs per delivery")
-print("| scenario | transport | rate/s | loss | p50 ms | p99 ms | server CPU µs/delivery | ÷ floor | ÷ plain | server RSS/conn KiB | load generator CPU µs/delivery |")
+print("| scenario | transport | runs: server CPU µs/delivery | median | ÷ floor | ÷ plain | loss (worst) | p50 ms (median) | p99 ms (median) | server RSS/conn KiB (median) | load generator CPU µs/delivery (median) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for scen in ["fanout-1k", "fanout-10k"]:
     base = None
     for mode in ["plain", "tls"]:
-        r = load(f"{out}/{scen}-{mode}.json")
-        if not r:
+        rs = [r for r in (load(f"{out}/{scen}-{mode}-{i}.json") for i in range(1, repeat + 1)) if r]
+        if not rs:
             continue
-        s = r.get("server") or {}
-        unit = s.get("cpu_us_per_delivery") or 0
-        base = unit if mode == "plain" else base
-        rel = f"{unit / base:.2f}×" if base else "—"
-        lat = r["latency_us"]
-        rss = s.get("rss_per_connection")
-        rss = f"{rss / 1024:.1f}" if rss else "—"
-        lg = (r.get("loadgen") or {}).get("cpu_us_per_delivery") or r.get("loadgen_cpu_us_per_delivery") or 0
-        print(f"| {scen} | {'TLS (rustls, user space)' if mode == 'tls' else 'plain TCP'} | {r['rate']:,.0f} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {unit:.2f} | {unit / floor:.2f}× | {rel} | {rss} | {lg:.2f} |")
+        cpu = [(r.get("server") or {}).get("cpu_us_per_delivery") or 0 for r in rs]
+        med = statistics.median(cpu)
+        base = med if mode == "plain" else base
+        rel = f"{med / base:.2f}×" if base else "—"
+        loss = max(r["loss"] for r in rs)
+        p50 = statistics.median(r["latency_us"]["p50"] for r in rs) / 1000
+        p99 = statistics.median(r["latency_us"]["p99"] for r in rs) / 1000
+        rss = [(r.get("server") or {}).get("rss_per_connection") for r in rs]
+        rss = [x for x in rss if x]
+        rss = f"{statistics.median(rss) / 1024:.1f}" if rss else "—"
+        lg = statistics.median(r.get("loadgen_cpu_us_per_delivery") or 0 for r in rs)
+        name = "TLS (rustls, user space)" if mode == "tls" else "plain TCP"
+        runs = ", ".join(f"{c:.2f}" for c in cpu)
+        print(f"| {scen} | {name} | {runs} | {med:.2f} | {med / floor:.2f}× | {rel} | {loss * 100:.2f}% | {p50:.2f} | {p99:.2f} | {rss} | {lg:.2f} |")
 PY

@@ -113,5 +113,32 @@ mod tests {
         unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         assert_eq!(waiter.join().unwrap().unwrap(), libc::SIGTERM);
         assert!(!handled(libc::SIGTERM));
+
+        // With a SIGHUP callback (in the same test: the two waits must not overlap, each
+        // signals the whole process): SIGHUP runs it and the wait goes on until SIGTERM.
+        let hups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hups.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut on_hup = || {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            };
+            super::wait_for_termination_or_hup(Some(&mut on_hup))
+        });
+        while !(handled(libc::SIGHUP) && handled(libc::SIGTERM)) {
+            assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(5), "the handlers were never installed");
+            std::thread::yield_now();
+        }
+        // SAFETY: signals this process; the handler installed above catches it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        while hups.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(10), "SIGHUP never ran the callback");
+            std::thread::yield_now();
+        }
+        assert!(!waiter.is_finished(), "SIGHUP does not end the wait");
+        // SAFETY: as above.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        assert_eq!(waiter.join().unwrap().unwrap(), libc::SIGTERM);
+        assert_eq!(hups.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!handled(libc::SIGHUP));
     }
 }
