@@ -1003,7 +1003,8 @@ mod tests {
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
         let tls = shardcast::rt::tls::Tls::from_pem_files(&cert, &key).unwrap();
-        let server = shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).tls(tls)).start();
+        let server =
+            shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).tls(tls)).start();
         let Ok(server) = server else {
             return; // no io_uring here
         };
