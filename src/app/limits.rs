@@ -15,13 +15,31 @@ pub struct SocketLimits {
     pub max_rooms: usize,
     /// Longest room name accepted, in bytes.
     pub max_room_name_len: usize,
-    /// Namespaces one client (Engine.IO session) may be connected to at once.
+    /// Namespaces one client (Engine.IO session) may be connected to at once (connections
+    /// waiting for a deferred middleware included).
     pub max_namespaces_per_client: usize,
+    /// Packets a client may send to a namespace whose deferred connect middleware has not
+    /// decided yet; held, and handled once it accepts. One more closes the session (as Node
+    /// answers a packet for a namespace that is not connected).
+    pub max_held_packets: usize,
+    /// Bytes of such held packets, together.
+    pub max_held_bytes: usize,
+    /// How long a deferred connect middleware may take; then the client is refused with
+    /// CONNECT_ERROR `{"message":"Connection timed out"}`.
+    pub connect_decision_timeout: std::time::Duration,
 }
 
 impl Default for SocketLimits {
     fn default() -> Self {
-        SocketLimits { max_pending_acks: 1024, max_rooms: 1024, max_room_name_len: 256, max_namespaces_per_client: 64 }
+        SocketLimits {
+            max_pending_acks: 1024,
+            max_rooms: 1024,
+            max_room_name_len: 256,
+            max_namespaces_per_client: 64,
+            max_held_packets: 64,
+            max_held_bytes: 1 << 20,
+            connect_decision_timeout: std::time::Duration::from_secs(10),
+        }
     }
 }
 

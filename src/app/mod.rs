@@ -9,6 +9,7 @@
 //!   its shard of the rooms, pending acks, cross-worker mail, and the guard around user code.
 //! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
+//! - [`defer`]: answering later from any thread: deferred acks and connect decisions.
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod contract;
+pub mod defer;
 pub mod handle;
 pub mod limits;
 pub mod namespace;
@@ -25,8 +27,9 @@ pub mod signal;
 pub mod socket;
 pub mod worker;
 
+pub use defer::{AckReply, ConnectDecision};
 pub use handle::{HandleError, ServerHandle};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use server::{RunningServer, Server, ServerBuilder};
-pub use socket::{Operator, Socket};
+pub use socket::{DeferError, Operator, Socket};

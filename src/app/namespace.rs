@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::defer::ConnectDecision;
 use super::socket::Socket;
 
 /// An incoming event: name, arguments (binary arguments stay as placeholders that refer to
@@ -98,6 +99,16 @@ pub struct AckTimeout;
 
 /// Connect middleware: `Err(data)` refuses with CONNECT_ERROR `data`.
 pub type Middleware = Arc<dyn Fn(&Handshake) -> Result<(), Value> + Send + Sync>;
+/// Connect middleware that gives its verdict later, from any thread, through the
+/// [`ConnectDecision`].
+pub type DeferredMiddleware = Arc<dyn Fn(&Handshake, ConnectDecision) + Send + Sync>;
+
+/// One connect middleware, run in the order added.
+#[derive(Clone)]
+pub(crate) enum Gate {
+    Now(Middleware),
+    Later(DeferredMiddleware),
+}
 /// Runs when a socket has joined its namespace.
 pub type ConnectionHandler = Arc<dyn Fn(&mut Socket<'_, '_>) + Send + Sync>;
 /// Handles one event.
@@ -127,7 +138,7 @@ pub type BroadcastAckCallback = Box<dyn FnOnce(&mut Socket<'_, '_>, Result<Respo
 /// One namespace's handlers.
 #[derive(Clone, Default)]
 pub struct Namespace {
-    pub(crate) middleware: Vec<Middleware>,
+    pub(crate) middleware: Vec<Gate>,
     pub(crate) on_connection: Option<ConnectionHandler>,
     pub(crate) events: HashMap<String, EventHandler>,
     pub(crate) any: Option<EventHandler>,
@@ -144,7 +155,18 @@ impl Namespace {
     /// Adds connect middleware: it sees the handshake (auth, query) and may refuse with the
     /// CONNECT_ERROR data (e.g. `{"message": "not authorized"}`).
     pub fn use_middleware(mut self, f: impl Fn(&Handshake) -> Result<(), Value> + Send + Sync + 'static) -> Self {
-        self.middleware.push(Arc::new(f));
+        self.middleware.push(Gate::Now(Arc::new(f)));
+        self
+    }
+
+    /// Adds connect middleware that decides later: it gets the handshake and a
+    /// [`ConnectDecision`] (`Send`) to settle from any thread — after a database lookup on a
+    /// thread pool or in a tokio task, say — with `accept`, `accept_with_data` (the value lands
+    /// in the socket's data slot) or `refuse`. It must not block: it runs on the worker thread.
+    /// Meanwhile the client's packets for the namespace are held (bounded by
+    /// [`SocketLimits`](super::SocketLimits)), and handled in order once it is accepted.
+    pub fn use_deferred_middleware(mut self, f: impl Fn(&Handshake, ConnectDecision) + Send + Sync + 'static) -> Self {
+        self.middleware.push(Gate::Later(Arc::new(f)));
         self
     }
 

@@ -216,6 +216,11 @@ impl<M> Ctx<'_, M> {
         self.io.post(worker, mail)
     }
 
+    /// This worker's mailbox, for user code on another thread to post to later.
+    pub fn remote(&self) -> crate::rt::Remote<M> {
+        self.io.remote()
+    }
+
     /// Whether a session is open on this worker.
     pub fn has_session(&self, session: SessionId) -> bool {
         self.core.sessions.get(session).is_some_and(|e| !e.closing)

@@ -186,6 +186,26 @@ impl<T> Conn<T> {
 /// Every worker's mailbox, by worker index.
 pub type Peers<M> = Arc<Vec<Arc<Mailbox<RtMail<M>>>>>;
 
+/// One worker's mailbox, for any thread: what user code holds to answer later (a deferred
+/// ack, a connect decision). Posting never blocks; mail posted after the worker exited is
+/// never read and is dropped with the mailbox.
+pub struct Remote<M> {
+    mailbox: Arc<Mailbox<RtMail<M>>>,
+}
+
+impl<M> Clone for Remote<M> {
+    fn clone(&self) -> Self {
+        Remote { mailbox: self.mailbox.clone() }
+    }
+}
+
+impl<M> Remote<M> {
+    /// Posts mail to the worker (wakes it if it sleeps).
+    pub fn post(&self, mail: M) {
+        self.mailbox.post(RtMail::User(mail));
+    }
+}
+
 /// The service's view of the worker: connections' state, sends, closes, pauses, mail.
 pub struct Io<T, M> {
     worker: usize,
@@ -372,6 +392,11 @@ impl<T, M> Io<T, M> {
     /// Posts mail to a worker (this one included).
     pub fn post(&self, worker: usize, mail: M) {
         self.peers[worker].post(RtMail::User(mail));
+    }
+
+    /// This worker's mailbox, for a thread that will post to it later.
+    pub fn remote(&self) -> Remote<M> {
+        Remote { mailbox: self.peers[self.worker].clone() }
     }
 
     /// The connection holding the most bytes (read buffer and send queue), if any.

@@ -101,6 +101,8 @@ pub enum SioMail {
         /// Recipients on the reporting worker.
         count: usize,
     },
+    /// A deferred ack answer or connect verdict, from user code on any thread.
+    Deferred(crate::app::defer::DeferredMail),
     /// To a broadcast's origin: one recipient's answer.
     AckAnswer {
         /// The broadcast's ack id.
@@ -228,6 +230,7 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
                 }
             }
         }
+        SioMail::Deferred(_) => unreachable!("handled by the worker before apply"),
         SioMail::Flush { reply } => {
             let _ = reply.send(());
         }

@@ -19,6 +19,7 @@
 //! a panic in user code take the worker down, or run user code from inside other user code.
 
 mod acks;
+mod connect;
 mod guard;
 mod mail;
 mod rooms;
@@ -81,6 +82,24 @@ pub struct WorkerCore {
     connect_timeout: Duration,
     /// Disconnects user code asked for, done once it returns: (slot, generation, what).
     intents: VecDeque<(u32, u32, Intent)>,
+    /// Connections waiting for a deferred middleware's verdict, by token.
+    pending: rustc_hash::FxHashMap<u64, connect::PendingConnect>,
+    next_token: u64,
+    /// Their deadlines (one delay for all: a FIFO).
+    decision_due: Fifo<u64>,
+    stats: AppStats,
+}
+
+/// Counters of what this worker's Socket.IO layer refused or cut.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppStats {
+    /// Sessions closed for sending more than the held-packet limits to a namespace whose
+    /// deferred middleware had not decided.
+    pub held_overflow: u64,
+    /// Connections refused because a deferred middleware did not decide in time.
+    pub connect_decision_timeouts: u64,
+    /// Deferred ack answers that found their socket gone or the ack already answered.
+    pub late_acks: u64,
 }
 
 /// The Socket.IO [`Handler`] of one worker.
@@ -112,8 +131,17 @@ impl SioWorker {
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
+                pending: Default::default(),
+                next_token: 0,
+                decision_due: Fifo::default(),
+                stats: AppStats::default(),
             },
         }
+    }
+
+    /// What this worker refused or cut so far.
+    pub fn stats(&self) -> AppStats {
+        self.core.stats
     }
 }
 
@@ -126,6 +154,11 @@ impl WorkerCore {
                 break;
             }
         }
+    }
+
+    /// The most acks one socket may be waiting on.
+    pub(crate) fn acks_max(&self) -> usize {
+        self.acks.max_per_socket()
     }
 
     /// Whether socket `(idx, gen)` is connected and not leaving: what user code may act on.
@@ -316,7 +349,26 @@ impl SioWorker {
         ctx.close(sid);
     }
 
-    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet) {
+    /// Routes one decoded packet of `size` bytes (its text and attachments).
+    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet, size: usize) {
+        // A namespace whose connection waits for a deferred middleware: its packets wait too
+        // (a DISCONNECT cancels it).
+        let p = match p.kind {
+            PacketType::Connect | PacketType::ConnectError => p,
+            _ if self.core.sockets.client_socket(sid, &p.nsp).is_some() => p,
+            PacketType::Disconnect => {
+                if let Some(t) = self.core.pending_token(sid, &p.nsp) {
+                    if let Some(pc) = self.core.take_pending(t) {
+                        guard::drop_quietly(pc);
+                    }
+                }
+                return;
+            }
+            _ => match self.hold(ctx, sid, p, size) {
+                Ok(()) => return,
+                Err(p) => p,
+            },
+        };
         let core = &mut self.core;
         match p.kind {
             PacketType::Connect => self.connect(ctx, sid, p),
@@ -366,51 +418,26 @@ impl SioWorker {
             PacketType::ConnectError => self.fail(ctx, sid, &"a client may not send CONNECT_ERROR"),
         }
     }
+}
 
-    fn connect(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet) {
-        let core = &mut self.core;
-        if core.sockets.client_socket(sid, &p.nsp).is_some() {
-            return; // already connected to this namespace
-        }
-        let Some(client) = core.sockets.clients.get(&sid) else { return };
-        if client.sockets.len() >= core.limits.max_namespaces_per_client {
-            tracing::debug!(session = ?sid, "too many namespaces for one client");
-            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Too many namespaces" }));
-        }
-        let namespaces = core.namespaces.clone();
-        // The dynamic-namespace filter is user code.
-        let Some(ns) = guard::catch("namespace filter", "", || namespaces.resolve(&p.nsp)) else {
-            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Internal server error" }));
-        };
-        let Some(ns) = ns else {
-            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Invalid namespace" }));
-        };
-        let hs = Handshake {
-            nsp: p.nsp.clone(),
-            auth: p.data,
-            query: client.query.clone(),
-            origin: client.origin.clone(),
-            headers: client.headers.clone(),
-            issued: now_ms(),
-        };
-        for m in &ns.middleware {
-            match guard::catch("connect middleware", "", || m(&hs)) {
-                Some(Ok(())) => {}
-                Some(Err(data)) => {
-                    let data = match data {
-                        Value::String(s) => serde_json::json!({ "message": s }),
-                        other => other,
-                    };
-                    return refuse(ctx, sid, &p.nsp, &data);
+impl SioWorker {
+    /// A value user code settled on another thread (or later on this one).
+    fn deferred(&mut self, ctx: &mut Ctx<'_, SioMail>, d: crate::app::defer::Deferred) {
+        use crate::app::defer::Deferred;
+        match d {
+            Deferred::Connect { token, verdict } => self.decided(ctx, token, verdict),
+            Deferred::Ack { slot, gen, id, packet } => {
+                let core = &mut self.core;
+                let owed = core.sockets.live_mut(slot, gen).is_some_and(|s| s.acks.undefer(id));
+                match packet {
+                    Some(enc) if owed && core.usable(slot, gen) => core.send_to(ctx, slot, &enc, SendFlags::default()),
+                    Some(_) => {
+                        core.stats.late_acks += 1;
+                        tracing::debug!(ack = id, "a deferred ack answer found its socket gone or the ack answered");
+                    }
+                    None => {}
                 }
-                None => return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Internal server error" })),
             }
-        }
-        let idx = core.new_socket(sid, &p.nsp, ns.clone(), hs, ctx.worker());
-        let enc = encode::connect(&p.nsp, &core.sockets.at(idx).id.clone());
-        core.send_to(ctx, idx, &enc, SendFlags::default());
-        if let Some(h) = ns.on_connection.clone() {
-            guarded(core, ctx, idx, "connection handler", |s| h(s));
         }
     }
 }
@@ -428,6 +455,8 @@ impl Handler for SioWorker {
                 origin: info.origin.map(Rc::from),
                 headers: info.headers.into(),
                 closing_reason: None,
+                pending: Vec::new(),
+                assembling: 0,
             },
         );
         let deadline = ctx.now() + self.core.connect_timeout;
@@ -447,9 +476,10 @@ impl Handler for SioWorker {
                 let max_bytes = self.core.decoder.limits().max_packet_size;
                 if let Some(c) = self.core.sockets.clients.get_mut(&sid) {
                     c.assembler = Some(Box::new(BinaryAssembler::new(p, max_bytes)));
+                    c.assembling = text.len();
                 }
             }
-            Ok(p) => self.dispatch(ctx, sid, p),
+            Ok(p) => self.dispatch(ctx, sid, p, text.len()),
         }
     }
 
@@ -458,8 +488,10 @@ impl Handler for SioWorker {
         let Some(asm) = client.assembler.take() else {
             return self.fail(ctx, sid, &crate::proto::sio::SioError::UnexpectedBinary);
         };
+        client.assembling += data.len();
+        let size = client.assembling;
         match (*asm).push(data) {
-            Ok(Ok(p)) => self.dispatch(ctx, sid, p),
+            Ok(Ok(p)) => self.dispatch(ctx, sid, p, size),
             Ok(Err(asm)) => client.assembler = Some(Box::new(asm)),
             Err(e) => self.fail(ctx, sid, &e),
         }
@@ -475,6 +507,7 @@ impl Handler for SioWorker {
             CloseReason::ParseError => DisconnectReason::ParseError,
             CloseReason::ServerShutdown => DisconnectReason::ServerShuttingDown,
         });
+        self.core.drop_pending_of(sid);
         for idx in self.core.sockets.of_client(sid) {
             remove_socket(&mut self.core, ctx, idx, reason, false);
         }
@@ -482,7 +515,10 @@ impl Handler for SioWorker {
     }
 
     fn on_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
-        mail::apply(&mut self.core, ctx, mail);
+        match mail {
+            SioMail::Deferred(d) => self.deferred(ctx, d.0),
+            mail => mail::apply(&mut self.core, ctx, mail),
+        }
     }
 
     fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {
@@ -503,9 +539,10 @@ impl Handler for SioWorker {
                 ctx.close(sid);
             }
         }
+        self.decisions_due(ctx, now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.core.acks.next_deadline(), self.core.connect_due.next()].into_iter().flatten().min()
+        [self.core.acks.next_deadline(), self.core.connect_due.next(), self.core.decision_due.next()].into_iter().flatten().min()
     }
 }

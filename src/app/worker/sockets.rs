@@ -25,7 +25,7 @@ pub(crate) struct SocketState {
     /// Room names are chosen by clients (the contract's `join`): keyed hashing.
     pub(crate) rooms: super::KeyedSet<Rc<str>>,
     pub(crate) handshake: Rc<Handshake>,
-    pub(crate) data: Option<Box<dyn std::any::Any>>,
+    pub(crate) data: Option<Box<dyn std::any::Any + Send>>,
     pub(crate) acks: SocketAcks,
     pub(crate) ns: Arc<Namespace>,
     pub(crate) gen: u32,
@@ -49,6 +49,10 @@ pub(crate) struct Client {
     pub(crate) headers: Rc<[(String, String)]>,
     /// Set when this layer closes the session, so its sockets get the right reason.
     pub(crate) closing_reason: Option<DisconnectReason>,
+    /// Namespaces whose connection waits for a deferred middleware: (namespace, token).
+    pub(crate) pending: Vec<(Rc<str>, u64)>,
+    /// Bytes of the binary packet being assembled so far (its text and attachments).
+    pub(crate) assembling: usize,
 }
 
 /// The slab of sockets, and the clients.
