@@ -105,6 +105,18 @@ pub struct ServerOptions {
     /// generator's `--server-pidfile` reads it.
     #[arg(long, value_name = "PATH")]
     pub pidfile: Option<std::path::PathBuf>,
+    /// Connection state recovery (socket.io 4.6+ `connectionStateRecovery`): milliseconds a
+    /// disconnected socket (id, rooms, data) and the packets it missed are kept for its client
+    /// to come back (default: off, as in Node).
+    #[arg(long, value_name = "MS", value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    pub recovery_window: Option<u64>,
+    /// With --recovery-window: packets kept at most over the whole server (the oldest go first).
+    #[arg(long, default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
+    pub recovery_max_packets: usize,
+    /// With --recovery-window: bytes of kept packets at most over the whole server (bytes, or
+    /// with a K/M/G suffix).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub recovery_max_bytes: usize,
     /// Log lines as text or as JSON objects (one per line). The level is set by `RUST_LOG`
     /// (default `info`; `debug` adds sessions opened, upgraded and closed with their reasons,
     /// and protocol errors).
@@ -208,6 +220,15 @@ impl ServerOptions {
             max_send_buffer: self.max_send_buffer,
             http_timeout: Duration::from_millis(self.http_timeout),
         }
+    }
+
+    /// Connection state recovery, when `--recovery-window` is set.
+    pub fn recovery_config(&self) -> Option<crate::app::RecoveryConfig> {
+        self.recovery_window.map(|ms| crate::app::RecoveryConfig {
+            window: Duration::from_millis(ms),
+            max_packets: self.recovery_max_packets,
+            max_bytes: self.recovery_max_bytes,
+        })
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

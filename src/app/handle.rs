@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::recovery::Recovery;
 use super::worker::{Broadcast, Selector, SioMail};
 use crate::engine::SendFlags;
 use crate::proto::sio::encode;
@@ -73,16 +74,28 @@ fn may_wait() -> Result<(), HandleError> {
 /// A handle to a running server, for any thread: `Send + Sync + Clone`.
 pub struct ServerHandle {
     poster: Poster<SioMail>,
+    /// Connection state recovery, when on: emits get an offset.
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl ServerHandle {
     pub(crate) fn new(poster: Poster<SioMail>) -> ServerHandle {
-        ServerHandle { poster }
+        ServerHandle { poster, recovery: None }
+    }
+
+    pub(crate) fn with_recovery(mut self, recovery: Option<Arc<Recovery>>) -> ServerHandle {
+        self.recovery = recovery;
+        self
     }
 
     /// Operations on namespace `nsp`.
     pub fn of(&self, nsp: &str) -> Operator {
-        Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, flags: SendFlags::default() }
+        Operator {
+            poster: self.poster.clone(),
+            sel: Selector { nsp: nsp.to_string(), ..Default::default() },
+            flags: SendFlags::default(),
+            recovery: self.recovery.clone(),
+        }
     }
 
     /// Waits until every worker has handled everything this handle posted before (mail is
@@ -110,6 +123,7 @@ pub struct Operator {
     poster: Poster<SioMail>,
     sel: Selector,
     flags: SendFlags,
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl Operator {
@@ -162,8 +176,11 @@ impl Operator {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
-        let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
+        // With connection state recovery, a non-volatile emit carries an offset.
+        let offset = self.recovery.as_ref().filter(|_| !self.flags.volatile).map(|r| r.offset());
+        let text = offset.map(super::recovery::offset_text);
+        let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
         self.all(|| SioMail::Broadcast(b.clone()))
     }
 

@@ -9,6 +9,7 @@
 //!   its shard of the rooms, pending acks, cross-worker mail, and the guard around user code.
 //! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
+//! - [`recovery`]: connection state recovery (socket.io 4.6+), its options and offsets.
 //! - [`defer`]: answering later from any thread: deferred acks and connect decisions.
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
@@ -22,6 +23,7 @@ pub mod defer;
 pub mod handle;
 pub mod limits;
 pub mod namespace;
+pub mod recovery;
 pub mod server;
 pub mod signal;
 pub mod socket;
@@ -31,5 +33,6 @@ pub use defer::{AckReply, ConnectDecision};
 pub use handle::{HandleError, ServerHandle};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
+pub use recovery::RecoveryConfig;
 pub use server::{RunningServer, Server, ServerBuilder};
 pub use socket::{DeferError, Operator, Socket};

@@ -59,6 +59,15 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Whether a socket that left for this reason is kept for connection state recovery
+    /// (Node's `RECOVERABLE_DISCONNECT_REASONS`).
+    pub fn recoverable(self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::TransportClose | DisconnectReason::TransportError | DisconnectReason::PingTimeout | DisconnectReason::ServerShuttingDown
+        )
+    }
+
     /// The reference server's text for this reason.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -213,6 +222,11 @@ pub struct Namespaces {
 pub type NamespaceFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Namespaces {
+    /// Adds namespace `name` (for a `SioWorker` built by hand, as the test harness does).
+    pub fn insert(&mut self, name: &str, ns: Namespace) {
+        self.fixed.insert(name.to_string(), Arc::new(ns));
+    }
+
     /// The definition serving `nsp`, if it exists.
     pub fn resolve(&self, nsp: &str) -> Option<Arc<Namespace>> {
         if let Some(n) = self.fixed.get(nsp) {

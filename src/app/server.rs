@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
+use super::recovery::{Recovery, RecoveryConfig};
 use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
@@ -37,6 +38,7 @@ impl Server {
             namespaces: Namespaces::default(),
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
+            recovery: None,
         }
     }
 }
@@ -53,6 +55,7 @@ pub struct ServerBuilder {
     namespaces: Namespaces,
     limits: Limits,
     socket_limits: SocketLimits,
+    recovery: Option<RecoveryConfig>,
 }
 
 impl ServerBuilder {
@@ -108,6 +111,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Turns on connection state recovery (off by default, as in Node): see
+    /// [`super::recovery`].
+    pub fn recovery(mut self, cfg: RecoveryConfig) -> Self {
+        self.recovery = Some(cfg);
+        self
+    }
+
     /// Adds a namespace.
     pub fn namespace(mut self, name: &str, ns: Namespace) -> Self {
         self.namespaces.fixed.insert(name.to_string(), Arc::new(ns));
@@ -129,10 +139,14 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
+        let recovery = self.recovery.map(|cfg| Arc::new(Recovery::new(cfg)));
+        let workers = self.runtime.threads;
+        let shared = recovery.clone();
         let rt = threads::start(self.runtime, move |_| {
-            EioServer::new(Rc::new((*engine).clone()), SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits))
+            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits).with_recovery(shared.clone(), workers);
+            EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
-        let handle = ServerHandle::new(rt.poster());
+        let handle = ServerHandle::new(rt.poster()).with_recovery(recovery);
         Ok(RunningServer { rt, handle })
     }
 }

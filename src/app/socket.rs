@@ -99,8 +99,24 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return;
         }
+        // With connection state recovery, an emit to one socket is kept and carries an offset
+        // too (Node sends it through the adapter to the socket's own room).
+        if let Some(offset) = self.core.stamp(flags) {
+            let sel = super::worker::Selector { nsp: self.nsp.to_string(), rooms: vec![self.id.to_string()], ..Default::default() };
+            let packet = encode::event_with_offset(self.nsp(), event, args, Some(&super::recovery::offset_text(offset)), None, attachments);
+            self.core.send_to(self.ctx, self.idx, &packet, flags);
+            let b = std::sync::Arc::new(Broadcast { sel, packet, flags, ack: None, offset: Some(offset) });
+            self.core.keep_packet(self.ctx, &b);
+            return;
+        }
         let enc = encode::event(self.nsp(), event, args, None, attachments);
         self.core.send_to(self.ctx, self.idx, &enc, flags);
+    }
+
+    /// Whether this socket was recovered after a short disconnection (connection state
+    /// recovery): same id, rooms and data, and the packets it missed were sent again.
+    pub fn recovered(&self) -> bool {
+        self.core.sockets.get(self.idx).is_some_and(|s| s.gen == self.gen && s.recovered)
     }
 
     /// Emits an event and waits for the client's ack: `cb` gets the ack's arguments (and
@@ -299,8 +315,10 @@ impl Operator<'_, '_, '_> {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
-        let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None };
+        let offset = self.socket.core.stamp(self.flags);
+        let text = offset.map(super::recovery::offset_text);
+        let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
+        let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None, offset };
         self.socket.core.broadcast(self.socket.ctx, b);
     }
 

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{guard, guarded, now_ms, refuse, SioMail, SioWorker};
+use super::retain::Restored;
+use super::{guard, guarded, now_ms, refuse, RecoveryMail, SioMail, SioWorker};
 use crate::app::defer::{ConnectDecision, Verdict};
 use crate::app::namespace::{Gate, Handshake, Namespace};
 use crate::engine::{Ctx, SendFlags, SessionId};
@@ -36,11 +37,14 @@ pub(crate) struct PendingConnect {
     /// The client's packets for the namespace, with their sizes, in order.
     pub(crate) held: VecDeque<(Packet, usize)>,
     pub(crate) held_bytes: usize,
+    /// Workers yet to answer whether they kept the state this client asks to recover (0 when
+    /// it waits for a middleware instead).
+    pub(crate) restoring: usize,
 }
 
 impl PendingConnect {
     pub(crate) fn new(client: SessionId, nsp: String, ns: Arc<Namespace>, hs: Handshake) -> PendingConnect {
-        PendingConnect { client, nsp, ns, hs, next: 0, data: None, held: VecDeque::new(), held_bytes: 0 }
+        PendingConnect { client, nsp, ns, hs, next: 0, data: None, held: VecDeque::new(), held_bytes: 0, restoring: 0 }
     }
 }
 
@@ -72,7 +76,85 @@ impl SioWorker {
             headers: client.headers.clone(),
             issued: now_ms(),
         };
-        self.gates(ctx, PendingConnect::new(sid, p.nsp, ns, hs));
+        let pc = PendingConnect::new(sid, p.nsp, ns, hs);
+        if let Some((pid, offset)) = self.core.store.as_ref().and_then(|_| recovery_auth(pc.hs.auth.as_ref())) {
+            return self.recover(ctx, pc, pid, offset);
+        }
+        self.gates(ctx, pc);
+    }
+
+    /// A client asks to recover (`pid` and `offset` in its CONNECT auth): from this worker's
+    /// store, else from the others' (by mail; its connection waits, as for a middleware).
+    fn recover(&mut self, ctx: &mut Ctx<'_, SioMail>, mut pc: PendingConnect, pid: String, offset: String) {
+        let store = self.core.store.as_mut().expect("recovery is on");
+        match store.restore(ctx.now(), &pid, &pc.nsp, &offset) {
+            Ok(r) => return self.establish(ctx, pc, Some(r)),
+            Err(Some(kept)) => {
+                store.stats.not_recovered += 1;
+                guard::drop_quietly(kept);
+            }
+            Err(None) if ctx.workers() > 1 => {
+                pc.restoring = ctx.workers() - 1;
+                let (nsp, reply_to) = (pc.nsp.clone(), ctx.worker());
+                let token = self.suspend(ctx, pc);
+                for w in (0..ctx.workers()).filter(|&w| w != reply_to) {
+                    let (pid, nsp, offset) = (pid.clone(), nsp.clone(), offset.clone());
+                    ctx.post(w, SioMail::Recovery(RecoveryMail::Restore { pid, nsp, offset, reply_to, token }));
+                }
+                return;
+            }
+            Err(None) => store.stats.not_recovered += 1,
+        }
+        self.gates(ctx, pc);
+    }
+
+    /// Recovery mail from another worker.
+    pub(super) fn recovery_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, m: RecoveryMail) {
+        match m {
+            RecoveryMail::Restore { pid, nsp, offset, reply_to, token } => {
+                let state = match self.core.store.as_mut().map(|s| s.restore(ctx.now(), &pid, &nsp, &offset)) {
+                    Some(Ok(r)) => Some(Box::new(r)),
+                    Some(Err(kept)) => {
+                        guard::drop_quietly(kept);
+                        None
+                    }
+                    None => None,
+                };
+                ctx.post(reply_to, SioMail::Recovery(RecoveryMail::Restored { token, state }));
+            }
+            RecoveryMail::Restored { token, state } => {
+                let Some(pc) = self.core.pending.get_mut(&token).filter(|pc| pc.restoring > 0) else {
+                    // The connection went on without it (its client left, or it timed out).
+                    return guard::drop_quietly(state);
+                };
+                if let Some(r) = state {
+                    let pc = self.core.take_pending(token).expect("found");
+                    return self.establish(ctx, pc, Some(*r));
+                }
+                pc.restoring -= 1;
+                if pc.restoring == 0 {
+                    let pc = self.core.take_pending(token).expect("found");
+                    if let Some(st) = self.core.store.as_mut() {
+                        st.stats.not_recovered += 1;
+                    }
+                    self.gates(ctx, pc);
+                }
+            }
+        }
+    }
+
+    /// Parks a connection until mail settles it (a verdict, or recovery answers), with a
+    /// deadline; returns its token.
+    fn suspend(&mut self, ctx: &mut Ctx<'_, SioMail>, pc: PendingConnect) -> u64 {
+        let core = &mut self.core;
+        core.next_token += 1;
+        let token = core.next_token;
+        if let Some(c) = core.sockets.clients.get_mut(&pc.client) {
+            c.pending.push((Rc::from(pc.nsp.as_str()), token));
+        }
+        core.pending.insert(token, pc);
+        core.decision_due.push(ctx.now() + core.limits.connect_decision_timeout, token);
+        token
     }
 
     /// Runs the middleware from `pc.next` on; connects when every one accepted.
@@ -92,18 +174,11 @@ impl SioWorker {
                     None => return refuse(ctx, pc.client, &pc.nsp, &json!({ "message": "Internal server error" })),
                 },
                 Gate::Later(m) => {
-                    let core = &mut self.core;
-                    core.next_token += 1;
-                    let token = core.next_token;
-                    let decision = ConnectDecision::new(ctx.remote(), token);
                     let (client, nsp) = (pc.client, pc.nsp.clone());
-                    // The verdict arrives by mail, never inside this call: register first.
                     let hs = pc.hs.clone();
-                    core.pending.insert(token, pc);
-                    if let Some(c) = core.sockets.clients.get_mut(&client) {
-                        c.pending.push((Rc::from(nsp.as_str()), token));
-                    }
-                    core.decision_due.push(ctx.now() + core.limits.connect_decision_timeout, token);
+                    // The verdict arrives by mail, never inside this call: register first.
+                    let token = self.suspend(ctx, pc);
+                    let decision = ConnectDecision::new(ctx.remote(), token);
                     if guard::catch("deferred connect middleware", "", || m(&hs, decision)).is_none() {
                         // The decision was dropped in the unwind: its refusal is on its way.
                         tracing::debug!(session = ?client, nsp, "deferred middleware panicked");
@@ -112,21 +187,48 @@ impl SioWorker {
                 }
             }
         }
-        self.establish(ctx, pc);
+        self.establish(ctx, pc, None);
     }
 
-    /// Every middleware accepted: the socket joins, gets its CONNECT, the connection handler
-    /// runs, then the packets held meanwhile are handled in order.
-    fn establish(&mut self, ctx: &mut Ctx<'_, SioMail>, pc: PendingConnect) {
+    /// Every middleware accepted (or the client recovered its socket, `restored`): the socket
+    /// joins, gets its CONNECT, the connection handler runs, then the packets held meanwhile
+    /// are handled in order. A recovered socket gets its id, rooms and data back, and the
+    /// packets it missed before its CONNECT (as Node sends them).
+    fn establish(&mut self, ctx: &mut Ctx<'_, SioMail>, pc: PendingConnect, restored: Option<Restored>) {
         let core = &mut self.core;
         if !core.sockets.clients.get(&pc.client).is_some_and(|c| c.closing_reason.is_none()) || !ctx.has_session(pc.client) {
-            return; // the client left meanwhile
+            // The client left meanwhile; what it held is user data to drop.
+            return guard::drop_quietly((pc, restored));
         }
-        let idx = core.new_socket(pc.client, &pc.nsp, pc.ns.clone(), pc.hs, ctx.worker());
-        if let Some(d) = pc.data {
+        let mut data = pc.data;
+        let mut rooms = Vec::new();
+        let mut identity = None;
+        if let Some(r) = restored {
+            for enc in &r.missed {
+                for p in enc.packets() {
+                    if ctx.send(pc.client, p, SendFlags::default()).is_err() {
+                        break;
+                    }
+                }
+            }
+            rooms = r.rooms;
+            data = r.data.or(data);
+            identity = Some((r.id, r.pid));
+        }
+        let idx = core.new_socket(pc.client, &pc.nsp, pc.ns.clone(), pc.hs, ctx.worker(), identity);
+        for room in &rooms {
+            if let Err(e) = core.join(idx, room) {
+                tracing::debug!(room, error = %e, "a recovered room was refused");
+            }
+        }
+        if let Some(d) = data {
             core.sockets.at_mut(idx).data = Some(d);
         }
-        let enc = encode::connect(&pc.nsp, &core.sockets.at(idx).id.clone());
+        let s = core.sockets.at(idx);
+        let enc = match &s.pid {
+            Some(pid) => encode::connect_with_pid(&pc.nsp, &s.id, pid),
+            None => encode::connect(&pc.nsp, &s.id),
+        };
         core.send_to(ctx, idx, &enc, SendFlags::default());
         if let Some(h) = pc.ns.on_connection.clone() {
             guarded(core, ctx, idx, "connection handler", |s| h(s));
@@ -172,6 +274,11 @@ impl SioWorker {
     pub(super) fn decisions_due(&mut self, ctx: &mut Ctx<'_, SioMail>, now: std::time::Instant) {
         while let Some(token) = self.core.decision_due.pop_due(now) {
             if let Some(pc) = self.core.take_pending(token) {
+                if pc.restoring > 0 {
+                    // Not every worker answered in time: a fresh socket.
+                    self.gates(ctx, pc);
+                    continue;
+                }
                 tracing::debug!(session = ?pc.client, nsp = pc.nsp, "a deferred connect middleware did not decide in time");
                 self.core.stats.connect_decision_timeouts += 1;
                 refuse(ctx, pc.client, &pc.nsp, &json!({ "message": "Connection timed out" }));
@@ -206,4 +313,10 @@ impl super::WorkerCore {
             }
         }
     }
+}
+
+/// The `pid` and `offset` a client sends in its CONNECT auth to recover (both strings).
+fn recovery_auth(auth: Option<&Value>) -> Option<(String, String)> {
+    let a = auth?.as_object()?;
+    Some((a.get("pid")?.as_str()?.to_string(), a.get("offset")?.as_str()?.to_string()))
 }

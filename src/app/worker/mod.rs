@@ -22,6 +22,7 @@ mod acks;
 mod connect;
 mod guard;
 mod mail;
+mod retain;
 mod rooms;
 mod sockets;
 
@@ -34,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use mail::{Broadcast, BroadcastAck, Selector, SioMail};
+pub use mail::{Broadcast, BroadcastAck, RecoveryMail, Selector, SioMail};
+pub use retain::{RecoveryStats, Restored};
 
 use super::limits::SocketLimits;
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
@@ -88,6 +90,8 @@ pub struct WorkerCore {
     /// Their deadlines (one delay for all: a FIFO).
     decision_due: Fifo<u64>,
     stats: AppStats,
+    /// Connection state recovery, when on.
+    store: Option<retain::Store>,
 }
 
 /// Counters of what this worker's Socket.IO layer refused or cut.
@@ -100,6 +104,8 @@ pub struct AppStats {
     pub connect_decision_timeouts: u64,
     /// Deferred ack answers that found their socket gone or the ack already answered.
     pub late_acks: u64,
+    /// Connection state recovery.
+    pub recovery: RecoveryStats,
 }
 
 /// The Socket.IO [`Handler`] of one worker.
@@ -135,13 +141,24 @@ impl SioWorker {
                 next_token: 0,
                 decision_due: Fifo::default(),
                 stats: AppStats::default(),
+                store: None,
             },
         }
     }
 
+    /// With connection state recovery (`Some`), shared by the `workers` workers of a server.
+    pub fn with_recovery(mut self, recovery: Option<Arc<super::recovery::Recovery>>, workers: usize) -> SioWorker {
+        self.core.store = recovery.map(|r| retain::Store::new(r, workers));
+        self
+    }
+
     /// What this worker refused or cut so far.
     pub fn stats(&self) -> AppStats {
-        self.core.stats
+        let mut s = self.core.stats;
+        if let Some(store) = &self.core.store {
+            s.recovery = store.stats;
+        }
+        s
     }
 }
 
@@ -154,6 +171,12 @@ impl WorkerCore {
                 break;
             }
         }
+    }
+
+    /// A new recovery offset for a packet sent with `flags`, when recovery is on and the
+    /// packet is recoverable (not volatile; packets with an ack never get here).
+    pub(crate) fn stamp(&self, flags: SendFlags) -> Option<u64> {
+        self.store.as_ref().filter(|_| !flags.volatile).map(|s| s.shared.offset())
     }
 
     /// The most acks one socket may be waiting on.
@@ -204,8 +227,22 @@ impl WorkerCore {
         self.intents.push_back((idx, gen, intent));
     }
 
-    fn new_socket(&mut self, client: SessionId, nsp: &str, ns: Arc<super::namespace::Namespace>, hs: Handshake, worker: usize) -> u32 {
-        let id: Rc<str> = Rc::from(ids::generate(worker));
+    /// A new socket: a fresh one, or (`restored`) the one a client recovered, with its id and
+    /// pid. With recovery on, a fresh socket gets a pid.
+    fn new_socket(
+        &mut self,
+        client: SessionId,
+        nsp: &str,
+        ns: Arc<super::namespace::Namespace>,
+        hs: Handshake,
+        worker: usize,
+        restored: Option<(String, String)>,
+    ) -> u32 {
+        let recovered = restored.is_some();
+        let (id, pid): (Rc<str>, Option<Rc<str>>) = match restored {
+            Some((id, pid)) => (Rc::from(id), Some(Rc::from(pid))),
+            None => (Rc::from(ids::generate(worker)), self.store.as_ref().map(|_| Rc::from(ids::generate(worker)))),
+        };
         let nsp = self.rooms.intern(nsp);
         let idx = self.sockets.insert(|gen| SocketState {
             id: id.clone(),
@@ -220,6 +257,8 @@ impl WorkerCore {
             stamp: 0,
             connected: true,
             leaving: false,
+            pid,
+            recovered,
         });
         self.rooms.add_member(&nsp, idx);
         // Every socket is in the room named by its own id, whatever the limits on names.
@@ -294,9 +333,24 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
         let enc = encode::disconnect(&s.nsp);
         core.send_to(ctx, idx, &enc, SendFlags::default());
     }
+    // Kept for its client to come back (Node's recoverable reasons), as it is now.
+    let s = core.sockets.at(idx);
+    let keep = match (&core.store, &s.pid) {
+        (Some(_), Some(pid)) if reason.recoverable() => {
+            Some((pid.to_string(), s.id.to_string(), s.nsp.to_string(), s.rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>()))
+        }
+        _ => None,
+    };
     core.detach(idx);
     if let Some(h) = core.sockets.at(idx).ns.on_disconnect.clone() {
         guarded(core, ctx, idx, "disconnect handler", |s| h(s, reason));
+    }
+    if let Some((pid, id, nsp, rooms)) = keep {
+        let data = core.sockets.get_mut(idx).and_then(|s| s.data.take());
+        let kept = retain::Kept { id, nsp, rooms, data, at: ctx.now() };
+        if let Some(replaced) = core.store.as_mut().and_then(|st| st.keep(pid, kept)) {
+            guard::drop_quietly(replaced);
+        }
     }
     core.free_socket(idx);
 }
@@ -517,6 +571,7 @@ impl Handler for SioWorker {
     fn on_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
         match mail {
             SioMail::Deferred(d) => self.deferred(ctx, d.0),
+            SioMail::Recovery(m) => self.recovery_mail(ctx, m),
             mail => mail::apply(&mut self.core, ctx, mail),
         }
     }
@@ -540,9 +595,16 @@ impl Handler for SioWorker {
             }
         }
         self.decisions_due(ctx, now);
+        if let Some(store) = self.core.store.as_mut() {
+            let gone = store.expire(now);
+            if !gone.is_empty() {
+                guard::drop_quietly(gone);
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.core.acks.next_deadline(), self.core.connect_due.next(), self.core.decision_due.next()].into_iter().flatten().min()
+        let store = self.core.store.as_ref().and_then(|s| s.next_deadline());
+        [self.core.acks.next_deadline(), self.core.connect_due.next(), self.core.decision_due.next(), store].into_iter().flatten().min()
     }
 }

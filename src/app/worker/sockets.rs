@@ -35,6 +35,10 @@ pub(crate) struct SocketState {
     pub(crate) connected: bool,
     /// Set when user code asked to disconnect it; done once that code has returned.
     pub(crate) leaving: bool,
+    /// Its private id for connection state recovery (when recovery is on).
+    pub(crate) pid: Option<Rc<str>>,
+    /// It was recovered after a disconnection.
+    pub(crate) recovered: bool,
 }
 
 /// One Engine.IO session.
