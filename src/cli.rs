@@ -117,11 +117,52 @@ pub struct ServerOptions {
     /// with a K/M/G suffix).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub recovery_max_bytes: usize,
+    /// A proxy (address or CIDR, repeatable) whose `Forwarded` / `X-Forwarded-For` headers
+    /// give the client's address.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Do not let polling sessions upgrade to WebSocket (Node's `allowUpgrades: false`).
+    #[arg(long)]
+    pub no_upgrades: bool,
+    /// Milliseconds a client may take to join a namespace after its Engine.IO handshake
+    /// (Node's `connectTimeout`); then it is closed.
+    #[arg(long, default_value_t = 45_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    pub connect_timeout: u64,
+    /// `Path` of the --cookie (`none` leaves it out).
+    #[arg(long, default_value = "/")]
+    pub cookie_path: String,
+    /// `SameSite` of the --cookie.
+    #[arg(long, value_enum, default_value = "lax")]
+    pub cookie_same_site: SameSiteArg,
+    /// Mark the --cookie `Secure`.
+    #[arg(long)]
+    pub cookie_secure: bool,
+    /// Leave `HttpOnly` out of the --cookie.
+    #[arg(long)]
+    pub cookie_no_http_only: bool,
     /// Log lines as text or as JSON objects (one per line). The level is set by `RUST_LOG`
     /// (default `info`; `debug` adds sessions opened, upgraded and closed with their reasons,
     /// and protocol errors).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// `--cookie-same-site`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SameSiteArg {
+    Strict,
+    Lax,
+    None,
+    /// No `SameSite` attribute.
+    Off,
+}
+
+/// An address (a one-host network) or a CIDR network.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR network"))
 }
 
 /// The most worker threads `--threads` accepts.
@@ -208,7 +249,7 @@ impl ServerOptions {
                     TransportArg::Websocket => Transport::WebSocket,
                 })
                 .collect(),
-            cors: CorsConfig { origins, credentials: self.cors_credentials },
+            cors: CorsConfig { origins, credentials: self.cors_credentials, predicate: None },
             websocket_compression: self.websocket_compression,
             http_compression_threshold: (self.http_compression_threshold > 0).then_some(self.http_compression_threshold),
             cookie: self.cookie.clone(),
@@ -219,6 +260,20 @@ impl ServerOptions {
             },
             max_send_buffer: self.max_send_buffer,
             http_timeout: Duration::from_millis(self.http_timeout),
+            trusted_proxies: self.trusted_proxies.clone(),
+            allow_request: None,
+            allow_upgrades: !self.no_upgrades,
+            cookie_attrs: crate::engine::CookieAttrs {
+                path: (self.cookie_path != "none").then(|| self.cookie_path.clone()),
+                same_site: match self.cookie_same_site {
+                    SameSiteArg::Strict => Some(crate::engine::SameSite::Strict),
+                    SameSiteArg::Lax => Some(crate::engine::SameSite::Lax),
+                    SameSiteArg::None => Some(crate::engine::SameSite::None),
+                    SameSiteArg::Off => None,
+                },
+                secure: self.cookie_secure,
+                http_only: !self.cookie_no_http_only,
+            },
         }
     }
 

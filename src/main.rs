@@ -115,6 +115,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     if let Some(r) = opts.recovery_config() {
         builder = builder.recovery(r);
     }
+    builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout));
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {

@@ -99,6 +99,12 @@ pub struct Handshake {
     pub headers: Rc<[(String, String)]>,
     /// Milliseconds since the Unix epoch when the socket connected.
     pub issued: u64,
+    /// The client's address (Node's `handshake.address`): the TCP peer, or, when the peer is a
+    /// trusted proxy (`EngineConfig::trusted_proxies`), the address its `Forwarded` /
+    /// `X-Forwarded-For` header gives.
+    pub address: Option<std::net::IpAddr>,
+    /// The TCP peer of the Engine.IO handshake request.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// An ack that did not come back in time.

@@ -75,6 +75,8 @@ impl SioWorker {
             origin: client.origin.clone(),
             headers: client.headers.clone(),
             issued: now_ms(),
+            address: client.address,
+            peer: client.peer,
         };
         let pc = PendingConnect::new(sid, p.nsp, ns, hs);
         if let Some((pid, offset)) = self.core.store.as_ref().and_then(|_| recovery_auth(pc.hs.auth.as_ref())) {

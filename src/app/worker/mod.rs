@@ -152,6 +152,12 @@ impl SioWorker {
         self
     }
 
+    /// How long a client may take to join a namespace after its handshake.
+    pub fn with_connect_timeout(mut self, d: Duration) -> SioWorker {
+        self.core.connect_timeout = d;
+        self
+    }
+
     /// What this worker refused or cut so far.
     pub fn stats(&self) -> AppStats {
         let mut s = self.core.stats;
@@ -508,6 +514,8 @@ impl Handler for SioWorker {
                 query: info.query.into(),
                 origin: info.origin.map(Rc::from),
                 headers: info.headers.into(),
+                peer: info.peer,
+                address: info.address,
                 closing_reason: None,
                 pending: Vec::new(),
                 assembling: 0,

@@ -51,6 +51,8 @@ pub(crate) struct Client {
     pub(crate) query: Rc<str>,
     pub(crate) origin: Option<Rc<str>>,
     pub(crate) headers: Rc<[(String, String)]>,
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) address: Option<std::net::IpAddr>,
     /// Set when this layer closes the session, so its sockets get the right reason.
     pub(crate) closing_reason: Option<DisconnectReason>,
     /// Namespaces whose connection waits for a deferred middleware: (namespace, token).
