@@ -128,6 +128,27 @@ pub(crate) enum Gate {
 pub type ConnectionHandler = Arc<dyn Fn(&mut Socket<'_, '_>) + Send + Sync>;
 /// Handles one event.
 pub type EventHandler = Arc<dyn Fn(&mut Socket<'_, '_>, Event) + Send + Sync>;
+/// Sees every incoming event (`on_any`).
+pub type AnyHandler = Arc<dyn Fn(&mut Socket<'_, '_>, &Event) + Send + Sync>;
+/// Middleware on incoming events (`socket.use`).
+pub type PacketMiddleware = Arc<dyn Fn(&mut Socket<'_, '_>, &mut Event) -> Result<(), String> + Send + Sync>;
+/// Sees every outgoing event (`onAnyOutgoing`).
+pub type OutgoingHook = Arc<dyn Fn(&Outgoing<'_>) + Send + Sync>;
+
+/// An event on its way to a socket, for [`Namespace::on_any_outgoing`].
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The recipient socket's id.
+    pub socket: &'a str,
+    /// The namespace.
+    pub nsp: &'a str,
+    /// The event name.
+    pub event: &'a str,
+    /// Its arguments (binary ones as placeholders; with connection state recovery, a
+    /// broadcast's offset last).
+    pub args: &'a [Value],
+}
+
 /// Runs when a socket leaves its namespace.
 pub type DisconnectHandler = Arc<dyn Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync>;
 /// Told about a protocol error on the socket's connection, just before it is closed.
@@ -157,6 +178,9 @@ pub struct Namespace {
     pub(crate) on_connection: Option<ConnectionHandler>,
     pub(crate) events: HashMap<String, EventHandler>,
     pub(crate) any: Option<EventHandler>,
+    pub(crate) any_incoming: Option<AnyHandler>,
+    pub(crate) packet_middleware: Vec<PacketMiddleware>,
+    pub(crate) any_outgoing: Option<OutgoingHook>,
     pub(crate) on_disconnect: Option<DisconnectHandler>,
     pub(crate) on_error: Option<ErrorHandler>,
 }
@@ -197,14 +221,41 @@ impl Namespace {
         self
     }
 
-    /// Handles every event without a handler of its own.
-    pub fn on_any(mut self, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
+    /// Handles every event without a handler of its own (the fallback).
+    pub fn on_fallback(mut self, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
         self.any = Some(Arc::new(f));
         self
     }
 
+    /// Sees every incoming event, before the packet middleware and the event's own handler (or
+    /// the fallback) — Node's `socket.onAny`.
+    pub fn on_any(mut self, f: impl Fn(&mut Socket<'_, '_>, &Event) + Send + Sync + 'static) -> Self {
+        self.any_incoming = Some(Arc::new(f));
+        self
+    }
+
+    /// Adds middleware on incoming events, run in order before the handler — Node's
+    /// `socket.use`. It may change the event; `Err(message)` drops it: the handler does not
+    /// run, and, as on Node (where it becomes the socket's `error` event), the message goes to
+    /// the [`on_error`](Self::on_error) handler and nothing is sent to the client (an ack it
+    /// asked for is never answered). The socket stays connected unless that handler
+    /// disconnects it.
+    pub fn use_packet_middleware(mut self, f: impl Fn(&mut Socket<'_, '_>, &mut Event) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.packet_middleware.push(Arc::new(f));
+        self
+    }
+
+    /// Sees every event sent to a socket of the namespace (Node's `socket.onAnyOutgoing`): an
+    /// emit to the socket, or a broadcast that reaches it (decoded once per worker, then told
+    /// per recipient). It gets a read-only view and runs on the worker thread: keep it short.
+    pub fn on_any_outgoing(mut self, f: impl Fn(&Outgoing<'_>) + Send + Sync + 'static) -> Self {
+        self.any_outgoing = Some(Arc::new(f));
+        self
+    }
+
     /// Runs when the client sent something that breaks the protocol (bad packet, bad JSON,
-    /// attachments that do not match, ...), with the error, just before its session is closed.
+    /// attachments that do not match, ...), with the error, just before its session is closed;
+    /// and when a packet middleware refused an event (the socket stays connected).
     pub fn on_error(mut self, f: impl Fn(&mut Socket<'_, '_>, &str) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(f));
         self

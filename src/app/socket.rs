@@ -99,6 +99,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return;
         }
+        self.core.outgoing(self.idx, event, args);
         // With connection state recovery, an emit to one socket is kept and carries an offset
         // too (Node sends it through the adapter to the socket's own room).
         if let Some(offset) = self.core.stamp(flags) {
@@ -149,6 +150,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         let deadline = self.ctx.now() + timeout;
         match self.core.add_ack(self.idx, deadline, Box::new(cb)) {
             Ok(id) => {
+                self.core.outgoing(self.idx, event, args);
                 let enc = encode::event(self.nsp(), event, args, Some(id), attachments);
                 self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
             }

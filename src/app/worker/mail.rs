@@ -155,6 +155,16 @@ impl WorkerCore {
     /// Delivers a broadcast to this worker's matching sockets; returns how many got it.
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
         let targets = self.select(&b.sel);
+        // An `on_any_outgoing` hook sees the event: decoded once here, told per recipient.
+        if let Some(&first) = targets.first() {
+            if self.sockets.at(first).ns.any_outgoing.is_some() {
+                if let Some((event, args)) = decode_event(&b.packet) {
+                    for &idx in &targets {
+                        self.outgoing(idx, &event, &args);
+                    }
+                }
+            }
+        }
         for &idx in &targets {
             let s = self.sockets.at_mut(idx);
             if let Some(ack) = b.ack {
@@ -277,4 +287,19 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
             let _ = reply.send(core.select(&sel).len());
         }
     }
+}
+
+/// The event name and arguments of an encoded EVENT (for the outgoing hook).
+fn decode_event(packet: &Encoded) -> Option<(String, Vec<Value>)> {
+    let text = packet.packet_text();
+    let start = text.iter().position(|&b| b == b'[')?;
+    let Value::Array(mut all) = serde_json::from_slice(&text[start..]).ok()? else { return None };
+    if all.is_empty() {
+        return None;
+    }
+    let name = match all.remove(0) {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Some((name, all))
 }

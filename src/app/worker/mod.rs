@@ -185,6 +185,15 @@ impl WorkerCore {
         self.store.as_ref().filter(|_| !flags.volatile).map(|s| s.shared.offset())
     }
 
+    /// Tells the namespace's `on_any_outgoing` hook, if any, about an event for socket `idx`.
+    pub(crate) fn outgoing(&self, idx: u32, event: &str, args: &[Value]) {
+        let s = self.sockets.at(idx);
+        if let Some(hook) = &s.ns.any_outgoing {
+            let o = super::namespace::Outgoing { socket: &s.id, nsp: &s.nsp, event, args };
+            let _ = guard::catch("outgoing hook", &s.id, || hook(&o));
+        }
+    }
+
     /// The most acks one socket may be waiting on.
     pub(crate) fn acks_max(&self) -> usize {
         self.acks.max_per_socket()
@@ -448,8 +457,29 @@ impl SioWorker {
                     None => return,
                 };
                 all.remove(0);
-                let ev = Event { name, args: all, attachments: p.attachments, ack: p.id.map(super::namespace::AckId) };
+                let mut ev = Event { name, args: all, attachments: p.attachments, ack: p.id.map(super::namespace::AckId) };
                 let ns = core.sockets.at(idx).ns.clone();
+                let gen = core.sockets.at(idx).gen;
+                // Node's order: onAny listeners, then the socket.use middleware, then the handler.
+                if let Some(any) = &ns.any_incoming {
+                    guarded(core, ctx, idx, "on_any handler", |s| any(s, &ev));
+                    if !core.usable(idx, gen) {
+                        return;
+                    }
+                }
+                for mw in &ns.packet_middleware {
+                    let mut verdict = Ok(());
+                    guarded(core, ctx, idx, "packet middleware", |s| verdict = mw(s, &mut ev));
+                    if !core.usable(idx, gen) {
+                        return;
+                    }
+                    if let Err(message) = verdict {
+                        if let Some(h) = &ns.on_error {
+                            guarded(core, ctx, idx, "error handler", |s| h(s, &message));
+                        }
+                        return;
+                    }
+                }
                 let handler = ns.events.get(&ev.name).or(ns.any.as_ref()).cloned();
                 if let Some(h) = handler {
                     guarded(core, ctx, idx, "event handler", |s| h(s, ev));
