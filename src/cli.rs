@@ -140,6 +140,21 @@ pub struct ServerOptions {
     /// Leave `HttpOnly` out of the --cookie.
     #[arg(long)]
     pub cookie_no_http_only: bool,
+    /// Connections one client address may hold open at once; more are answered 429.
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
+    pub max_connections_per_address: Option<u32>,
+    /// New connections one client address may open per second (a burst of as many); faster
+    /// ones are answered 429.
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, 1_000_000))]
+    pub max_connection_rate_per_address: Option<u32>,
+    /// Events one socket may send per second (a burst of as many); past it the socket is
+    /// disconnected.
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
+    pub max_event_rate: Option<u32>,
+    /// Bytes of events one socket may send per second (a burst of as many, and at least one
+    /// packet); past it the socket is disconnected.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_byte_rate: Option<usize>,
     /// Log lines as text or as JSON objects (one per line). The level is set by `RUST_LOG`
     /// (default `info`; `debug` adds sessions opened, upgraded and closed with their reasons,
     /// and protocol errors).
@@ -263,6 +278,8 @@ impl ServerOptions {
             trusted_proxies: self.trusted_proxies.clone(),
             allow_request: None,
             allow_upgrades: !self.no_upgrades,
+            address_limits: (self.max_connections_per_address.is_some() || self.max_connection_rate_per_address.is_some())
+                .then(|| crate::engine::address::AddressLimits::new(self.max_connections_per_address, self.max_connection_rate_per_address)),
             cookie_attrs: crate::engine::CookieAttrs {
                 path: (self.cookie_path != "none").then(|| self.cookie_path.clone()),
                 same_site: match self.cookie_same_site {
@@ -274,6 +291,15 @@ impl ServerOptions {
                 secure: self.cookie_secure,
                 http_only: !self.cookie_no_http_only,
             },
+        }
+    }
+
+    /// The per-socket limits the flags change (the rest at their defaults).
+    pub fn socket_limits(&self) -> crate::app::SocketLimits {
+        crate::app::SocketLimits {
+            max_event_rate: self.max_event_rate,
+            max_byte_rate: self.max_byte_rate.map(|b| b as u64),
+            ..crate::app::SocketLimits::default()
         }
     }
 

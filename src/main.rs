@@ -115,7 +115,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     if let Some(r) = opts.recovery_config() {
         builder = builder.recovery(r);
     }
-    builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout));
+    builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout)).socket_limits(opts.socket_limits());
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {

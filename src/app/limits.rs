@@ -27,6 +27,13 @@ pub struct SocketLimits {
     /// How long a deferred connect middleware may take; then the client is refused with
     /// CONNECT_ERROR `{"message":"Connection timed out"}`.
     pub connect_decision_timeout: std::time::Duration,
+    /// Events one socket may send per second, with a burst of as many (`None`: no limit).
+    /// Past it the socket is disconnected (a DISCONNECT for its namespace, reason "server
+    /// namespace disconnect"; socket.io-client does not reconnect after it).
+    pub max_event_rate: Option<u32>,
+    /// Bytes of events one socket may send per second, with a burst of as many (or of one
+    /// packet, whichever is more). Past it the socket is disconnected, as above.
+    pub max_byte_rate: Option<u64>,
 }
 
 impl Default for SocketLimits {
@@ -39,6 +46,8 @@ impl Default for SocketLimits {
             max_held_packets: 64,
             max_held_bytes: 1 << 20,
             connect_decision_timeout: std::time::Duration::from_secs(10),
+            max_event_rate: None,
+            max_byte_rate: None,
         }
     }
 }
@@ -61,4 +70,32 @@ pub enum JoinError {
     /// The socket has left (or is leaving) its namespace.
     #[error("the socket is not connected")]
     NotConnected,
+}
+
+/// A token bucket refilled continuously: `rate` tokens per second, at most `rate` (or one
+/// cost, whichever is more) held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    pub(crate) fn full(rate: u64, now: std::time::Instant) -> Bucket {
+        Bucket { tokens: rate as f64, at: now }
+    }
+
+    /// Takes `cost` tokens at `now`; false (nothing taken) when there are not enough.
+    pub(crate) fn take(&mut self, rate: u64, cost: u64, now: std::time::Instant) -> bool {
+        let cap = rate.max(cost) as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate as f64).min(cap);
+        self.at = now;
+        if self.tokens >= cost as f64 {
+            self.tokens -= cost as f64;
+            true
+        } else {
+            false
+        }
+    }
 }

@@ -49,6 +49,8 @@ impl<H: Handler> EioServer<H> {
                 if let Some(owner) = eio::parse_query(&req.target).sid.and_then(sid::owner) {
                     if owner != io.worker() && owner < io.workers() {
                         self.core.stop_http_wait(id);
+                        // Its per-address count goes with it: the adopting worker releases it.
+                        self.core.counted.remove(&id);
                         io.handoff(id, owner);
                         return pos;
                     }

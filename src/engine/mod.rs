@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod address;
 pub mod echo;
 mod http;
 mod polling;
@@ -86,6 +87,18 @@ pub struct EngineConfig {
     pub allow_upgrades: bool,
     /// Attributes of the session cookie (with [`EngineConfig::cookie`]).
     pub cookie_attrs: CookieAttrs,
+    /// Per-address connection count and rate, over every worker (the client address: behind a
+    /// trusted proxy, the proxy's; refused with HTTP 429 before any request is read).
+    pub address_limits: Option<address::AddressLimits>,
+}
+
+/// Counters of what one worker's engine refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Connections refused (429) because their address held its most connections.
+    pub address_too_many: u64,
+    /// Connections refused (429) because their address opened connections too fast.
+    pub address_too_fast: u64,
 }
 
 /// What [`EngineConfig::allow_request`] sees of a handshake request.
@@ -192,6 +205,7 @@ impl Default for EngineConfig {
             allow_request: None,
             allow_upgrades: true,
             cookie_attrs: CookieAttrs::default(),
+            address_limits: None,
         }
     }
 }

@@ -38,7 +38,7 @@ use serde_json::Value;
 pub use mail::{Broadcast, BroadcastAck, RecoveryMail, Selector, SioMail};
 pub use retain::{RecoveryStats, Restored};
 
-use super::limits::SocketLimits;
+use super::limits::{self, SocketLimits};
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
 use super::socket::Socket;
 use acks::{Acks, PendingAck};
@@ -104,6 +104,10 @@ pub struct AppStats {
     pub connect_decision_timeouts: u64,
     /// Deferred ack answers that found their socket gone or the ack already answered.
     pub late_acks: u64,
+    /// Sockets disconnected for sending events faster than `SocketLimits::max_event_rate`.
+    pub event_rate_exceeded: u64,
+    /// Sockets disconnected for sending bytes faster than `SocketLimits::max_byte_rate`.
+    pub byte_rate_exceeded: u64,
     /// Connection state recovery.
     pub recovery: RecoveryStats,
 }
@@ -194,6 +198,29 @@ impl WorkerCore {
         }
     }
 
+    /// Charges one incoming event of `size` bytes to socket `idx`'s rate limits; false (and
+    /// counted) when it is past one of them.
+    fn within_rates(&mut self, idx: u32, size: usize, now: Instant) -> bool {
+        let (events, bytes) = (self.limits.max_event_rate, self.limits.max_byte_rate);
+        if events.is_none() && bytes.is_none() {
+            return true;
+        }
+        let s = self.sockets.at_mut(idx);
+        if let Some(rate) = events.map(u64::from) {
+            if !s.event_bucket.get_or_insert_with(|| limits::Bucket::full(rate, now)).take(rate, 1, now) {
+                self.stats.event_rate_exceeded += 1;
+                return false;
+            }
+        }
+        if let Some(rate) = bytes {
+            if !s.byte_bucket.get_or_insert_with(|| limits::Bucket::full(rate, now)).take(rate, size as u64, now) {
+                self.stats.byte_rate_exceeded += 1;
+                return false;
+            }
+        }
+        true
+    }
+
     /// The most acks one socket may be waiting on.
     pub(crate) fn acks_max(&self) -> usize {
         self.acks.max_per_socket()
@@ -274,6 +301,8 @@ impl WorkerCore {
             leaving: false,
             pid,
             recovered,
+            event_bucket: None,
+            byte_bucket: None,
         });
         self.rooms.add_member(&nsp, idx);
         // Every socket is in the room named by its own id, whatever the limits on names.
@@ -450,6 +479,10 @@ impl SioWorker {
                 let Some(idx) = core.sockets.client_socket(sid, &p.nsp) else {
                     return self.fail(ctx, sid, &"event for a namespace the client is not connected to");
                 };
+                if !core.within_rates(idx, size, ctx.now()) {
+                    tracing::debug!(session = ?sid, nsp = p.nsp, "a socket sent past its rate limits; disconnecting it");
+                    return remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
+                }
                 let Some(Value::Array(mut all)) = p.data else { return };
                 let name = match all.first() {
                     Some(Value::String(s)) => s.clone(),

@@ -39,6 +39,10 @@ pub(crate) struct SocketState {
     pub(crate) pid: Option<Rc<str>>,
     /// It was recovered after a disconnection.
     pub(crate) recovered: bool,
+    /// What it may still send ([`crate::app::SocketLimits::max_event_rate`] and
+    /// `max_byte_rate`), when limited.
+    pub(crate) event_bucket: Option<crate::app::limits::Bucket>,
+    pub(crate) byte_bucket: Option<crate::app::limits::Bucket>,
 }
 
 /// One Engine.IO session.
