@@ -23,6 +23,9 @@ use crate::app::recovery::{parse_offset, Recovery};
 use crate::proto::sio::Encoded;
 use crate::rt::timer::Fifo;
 
+/// How late the timer may drop expired entries (see [`Store::next_deadline`]).
+const EXPIRY_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One kept packet.
 struct Entry {
     offset: u64,
@@ -149,10 +152,12 @@ impl Store {
         gone
     }
 
-    /// When the next packet or socket expires.
+    /// When the store next wants its expired entries dropped: at most once a second
+    /// ([`EXPIRY_SLACK`] after the oldest expires), not once per packet — what expired is never
+    /// served anyway (a restore expires first, exactly) and appending trims the log too.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let window = self.shared.cfg.window;
-        [self.log.front().map(|e| e.at + window), self.kept_due.next()].into_iter().flatten().min()
+        [self.log.front().map(|e| e.at + window), self.kept_due.next()].into_iter().flatten().min().map(|t| t + EXPIRY_SLACK)
     }
 
     /// Keeps a socket that left; gives back one it replaced (same pid), whose data is user
