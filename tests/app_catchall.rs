@@ -58,9 +58,12 @@ fn on_any_then_middleware_then_the_handler_and_a_refusal_goes_to_the_error_handl
     server.shutdown();
 }
 
+/// What the outgoing hook saw: socket id, event, arguments.
+type Seen = (String, String, Vec<Value>);
+
 #[test]
 fn on_any_outgoing_sees_emits_and_broadcasts_to_each_recipient() {
-    let seen: Arc<Mutex<Vec<(String, String, Vec<Value>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let s2 = seen.clone();
     let ns = Namespace::new()
         .on_any_outgoing(move |o| s2.lock().unwrap().push((o.socket.to_string(), o.event.to_string(), o.args.to_vec())))

@@ -216,6 +216,12 @@ impl Namespace {
     }
 
     /// Handles one event name.
+    ///
+    /// The handler runs on the worker thread that serves every client of its core: it must
+    /// not block (no database call, file or network I/O, `sleep`, waiting on a channel or a
+    /// lock held elsewhere). Hand such work to another thread or a tokio runtime and answer
+    /// later with [`Socket::defer_ack`] or a [`ServerHandle`](super::ServerHandle) — see
+    /// [`super::defer`] and `examples/offload.rs`.
     pub fn on(mut self, event: &str, f: impl Fn(&mut Socket<'_, '_>, Event) + Send + Sync + 'static) -> Self {
         self.events.insert(event.to_string(), Arc::new(f));
         self

@@ -123,7 +123,10 @@ pub struct RequestInfo<'a> {
 /// `400 Bad Request` and the message as its body. It runs on the worker thread: it must not
 /// block.
 #[derive(Clone)]
-pub struct AllowRequest(pub std::sync::Arc<dyn Fn(&RequestInfo<'_>) -> Result<(), Option<String>> + Send + Sync>);
+pub struct AllowRequest(pub std::sync::Arc<AllowRequestFn>);
+
+/// The function inside [`AllowRequest`].
+pub type AllowRequestFn = dyn Fn(&RequestInfo<'_>) -> Result<(), Option<String>> + Send + Sync;
 
 impl std::fmt::Debug for AllowRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -198,7 +198,7 @@ impl SioWorker {
     /// packets it missed before its CONNECT (as Node sends them).
     fn establish(&mut self, ctx: &mut Ctx<'_, SioMail>, pc: PendingConnect, restored: Option<Restored>) {
         let core = &mut self.core;
-        if !core.sockets.clients.get(&pc.client).is_some_and(|c| c.closing_reason.is_none()) || !ctx.has_session(pc.client) {
+        if core.sockets.clients.get(&pc.client).is_none_or(|c| c.closing_reason.is_some()) || !ctx.has_session(pc.client) {
             // The client left meanwhile; what it held is user data to drop.
             return guard::drop_quietly((pc, restored));
         }
@@ -258,18 +258,18 @@ impl SioWorker {
 
     /// Holds a packet for a namespace whose connection waits for a verdict; gives the packet
     /// back when there is no such connection. Past the limits the session is closed.
-    pub(super) fn hold(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet, size: usize) -> Result<(), Packet> {
-        let Some(token) = self.core.pending_token(sid, &p.nsp) else { return Err(p) };
+    pub(super) fn hold(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet, size: usize) -> Option<Packet> {
+        let Some(token) = self.core.pending_token(sid, &p.nsp) else { return Some(p) };
         let limits = self.core.limits;
         let pc = self.core.pending.get_mut(&token).expect("registered with its client");
         if pc.held.len() >= limits.max_held_packets || pc.held_bytes + size > limits.max_held_bytes {
             self.core.stats.held_overflow += 1;
             self.fail(ctx, sid, &"too many packets for a namespace still connecting");
-            return Ok(());
+            return None;
         }
         pc.held_bytes += size;
         pc.held.push_back((p, size));
-        Ok(())
+        None
     }
 
     /// Connections whose verdict did not come in time are refused.

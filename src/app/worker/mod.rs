@@ -463,8 +463,8 @@ impl SioWorker {
                 return;
             }
             _ => match self.hold(ctx, sid, p, size) {
-                Ok(()) => return,
-                Err(p) => p,
+                None => return,
+                Some(p) => p,
             },
         };
         let core = &mut self.core;
