@@ -129,6 +129,8 @@ mod tests {
         assert_eq!(l.admit(a, t), Ok(()));
 
         let r = AddressLimits::new(None, Some(2));
+        // Times are read in whole milliseconds since the table was made: start after it.
+        let t = Instant::now();
         assert_eq!(r.admit(a, t), Ok(()));
         assert_eq!(r.admit(a, t), Ok(()), "a burst of 2");
         assert_eq!(r.admit(a, t), Err(Refusal::TooFast));
