@@ -5,6 +5,7 @@
 //! worker's stats count it all. The clock is the harness's: no sleeps.
 
 mod sim_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,4 +128,33 @@ fn past_the_window_or_past_the_caps_the_client_gets_a_fresh_socket() {
     assert!(got[0].starts_with("40{"), "{got:?}");
     assert_eq!(s.shard(1).service.handler().stats().recovery.not_recovered, 1, "counted once, by the worker the client came to");
     assert_eq!(s.shard(0).service.handler().stats().recovery.not_recovered, 1);
+}
+
+/// On the wire, the library server: with recovery on, the CONNECT answer carries a pid, and an
+/// emit from a `ServerHandle` (encoded off the workers) carries an offset like a handler's;
+/// a volatile one does not (it is never kept).
+#[test]
+fn server_handle_emits_carry_offsets_with_recovery_on() {
+    let server = shardcast::app::Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(false)
+        .recovery(config(10_000, 1000))
+        .namespace("/", shardcast::app::Namespace::new())
+        .start()
+        .expect("server starts");
+    let mut ws = support::Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    ws.set_timeout(Duration::from_secs(5));
+    assert!(ws.recv_text().starts_with("0{"));
+    ws.send_text("40");
+    let connect = ws.recv_eio();
+    assert!(connect.starts_with("40{\"sid\":") && connect.contains("\"pid\":\""), "{connect}");
+    let handle = server.handle();
+    handle.flush().unwrap(); // the socket is connected on its worker
+    handle.of("/").volatile().emit("v", &[serde_json::json!(0)]).unwrap();
+    handle.of("/").emit("news", &[serde_json::json!(1)]).unwrap();
+    assert_eq!(ws.recv_eio(), r#"42["v",0]"#, "volatile: no offset");
+    let news = ws.recv_eio();
+    assert!(news.starts_with(r#"42["news",1,""#) && offset(&news).parse::<u64>().is_ok(), "{news}");
+    server.shutdown();
 }
