@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
+use super::recovery::Recovery;
 use super::worker::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
 use crate::engine::SendFlags;
 use crate::proto::sio::encode;
@@ -68,6 +69,8 @@ pub struct SocketInfo {
 /// A handle to a running server, for any thread: `Send + Sync + Clone`.
 pub struct ServerHandle {
     poster: Poster<SioMail>,
+    /// Connection state recovery, when on: emits get an offset.
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -100,19 +103,29 @@ fn ask<T: Merge>(poster: &Poster<SioMail>, mail: impl Fn(Part<T>) -> SioMail) ->
 
 impl ServerHandle {
     pub(crate) fn new(poster: Poster<SioMail>) -> ServerHandle {
-        ServerHandle { poster }
+        ServerHandle { poster, recovery: None }
+    }
+
+    pub(crate) fn with_recovery(mut self, recovery: Option<Arc<Recovery>>) -> ServerHandle {
+        self.recovery = recovery;
+        self
     }
 
     /// A handle that belongs to no running server: every call answers
     /// [`HandleError::Stopped`] (the handle of a worker built outside [`super::Server`], as in
     /// the in-memory test harness).
     pub fn detached() -> ServerHandle {
-        ServerHandle { poster: Poster::detached() }
+        ServerHandle { poster: Poster::detached(), recovery: None }
     }
 
     /// Operations on namespace `nsp`.
     pub fn of(&self, nsp: &str) -> Operator {
-        Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, flags: SendFlags::default() }
+        Operator {
+            poster: self.poster.clone(),
+            sel: Selector { nsp: nsp.to_string(), ..Default::default() },
+            flags: SendFlags::default(),
+            recovery: self.recovery.clone(),
+        }
     }
 
     /// Completes once every worker has handled everything posted to it before this call (mail
@@ -135,6 +148,7 @@ pub struct Operator {
     poster: Poster<SioMail>,
     sel: Selector,
     flags: SendFlags,
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl Operator {
@@ -187,8 +201,11 @@ impl Operator {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
-        let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
+        // With connection state recovery, a non-volatile emit carries an offset.
+        let offset = self.recovery.as_ref().filter(|_| !self.flags.volatile).map(|r| r.offset());
+        let text = offset.map(super::recovery::offset_text);
+        let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
         self.all(|| SioMail::Broadcast(b.clone()))
     }
 
@@ -216,7 +233,7 @@ impl Operator {
         let id = super::worker::next_handle_broadcast_id();
         let packet = encode::event(&self.sel.nsp, event, args, Some(id), attachments);
         let ack = BroadcastAck { id, origin: AckOrigin::Handle(sink.clone()), deadline: Instant::now() + timeout };
-        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack) });
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack), offset: None });
         if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
             sink.stop();
         }
