@@ -140,8 +140,12 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let mut rtcfg = opts.runtime_config();
     rtcfg.worker.tls = tls.clone();
     let workers = rtcfg.threads;
-    let builder =
+    let mut builder =
         Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
+    if let Some(r) = opts.recovery_config() {
+        builder = builder.recovery(r);
+    }
+    builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout)).socket_limits(opts.socket_limits());
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {

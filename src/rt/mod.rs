@@ -33,5 +33,5 @@ pub mod timer;
 pub mod tls;
 pub mod worker;
 
-pub use conn::{ConnId, Io, RtMail, SendError, Service, Stats};
+pub use conn::{ConnId, Io, Remote, RtMail, SendError, Service, Stats};
 pub use worker::WorkerConfig;

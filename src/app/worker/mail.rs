@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use super::acks::PendingAck;
 use super::{disconnect_client, remove_socket, WorkerCore};
+use crate::app::handle::SocketInfo;
 use crate::app::namespace::{BroadcastAckCallback, DisconnectReason};
+use crate::app::pending::{AckSink, Part, RoomNames};
 use crate::engine::{Ctx, SendFlags};
 use crate::proto::sio::{encode, Encoded};
 
@@ -44,17 +46,29 @@ pub struct Broadcast {
     pub flags: SendFlags,
     /// Set when every recipient's ack is collected by the origin worker.
     pub ack: Option<BroadcastAck>,
+    /// Its connection-state-recovery offset (already in `packet`), when recovery is on: every
+    /// worker that delivers it keeps it for the recovery window.
+    pub offset: Option<u64>,
 }
 
 /// The ack of a broadcast: the id every recipient answers with, and who collects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BroadcastAck {
     /// The ack id every recipient answers with.
     pub id: u64,
-    /// The worker that collects the answers.
-    pub origin: usize,
+    /// Who collects the answers.
+    pub origin: AckOrigin,
     /// When the collection ends.
     pub deadline: Instant,
+}
+
+/// Who collects the answers to a broadcast with ack.
+#[derive(Debug, Clone)]
+pub enum AckOrigin {
+    /// The worker of the emitting socket (`Operator::emit_with_ack` inside a handler).
+    Worker(usize),
+    /// A `ServerHandle` caller: every worker reports to the shared sink directly.
+    Handle(Arc<AckSink>),
 }
 
 /// Mail between workers (and from `ServerHandle`s).
@@ -82,17 +96,31 @@ pub enum SioMail {
         /// Close their whole clients, not only this namespace.
         close_client: bool,
     },
-    /// Answer on `reply` once everything posted before has been handled (a barrier).
+    /// Answer once everything posted before has been handled (a barrier).
     Flush {
-        /// Where to answer.
-        reply: std::sync::mpsc::Sender<()>,
+        /// This worker's part of the answer.
+        part: Part<()>,
     },
-    /// Count the selected sockets; every worker answers on `reply`.
+    /// Count the selected sockets.
     Count {
         /// Which sockets.
         sel: Arc<Selector>,
-        /// Where to answer.
-        reply: std::sync::mpsc::Sender<usize>,
+        /// This worker's part of the answer.
+        part: Part<usize>,
+    },
+    /// Describe the selected sockets.
+    Fetch {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// This worker's part of the answer.
+        part: Part<Vec<SocketInfo>>,
+    },
+    /// Name the rooms of a namespace that have a member here.
+    Rooms {
+        /// The namespace.
+        nsp: Arc<str>,
+        /// This worker's part of the answer.
+        part: Part<RoomNames>,
     },
     /// To a broadcast's origin: this worker sent it to `count` sockets.
     AckCount {
@@ -101,6 +129,10 @@ pub enum SioMail {
         /// Recipients on the reporting worker.
         count: usize,
     },
+    /// A deferred ack answer or connect verdict, from user code on any thread.
+    Deferred(crate::app::defer::DeferredMail),
+    /// Connection state recovery between workers: a client came back on another worker.
+    Recovery(RecoveryMail),
     /// To a broadcast's origin: one recipient's answer.
     AckAnswer {
         /// The broadcast's ack id.
@@ -112,17 +144,60 @@ pub enum SioMail {
     },
 }
 
+/// A client that came back with a `pid` asks the other workers for its kept state.
+pub enum RecoveryMail {
+    /// Restore the socket kept under `pid` (in namespace `nsp`) with the packets after
+    /// `offset`, answering `Restored` to worker `reply_to`.
+    Restore {
+        /// The client's private id.
+        pid: String,
+        /// The namespace it reconnects to.
+        nsp: String,
+        /// The last offset it saw.
+        offset: String,
+        /// The worker waiting.
+        reply_to: usize,
+        /// Its pending connection.
+        token: u64,
+    },
+    /// The answer: the state, or `None` (this worker did not keep it).
+    Restored {
+        /// The pending connection.
+        token: u64,
+        /// The kept state and the missed packets.
+        state: Option<Box<super::retain::Restored>>,
+    },
+}
+
 impl WorkerCore {
+    /// Keeps a delivered packet for connection state recovery, if it has an offset.
+    pub(crate) fn keep_packet(&mut self, ctx: &Ctx<'_, SioMail>, b: &Arc<Broadcast>) {
+        if let (Some(store), Some(offset)) = (self.store.as_mut(), b.offset) {
+            store.log(ctx.now(), b.clone(), offset);
+        }
+    }
+
     /// Delivers a broadcast to this worker's matching sockets; returns how many got it.
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
         let targets = self.select(&b.sel);
+        // An `on_any_outgoing` hook sees the event: decoded once here, told per recipient.
+        if let Some(&first) = targets.first() {
+            if self.sockets.at(first).ns.any_outgoing.is_some() {
+                if let Some((event, args)) = decode_event(&b.packet) {
+                    for &idx in &targets {
+                        self.outgoing(idx, &event, &args);
+                    }
+                }
+            }
+        }
         for &idx in &targets {
             let s = self.sockets.at_mut(idx);
-            if let Some(ack) = b.ack {
+            if let Some(ack) = &b.ack {
                 let key = (idx, s.gen);
                 // A recipient at its pending-ack limit still gets the event, but its answer is
                 // not collected: the collection ends at its deadline without it.
-                if self.acks.arm(&mut s.acks, key, ack.deadline, PendingAck::Collect { origin: ack.origin }, Some(ack.id)).is_err() {
+                let collect = PendingAck::Collect { origin: ack.origin.clone() };
+                if self.acks.arm(&mut s.acks, key, ack.deadline, collect, Some(ack.id)).is_err() {
                     tracing::debug!(socket = %s.id, "too many pending acks; a broadcast's ack will not be collected");
                 }
             }
@@ -140,6 +215,7 @@ impl WorkerCore {
     pub(crate) fn broadcast(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Broadcast) -> usize {
         let b = Arc::new(b);
         let n = self.deliver(ctx, &b);
+        self.keep_packet(ctx, &b);
         let me = ctx.worker();
         for w in (0..ctx.workers()).filter(|&w| w != me) {
             ctx.post(w, SioMail::Broadcast(b.clone()));
@@ -170,7 +246,7 @@ impl WorkerCore {
         let key = (idx, s.gen);
         self.acks.start_collector(&mut s.acks, id, key, ctx.workers() - 1, deadline, cb)?;
         let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
-        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: worker, deadline }) };
+        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: AckOrigin::Worker(worker), deadline }), offset: None };
         let n = self.broadcast(ctx, b);
         if self.acks.count(id, n, false) {
             // Called from user code: the callback runs once that code has returned.
@@ -185,10 +261,18 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
     match mail {
         SioMail::Broadcast(b) => {
             // One copy per worker, not per recipient: keeps reference counts core-local.
-            let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack };
+            let local = Arc::new(Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone(), offset: b.offset });
             let n = core.deliver(ctx, &local);
-            if let Some(ack) = b.ack {
-                ctx.post(ack.origin, SioMail::AckCount { id: ack.id, count: n });
+            core.keep_packet(ctx, &local);
+            match &b.ack {
+                Some(BroadcastAck { id, origin: AckOrigin::Worker(origin), .. }) => ctx.post(*origin, SioMail::AckCount { id: *id, count: n }),
+                Some(BroadcastAck { origin: AckOrigin::Handle(sink), deadline, .. }) => {
+                    sink.report(n);
+                    if n > 0 {
+                        core.handle_acks.arm(*deadline, sink.clone());
+                    }
+                }
+                None => {}
             }
         }
         SioMail::AckCount { id, count } => {
@@ -228,11 +312,29 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
                 }
             }
         }
-        SioMail::Flush { reply } => {
-            let _ = reply.send(());
+        SioMail::Deferred(_) | SioMail::Recovery(_) => unreachable!("handled by the worker before apply"),
+        SioMail::Flush { part } => part.answer(()),
+        SioMail::Count { sel, part } => part.answer(core.select(&sel).len()),
+        SioMail::Fetch { sel, part } => {
+            let worker = ctx.worker();
+            let found = core.select(&sel).into_iter().map(|idx| core.describe(idx, worker)).collect();
+            part.answer(found);
         }
-        SioMail::Count { sel, reply } => {
-            let _ = reply.send(core.select(&sel).len());
-        }
+        SioMail::Rooms { nsp, part } => part.answer(RoomNames(core.room_names(&nsp))),
     }
+}
+
+/// The event name and arguments of an encoded EVENT (for the outgoing hook).
+fn decode_event(packet: &Encoded) -> Option<(String, Vec<Value>)> {
+    let text = packet.packet_text();
+    let start = text.iter().position(|&b| b == b'[')?;
+    let Value::Array(mut all) = serde_json::from_slice(&text[start..]).ok()? else { return None };
+    if all.is_empty() {
+        return None;
+    }
+    let name = match all.remove(0) {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Some((name, all))
 }
