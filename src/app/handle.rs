@@ -164,7 +164,11 @@ impl Operator {
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
-        self.all(|| SioMail::Broadcast(b.clone()))
+        // Counted once, by worker 0 (see `SioMail::Publish`).
+        for w in 0..self.poster.workers() {
+            self.poster.post(w, if w == 0 { SioMail::Publish(b.clone()) } else { SioMail::Broadcast(b.clone()) })?;
+        }
+        Ok(())
     }
 
     /// Makes the selected sockets join `rooms`.

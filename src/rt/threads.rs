@@ -10,6 +10,7 @@ use super::bus::Mailbox;
 use super::conn::{RtMail, Service};
 use super::listener;
 use super::memory::{self, MemoryGuard};
+use super::metrics::WorkerMetrics;
 use super::ring::RingError;
 use super::worker::{Worker, WorkerConfig};
 
@@ -98,6 +99,79 @@ impl<M: Send + 'static> Poster<M> {
         }
         self.mailboxes[worker].post(RtMail::User(m));
         Ok(())
+    }
+}
+
+/// The workers' mailboxes, whatever their service's mail type (for a [`Scraper`]).
+trait Inboxes: Send + Sync {
+    fn workers(&self) -> usize;
+    fn depth(&self, worker: usize) -> usize;
+    fn ask(&self, worker: usize, depth: usize, reply: std::sync::mpsc::Sender<WorkerMetrics>);
+}
+
+impl<M: Send + 'static> Inboxes for Vec<Arc<Mailbox<RtMail<M>>>> {
+    fn workers(&self) -> usize {
+        self.len()
+    }
+
+    fn depth(&self, worker: usize) -> usize {
+        self[worker].len()
+    }
+
+    fn ask(&self, worker: usize, depth: usize, reply: std::sync::mpsc::Sender<WorkerMetrics>) {
+        self[worker].post(RtMail::Metrics { depth, reply });
+    }
+}
+
+/// Why a scrape did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeError {
+    /// A worker has exited: its answer will never come.
+    #[error("the server has stopped")]
+    Stopped,
+    /// A worker did not answer in time (it is stuck in a long pass).
+    #[error("a worker did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Asks every worker for its counters, from any thread (the admin endpoint). A worker answers
+/// at its next loop pass, from its own plain counters: nothing is shared with the hot path.
+/// Scrapes keep working during the shutdown grace (workers read their mail until they exit).
+#[derive(Clone)]
+pub struct Scraper {
+    boxes: Arc<dyn Inboxes>,
+    live: Arc<Liveness>,
+}
+
+impl Scraper {
+    /// Every worker's counters, in worker order; waits at most `timeout` for the answers.
+    pub fn scrape(&self, timeout: std::time::Duration) -> Result<Vec<WorkerMetrics>, ScrapeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = self.boxes.workers();
+        if self.live.exited.load(Ordering::Acquire) > 0 {
+            return Err(ScrapeError::Stopped);
+        }
+        for w in 0..n {
+            // Read before asking, so the scrape's own message is not counted.
+            let depth = self.boxes.depth(w);
+            self.boxes.ask(w, depth, tx.clone());
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut answers = Vec::with_capacity(n);
+        while answers.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ScrapeError::Timeout(timeout));
+            }
+            match rx.recv_timeout(left.min(std::time::Duration::from_millis(20))) {
+                Ok(m) => answers.push(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if self.live.exited.load(Ordering::Acquire) == 0 => {}
+                Err(_) => return Err(ScrapeError::Stopped),
+            }
+        }
+        answers.sort_by_key(|m| m.worker);
+        Ok(answers)
     }
 }
 
@@ -255,6 +329,12 @@ impl<M: Send + 'static> Runtime<M> {
 
     pub fn poster(&self) -> Poster<M> {
         Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
+    }
+
+    /// A handle that collects every worker's counters (see [`Scraper`]).
+    pub fn scraper(&self) -> Scraper {
+        let boxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>> = self.mailboxes.clone();
+        Scraper { boxes, live: self.live.clone() }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.

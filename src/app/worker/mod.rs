@@ -81,6 +81,10 @@ pub struct WorkerCore {
     connect_timeout: Duration,
     /// Disconnects user code asked for, done once it returns: (slot, generation, what).
     intents: VecDeque<(u32, u32, Intent)>,
+    /// Broadcasts emitted here (or published by a handle and counted here), and the sockets
+    /// this worker handed one to: plain integers, read when the worker is scraped.
+    pub(crate) broadcasts: u64,
+    pub(crate) deliveries: u64,
 }
 
 /// The Socket.IO [`Handler`] of one worker.
@@ -112,6 +116,8 @@ impl SioWorker {
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
+                broadcasts: 0,
+                deliveries: 0,
             },
         }
     }
@@ -483,6 +489,24 @@ impl Handler for SioWorker {
 
     fn on_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
         mail::apply(&mut self.core, ctx, mail);
+    }
+
+    fn metrics(&self, out: &mut crate::rt::metrics::WorkerMetrics) {
+        let core = &self.core;
+        let w = out.worker.to_string();
+        let worker = [("worker", w.as_str())];
+        out.gauge("shardcast_namespaces", "Namespaces with at least one socket on this worker.", &worker, core.rooms.nsps.len() as u64);
+        out.gauge("shardcast_sockets", "Connected Socket.IO sockets (one per client and namespace).", &worker, core.sockets.len() as u64);
+        // Every socket is in the room named by its id; those are not counted.
+        let rooms: usize = core.rooms.nsps.values().map(|ns| ns.rooms.len()).sum();
+        out.gauge(
+            "shardcast_rooms",
+            "Rooms with a member on this worker (a room with members on two workers counts on each; sockets' own id rooms are not counted).",
+            &worker,
+            rooms.saturating_sub(core.sockets.len()) as u64,
+        );
+        out.counter("shardcast_broadcasts_total", "Broadcasts emitted (each encoded once, whatever the number of recipients).", &[], core.broadcasts);
+        out.counter("shardcast_deliveries_total", "Broadcast packets handed to a recipient's transport (one per recipient per broadcast).", &[], core.deliveries);
     }
 
     fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {
