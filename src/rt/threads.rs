@@ -53,6 +53,8 @@ struct Liveness {
     stopping: AtomicBool,
     /// Worker threads that have returned.
     exited: AtomicUsize,
+    /// Which workers have returned (a scrape asks only the others).
+    gone: Vec<AtomicBool>,
 }
 
 /// The running workers.
@@ -126,7 +128,7 @@ impl<M: Send + 'static> Inboxes for Vec<Arc<Mailbox<RtMail<M>>>> {
 /// Why a scrape did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ScrapeError {
-    /// A worker has exited: its answer will never come.
+    /// Every worker has exited.
     #[error("the server has stopped")]
     Stopped,
     /// A worker did not answer in time (it is stuck in a long pass).
@@ -136,7 +138,8 @@ pub enum ScrapeError {
 
 /// Asks every worker for its counters, from any thread (the admin endpoint). A worker answers
 /// at its next loop pass, from its own plain counters: nothing is shared with the hot path.
-/// Scrapes keep working during the shutdown grace (workers read their mail until they exit).
+/// Scrapes keep working during the shutdown grace (workers read their mail until they exit);
+/// a worker that has already exited (its drain is over) is left out of the answer.
 #[derive(Clone)]
 pub struct Scraper {
     boxes: Arc<dyn Inboxes>,
@@ -144,31 +147,37 @@ pub struct Scraper {
 }
 
 impl Scraper {
-    /// Every worker's counters, in worker order; waits at most `timeout` for the answers.
+    /// Every running worker's counters, in worker order; waits at most `timeout` for the
+    /// answers.
     pub fn scrape(&self, timeout: std::time::Duration) -> Result<Vec<WorkerMetrics>, ScrapeError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let n = self.boxes.workers();
-        if self.live.exited.load(Ordering::Acquire) > 0 {
+        let gone = |w: usize| self.live.gone[w].load(Ordering::Acquire);
+        let asked: Vec<usize> = (0..self.boxes.workers()).filter(|&w| !gone(w)).collect();
+        if asked.is_empty() {
             return Err(ScrapeError::Stopped);
         }
-        for w in 0..n {
+        for &w in &asked {
             // Read before asking, so the scrape's own message is not counted.
             let depth = self.boxes.depth(w);
             self.boxes.ask(w, depth, tx.clone());
         }
         drop(tx);
         let deadline = std::time::Instant::now() + timeout;
-        let mut answers = Vec::with_capacity(n);
-        while answers.len() < n {
+        let mut answers: Vec<WorkerMetrics> = Vec::with_capacity(asked.len());
+        // Until every worker asked has answered, or exited without answering.
+        while asked.iter().any(|&w| !gone(w) && !answers.iter().any(|m| m.worker == w)) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(ScrapeError::Timeout(timeout));
             }
             match rx.recv_timeout(left.min(std::time::Duration::from_millis(20))) {
                 Ok(m) => answers.push(m),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if self.live.exited.load(Ordering::Acquire) == 0 => {}
-                Err(_) => return Err(ScrapeError::Stopped),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
+        }
+        if answers.is_empty() {
+            return Err(ScrapeError::Stopped);
         }
         answers.sort_by_key(|m| m.worker);
         Ok(answers)
@@ -186,10 +195,11 @@ pub fn on_worker_thread() -> bool {
 }
 
 /// Counts a worker thread as exited when its body returns (or unwinds).
-struct ExitGuard(Arc<Liveness>);
+struct ExitGuard(Arc<Liveness>, usize);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        self.0.gone[self.1].store(true, Ordering::Release);
         self.0.exited.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -270,7 +280,7 @@ where
     let cpus = Arc::new(allowed_cpus());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
-    let live = Arc::new(Liveness::default());
+    let live = Arc::new(Liveness { gone: (0..threads).map(|_| AtomicBool::new(false)).collect(), ..Default::default() });
     for (i, fd) in fds.into_iter().enumerate() {
         let peers = mailboxes.clone();
         let make = make.clone();
@@ -284,7 +294,7 @@ where
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
-                let _exit = ExitGuard(live);
+                let _exit = ExitGuard(live, i);
                 ON_WORKER.with(|w| w.set(true));
                 abort_on_panic(i, || {
                     if pin && !cpus.is_empty() {
