@@ -82,7 +82,9 @@ fn start_admin(opts: &ServerOptions, scraper: threads::Scraper, handle: Option<S
     let Some(bind) = opts.admin_bind else {
         return Ok(None);
     };
-    AdminServer::start(AdminConfig::new(bind, opts.api_key.clone()), scraper, handle).map(Some).map_err(|e| format!("cannot serve the admin endpoint on {bind}: {e}"))
+    AdminServer::start(AdminConfig::new(bind, opts.api_key.clone()), scraper, handle)
+        .map(Some)
+        .map_err(|e| format!("cannot serve the admin endpoint on {bind}: {e}"))
 }
 
 /// The banner, with the admin endpoint's address when there is one.

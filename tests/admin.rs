@@ -111,7 +111,13 @@ impl Client {
         let target = "/socket.io/?EIO=4&transport=websocket";
         let ws = Ws::connect(addr, target, "");
         ws.set_timeout(Duration::from_secs(10));
-        let mut c = Client { sent: Ws::upgrade_request(target, "").len() as u64, received: ws.response_head.len() as u64, ws, sid: String::new(), socket: String::new() };
+        let mut c = Client {
+            sent: Ws::upgrade_request(target, "").len() as u64,
+            received: ws.response_head.len() as u64,
+            ws,
+            sid: String::new(),
+            socket: String::new(),
+        };
         let open = c.recv();
         let v: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
         c.sid = v["sid"].as_str().unwrap().to_string();
@@ -214,13 +220,16 @@ fn metrics_count_a_known_workload_exactly() {
         let count = value(&m, &format!("shardcast_loop_pass_seconds_count{{{wl}}}"));
         assert!(count > 0);
         assert_eq!(value(&m, &format!("shardcast_loop_pass_seconds_bucket{{{wl},le=\"+Inf\"}}")), count);
-        let buckets: Vec<u64> = m.iter().filter(|(k, _)| k.starts_with(&format!("shardcast_loop_pass_seconds_bucket{{{wl},"))).map(|(_, v)| *v as u64).collect();
+        let buckets: Vec<u64> =
+            m.iter().filter(|(k, _)| k.starts_with(&format!("shardcast_loop_pass_seconds_bucket{{{wl},"))).map(|(_, v)| *v as u64).collect();
         assert!(buckets.len() > 10);
         let subs = value(&m, &format!("shardcast_ring_submissions_per_pass_count{{{wl}}}"));
         assert!(subs > 0 && value(&m, &format!("shardcast_ring_submissions_per_pass_sum{{{wl}}}")) > 0);
     }
     let per_pass = |k: &str| value(&m, k);
-    assert!(per_pass("shardcast_loop_pass_seconds_bucket{worker=\"0\",le=\"0.001\"}") <= per_pass("shardcast_loop_pass_seconds_bucket{worker=\"0\",le=\"0.1\"}"));
+    assert!(
+        per_pass("shardcast_loop_pass_seconds_bucket{worker=\"0\",le=\"0.001\"}") <= per_pass("shardcast_loop_pass_seconds_bucket{worker=\"0\",le=\"0.1\"}")
+    );
 
     // A second scrape sees the same totals: scraping is not traffic on the public port.
     let again = scrape(admin);
@@ -289,7 +298,8 @@ fn api_emit_reaches_rooms_except_and_namespaces_and_refuses_bad_requests() {
     }
 
     // Room r except b: only a. Answered once every worker has handed it on.
-    let (status, body) = post_emit(admin, "/api/emit", "s3cret", json!({"namespace": "/", "rooms": ["r"], "except": [b.socket], "event": "news", "args": [1, {"x": "y"}]}));
+    let (status, body) =
+        post_emit(admin, "/api/emit", "s3cret", json!({"namespace": "/", "rooms": ["r"], "except": [b.socket], "event": "news", "args": [1, {"x": "y"}]}));
     assert_eq!((status, body.as_str()), (200, r#"{"emitted":1}"#));
     // A marker to every socket of `/`: whoever did not get "news" sees the marker first.
     assert_eq!(post_emit(admin, "/api/emit", "s3cret", json!({"event": "marker"})).0, 200);
@@ -358,7 +368,9 @@ fn configuration_from_the_environment() {
     // Every flag has a SHARDCAST_* variable, shown in --help.
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast")).arg("--help").output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for var in ["SHARDCAST_BIND", "SHARDCAST_THREADS", "SHARDCAST_ADMIN_BIND", "SHARDCAST_API_KEY", "SHARDCAST_PING_INTERVAL", "SHARDCAST_WEBSOCKET_COMPRESSION"] {
+    for var in
+        ["SHARDCAST_BIND", "SHARDCAST_THREADS", "SHARDCAST_ADMIN_BIND", "SHARDCAST_API_KEY", "SHARDCAST_PING_INTERVAL", "SHARDCAST_WEBSOCKET_COMPRESSION"]
+    {
         assert!(help.contains(&format!("[env: {var}")), "{var} not in --help:\n{help}");
     }
     let server = Server::start_env(

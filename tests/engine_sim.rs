@@ -470,5 +470,9 @@ fn shutdown_closes_websockets_with_1001_and_polling_sessions_with_a_close_packet
 /// `shardcast_dropped_total{reason}` as worker 0 reports it to a scrape.
 fn dropped<S: shardcast::rt::Service>(s: &mut shardcast::rt::sim::Sim<S>, reason: &str) -> u64 {
     let m = s.shard(0).metrics(0);
-    m.samples.iter().find(|x| x.name == "shardcast_dropped_total" && x.labels == [("reason", reason.to_string())]).map(|x| x.value).expect("a dropped_total sample")
+    m.samples
+        .iter()
+        .find(|x| x.name == "shardcast_dropped_total" && x.labels == [("reason", reason.to_string())])
+        .map(|x| x.value)
+        .expect("a dropped_total sample")
 }

@@ -41,9 +41,14 @@ pub fn render(workers: &[WorkerMetrics]) -> String {
     }
     header(&mut out, "shardcast_loop_pass_seconds", "Time a worker's loop pass took, from the end of its wait to the end of its work.", "histogram");
     for w in workers {
-        histogram(&mut out, "shardcast_loop_pass_seconds", w.worker, &w.loop_stats.pass_nanos, &PASS_NANOS, |v| seconds(v));
+        histogram(&mut out, "shardcast_loop_pass_seconds", w.worker, &w.loop_stats.pass_nanos, &PASS_NANOS, seconds);
     }
-    header(&mut out, "shardcast_ring_submissions_per_pass", "io_uring submission queue entries a worker queued per loop pass (sent with one io_uring_enter).", "histogram");
+    header(
+        &mut out,
+        "shardcast_ring_submissions_per_pass",
+        "io_uring submission queue entries a worker queued per loop pass (sent with one io_uring_enter).",
+        "histogram",
+    );
     for w in workers {
         histogram(&mut out, "shardcast_ring_submissions_per_pass", w.worker, &w.loop_stats.submissions, &SUBMISSIONS, |v| v.to_string());
     }
@@ -137,7 +142,10 @@ mod tests {
     #[test]
     fn totals_are_summed_and_per_worker_gauges_kept() {
         let text = render(&[worker(0, 5), worker(1, 7)]);
-        assert!(text.contains("# HELP shardcast_deliveries_total Deliveries.\n# TYPE shardcast_deliveries_total counter\nshardcast_deliveries_total 12\n"), "{text}");
+        assert!(
+            text.contains("# HELP shardcast_deliveries_total Deliveries.\n# TYPE shardcast_deliveries_total counter\nshardcast_deliveries_total 12\n"),
+            "{text}"
+        );
         assert!(text.contains("shardcast_sockets{worker=\"0\"} 3\nshardcast_sockets{worker=\"1\"} 3\n"), "{text}");
         assert!(text.contains("# HELP shardcast_dropped_total Drops \\\\ by \"reason\".\n"), "{text}");
         assert!(text.contains("shardcast_dropped_total{reason=\"volatile\"} 2\n"), "{text}");

@@ -299,7 +299,8 @@ impl<H: Handler> Service for EioServer<H> {
         let c = self.core.counters;
         out.counter("shardcast_packets_received_total", "Engine.IO message packets (text or binary) received from clients.", &[], c.packets_in);
         out.counter("shardcast_packets_sent_total", "Engine.IO message packets queued to clients (a broadcast counts once per recipient).", &[], c.packets_out);
-        const DROPPED: &str = "Packets not delivered, by reason: volatile (the client could not take it now), slow_consumer (its send queue was full; the session is closed).";
+        const DROPPED: &str =
+            "Packets not delivered, by reason: volatile (the client could not take it now), slow_consumer (its send queue was full; the session is closed).";
         out.counter("shardcast_dropped_total", DROPPED, &[("reason", "volatile")], c.dropped_volatile);
         out.counter("shardcast_dropped_total", DROPPED, &[("reason", "slow_consumer")], c.dropped_slow_consumer);
         self.handler.metrics(out);

@@ -693,12 +693,9 @@ impl<S: Service> Shard<S> {
         m.gauge("shardcast_send_queue_bytes", "Bytes queued for clients and not yet written.", &worker, queued as u64);
         m.gauge("shardcast_read_held_bytes", "Unconsumed input held for clients (counts against the read budget).", &worker, io.read_held as u64);
         let s = io.stats;
-        for (reason, n) in [
-            ("read_overflow", s.read_overflow),
-            ("read_budget", s.shed_read_budget),
-            ("memory", s.shed_memory),
-            ("close_grace", s.close_grace_expired),
-        ] {
+        for (reason, n) in
+            [("read_overflow", s.read_overflow), ("read_budget", s.shed_read_budget), ("memory", s.shed_memory), ("close_grace", s.close_grace_expired)]
+        {
             m.counter("shardcast_cuts_total", "Connections cut or shed by the runtime, by reason.", &[("reason", reason)], n);
         }
         self.service.metrics(io, &mut m);

@@ -506,7 +506,12 @@ impl Handler for SioWorker {
             rooms.saturating_sub(core.sockets.len()) as u64,
         );
         out.counter("shardcast_broadcasts_total", "Broadcasts emitted (each encoded once, whatever the number of recipients).", &[], core.broadcasts);
-        out.counter("shardcast_deliveries_total", "Broadcast packets handed to a recipient's transport (one per recipient per broadcast).", &[], core.deliveries);
+        out.counter(
+            "shardcast_deliveries_total",
+            "Broadcast packets handed to a recipient's transport (one per recipient per broadcast).",
+            &[],
+            core.deliveries,
+        );
     }
 
     fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {
