@@ -85,6 +85,9 @@ pub fn parse(body: &[u8], batch: bool) -> Result<Vec<EmitRequest>, ApiError> {
     Ok(events)
 }
 
+/// How long a publish waits for every worker to have handled its events.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Emits every event, then waits until every worker has handled them.
 pub fn emit(handle: &ServerHandle, events: &[EmitRequest]) -> Result<usize, ApiError> {
     let stopped = |e: HandleError| ApiError { status: 503, message: e.to_string() };
@@ -101,7 +104,7 @@ pub fn emit(handle: &ServerHandle, events: &[EmitRequest]) -> Result<usize, ApiE
         }
         op.emit(&e.event, &e.args).map_err(stopped)?;
     }
-    handle.flush().map_err(stopped)?;
+    handle.flush().wait_timeout(FLUSH_TIMEOUT).map_err(stopped)?;
     Ok(events.len())
 }
 

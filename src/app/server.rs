@@ -129,8 +129,9 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
-        let rt = threads::start(self.runtime, move |_| {
-            EioServer::new(Rc::new((*engine).clone()), SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits))
+        let rt = threads::start_with(self.runtime, move |_, poster| {
+            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits).with_handle(ServerHandle::new(poster));
+            EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
         let handle = ServerHandle::new(rt.poster());
         Ok(RunningServer { rt, handle })
