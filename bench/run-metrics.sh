@@ -59,29 +59,5 @@ done
 
 bench/peers/target/release/floor 1000 300 | tee "$OUT/floor.txt"
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
-import glob, json, re, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
-floor = float(re.search(r"plain write\s*: ([\d.]+)", open(f"{out}/floor.txt").read()).group(1))
-scrapes = [l.split() for f in glob.glob(f"{out}/scrapes-*.log") for l in open(f)]
-ok = [s for s in scrapes if s[0] == "200"]
-print(f"floor (plain write): {floor:.2f} µs per delivery; scrapes answered 200: {len(ok)} of {len(scrapes)}"
-      + (f", {statistics.mean(int(s[1]) for s in ok):,.0f} bytes each" if ok else ""))
-rows = {}
-for which in ["base", "head", "scraped"]:
-    rs = [json.load(open(p)) for p in sorted(glob.glob(f"{out}/fanout-{which}-*.json"))]
-    if rs:
-        rows[which] = rs
-head = statistics.mean(r["server"]["cpu_us_per_delivery"] for r in rows["head"]) if "head" in rows else None
-print("| binary | rounds | rate/s | loss | p50 ms | p99 ms | server CPU µs/delivery (each round) | mean | ÷ head | ÷ floor |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for which, rs in rows.items():
-    cpu = [r["server"]["cpu_us_per_delivery"] for r in rs]
-    m = statistics.mean(cpu)
-    loss = max(r["loss"] for r in rs)
-    p50 = statistics.mean(r["latency_us"]["p50"] for r in rs) / 1000
-    p99 = statistics.mean(r["latency_us"]["p99"] for r in rs) / 1000
-    rate = statistics.mean(r["rate"] for r in rs)
-    vs = f"{m / head:.3f}×" if head else "—"
-    print(f"| {which} | {len(rs)} | {rate:,.0f} | {loss * 100:.2f}% | {p50:.2f} | {p99:.2f} | {' / '.join(f'{c:.2f}' for c in cpu)} | {m:.2f} | {vs} | {m / floor:.2f}× |")
-PY
+# The table of docs/benchmarks.md ("Admin endpoint"), from bench/results/metrics/.
+if [ "$OUT" = bench/results/metrics ]; then python3 bench/render.py metrics; fi

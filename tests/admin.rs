@@ -235,6 +235,14 @@ fn metrics_count_a_known_workload_exactly() {
     let again = scrape(admin);
     assert_eq!(value(&again, "shardcast_received_bytes_total"), value(&m, "shardcast_received_bytes_total"));
     assert_eq!(value(&again, "shardcast_deliveries_total"), value(&m, "shardcast_deliveries_total"));
+
+    // A long-polling session is counted under its transport, on the worker its id names.
+    let polling = support::handshake(server.addr, "/socket.io/");
+    let m = scrape(admin);
+    let w = sid::owner(&polling).unwrap();
+    assert_eq!(value(&m, &format!("shardcast_sessions{{transport=\"polling\",worker=\"{w}\"}}")), 1);
+    assert_eq!(value(&m, &format!("shardcast_sessions{{transport=\"websocket\",worker=\"{w}\"}}")), clients.iter().filter(|c| c.worker() == w).count() as u64);
+    assert_eq!(value(&m, "shardcast_accepted_total"), 7);
 }
 
 #[test]
