@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 
@@ -369,17 +370,17 @@ def metrics_table():
     if not runs["head"]:
         return DASH
     mean = lambda xs: sum(xs) / len(xs)
-    head = mean([r["server"]["cpu_us_per_delivery"] for r in runs["head"]])
+    head = statistics.median([r["server"]["cpu_us_per_delivery"] for r in runs["head"]])
     scrapes = [l.split() for p in glob.glob(os.path.join(METRICS, "scrapes-*.log")) for l in open(p)]
     ok = [x for x in scrapes if x[0] == "200"]
-    rows = ["| binary | rounds | rate/s | loss | p50 ms | p99 ms | server CPU µs/delivery, each round | mean | ÷ not scraped | ÷ floor |",
+    rows = ["| binary | rounds | rate/s | loss | p50 ms | p99 ms | server CPU µs/delivery, each round | median | ÷ not scraped | ÷ floor |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for b, label in METRICS_BIN.items():
         rs = runs[b]
         if not rs:
             continue
         cpu = [r["server"]["cpu_us_per_delivery"] for r in rs]
-        m = mean(cpu)
+        m = statistics.median(cpu)
         rows.append(f"| {label} | {len(rs)} | {mean([r['rate'] for r in rs]):,.0f} | {max(r['loss'] for r in rs) * 100:.2f}% "
                     f"| {mean([r['latency_us']['p50'] for r in rs]) / 1000:.2f} | {mean([r['latency_us']['p99'] for r in rs]) / 1000:.2f} "
                     f"| {' / '.join(f'{c:.2f}' for c in cpu)} | {m:.2f} | {m / head:.3f}× | {ratio(m, fw) if fw else DASH} |")
@@ -387,6 +388,12 @@ def metrics_table():
     rows.append("")
     rows.append(f"Floor (`floor 1000 300`, plain `write(2)`): {f'**{fw:.2f} µs**' if fw else DASH} per delivery. "
                 f"Scrapes answered 200 during the scraped runs: {len(ok)} of {len(scrapes)}{size}.")
+    for n in (1000, 10000):
+        try:
+            rows.append("")
+            rows.append("One scrape, " + open(os.path.join(METRICS, f"scrape-cost-{n}.txt")).read().strip())
+        except OSError:
+            rows.pop()
     return "\n".join(rows)
 
 

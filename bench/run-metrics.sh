@@ -11,7 +11,9 @@
 #
 # Server pinned to core 0 (--threads 1; its admin thread runs there too, so the scrape's cost
 # is in the server CPU figure), load generator and the scraping curl on core 1, production
-# heartbeats. Variables: DUR (10), ROUNDS (3), OUT (bench/results/metrics).
+# heartbeats. Then the server CPU of one scrape with 1,000 and 10,000 idle connections
+# (bench/scrape_cost.py). Variables: DUR (10), ROUNDS (3), SCRAPES (500), OUT
+# (bench/results/metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -55,6 +57,24 @@ for round in $(seq "$ROUNDS"); do
     [ -n "$SCRAPER" ] && { kill "$SCRAPER" 2>/dev/null || true; wait "$SCRAPER" 2>/dev/null || true; }
     stop
   done
+done
+
+# What one scrape costs the server, with 1,000 and 10,000 idle Socket.IO connections (a scrape
+# walks the worker's tables): SCRAPES back to back, server CPU minus an idle window.
+for n in 1000 10000; do
+  port=$((port + 1))
+  admin=$((port + 100))
+  taskset -c 0 target/release/shardcast --bind 127.0.0.1:$port --threads 1 --no-pin --ping-interval 25000 --ping-timeout 20000 \
+    --admin-bind 127.0.0.1:$admin > "$OUT/server-scrape-$n.log" 2>&1 &
+  PID=$!
+  wait_listening $port "scrape-$n"
+  taskset -c 1 target/release/shardcast-loadtest conns --connections $n --hold 30 --ramp-rate 5000 --target 127.0.0.1:$port \
+    > "$OUT/conns-scrape-$n.txt" 2>/dev/null &
+  LOAD=$!
+  sleep $((n / 5000 + 3))
+  taskset -c 1 python3 bench/scrape_cost.py "$PID" 127.0.0.1:$admin "${SCRAPES:-500}" | sed "s/^/$n connections: /" | tee "$OUT/scrape-cost-$n.txt"
+  kill "$LOAD" 2>/dev/null || true; wait "$LOAD" 2>/dev/null || true
+  stop
 done
 
 bench/peers/target/release/floor 1000 300 | tee "$OUT/floor.txt"
