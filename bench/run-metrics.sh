@@ -9,6 +9,9 @@
 #   flock /tmp/shardcast-bench.lock bench/run-metrics.sh          # results in bench/results/metrics/
 #   BASELINE=/path/to/old/shardcast flock /tmp/shardcast-bench.lock bench/run-metrics.sh
 #
+# BASELINE: a release build of the commit before the counters, e.g. (no worktree needed)
+#   mkdir /tmp/base && git archive bc2704e | tar -x -C /tmp/base && (cd /tmp/base && cargo build --release -p shardcast)
+#
 # Server pinned to core 0 (--threads 1; its admin thread runs there too, so the scrape's cost
 # is in the server CPU figure), load generator and the scraping curl on core 1, production
 # heartbeats. Then the server CPU of one scrape with 1,000 and 10,000 idle connections
