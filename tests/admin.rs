@@ -405,3 +405,57 @@ fn configuration_from_the_environment() {
     // The key is not printed by --help (only the variable's name).
     assert!(!help.contains("from-env"));
 }
+
+/// The endpoint's bounds, with small limits (library API): a cap on connections at once (the
+/// next one gets 503 at once), a deadline for the whole request (an idle or trickling client
+/// is closed without an answer), a head limit (431) and a body limit (413).
+#[test]
+fn admin_connections_are_capped_and_timed_out() {
+    use shardcast::admin::{AdminConfig, AdminServer};
+    let server = shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false)).start().unwrap();
+    let cfg = AdminConfig {
+        max_connections: 2,
+        timeout: Duration::from_millis(300),
+        max_body: 64,
+        ..AdminConfig::new("127.0.0.1:0".parse().unwrap(), Some("k".into()))
+    };
+    let admin = AdminServer::start(cfg, server.scraper(), Some(server.handle())).unwrap();
+    let addr = admin.local_addr();
+    let idle = TcpStream::connect(addr).unwrap();
+    let mut trickle = TcpStream::connect(addr).unwrap();
+    trickle.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    // Both slots are taken (connections are accepted in order and counted before their first
+    // byte): the third is answered 503 at once, before it sends anything.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut refused = String::new();
+    third.read_to_string(&mut refused).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert!(refused.contains("too many admin connections"), "{refused}");
+    // Each is closed at its deadline, without an answer, however it trickles.
+    let start = Instant::now();
+    for _ in 0..5 {
+        let _ = trickle.write_all(b"X-Slow: 1\r\n");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mut s in [idle, trickle] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.is_empty(), "an incomplete request got an answer: {:?}", String::from_utf8_lossy(&out));
+    }
+    assert!(start.elapsed() < Duration::from_secs(4));
+    // The slots are free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(addr, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "the slots were never released");
+    }
+    let (status, _, _) = request(addr, "GET", "/health", &format!("X-Big: {}\r\n", "a".repeat(9000)), b"");
+    assert_eq!(status, 431);
+    let (status, _, body) = request(addr, "POST", "/api/emit", "Authorization: Bearer k\r\n", &[b' '; 65]);
+    assert_eq!(status, 413, "{body}");
+    let (status, _, body) = request(addr, "POST", "/api/emit", "Authorization: Bearer k\r\n", br#"{"event":"ok"}"#);
+    assert_eq!((status, body.as_str()), (200, r#"{"emitted":1}"#));
+    admin.stop();
+    server.shutdown();
+}

@@ -34,6 +34,8 @@ use crate::rt::threads::{ScrapeError, Scraper};
 pub const MAX_HEAD: usize = 8 * 1024;
 /// The most headers a request may have (431 beyond it).
 const MAX_HEADERS: usize = 32;
+/// How long a connection's unread input is drained after its answer, at most.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How long a scrape waits for every worker's answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -132,11 +134,29 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut stream) = conn else { continue };
+        let Ok(mut stream) = conn else {
+            // Out of descriptors, say: this thread is not a worker, it may wait a little
+            // instead of spinning on an error that repeats.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         let _ = stream.set_write_timeout(Some(shared.cfg.timeout));
         if shared.active.fetch_add(1, Ordering::AcqRel) >= shared.cfg.max_connections {
             shared.active.fetch_sub(1, Ordering::AcqRel);
+            // Without waiting: discard what already arrived (so the close is less likely to be
+            // a reset that destroys the answer), answer, stop sending.
+            if stream.set_nonblocking(true).is_ok() {
+                let (mut sink, mut left) = ([0u8; 4096], MAX_HEAD);
+                while left > 0 {
+                    match stream.read(&mut sink) {
+                        Ok(n) if n > 0 => left = left.saturating_sub(n),
+                        _ => break,
+                    }
+                }
+            }
+            let _ = stream.set_nonblocking(false);
             let _ = stream.write_all(&json_response(503, r#"{"error":"too many admin connections"}"#, ""));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
             continue;
         }
         let s = shared.clone();
@@ -243,11 +263,16 @@ fn serve(shared: &Shared, mut stream: TcpStream) {
     }
     // Ours is the last word; the peer's unread bytes (a refused body) must not turn the close
     // into a reset that destroys the answer: stop sending, then read a little until it closes.
+    // At most DRAIN_TIME and max_body bytes.
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let until = Instant::now() + DRAIN_TIME;
     let mut sink = [0u8; 4096];
     let mut drained = 0;
     while drained < shared.cfg.max_body {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
