@@ -159,14 +159,19 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             continue;
         }
-        let s = shared.clone();
-        let spawned = std::thread::Builder::new().name("shardcast-admin-conn".into()).spawn(move || {
-            serve(&s, stream);
-            s.active.fetch_sub(1, Ordering::AcqRel);
-        });
-        if spawned.is_err() {
-            shared.active.fetch_sub(1, Ordering::AcqRel);
-        }
+        let slot = Slot(shared.clone());
+        // A failed spawn drops the closure, and with it the slot.
+        let _ = std::thread::Builder::new().name("shardcast-admin-conn".into()).spawn(move || serve(&slot.0, stream));
+    }
+}
+
+/// One of the `max_connections` slots, given back when dropped (however the connection's
+/// thread ends).
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -192,13 +197,13 @@ fn read_request(shared: &Shared, stream: &mut TcpStream, deadline: Instant) -> R
                 let mut expect_continue = false;
                 for h in req.headers.iter() {
                     if h.name.eq_ignore_ascii_case("authorization") {
-                        let v = String::from_utf8_lossy(h.value);
-                        let v = v.trim();
-                        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-                            bearer = Some(v[7..].trim().to_string());
-                        } else {
-                            bearer = Some(String::new());
-                        }
+                        // `Bearer KEY`; anything else (another scheme, bytes that are not
+                        // UTF-8) is a wrong key.
+                        let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                        bearer = Some(match v.split_once(' ') {
+                            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim().to_string(),
+                            _ => String::new(),
+                        });
                     } else if h.name.eq_ignore_ascii_case("content-length") {
                         let parsed = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
                         length = Some(parsed.ok_or_else(|| json_response(400, r#"{"error":"bad Content-Length"}"#, ""))?);

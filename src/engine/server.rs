@@ -300,7 +300,12 @@ impl<H: Handler> Service for EioServer<H> {
         out.gauge("shardcast_sessions", SESSIONS, &[("transport", "websocket"), ("worker", &w)], websocket);
         let c = self.core.counters;
         out.counter("shardcast_packets_received_total", "Engine.IO message packets (text or binary) received from clients.", &[], c.packets_in);
-        out.counter("shardcast_packets_sent_total", "Engine.IO message packets queued to clients (a broadcast counts once per recipient; binary attachments are packets of their own).", &[], c.packets_out);
+        out.counter(
+            "shardcast_packets_sent_total",
+            "Engine.IO message packets queued to clients (a broadcast counts once per recipient; binary attachments are packets of their own).",
+            &[],
+            c.packets_out,
+        );
         const DROPPED: &str =
             "Packets not delivered, by reason: volatile (the client could not take it now), slow_consumer (its send queue was full; the session is closed).";
         out.counter("shardcast_dropped_total", DROPPED, &[("reason", "volatile")], c.dropped_volatile);
