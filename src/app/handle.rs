@@ -206,7 +206,15 @@ impl Operator {
         let text = offset.map(super::recovery::offset_text);
         let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
-        self.all(|| SioMail::Broadcast(b.clone()))
+        self.publish(b)
+    }
+
+    /// Posts a broadcast to every worker; worker 0 counts it as emitted (`SioMail::Publish`).
+    fn publish(&self, b: Arc<Broadcast>) -> Result<(), HandleError> {
+        for w in 0..self.poster.workers() {
+            self.poster.post(w, if w == 0 { SioMail::Publish(b.clone()) } else { SioMail::Broadcast(b.clone()) })?;
+        }
+        Ok(())
     }
 
     /// Emits to the selection and collects every recipient's ack, on every worker (the
@@ -234,7 +242,7 @@ impl Operator {
         let packet = encode::event(&self.sel.nsp, event, args, Some(id), attachments);
         let ack = BroadcastAck { id, origin: AckOrigin::Handle(sink.clone()), deadline: Instant::now() + timeout };
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack), offset: None });
-        if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
+        if self.publish(b).is_err() {
             sink.stop();
         }
         pending

@@ -209,6 +209,11 @@ impl RunningServer {
         self.handle.clone()
     }
 
+    /// Collects every worker's counters, from any thread (`/metrics` of the admin endpoint).
+    pub fn scraper(&self) -> threads::Scraper {
+        self.rt.scraper()
+    }
+
     /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and
     /// returns the signal; call [`shutdown`](Self::shutdown) next. Works whatever other
     /// threads the program runs (see [`super::signal`]).

@@ -11,6 +11,8 @@
 //! - [`sendq`]: bounded, corked, vectored per-connection send queues.
 //! - [`bus`]: lock-free mailboxes with eventfd wake-up.
 //! - [`memory`]: the `--max-memory` guard: resident-memory sampling and shedding.
+//! - [`metrics`]: what a worker reports when scraped (plain per-worker counters, summed by the
+//!   scraper).
 //! - [`timer`]: deadlines updated in place, one per key.
 //! - [`listener`]: `SO_REUSEPORT` listening sockets.
 //! - [`threads`]: starting, pinning, signalling and joining the workers.
@@ -23,6 +25,7 @@ pub mod bus;
 pub mod conn;
 pub mod listener;
 pub mod memory;
+pub mod metrics;
 pub mod ring;
 pub mod sendq;
 pub mod sim;
@@ -30,5 +33,5 @@ pub mod threads;
 pub mod timer;
 pub mod worker;
 
-pub use conn::{ConnId, Io, Remote, RtMail, SendError, Service, Stats};
+pub use conn::{ConnId, Io, Remote, RtMail, SendError, Service, Stats, Traffic};
 pub use worker::WorkerConfig;

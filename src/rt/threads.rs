@@ -10,6 +10,7 @@ use super::bus::Mailbox;
 use super::conn::{RtMail, Service};
 use super::listener;
 use super::memory::{self, MemoryGuard};
+use super::metrics::WorkerMetrics;
 use super::ring::RingError;
 use super::worker::{Worker, WorkerConfig};
 
@@ -52,6 +53,8 @@ struct Liveness {
     stopping: AtomicBool,
     /// Worker threads that have returned.
     exited: AtomicUsize,
+    /// Which workers have returned (a scrape asks only the others).
+    gone: Vec<AtomicBool>,
 }
 
 /// The running workers.
@@ -93,7 +96,7 @@ impl<M: Send + 'static> Poster<M> {
 
     /// A poster for no runtime: no workers, and [`stopped`](Self::stopped) from the start.
     pub fn detached() -> Poster<M> {
-        let live = Liveness { stopping: AtomicBool::new(true), exited: AtomicUsize::new(0) };
+        let live = Liveness { stopping: AtomicBool::new(true), exited: AtomicUsize::new(0), gone: Vec::new() };
         Poster { mailboxes: Arc::new(Vec::new()), live: Arc::new(live) }
     }
 
@@ -104,6 +107,86 @@ impl<M: Send + 'static> Poster<M> {
         }
         self.mailboxes[worker].post(RtMail::User(m));
         Ok(())
+    }
+}
+
+/// The workers' mailboxes, whatever their service's mail type (for a [`Scraper`]).
+trait Inboxes: Send + Sync {
+    fn workers(&self) -> usize;
+    fn depth(&self, worker: usize) -> usize;
+    fn ask(&self, worker: usize, depth: usize, reply: std::sync::mpsc::Sender<WorkerMetrics>);
+}
+
+impl<M: Send + 'static> Inboxes for Vec<Arc<Mailbox<RtMail<M>>>> {
+    fn workers(&self) -> usize {
+        self.len()
+    }
+
+    fn depth(&self, worker: usize) -> usize {
+        self[worker].len()
+    }
+
+    fn ask(&self, worker: usize, depth: usize, reply: std::sync::mpsc::Sender<WorkerMetrics>) {
+        self[worker].post(RtMail::Metrics { depth, reply });
+    }
+}
+
+/// Why a scrape did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeError {
+    /// Every worker has exited.
+    #[error("the server has stopped")]
+    Stopped,
+    /// A worker did not answer in time (it is stuck in a long pass).
+    #[error("a worker did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Asks every worker for its counters, from any thread (the admin endpoint). A worker answers
+/// at its next loop pass, from its own plain counters: nothing is shared with the hot path.
+/// Scrapes keep working during the shutdown grace (workers read their mail until they exit);
+/// a worker that has already exited (its drain is over) is left out of the answer.
+#[derive(Clone)]
+pub struct Scraper {
+    boxes: Arc<dyn Inboxes>,
+    live: Arc<Liveness>,
+}
+
+impl Scraper {
+    /// Every running worker's counters, in worker order; waits at most `timeout` for the
+    /// answers.
+    pub fn scrape(&self, timeout: std::time::Duration) -> Result<Vec<WorkerMetrics>, ScrapeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gone = |w: usize| self.live.gone[w].load(Ordering::Acquire);
+        let asked: Vec<usize> = (0..self.boxes.workers()).filter(|&w| !gone(w)).collect();
+        if asked.is_empty() {
+            return Err(ScrapeError::Stopped);
+        }
+        for &w in &asked {
+            // Read before asking, so the scrape's own message is not counted.
+            let depth = self.boxes.depth(w);
+            self.boxes.ask(w, depth, tx.clone());
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut answers: Vec<WorkerMetrics> = Vec::with_capacity(asked.len());
+        // Until every worker asked has answered, or exited without answering.
+        while asked.iter().any(|&w| !gone(w) && !answers.iter().any(|m| m.worker == w)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ScrapeError::Timeout(timeout));
+            }
+            match rx.recv_timeout(left.min(std::time::Duration::from_millis(20))) {
+                Ok(m) => answers.push(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if answers.is_empty() {
+            return Err(ScrapeError::Stopped);
+        }
+        answers.sort_by_key(|m| m.worker);
+        Ok(answers)
     }
 }
 
@@ -118,10 +201,11 @@ pub fn on_worker_thread() -> bool {
 }
 
 /// Counts a worker thread as exited when its body returns (or unwinds).
-struct ExitGuard(Arc<Liveness>);
+struct ExitGuard(Arc<Liveness>, usize);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        self.0.gone[self.1].store(true, Ordering::Release);
         self.0.exited.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -212,7 +296,7 @@ where
     let cpus = Arc::new(allowed_cpus());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
     let mut handles = Vec::with_capacity(threads);
-    let live = Arc::new(Liveness::default());
+    let live = Arc::new(Liveness { gone: (0..threads).map(|_| AtomicBool::new(false)).collect(), ..Default::default() });
     for (i, fd) in fds.into_iter().enumerate() {
         let peers = mailboxes.clone();
         let poster = Poster { mailboxes: mailboxes.clone(), live: live.clone() };
@@ -227,7 +311,7 @@ where
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
-                let _exit = ExitGuard(live);
+                let _exit = ExitGuard(live, i);
                 ON_WORKER.with(|w| w.set(true));
                 abort_on_panic(i, || {
                     if pin && !cpus.is_empty() {
@@ -287,6 +371,12 @@ impl<M: Send + 'static> Runtime<M> {
 
     pub fn poster(&self) -> Poster<M> {
         Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
+    }
+
+    /// A handle that collects every worker's counters (see [`Scraper`]).
+    pub fn scraper(&self) -> Scraper {
+        let boxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>> = self.mailboxes.clone();
+        Scraper { boxes, live: self.live.clone() }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.

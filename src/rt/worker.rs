@@ -24,6 +24,7 @@ use super::bufring::BufRing;
 use super::bus::Mailbox;
 use super::conn::{ConnId, Driver, Io, Peers, RtMail, Service, Shard};
 use super::memory::MemoryGuard;
+use super::metrics;
 use super::ring::{self, tag, untag, EnterError, Op, RingError, Taskrun};
 
 /// Settings of the runtime.
@@ -119,6 +120,8 @@ pub struct Worker<S: Service> {
 struct Uring {
     ring: IoUring,
     inflight: usize,
+    /// Entries pushed since the start (the loop's submissions-per-pass histogram).
+    pushed: u64,
 }
 
 impl Uring {
@@ -134,6 +137,7 @@ impl Uring {
             }
         }
         self.inflight += 1;
+        self.pushed += 1;
     }
 
     /// Takes the pass's completions into `out`, counting finished operations.
@@ -218,7 +222,7 @@ impl<S: Service> Worker<S> {
         let mailbox = peers[index].clone();
         let io = Io::new(index, peers, cfg.clone(), conns_total, memory, Instant::now());
         Ok(Worker {
-            ring: Uring { ring, inflight: 0 },
+            ring: Uring { ring, inflight: 0, pushed: 0 },
             bufs,
             multishot,
             taskrun,
@@ -391,8 +395,16 @@ impl<S: Service> Worker<S> {
     pub fn run(mut self) {
         self.arm_accept();
         self.arm_mailbox();
+        // The previous pass's start (after its wait) and the entries pushed before it: the
+        // pass is measured at the top of the next one, which reads the clock anyway.
+        let mut pass: Option<(Instant, u64)> = None;
         loop {
             let now = Instant::now();
+            if let Some((start, pushed)) = pass.take() {
+                let stats = &mut self.shard.io.loop_stats;
+                stats.pass_nanos.record(&metrics::PASS_NANOS, now.duration_since(start).as_nanos() as u64);
+                stats.submissions.record(&metrics::SUBMISSIONS, self.ring.pushed - pushed);
+            }
             if self.test_panic {
                 panic!("{TEST_PANIC_ENV}={}: a runtime panic on purpose", self.shard.io.worker());
             }
@@ -426,7 +438,9 @@ impl<S: Service> Worker<S> {
             if let Err(e) = res {
                 self.enter_failed(&e);
             }
-            self.shard.io.set_now(Instant::now());
+            let woke = Instant::now();
+            pass = Some((woke, self.ring.pushed));
+            self.shard.io.set_now(woke);
             self.ring.reap(&mut self.cqes);
             let mut cqes = std::mem::take(&mut self.cqes);
             for &(ud, res, flags) in &cqes {

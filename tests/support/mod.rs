@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The line the server printed once listening.
+    pub banner: String,
 }
 
 impl Server {
@@ -44,7 +46,7 @@ impl Server {
         out.read_line(&mut line).unwrap();
         let addr = line.split_whitespace().find_map(|w| w.parse::<SocketAddr>().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         std::thread::spawn(move || for _ in out.lines() {});
-        Server { child, addr }
+        Server { child, addr, banner: line.trim_end().to_string() }
     }
 
     pub fn stop(&mut self) -> std::process::ExitStatus {
@@ -197,9 +199,14 @@ impl Ws {
         }
     }
 
+    /// The upgrade request [`Ws::try_connect`] sends.
+    pub fn upgrade_request(target: &str, extra: &str) -> String {
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n")
+    }
+
     pub fn try_connect(addr: SocketAddr, target: &str, extra: &str) -> Result<Ws, Response> {
         let mut h = Http::connect(addr);
-        h.send_raw(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").as_bytes());
+        h.send_raw(Ws::upgrade_request(target, extra).as_bytes());
         let r = h.read_response_head_only();
         match r {
             Ok(head) => Ok(Ws { stream: h.stream, buf: h.buf, response_head: head }),
