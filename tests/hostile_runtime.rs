@@ -63,7 +63,7 @@ fn block_io_uring_enter() -> std::io::Result<()> {
 impl Proc {
     fn spawn(args: &[&str], limits: Limits) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-        cmd.args(args).args(["--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args).args(support::io_args(args)).args(["--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in &limits.env {
             cmd.env(k, v);
