@@ -294,6 +294,8 @@ impl Ws {
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     panic!("timed out waiting for a frame from the server")
                 }
+                // A signal (or kernel task work) interrupted the read: not an answer, retry.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }

@@ -135,8 +135,22 @@ fn setup_failed(e: io::Error) -> ProbeError {
     }
 }
 
-/// Probes io_uring as the backend uses it. `Ok` when it works.
+/// Probes io_uring as the backend uses it, on a throw-away thread. `Ok` when it works.
+///
+/// Not on the caller's thread: a ring ties its creator's thread to an io_uring task context,
+/// and the ring's teardown (asynchronous in the kernel) notifies that thread later, which
+/// interrupts a blocking socket call with a timeout on it (EINTR). The caller may be the
+/// binary's main thread or an application's own thread; only the workers own rings.
 pub fn probe() -> Result<(), ProbeError> {
+    std::thread::Builder::new()
+        .name("shardcast-probe".into())
+        .spawn(probe_here)
+        .map_err(ProbeError::Fatal)?
+        .join()
+        .unwrap_or_else(|_| Err(ProbeError::Fatal(io::Error::other("the io_uring probe panicked"))))
+}
+
+fn probe_here() -> Result<(), ProbeError> {
     let fail = std::env::var(TEST_FAIL_ENV).ok();
     let fail = fail.as_deref();
     match fail {
