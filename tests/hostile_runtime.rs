@@ -310,6 +310,7 @@ fn refused_io_uring(nr: u32, errno: i32, call: &str, errno_name: &str) {
     let mut server = Proc::spawn(&["--threads", "2", "--no-pin", "--io", "auto"], Limits { refuse: Some((nr, errno)), ..Limits::default() });
     let addr = server.listening();
     serves_a_client(addr);
+    server.wait_stderr(Duration::from_secs(5), "the fallback warning", |e| e.contains("serving with epoll instead"));
     let err = server.stderr_text();
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("io_uring is unavailable")).collect();
     assert_eq!(warnings.len(), 1, "one warning line; stderr: {err}");
@@ -355,6 +356,7 @@ fn a_failed_probe_falls_back_with_one_warning_and_enomem_stays_fatal() {
         Proc::spawn(&["--threads", "1", "--no-pin", "--io", "auto"], Limits { env: vec![("SHARDCAST_TEST_FAIL_URING_PROBE", "opcode")], ..Limits::default() });
     let addr = server.listening();
     serves_a_client(addr);
+    server.wait_stderr(Duration::from_secs(5), "the fallback warning", |e| e.contains("serving with epoll instead"));
     let err = server.stderr_text();
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("io_uring is unavailable")).collect();
     assert_eq!(warnings.len(), 1, "one warning line; stderr: {err}");
@@ -366,7 +368,8 @@ fn a_failed_probe_falls_back_with_one_warning_and_enomem_stays_fatal() {
         Proc::spawn(&["--threads", "1", "--no-pin", "--io", "auto"], Limits { env: vec![("SHARDCAST_TEST_FAIL_URING_PROBE", "enomem")], ..Limits::default() });
     let status = server.wait_exit(Duration::from_secs(20));
     assert!(!status.success(), "ENOMEM must be fatal: {status:?}");
+    // The stderr reader may still be collecting the last lines of the exited process.
+    server.wait_stderr(Duration::from_secs(5), "the ENOMEM error", |e| e.contains("Cannot allocate memory") || e.contains("out of memory"));
     let err = server.stderr_text();
-    assert!(err.contains("Cannot allocate memory") || err.contains("out of memory"), "{err}");
     assert!(!err.contains("serving with epoll"), "no fallback on ENOMEM: {err}");
 }
