@@ -91,10 +91,6 @@ pub struct EpollBackend {
     done: VecDeque<Done>,
 }
 
-// SAFETY: the iovec pointers in `slots` point into frames owned by the worker's send queues,
-// which live on the same thread as this backend; a backend is never shared between threads.
-unsafe impl Send for EpollBackend {}
-
 fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
