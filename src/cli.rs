@@ -10,7 +10,7 @@ use crate::engine::{EngineConfig, SlowConsumer};
 use crate::proto::eio::{SessionConfig, Transport};
 use crate::proto::http::{AllowedOrigins, CorsConfig};
 use crate::rt::threads::RuntimeConfig;
-use crate::rt::WorkerConfig;
+use crate::rt::{IoBackend, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
@@ -25,6 +25,28 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The I/O backend (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoArg {
+    /// io_uring if a probe at start shows it can be used; epoll otherwise, with one warning
+    /// line that names the cause.
+    Auto,
+    /// io_uring, or exit at start with the reason it cannot be used.
+    Uring,
+    /// epoll, even where io_uring works.
+    Epoll,
+}
+
+impl From<IoArg> for IoBackend {
+    fn from(a: IoArg) -> Self {
+        match a {
+            IoArg::Auto => IoBackend::Auto,
+            IoArg::Uring => IoBackend::Uring,
+            IoArg::Epoll => IoBackend::Epoll,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,6 +177,11 @@ pub struct ServerOptions {
     /// packet); past it the socket is disconnected.
     #[arg(long, env = "SHARDCAST_MAX_BYTE_RATE", value_name = "BYTES", value_parser = parse_size)]
     pub max_byte_rate: Option<usize>,
+    /// The I/O backend: `auto` uses io_uring when a probe at start shows it works (a
+    /// container's seccomp profile, the `kernel.io_uring_disabled` sysctl or an old kernel may
+    /// refuse it) and epoll otherwise, saying why in one warning line.
+    #[arg(long, env = "SHARDCAST_IO", value_enum, default_value = "auto")]
+    pub io: IoArg,
     /// Log lines as text or as JSON objects (one per line). The level is set by `RUST_LOG`
     /// (default `info`; `debug` adds sessions opened, upgraded and closed with their reasons,
     /// and protocol errors).
@@ -332,6 +359,7 @@ impl ServerOptions {
                 max_memory: self.max_memory,
                 ..WorkerConfig::default()
             },
+            io: self.io.into(),
         }
     }
 }

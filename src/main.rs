@@ -143,8 +143,14 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let mut builder =
-        Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
+    let mut builder = Server::builder()
+        .engine(opts.engine_config())
+        .bind(rtcfg.bind)
+        .threads(rtcfg.threads)
+        .pin(rtcfg.pin)
+        .backlog(rtcfg.backlog)
+        .worker(rtcfg.worker)
+        .io(rtcfg.io);
     if let Some(r) = opts.recovery_config() {
         builder = builder.recovery(r);
     }

@@ -6,6 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::backend::epoll;
+use super::backend::epoll::EpollBackend;
+use super::backend::probe::{self, ProbeError};
+use super::backend::uring::UringBackend;
+use super::backend::{Chosen, IoBackend, Unavailable};
 use super::bus::Mailbox;
 use super::conn::{RtMail, Service};
 use super::listener;
@@ -26,6 +31,21 @@ pub enum StartError {
     Mailbox(std::io::Error),
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// io_uring was asked for (`--io uring`) and cannot be used here.
+    #[error("{0}; `--io auto` falls back to epoll by itself")]
+    IoUringUnavailable(Unavailable),
+    /// Out of memory or descriptors while setting up I/O (fatal under either backend).
+    #[error("cannot set up I/O: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<ProbeError> for StartError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Unavailable(u) => StartError::IoUringUnavailable(u),
+            ProbeError::Fatal(e) => StartError::Io(e),
+        }
+    }
 }
 
 /// Runtime settings.
@@ -36,13 +56,22 @@ pub struct RuntimeConfig {
     pub pin: bool,
     pub backlog: i32,
     pub worker: WorkerConfig,
+    /// The I/O backend (`--io`): io_uring when it can be used (default), epoll otherwise.
+    pub io: IoBackend,
 }
 
 impl Default for RuntimeConfig {
     /// 127.0.0.1:3000, one worker per CPU this process may run on, pinned, a backlog of 4096,
-    /// the default worker settings.
+    /// the default worker settings, io_uring where it can be used (epoll otherwise).
     fn default() -> Self {
-        RuntimeConfig { bind: SocketAddr::from(([127, 0, 0, 1], 3000)), threads: default_threads(), pin: true, backlog: 4096, worker: WorkerConfig::default() }
+        RuntimeConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            threads: default_threads(),
+            pin: true,
+            backlog: 4096,
+            worker: WorkerConfig::default(),
+            io: IoBackend::Auto,
+        }
     }
 }
 
@@ -63,6 +92,7 @@ pub struct Runtime<M: Send + 'static> {
     mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
     live: Arc<Liveness>,
     threads: Vec<JoinHandle<()>>,
+    backend: Chosen,
 }
 
 /// Posts mail to the workers from any thread.
@@ -253,7 +283,8 @@ fn abort_on_panic(index: usize, body: impl FnOnce()) {
 }
 
 /// Starts `cfg.threads` workers; `make(i)` builds worker i's service on its own thread.
-/// Returns once every worker's ring is up, or the first worker's error.
+/// Chooses the I/O backend first (`cfg.io`, see [`probe::select`]). Returns once every
+/// worker's backend is up, or the first worker's error.
 pub fn start<S, F>(cfg: RuntimeConfig, make: F) -> Result<Runtime<S::Mail>, StartError>
 where
     S: Service,
@@ -269,6 +300,8 @@ where
     S: Service,
     F: Fn(usize, Poster<S::Mail>) -> S + Send + Sync + 'static,
 {
+    let backend = probe::select(cfg.io)?;
+    tracing::info!(backend = backend.name(), "I/O backend");
     let threads = cfg.threads.max(1);
     // The first listener claims the address (see `listener`): a port another process serves
     // fails here instead of being shared with it.
@@ -294,7 +327,7 @@ where
     // Worker i pins itself to the i-th CPU the process was given (wrapping), never outside
     // that set: under `taskset -c 1` worker 0 runs on CPU 1, not CPU 0.
     let cpus = Arc::new(allowed_cpus());
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::with_capacity(threads);
     let live = Arc::new(Liveness { gone: (0..threads).map(|_| AtomicBool::new(false)).collect(), ..Default::default() });
     for (i, fd) in fds.into_iter().enumerate() {
@@ -319,32 +352,43 @@ where
                     }
                     let own = peers[i].clone();
                     let service = make(i, poster);
-                    match Worker::new(i, fd, peers, conns_total, memory, service, wcfg) {
-                        Ok(w) => {
-                            let _ = ready.send(Ok(()));
-                            w.run();
-                            // Mail nobody will read: dropping it tells whoever waits for an
-                            // answer that none will come (see `app::pending`).
-                            drop_unread(&own);
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                        }
+                    match backend {
+                        Chosen::Uring => match UringBackend::new(i, &wcfg) {
+                            Ok(b) => {
+                                let _ = ready.send(Ok(()));
+                                Worker::new(i, b, fd, peers, conns_total, memory, service, wcfg).run();
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(e.into()));
+                            }
+                        },
+                        Chosen::Epoll => match EpollBackend::new(wcfg.buf_size * epoll::READS_PER_PASS) {
+                            Ok(b) => {
+                                let _ = ready.send(Ok(()));
+                                Worker::new(i, b, fd, peers, conns_total, memory, service, wcfg).run();
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(StartError::Io(e)));
+                            }
+                        },
                     }
+                    // Mail nobody will read any more: dropping it tells whoever waits for an
+                    // answer that none will come (see `app::pending`).
+                    drop_unread(&own);
                 })
             })
             .expect("spawning a worker thread");
         handles.push(h);
     }
     drop(ready_tx);
-    let mut rt = Runtime { addr, mailboxes, live, threads: handles };
+    let mut rt = Runtime { addr, mailboxes, live, threads: handles, backend };
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 rt.shutdown();
                 rt.join();
-                return Err(e.into());
+                return Err(e);
             }
             Err(_) => break,
         }
@@ -364,6 +408,11 @@ fn drop_unread<M>(mailbox: &Mailbox<RtMail<M>>) {
 }
 
 impl<M: Send + 'static> Runtime<M> {
+    /// The I/O backend the workers run.
+    pub fn backend(&self) -> Chosen {
+        self.backend
+    }
+
     /// The bound address (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -14,6 +14,27 @@ pub struct Server {
     pub banner: String,
 }
 
+/// The I/O backend the suite runs under: `SHARDCAST_TEST_IO` (`uring`, `epoll` or `auto`;
+/// `scripts/test` runs the wire and interop tests once with `uring` and once with `epoll`),
+/// `auto` when unset.
+pub fn test_io() -> shardcast::rt::IoBackend {
+    use shardcast::rt::IoBackend;
+    match std::env::var("SHARDCAST_TEST_IO").as_deref() {
+        Ok("uring") => IoBackend::Uring,
+        Ok("epoll") => IoBackend::Epoll,
+        Ok("auto") | Ok("") | Err(_) => IoBackend::Auto,
+        Ok(other) => panic!("SHARDCAST_TEST_IO={other:?}: expected uring, epoll or auto"),
+    }
+}
+
+/// `--io $SHARDCAST_TEST_IO` for a binary started with `args`, unless they choose one.
+pub fn io_args(args: &[&str]) -> Vec<String> {
+    match std::env::var("SHARDCAST_TEST_IO") {
+        Ok(io) if !io.is_empty() && !args.contains(&"--io") => vec!["--io".into(), io],
+        _ => Vec::new(),
+    }
+}
+
 impl Server {
     /// Starts the binary with `args` (`--bind 127.0.0.1:0` is added) and waits for its
     /// "listening on" line.
@@ -35,6 +56,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(args)
             .args(&heartbeats)
+            .args(io_args(args))
             .envs(env.iter().copied())
             .args(["--bind", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -279,6 +301,8 @@ impl Ws {
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     panic!("timed out waiting for a frame from the server")
                 }
+                // A signal (or kernel task work) interrupted the read: not an answer, retry.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }
