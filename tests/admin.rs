@@ -419,7 +419,10 @@ fn configuration_from_the_environment() {
 #[test]
 fn admin_connections_are_capped_and_timed_out() {
     use shardcast::admin::{AdminConfig, AdminServer};
-    let server = shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false)).start().unwrap();
+    let server =
+        shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).io(support::test_io()))
+            .start()
+            .unwrap();
     let cfg = AdminConfig {
         max_connections: 2,
         timeout: Duration::from_millis(300),
