@@ -269,12 +269,17 @@ fn health_turns_503_when_shutdown_begins_and_the_admin_port_answers_during_the_d
     // While the workers drain: the public port refuses new clients, the admin port still
     // serves metrics, and the silent client got its close frame (1001, going away).
     // (/health turns first, then the workers are told: the refusal follows within moments.)
+    // Connects that reach the listener's backlog before it closes may still be accepted (and
+    // are then refused); none after.
+    let mut landed = 0;
     while TcpStream::connect(server.addr).is_ok() {
+        landed += 1;
         assert!(Instant::now() < deadline, "the public port still accepts during the drain");
         std::thread::sleep(Duration::from_millis(5));
     }
     let m = scrape(admin);
-    assert_eq!(value(&m, "shardcast_accepted_total"), 1, "the refused connects were never accepted");
+    let accepted = value(&m, "shardcast_accepted_total");
+    assert!((1..=1 + landed).contains(&accepted), "accepted {accepted}: the client, and at most the {landed} connects that landed before the listener closed");
     let close = silent.ws.recv().expect("a close frame");
     assert_eq!((close.opcode, &close.payload[..2]), (8, &1001u16.to_be_bytes()[..]));
     let status = server.child.wait().unwrap();
