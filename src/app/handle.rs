@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::adapter::{Adapter, ClusterStats, Outbound};
 use super::worker::{Broadcast, Selector, SioMail};
 use crate::engine::SendFlags;
 use crate::proto::sio::encode;
@@ -73,16 +74,29 @@ fn may_wait() -> Result<(), HandleError> {
 /// A handle to a running server, for any thread: `Send + Sync + Clone`.
 pub struct ServerHandle {
     poster: Poster<SioMail>,
+    cluster: Option<Arc<dyn Adapter>>,
 }
 
 impl ServerHandle {
-    pub(crate) fn new(poster: Poster<SioMail>) -> ServerHandle {
-        ServerHandle { poster }
+    pub(crate) fn new(poster: Poster<SioMail>, cluster: Option<Arc<dyn Adapter>>) -> ServerHandle {
+        ServerHandle { poster, cluster }
     }
 
-    /// Operations on namespace `nsp`.
+    /// Operations on namespace `nsp`: on this node's sockets and, in a cluster, on every other
+    /// node's (emits, joins, leaves and disconnects are published to them; `count` is this
+    /// node's).
     pub fn of(&self, nsp: &str) -> Operator {
-        Operator { poster: self.poster.clone(), sel: Selector { nsp: nsp.to_string(), ..Default::default() }, flags: SendFlags::default() }
+        Operator {
+            poster: self.poster.clone(),
+            cluster: self.cluster.clone(),
+            sel: Selector { nsp: nsp.to_string(), ..Default::default() },
+            flags: SendFlags::default(),
+        }
+    }
+
+    /// The cluster adapter's counters (`None` for a single node).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.cluster.as_ref().map(|c| c.stats())
     }
 
     /// Waits until every worker has handled everything this handle posted before (mail is
@@ -108,6 +122,7 @@ impl ServerHandle {
 #[derive(Clone)]
 pub struct Operator {
     poster: Poster<SioMail>,
+    cluster: Option<Arc<dyn Adapter>>,
     sel: Selector,
     flags: SendFlags,
 }
@@ -164,27 +179,42 @@ impl Operator {
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
         let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
-        self.all(|| SioMail::Broadcast(b.clone()))
+        self.all(|| SioMail::Broadcast(b.clone()))?;
+        self.tell_cluster(|| Outbound::Broadcast(b));
+        Ok(())
+    }
+
+    /// Hands an operation to the other nodes, when there are any.
+    fn tell_cluster(&self, out: impl FnOnce() -> Outbound) {
+        if let Some(c) = &self.cluster {
+            c.send(out());
+        }
     }
 
     /// Makes the selected sockets join `rooms`.
     pub fn sockets_join(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })
+        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })?;
+        self.tell_cluster(|| Outbound::Join(sel, rooms));
+        Ok(())
     }
 
     /// Makes the selected sockets leave `rooms`.
     pub fn sockets_leave(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })
+        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })?;
+        self.tell_cluster(|| Outbound::Leave(sel, rooms));
+        Ok(())
     }
 
     /// Disconnects the selected sockets; with `close_client`, their whole clients.
     pub fn disconnect_sockets(&self, close_client: bool) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client })
+        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client })?;
+        self.tell_cluster(|| Outbound::Disconnect(sel, close_client));
+        Ok(())
     }
 
     /// Counts the selected sockets across workers, waiting for every worker's answer:

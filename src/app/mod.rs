@@ -10,12 +10,15 @@
 //! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
+//! - [`adapter`]: the seam to the other nodes of a cluster (in-process by default; Redis in the
+//!   Node.js or python-socketio format).
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
 //! Must never: see io_uring or raw bytes; it works through `engine::Ctx` and `proto::sio`.
 
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod contract;
 pub mod handle;
 pub mod limits;

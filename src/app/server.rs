@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::adapter::{redis, Adapter, AdapterConfig, RedisConfig};
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
@@ -37,6 +38,7 @@ impl Server {
             namespaces: Namespaces::default(),
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
+            adapter: AdapterConfig::Local,
         }
     }
 }
@@ -53,9 +55,25 @@ pub struct ServerBuilder {
     namespaces: Namespaces,
     limits: Limits,
     socket_limits: SocketLimits,
+    adapter: AdapterConfig,
 }
 
 impl ServerBuilder {
+    /// Which nodes hear this server's broadcasts besides its own workers: the in-process
+    /// adapter (a single node, the default) or Redis ([`ServerBuilder::redis`]).
+    pub fn adapter(mut self, adapter: AdapterConfig) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Joins a cluster over Redis (`redis://host:port/`), in the wire format of Node's
+    /// `@socket.io/redis-adapter` or of python-socketio's `RedisManager` (see
+    /// [`RedisConfig`]). The server starts whether or not Redis is reachable, and keeps
+    /// serving its own clients while it is not.
+    pub fn redis(self, cfg: RedisConfig) -> Self {
+        self.adapter(AdapterConfig::Redis(cfg))
+    }
+
     /// Every Engine.IO option (path, ping interval and timeout, max payload, transports, CORS,
     /// compression, cookie, connection limit, slow-consumer policy).
     pub fn engine(mut self, cfg: EngineConfig) -> Self {
@@ -129,11 +147,21 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
+        let (cluster, pending): (Option<Arc<dyn Adapter>>, _) = match self.adapter {
+            AdapterConfig::Local => (None, None),
+            AdapterConfig::Redis(cfg) => {
+                let (a, p) = redis::prepare(cfg).map_err(StartError::Config)?;
+                (Some(a), Some(p))
+            }
+        };
+        let workers_cluster = cluster.clone();
         let rt = threads::start(self.runtime, move |_| {
-            EioServer::new(Rc::new((*engine).clone()), SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits))
+            let sio = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits).with_cluster(workers_cluster.clone());
+            EioServer::new(Rc::new((*engine).clone()), sio)
         })?;
-        let handle = ServerHandle::new(rt.poster());
-        Ok(RunningServer { rt, handle })
+        let adapter_thread = pending.map(|p| p.spawn(rt.poster()));
+        let handle = ServerHandle::new(rt.poster(), cluster);
+        Ok(RunningServer { rt, handle, adapter_thread })
     }
 }
 
@@ -141,6 +169,7 @@ impl ServerBuilder {
 pub struct RunningServer {
     rt: Runtime<SioMail>,
     handle: ServerHandle,
+    adapter_thread: Option<redis::RedisThread>,
 }
 
 impl RunningServer {
@@ -165,6 +194,9 @@ impl RunningServer {
 
     /// Closes every session politely and waits for the workers to exit.
     pub fn shutdown(mut self) {
+        if let Some(mut t) = self.adapter_thread.take() {
+            t.stop();
+        }
         self.rt.shutdown();
         self.rt.join();
     }

@@ -25,6 +25,9 @@ pub enum StartError {
     Mailbox(std::io::Error),
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// A setting that cannot work (named in the message), found at start.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runtime settings.

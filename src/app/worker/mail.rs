@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::acks::PendingAck;
+use crate::app::adapter::Outbound;
 use super::{disconnect_client, remove_socket, WorkerCore};
 use crate::app::namespace::{BroadcastAckCallback, DisconnectReason};
 use crate::engine::{Ctx, SendFlags};
@@ -143,6 +144,9 @@ impl WorkerCore {
         let me = ctx.worker();
         for w in (0..ctx.workers()).filter(|&w| w != me) {
             ctx.post(w, SioMail::Broadcast(b.clone()));
+        }
+        if let Some(c) = &self.cluster {
+            c.send(Outbound::Broadcast(b));
         }
         n
     }

@@ -35,6 +35,7 @@ use serde_json::Value;
 
 pub use mail::{Broadcast, BroadcastAck, Selector, SioMail};
 
+use super::adapter::Adapter;
 use super::limits::SocketLimits;
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
 use super::socket::Socket;
@@ -81,6 +82,9 @@ pub struct WorkerCore {
     connect_timeout: Duration,
     /// Disconnects user code asked for, done once it returns: (slot, generation, what).
     intents: VecDeque<(u32, u32, Intent)>,
+    /// The other nodes of a cluster; `None` for a single node (the in-process adapter), so a
+    /// broadcast then pays one branch and nothing else.
+    pub(crate) cluster: Option<Arc<dyn Adapter>>,
 }
 
 /// The Socket.IO [`Handler`] of one worker.
@@ -112,8 +116,16 @@ impl SioWorker {
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
+                cluster: None,
             },
         }
+    }
+
+    /// Hands what originates on this worker (broadcasts, server-side room and disconnect
+    /// requests) to the other nodes of a cluster as well.
+    pub fn with_cluster(mut self, cluster: Option<Arc<dyn Adapter>>) -> SioWorker {
+        self.core.cluster = cluster;
+        self
     }
 }
 

@@ -1,0 +1,319 @@
+//! The Redis adapter: one dedicated thread (a single-threaded tokio runtime driving the `redis`
+//! crate's async pub/sub and a multiplexed connection for publishing) between the workers and
+//! Redis.
+//!
+//! - Out: a worker (or a `ServerHandle`) hands each message to [`RedisAdapter::send`], a
+//!   `try_send` on a bounded queue that never blocks; the thread publishes what it finds queued
+//!   as one pipeline (one round trip for a burst). A full queue, or Redis being down, drops
+//!   the message and counts it as not delivered.
+//! - In: each message from Redis is decoded once, into the same encode-once `Broadcast` (or
+//!   room / disconnect mail) the workers already handle, and posted to every worker through
+//!   its mailbox (`Poster`). Messages carrying this node's own uid are dropped.
+//! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
+//!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
+//!   meanwhile. The workers keep serving their clients throughout.
+//!
+//! Must never: be called into from a worker except through [`RedisAdapter::send`], or queue
+//! without bound.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, RedisConfig, RedisFormat};
+use crate::app::worker::SioMail;
+use crate::rt::threads::Poster;
+
+/// How long connecting (and subscribing, and one publish) may take before the attempt counts
+/// as a failure.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest pause between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most messages published in one pipeline.
+const BATCH: usize = 256;
+
+/// The workers' side of the Redis adapter.
+pub struct RedisAdapter {
+    tx: mpsc::Sender<Outbound>,
+    up: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+}
+
+impl Adapter for RedisAdapter {
+    fn send(&self, out: Outbound) {
+        if !self.up.load(Ordering::Relaxed) || self.tx.try_send(out).is_err() {
+            Counters::add(&self.counters.not_delivered, 1);
+        }
+    }
+
+    fn stats(&self) -> ClusterStats {
+        self.counters.snapshot()
+    }
+}
+
+/// The adapter thread, before the workers exist to be posted to.
+pub struct Pending {
+    client: redis::Client,
+    cfg: RedisConfig,
+    rx: mpsc::Receiver<Outbound>,
+    up: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+}
+
+/// The running adapter thread.
+pub struct RedisThread {
+    stop: Arc<Notify>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl RedisThread {
+    /// Stops the thread (it drops what is still queued) and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.notify_one();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for RedisThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Checks `cfg` (the URL) and makes the workers' side and the thread still to start.
+pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String> {
+    let client = redis::Client::open(cfg.url.as_str()).map_err(|e| format!("--redis {}: {e}", cfg.url))?;
+    let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+    let up = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    Ok((Arc::new(RedisAdapter { tx, up: up.clone(), counters: counters.clone() }), Pending { client, cfg, rx, up, counters }))
+}
+
+/// A random id: `len` characters of `alphabet`.
+fn random_id(len: usize, alphabet: &[u8]) -> String {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    bytes.iter().map(|b| alphabet[*b as usize % alphabet.len()] as char).collect()
+}
+
+impl Pending {
+    /// Starts the thread; it posts what it receives to the workers through `poster`.
+    pub fn spawn(self, poster: Poster<SioMail>) -> RedisThread {
+        let stop = Arc::new(Notify::new());
+        let stop2 = stop.clone();
+        let join = std::thread::Builder::new()
+            .name("shardcast-redis".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime");
+                rt.block_on(run(self, poster, stop2));
+            })
+            .expect("spawning the Redis adapter thread");
+        RedisThread { stop, join: Some(join) }
+    }
+}
+
+/// What the thread knows across sessions.
+struct Node {
+    client: redis::Client,
+    cfg: RedisConfig,
+    /// This node's uid (Node format) or host_id (Python format).
+    id: String,
+    rx: mpsc::Receiver<Outbound>,
+    up: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    poster: Poster<SioMail>,
+    /// Set while Redis is unreachable (the outage was logged), with the not-delivered count
+    /// when it started.
+    down: Option<u64>,
+}
+
+async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
+    let id = match p.cfg.format {
+        RedisFormat::Node => random_id(6, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
+        RedisFormat::Python => random_id(32, b"0123456789abcdef"),
+    };
+    let mut n = Node { client: p.client, cfg: p.cfg, id, rx: p.rx, up: p.up, counters: p.counters, poster, down: None };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let err = match session(&mut n, &stop, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        n.up.store(false, Ordering::Relaxed);
+        // What was queued for the lost connection is not delivered; from now on `send` counts
+        // its drops itself.
+        let mut dropped = 0;
+        while n.rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        Counters::add(&n.counters.not_delivered, dropped);
+        if n.down.is_none() {
+            Counters::add(&n.counters.outages, 1);
+            let nd = n.counters.snapshot().not_delivered;
+            n.down = Some(nd.saturating_sub(dropped));
+            tracing::warn!(url = %n.cfg.url, error = %err, "Redis is unreachable: serving local clients only; broadcasts are not delivered to other nodes until it is back (retrying)");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.notified() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis did not answer in time"))
+}
+
+async fn within<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(IO_TIMEOUT, f).await.map_err(|_| timed_out())?
+}
+
+/// One connection's life: subscribe, then publish and receive until Redis goes away (`Err`) or
+/// the server stops (`Ok`).
+async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::RedisResult<()> {
+    let mut pubsub = within(n.client.get_async_pubsub()).await?;
+    let prefix = n.cfg.channel().to_string();
+    match n.cfg.format {
+        RedisFormat::Node => {
+            within(pubsub.psubscribe(node::pattern(&prefix))).await?;
+            within(pubsub.psubscribe(node::request_pattern(&prefix))).await?;
+        }
+        RedisFormat::Python => within(pubsub.subscribe(&prefix)).await?,
+    }
+    let mut conn = within(n.client.get_multiplexed_async_connection()).await?;
+    n.up.store(true, Ordering::Relaxed);
+    *backoff = BACKOFF_MIN;
+    if let Some(at) = n.down.take() {
+        let lost = n.counters.snapshot().not_delivered.saturating_sub(at);
+        tracing::warn!(url = %n.cfg.url, not_delivered = lost, "Redis is reachable again; resubscribed");
+    } else {
+        tracing::info!(url = %n.cfg.url, format = ?n.cfg.format, "cluster adapter connected to Redis");
+    }
+    let mut stream = pubsub.into_on_message();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            _ = stop.notified() => return Ok(()),
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
+                };
+                receive(n, &prefix, msg.get_channel_name(), msg.get_payload_bytes());
+            }
+            out = n.rx.recv() => {
+                let Some(out) = out else { return Ok(()) };
+                batch.push(out);
+                while batch.len() < BATCH {
+                    match n.rx.try_recv() {
+                        Ok(o) => batch.push(o),
+                        Err(_) => break,
+                    }
+                }
+                let r = publish(n, &prefix, &mut conn, &batch).await;
+                batch.clear();
+                r?;
+            }
+        }
+    }
+}
+
+/// Encodes what the workers queued and publishes it as one pipeline.
+async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, batch: &[Outbound]) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let mut count = 0u64;
+    for out in batch {
+        match (out, n.cfg.format) {
+            (Outbound::Broadcast(b), _) if b.ack.is_some() => {} // acked broadcasts: local only for now
+            (Outbound::Broadcast(b), format) => {
+                let Some(ev) = event_of(b) else { continue };
+                let (channel, payload) = match format {
+                    RedisFormat::Node => (node::channel(prefix, &b.sel), node::encode_broadcast(&n.id, b, &ev)),
+                    RedisFormat::Python => (prefix.to_string(), python::encode_broadcast(&n.id, b, &ev)),
+                };
+                pipe.publish(channel, payload).ignore();
+                count += 1;
+            }
+            (other, RedisFormat::Node) => {
+                if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
+                    pipe.publish(channel, payload).ignore();
+                    count += 1;
+                }
+            }
+            (other, RedisFormat::Python) => {
+                for payload in python::encode_request(&n.id, other) {
+                    pipe.publish(prefix, payload).ignore();
+                    count += 1;
+                }
+            }
+        }
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    match within(pipe.query_async::<()>(conn)).await {
+        Ok(()) => {
+            Counters::add(&n.counters.published, count);
+            Ok(())
+        }
+        Err(e) => {
+            Counters::add(&n.counters.not_delivered, count);
+            Err(e)
+        }
+    }
+}
+
+/// Decodes one message from Redis and posts it to every worker.
+fn receive(n: &Node, prefix: &str, channel: &str, payload: &[u8]) {
+    let decoded = match n.cfg.format {
+        RedisFormat::Node if channel.starts_with(prefix) && channel[prefix.len()..].starts_with('#') => {
+            node::decode_broadcast(&n.id, payload).map(|b| b.map(Inbound::Broadcast))
+        }
+        RedisFormat::Node => node::decode_request(&n.id, prefix, channel, payload),
+        RedisFormat::Python => python::decode(&n.id, payload),
+    };
+    let inbound = match decoded {
+        Ok(Some(i)) => i,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(channel, error = %e, "dropped a malformed message from Redis");
+            return;
+        }
+    };
+    Counters::add(&n.counters.received, 1);
+    post_all(&n.poster, inbound);
+}
+
+/// Posts one decoded message to every worker: one shared `Arc`, decoded and encoded once.
+pub(crate) fn post_all(poster: &Poster<SioMail>, inbound: Inbound) {
+    let each: Box<dyn Fn() -> SioMail> = match inbound {
+        Inbound::Broadcast(b) => {
+            let b = Arc::new(b);
+            Box::new(move || SioMail::Broadcast(b.clone()))
+        }
+        Inbound::Join(sel, rooms) => {
+            let (sel, rooms) = (Arc::new(sel), Arc::new(rooms));
+            Box::new(move || SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })
+        }
+        Inbound::Leave(sel, rooms) => {
+            let (sel, rooms) = (Arc::new(sel), Arc::new(rooms));
+            Box::new(move || SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })
+        }
+        Inbound::Disconnect(sel, close_client) => {
+            let sel = Arc::new(sel);
+            Box::new(move || SioMail::Disconnect { sel: sel.clone(), close_client })
+        }
+    };
+    for w in 0..poster.workers() {
+        if poster.post(w, each()).is_err() {
+            return;
+        }
+    }
+}
