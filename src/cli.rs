@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::app::adapter::{AdapterConfig, RedisConfig, RedisFormat};
 use crate::engine::{EngineConfig, SlowConsumer};
 use crate::proto::eio::{SessionConfig, Transport};
 use crate::proto::http::{AllowedOrigins, CorsConfig};
@@ -110,6 +111,25 @@ pub struct ServerOptions {
     /// and protocol errors).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Join a cluster over Redis (`redis://host:port/`): broadcasts, room and disconnect
+    /// requests reach the clients of every node, and emitters publishing to Redis reach this
+    /// node's clients (docs/cluster.md). Without it the server is a single node.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter` or python-socketio's
+    /// `RedisManager`.
+    #[arg(long, value_enum, default_value = "node", requires = "redis")]
+    pub redis_format: RedisFormatArg,
+}
+
+/// `--redis-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisFormatArg {
+    /// msgpack on `socket.io#<nsp>#...`, as `@socket.io/redis-adapter` and
+    /// `@socket.io/redis-emitter`.
+    Node,
+    /// JSON on `socketio`, as python-socketio's `RedisManager` (5.14+).
+    Python,
 }
 
 /// The most worker threads `--threads` accepts.
@@ -207,6 +227,20 @@ impl ServerOptions {
             },
             max_send_buffer: self.max_send_buffer,
             http_timeout: Duration::from_millis(self.http_timeout),
+        }
+    }
+
+    /// The cluster adapter: Redis with `--redis`, the in-process one otherwise.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        match &self.redis {
+            None => AdapterConfig::Local,
+            Some(url) => AdapterConfig::Redis(RedisConfig {
+                format: match self.redis_format {
+                    RedisFormatArg::Node => RedisFormat::Node,
+                    RedisFormatArg::Python => RedisFormat::Python,
+                },
+                ..RedisConfig::new(url)
+            }),
         }
     }
 

@@ -110,8 +110,14 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let builder =
-        Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
+    let builder = Server::builder()
+        .engine(opts.engine_config())
+        .bind(rtcfg.bind)
+        .threads(rtcfg.threads)
+        .pin(rtcfg.pin)
+        .backlog(rtcfg.backlog)
+        .worker(rtcfg.worker)
+        .adapter(opts.adapter_config());
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {
