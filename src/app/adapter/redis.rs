@@ -288,6 +288,7 @@ fn receive(n: &Node, prefix: &str, channel: &str, payload: &[u8]) {
         }
     };
     Counters::add(&n.counters.received, 1);
+    tracing::trace!(channel, bytes = payload.len(), "message from Redis posted to the workers");
     post_all(&n.poster, inbound);
 }
 

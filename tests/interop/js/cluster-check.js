@@ -15,7 +15,11 @@
 // passes is a failure, never a success.
 "use strict";
 const { io } = require("socket.io-client");
-const { execFileSync } = require("node:child_process");
+const { execFile } = require("node:child_process");
+// Loaded before any socket connects: a synchronous require later would stall the event loop
+// while the clients must answer the servers' pings.
+const { createClient } = require("redis");
+const { Emitter } = require("@socket.io/redis-emitter");
 
 const nodes = process.env.NODES.split(",").map((s) => {
   const [url, only] = s.split("|");
@@ -42,6 +46,7 @@ function connect(node, n, i) {
   const c = { node: n, i, socket, room: [], bcast: [] };
   socket.on("room-message", (m) => c.room.push(m));
   socket.on("broadcast-back", (m) => c.bcast.push(m));
+  socket.on("disconnect", (reason) => fail(`node ${n} client ${i} disconnected: ${reason}`));
   return new Promise((resolve, reject) => {
     socket.on("connect", () => resolve(c));
     socket.on("connect_error", (e) => reject(new Error(`${node.url}: ${e.message}`)));
@@ -84,10 +89,10 @@ async function main() {
   }
   if (process.env.EMITTER === "python") {
     const code = "import os, socketio; socketio.RedisManager(os.environ['REDIS_URL'], write_only=True).emit('room-message', {'from': 'emitter'}, room=os.environ['ROOM'], namespace='/')";
-    execFileSync(process.env.PYTHON, ["-c", code], { env: { ...process.env, ROOM }, stdio: "inherit" });
+    await new Promise((resolve, reject) =>
+      execFile(process.env.PYTHON, ["-c", code], { env: { ...process.env, ROOM } }, (e, out, err) => (e ? reject(new Error(`python emitter: ${e.message} ${err}`)) : resolve())),
+    );
   } else {
-    const { createClient } = require("redis");
-    const { Emitter } = require("@socket.io/redis-emitter");
     const redis = createClient({ url: process.env.REDIS_URL });
     await redis.connect();
     new Emitter(redis).to(ROOM).emit("room-message", { from: "emitter" });
@@ -116,7 +121,7 @@ main().then(
   () => {
     clearTimeout(deadline);
     console.log(`cluster check (${PHASE}) passed: ${clients.length} clients on ${nodes.length} nodes`);
-    for (const c of clients) c.socket.close();
+    for (const c of clients) c.socket.removeAllListeners("disconnect").close();
     process.exit(0);
   },
   (e) => fail(e.stack || String(e)),

@@ -1,0 +1,219 @@
+//! Clusters over a real Redis (issue 12): a `redis-server` on a free loopback port (no
+//! persistence), two shardcast nodes with `--redis` on their own ports, and a third node of
+//! another implementation (Node's socket.io 4.8 with `@socket.io/redis-adapter`, or
+//! python-socketio with its `RedisManager`). `tests/interop/js/cluster-check.js` puts official
+//! socket.io-client sockets on every node in one room and checks that a broadcast from any
+//! node, and an emitter's message, reaches every member on every node exactly once; then
+//! redis-server is killed (every node keeps serving its own clients, none crashes) and
+//! restarted (broadcasts cross nodes again).
+//!
+//! `redis-server`, Node's packages and the Python virtualenv are installed by `scripts/test`;
+//! a missing one fails these tests, it never skips them.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to (re)connect and (re)subscribe.
+const READY: Duration = Duration::from_secs(20);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// A child process whose stdout and stderr lines are read into a channel.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (stream, tx) in [(Box::new(out) as Box<dyn std::io::Read + Send>, tx.clone()), (Box::new(err), tx)] {
+            let tag = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[{tag}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc { name: name.to_string(), child, lines }
+    }
+
+    /// Waits for a line containing `needle`; fails the test at the deadline.
+    fn wait_for(&self, needle: &str) -> String {
+        let end = Instant::now() + READY;
+        loop {
+            match self.lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("{}: no line with {needle:?} within {READY:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => panic!("{}: exited before printing {needle:?}", self.name),
+            }
+        }
+    }
+
+    /// The address in its "listening on" line.
+    fn listening(&self) -> SocketAddr {
+        let line = self.wait_for("listening on");
+        line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "{} exited", self.name);
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn redis_server(port: u16) -> Proc {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    let p = Proc::spawn("redis", &mut cmd);
+    p.wait_for("Ready to accept connections");
+    p
+}
+
+/// `PUBSUB NUMSUB channel`: how many connections subscribe to `channel`.
+fn numsub(port: u16, channel: &str) -> i64 {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else { return -1 };
+    let Ok(mut con) = client.get_connection() else { return -1 };
+    let r: redis::RedisResult<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut con);
+    r.map_or(-1, |(_, n)| n)
+}
+
+/// Waits until `PUBSUB NUMSUB channel` is `want` (every node of that kind has subscribed).
+fn wait_subscribed(port: u16, channel: &str, want: i64) {
+    let end = Instant::now() + READY;
+    loop {
+        let n = numsub(port, channel);
+        if n == want {
+            return;
+        }
+        assert!(Instant::now() < end, "{channel} has {n} subscribers after {READY:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    // Heartbeats long enough that a client process stalled by a loaded CI machine is not
+    // dropped in the middle of a check (the contract's 300/200 ms are for the contract suites).
+    cmd.args(["--bind", "127.0.0.1:0", "--threads", "2", "--ping-interval", "2000", "--ping-timeout", "5000", "--redis", redis_url, "--redis-format", format]);
+    if let Ok(filter) = std::env::var("CLUSTER_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
+    let p = Proc::spawn(name, &mut cmd);
+    let addr = p.listening();
+    p.wait_for("cluster adapter connected to Redis");
+    (p, addr)
+}
+
+/// Runs `cluster-check.js` against `nodes`.
+fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-emitter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let python = interop_dir().join("python/.venv/bin/python");
+    let out = Command::new("node")
+        .current_dir(&js)
+        .arg("cluster-check.js")
+        .env("NODES", nodes)
+        .env("PHASE", phase)
+        .env("REDIS_URL", redis_url)
+        .env("EMITTER", emitter)
+        .env("PYTHON", &python)
+        .output()
+        .expect("run node cluster-check.js");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "cluster check {phase} failed:\n{text}");
+}
+
+/// Kills redis-server, checks every node still serves its own clients, restarts it on the
+/// same port, waits for every node to resubscribe (`resubscribed`), and checks the cluster.
+fn outage_and_recovery(redis: &mut Proc, port: u16, nodes: &str, emitter: &str, shardcast: &[&Proc], resubscribed: impl Fn()) -> Proc {
+    let url = format!("redis://127.0.0.1:{port}/");
+    redis.kill();
+    for n in shardcast {
+        n.wait_for("Redis is unreachable");
+    }
+    check(nodes, "local", &url, emitter);
+    let fresh = redis_server(port);
+    for n in shardcast {
+        n.wait_for("Redis is reachable again");
+    }
+    resubscribed();
+    check(nodes, "all", &url, emitter);
+    fresh
+}
+
+#[test]
+fn node_format_cluster_with_node_socket_io_and_the_redis_emitter() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port);
+    let (mut a, a_addr) = shardcast("shardcast-a", &url, "node");
+    let (mut b, b_addr) = shardcast("shardcast-b", &url, "node");
+    let mut reference = Command::new("node");
+    reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
+    let mut c = Proc::spawn("node-socket.io", &mut reference);
+    let c_addr = c.listening();
+    // The Node adapter subscribes to its namespaces' request channels.
+    wait_subscribed(port, "socket.io-request#/#", 1);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
+    check(&nodes, "all", &url, "node");
+    let _redis = outage_and_recovery(&mut redis, port, &nodes, "node", &[&a, &b], || {
+        c.wait_for("redis ready");
+        wait_subscribed(port, "socket.io-request#/#", 1);
+    });
+    for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
+
+#[test]
+fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port);
+    let (mut a, a_addr) = shardcast("shardcast-a", &url, "python");
+    let (mut b, b_addr) = shardcast("shardcast-b", &url, "python");
+    let mut node = Command::new(&python);
+    node.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
+    let mut c = Proc::spawn("python-socketio", &mut node);
+    let c_addr = c.listening();
+    wait_subscribed(port, "socketio", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}|polling");
+    check(&nodes, "all", &url, "python");
+    let _redis = outage_and_recovery(&mut redis, port, &nodes, "python", &[&a, &b], || wait_subscribed(port, "socketio", 3));
+    for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
