@@ -220,7 +220,13 @@ mod tests {
 
     #[test]
     fn an_encoded_broadcast_gives_its_event_back() {
-        let packet = encode::event("/custom", "hi", &[serde_json::json!({"a": 1}), crate::proto::sio::packet::placeholder(0)], None, vec![Bytes::from_static(b"\x01\x02")]);
+        let packet = encode::event(
+            "/custom",
+            "hi",
+            &[serde_json::json!({"a": 1}), crate::proto::sio::packet::placeholder(0)],
+            None,
+            vec![Bytes::from_static(b"\x01\x02")],
+        );
         let b = Broadcast { sel: Selector { nsp: "/custom".into(), ..Default::default() }, packet, flags: SendFlags::default(), ack: None };
         let e = event_of(&b).unwrap();
         assert_eq!(e.event, "hi");

@@ -67,10 +67,7 @@ pub fn mp_to_json(v: Mp, attachments: &mut Vec<Bytes>) -> Value {
         Mp::Integer(i) => i.as_u64().map(Number::from).or_else(|| i.as_i64().map(Number::from)).map_or(Value::Null, Value::Number),
         Mp::F32(f) => Number::from_f64(f as f64).map_or(Value::Null, Value::Number),
         Mp::F64(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        Mp::String(s) => Value::String(match s.into_str() {
-            Some(s) => s,
-            None => String::new(),
-        }),
+        Mp::String(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         Mp::Binary(b) => {
             attachments.push(Bytes::from(b));
             placeholder(attachments.len() - 1)
@@ -142,11 +139,8 @@ pub fn encode_broadcast(uid: &str, b: &Broadcast, ev: &EventParts) -> Vec<u8> {
     if !b.flags.compress {
         flags.push((Mp::from("compress"), Mp::Boolean(false)));
     }
-    let opts = Mp::Map(vec![
-        (Mp::from("rooms"), str_array(&b.sel.rooms)),
-        (Mp::from("except"), str_array(&except_all(&b.sel))),
-        (Mp::from("flags"), Mp::Map(flags)),
-    ]);
+    let opts =
+        Mp::Map(vec![(Mp::from("rooms"), str_array(&b.sel.rooms)), (Mp::from("except"), str_array(&except_all(&b.sel))), (Mp::from("flags"), Mp::Map(flags))]);
     let msg = Mp::Array(vec![Mp::from(uid), packet, opts]);
     let mut out = Vec::with_capacity(64 + ev.attachments.iter().map(Bytes::len).sum::<usize>());
     rmpv::encode::write_value(&mut out, &msg).expect("writing msgpack into memory cannot fail");
@@ -244,7 +238,9 @@ pub fn decode_body(payload: &[u8]) -> Result<(Value, Vec<Bytes>), FormatError> {
 }
 
 fn json_strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string).or_else(|| x.as_number().map(|n| n.to_string()))).collect()).unwrap_or_default()
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string).or_else(|| x.as_number().map(|n| n.to_string()))).collect())
+        .unwrap_or_default()
 }
 
 /// The selector of a request's `opts` (`{rooms, except}`) in namespace `nsp`.
@@ -368,7 +364,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let body = br#"{"type":4,"opts":{"rooms":[],"except":["x"]},"close":true}"#;
-        assert!(matches!(decode_request("me", "socket.io", "socket.io-request#/#", body).unwrap(), Some(Inbound::Disconnect(s, true)) if s.except_rooms == ["x"]));
+        assert!(
+            matches!(decode_request("me", "socket.io", "socket.io-request#/#", body).unwrap(), Some(Inbound::Disconnect(s, true)) if s.except_rooms == ["x"])
+        );
         let own = br#"{"uid":"me","type":3,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#;
         assert!(decode_request("me", "socket.io", "socket.io-request#/#", own).unwrap().is_none());
         let sel = Arc::new(Selector { nsp: "/".into(), rooms: vec!["r".into()], ..Default::default() });

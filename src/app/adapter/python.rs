@@ -187,7 +187,9 @@ mod tests {
         let close = Arc::new(Selector { nsp: "/".into(), rooms: vec!["r".into()], ..Default::default() });
         let msgs = encode_request("h", &Outbound::Leave(close, Arc::new(vec!["r".into()])));
         assert_eq!(serde_json::from_slice::<Value>(&msgs[0]).unwrap()["method"], "close_room");
-        assert!(matches!(decode("me", br#"{"method":"close_room","room":"r","namespace":"/","host_id":"x"}"#).unwrap(), Some(Inbound::Leave(s, r)) if s.rooms == ["r"] && r == ["r"]));
+        assert!(
+            matches!(decode("me", br#"{"method":"close_room","room":"r","namespace":"/","host_id":"x"}"#).unwrap(), Some(Inbound::Leave(s, r)) if s.rooms == ["r"] && r == ["r"])
+        );
         assert!(decode("me", b"[1]").is_err());
         assert!(decode("me", b"\x80\x04pickle").is_err());
     }

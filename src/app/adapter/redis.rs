@@ -318,3 +318,34 @@ pub(crate) fn post_all(poster: &Poster<SioMail>, inbound: Inbound) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::worker::Selector;
+
+    fn join() -> Outbound {
+        Outbound::Join(Arc::new(Selector::default()), Arc::new(vec!["r".into()]))
+    }
+
+    #[test]
+    fn nothing_is_queued_while_redis_is_down_and_the_queue_is_bounded() {
+        let (a, mut p) = prepare(RedisConfig { queue: 2, ..RedisConfig::new("redis://127.0.0.1:1/") }).unwrap();
+        // Not connected yet: dropped and counted, never queued.
+        a.send(join());
+        assert_eq!(a.stats().not_delivered, 1);
+        assert!(p.rx.try_recv().is_err());
+        // Connected: queued up to the bound, then dropped and counted.
+        p.up.store(true, Ordering::Relaxed);
+        for _ in 0..3 {
+            a.send(join());
+        }
+        assert_eq!(a.stats().not_delivered, 2);
+        assert!(p.rx.try_recv().is_ok() && p.rx.try_recv().is_ok() && p.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_at_start() {
+        assert!(prepare(RedisConfig::new("http://nope")).is_err());
+    }
+}

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::acks::PendingAck;
-use crate::app::adapter::Outbound;
 use super::{disconnect_client, remove_socket, WorkerCore};
+use crate::app::adapter::Outbound;
 use crate::app::namespace::{BroadcastAckCallback, DisconnectReason};
 use crate::engine::{Ctx, SendFlags};
 use crate::proto::sio::{encode, Encoded};
