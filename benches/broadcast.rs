@@ -76,10 +76,10 @@ fn bench(c: &mut Criterion) {
     connect_sockets(server.local_addr());
     let handle = server.handle();
     let all = handle.of("/");
-    assert_eq!(all.count(), Ok(SOCKETS));
+    assert_eq!(all.count().wait(), Ok(SOCKETS));
     all.sockets_join(&["bench"]).unwrap();
     let room = handle.of("/").to("bench");
-    assert_eq!(room.count(), Ok(SOCKETS), "every socket joined the room");
+    assert_eq!(room.count().wait(), Ok(SOCKETS), "every socket joined the room");
     let payload = [json!({"seq": 1, "body": "x".repeat(80)})];
 
     let mut g = c.benchmark_group("broadcast_10k_sockets_2_workers");
@@ -89,7 +89,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             room.emit("tick", &payload).unwrap();
             // Mail is FIFO per worker: once both workers pass the barrier, both delivered.
-            handle.flush().unwrap()
+            handle.flush().wait().unwrap()
         })
     });
     g.bench_function("encode_only_10k_times", |b| {

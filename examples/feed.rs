@@ -34,7 +34,7 @@ fn main() {
                 break; // the server has shut down
             }
             if seq % 50 == 0 {
-                match handle.of("/").to("prices").count() {
+                match handle.of("/").to("prices").count().wait() {
                     Ok(n) => println!("seq {seq}: {n} subscribers"),
                     Err(_) => break,
                 }

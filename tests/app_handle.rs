@@ -1,17 +1,17 @@
-//! `ServerHandle` from any thread, never hanging: inside a handler the waiting calls
-//! (`count`, `flush`) answer `WouldDeadlock` at once instead of blocking their own worker;
-//! after shutdown every call answers `Stopped`. Each call runs on a helper thread and the test
+//! `ServerHandle` from any thread, never hanging: questions (`count`, `flush`,
+//! `fetch_sockets`, `rooms`, `emit_with_ack`) are answered through `Pending` — waited for on
+//! ordinary threads, given a callback inside handlers (where waiting answers `WouldDeadlock` at
+//! once instead of blocking the worker); after shutdown every call answers `Stopped`. Each call runs on a helper thread and the test
 //! fails if it has not returned within a bounded time. `ServerBuilder::start` on a port
 //! another server holds is an error.
 
 mod support;
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use shardcast::app::{HandleError, Namespace, RunningServer, Server, ServerHandle};
+use shardcast::app::{HandleError, Namespace, RunningServer, Server};
 use shardcast::rt::threads::StartError;
 use support::Ws;
 
@@ -39,34 +39,133 @@ fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
     rx.recv_timeout(BOUND).unwrap_or_else(|_| panic!("{what} did not return within {BOUND:?}"))
 }
 
+/// Connects `n` sockets; with two workers both get some (the kernel spreads connections over
+/// the workers' listeners; the tests that need both check `SocketInfo::worker`).
+fn connect_many(server: &RunningServer, n: usize) -> Vec<Ws> {
+    (0..n).map(|_| connect(server)).collect()
+}
+
 #[test]
-fn count_and_flush_inside_a_handler_answer_would_deadlock_at_once() {
-    let slot: Arc<Mutex<Option<ServerHandle>>> = Arc::default();
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let (s, r) = (slot.clone(), results.clone());
+fn questions_asked_inside_handlers_are_answered_through_then() {
+    // Every socket's handler asks the whole server at once, on both workers: each worker waits
+    // for the other's answer without blocking, and every asker gets it.
     let ns = Namespace::new().on("probe", move |sock, _| {
-        let h = s.lock().unwrap().clone().expect("handle set");
-        let count = h.of("/").count();
-        let flush = h.flush();
-        // Posting calls work from a handler.
-        let emit = h.of("/").emit("probed", &[json!(1)]);
-        r.lock().unwrap().push((count, flush, emit));
-        sock.emit("done", &[]);
+        let h = sock.handle();
+        let me = sock.id().to_string();
+        // Waiting here would wait for this very worker: refused at once, the worker runs on.
+        assert_eq!(h.of("/").count().wait(), Err(HandleError::WouldDeadlock));
+        let h2 = h.clone();
+        h.of("/").count().then(move |n| {
+            let h3 = h2.clone();
+            h2.flush().then(move |f| {
+                h3.of("/").socket(&me).emit("probed", &[json!(n.unwrap()), json!(f.is_ok())]).unwrap();
+            });
+        });
+        sock.emit("asked", &[]);
     });
     let server = start(2, ns);
-    *slot.lock().unwrap() = Some(server.handle());
-    let mut ws = connect(&server);
-    ws.send_text(r#"42["probe"]"#);
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        got.push(ws.recv_eio());
+    let mut clients = connect_many(&server, 8);
+    for ws in &mut clients {
+        ws.send_text(r#"42["probe"]"#);
     }
-    got.sort();
-    assert_eq!(got, [r#"42["done"]"#, r#"42["probed",1]"#], "the worker still runs");
-    assert_eq!(results.lock().unwrap().as_slice(), [(Err(HandleError::WouldDeadlock), Err(HandleError::WouldDeadlock), Ok(()))]);
-    // From outside the workers both still work.
+    for ws in &mut clients {
+        let mut got = [ws.recv_eio(), ws.recv_eio()];
+        got.sort();
+        assert_eq!(got, [r#"42["asked"]"#.to_string(), r#"42["probed",8,true]"#.to_string()]);
+    }
+    // From outside the workers, waiting works.
     let h = server.handle();
-    assert_eq!(bounded("count from a thread", move || h.of("/").count()), Ok(1));
+    assert_eq!(bounded("count from a thread", move || h.of("/").count().wait()), Ok(8));
+    server.shutdown();
+}
+
+#[test]
+fn fetch_sockets_and_rooms_see_every_worker() {
+    let ns = Namespace::new()
+        .on("join", |sock, ev| {
+            let room = ev.args[0].as_str().unwrap().to_string();
+            sock.join(&room);
+            sock.set_shared_data(json!({ "room": room }));
+            if let Some(a) = ev.ack {
+                sock.ack(a, &[]);
+            }
+        })
+        .on("who", |sock, _| {
+            // A question from inside a handler, answered on the asking socket when complete.
+            let me = sock.id().to_string();
+            let h = sock.handle();
+            sock.handle().of("/").to("blue").fetch_sockets().then(move |r| {
+                let mut ids: Vec<String> = r.unwrap().into_iter().map(|s| s.id).collect();
+                ids.sort();
+                h.of("/").socket(&me).emit("who", &[json!(ids)]).unwrap();
+            });
+        });
+    let server = start(2, ns);
+    let mut clients = connect_many(&server, 12);
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let room = if i % 3 == 0 { "blue" } else { "red" };
+        ws.send_text(&format!(r#"421["join","{room}"]"#));
+        assert_eq!(ws.recv_eio(), "431[]");
+    }
+    let h = server.handle();
+    let blue = bounded("fetch_sockets", move || h.of("/").to("blue").fetch_sockets().wait()).unwrap();
+    assert_eq!(blue.len(), 4);
+    for s in &blue {
+        assert_eq!(s.nsp, "/");
+        assert_eq!(s.data, Some(json!({ "room": "blue" })));
+        let mut expect = vec!["blue".to_string(), s.id.clone()];
+        expect.sort();
+        assert_eq!(s.rooms, expect);
+        assert!(s.handshake.query.contains("EIO=4"), "{:?}", s.handshake.query);
+    }
+    let h = server.handle();
+    let all = bounded("fetch_sockets of the namespace", move || h.of("/").except("red").fetch_sockets().wait()).unwrap();
+    let mut ids: Vec<String> = all.iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    let mut blue_ids: Vec<String> = blue.iter().map(|s| s.id.clone()).collect();
+    blue_ids.sort();
+    assert_eq!(ids, blue_ids);
+    let h = server.handle();
+    let every = bounded("every socket", move || h.of("/").fetch_sockets().wait()).unwrap();
+    assert_eq!(every.len(), 12);
+    let workers: std::collections::BTreeSet<usize> = every.iter().map(|s| s.worker).collect();
+    assert_eq!(workers.len(), 2, "the sockets landed on one worker; the test needs both");
+    let h = server.handle();
+    assert_eq!(bounded("rooms", move || h.of("/").rooms().wait()), Ok(vec!["blue".to_string(), "red".to_string()]));
+    clients[1].send_text(r#"42["who"]"#);
+    assert_eq!(clients[1].recv_eio(), format!(r#"42["who",{}]"#, json!(blue_ids)));
+    server.shutdown();
+}
+
+#[test]
+fn emit_with_ack_from_a_handle_collects_every_answer_across_workers() {
+    let server = start(2, Namespace::new());
+    let mut clients = connect_many(&server, 6);
+    let h = server.handle();
+    let asking = std::thread::spawn(move || h.of("/").emit_with_ack("question", &[json!(1)], Duration::from_secs(5)).wait());
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let m = ws.recv_eio();
+        let id: String = m.trim_start_matches("42").chars().take_while(|c| c.is_ascii_digit()).collect();
+        assert_eq!(m, format!(r#"42{id}["question",1]"#));
+        ws.send_text(&format!("43{id}[{i}]"));
+    }
+    let mut answers: Vec<i64> =
+        bounded("the collection", move || asking.join().unwrap()).unwrap().unwrap().into_iter().map(|(args, _)| args[0].as_i64().unwrap()).collect();
+    answers.sort();
+    assert_eq!(answers, [0, 1, 2, 3, 4, 5]);
+
+    // Two answer, four stay silent: at the timeout, the two answers come as partial.
+    let h = server.handle();
+    let asking = std::thread::spawn(move || h.of("/").emit_with_ack("again", &[], Duration::from_millis(300)).wait());
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let m = ws.recv_eio();
+        let id: String = m.trim_start_matches("42").chars().take_while(|c| c.is_ascii_digit()).collect();
+        if i < 2 {
+            ws.send_text(&format!("43{id}[{i}]"));
+        }
+    }
+    let partial = bounded("the partial collection", move || asking.join().unwrap()).unwrap().unwrap_err();
+    assert_eq!(partial.responses.len(), 2);
     server.shutdown();
 }
 
@@ -76,9 +175,9 @@ fn every_call_after_shutdown_answers_stopped() {
     let handle = server.handle();
     server.shutdown();
     let h = handle.clone();
-    assert_eq!(bounded("count after shutdown", move || h.of("/").count()), Err(HandleError::Stopped));
+    assert_eq!(bounded("count after shutdown", move || h.of("/").count().wait()), Err(HandleError::Stopped));
     let h = handle.clone();
-    assert_eq!(bounded("flush after shutdown", move || h.flush()), Err(HandleError::Stopped));
+    assert_eq!(bounded("flush after shutdown", move || h.flush().wait()), Err(HandleError::Stopped));
     assert_eq!(handle.of("/").emit("x", &[]), Err(HandleError::Stopped));
     assert_eq!(handle.of("/").sockets_join(&["r"]), Err(HandleError::Stopped));
     assert_eq!(handle.close_room("/", "r"), Err(HandleError::Stopped));
@@ -92,7 +191,7 @@ fn a_count_waiting_while_the_server_goes_away_returns() {
     let waiters: Vec<_> = (0..4)
         .map(|_| {
             let h = handle.clone();
-            std::thread::spawn(move || (0..200).map(|_| h.of("/").count()).find(|r| r.is_err()))
+            std::thread::spawn(move || (0..200).map(|_| h.of("/").count().wait()).find(|r| r.is_err()))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(20));

@@ -203,8 +203,8 @@ fn server_handle_from_another_thread() {
     }
     let h = handle.clone();
     std::thread::spawn(move || {
-        assert_eq!(h.of("/").to("feed").count(), Ok(6));
-        assert_eq!(h.of("/").count(), Ok(7));
+        assert_eq!(h.of("/").to("feed").count().wait(), Ok(6));
+        assert_eq!(h.of("/").count().wait(), Ok(7));
         h.of("/").to("feed").emit("tick", &[json!(42)]).unwrap();
     })
     .join()
@@ -213,9 +213,9 @@ fn server_handle_from_another_thread() {
         assert_eq!(ws.recv_eio(), r#"42["tick",42]"#);
     }
     handle.of("/").to("feed").sockets_join(&["vip"]).unwrap();
-    assert_eq!(handle.of("/").to("vip").count(), Ok(6));
+    assert_eq!(handle.of("/").to("vip").count().wait(), Ok(6));
     handle.close_room("/", "vip").unwrap();
-    assert_eq!(handle.of("/").to("vip").count(), Ok(0));
+    assert_eq!(handle.of("/").to("vip").count().wait(), Ok(0));
     handle.of("/").to("feed").disconnect_sockets(false).unwrap();
     for ws in &mut members {
         assert_eq!(ws.recv_eio(), "41");

@@ -1,30 +1,30 @@
 //! `ServerHandle`: `Send + Sync + Clone`, usable from any thread (a tokio task reading a feed,
-//! say) to emit and manage rooms. Everything goes through the workers' mailboxes; a worker is
-//! never blocked.
+//! say, or a handler) to emit, manage rooms and ask about sockets. Everything goes through the
+//! workers' mailboxes; a worker is never blocked.
 //!
-//! Every call returns a `Result` and none can hang:
+//! - The posting calls (emit, join, leave, disconnect) return once the mail is posted.
+//! - The asking calls (`count`, `fetch_sockets`, `rooms`, `emit_with_ack`, `flush`) return a
+//!   [`Pending`] at once: `.wait()` it on an ordinary thread, `.await` it in async code, or give
+//!   it a callback with `.then(..)` — the way to ask from inside a handler, where waiting would
+//!   wait for the handler's own worker.
 //! - Once the server is shut down (or a worker has exited), every call returns
-//!   [`HandleError::Stopped`]; a [`Operator::count`] or [`ServerHandle::flush`] waiting when
-//!   that happens returns it too, instead of waiting for an answer that will never come.
-//! - [`Operator::count`] and [`ServerHandle::flush`] wait, on the calling thread, for every
-//!   worker's answer. On a worker thread (inside a handler) that would wait for the worker
-//!   itself, or for a worker waiting for this one, so there they return
-//!   [`HandleError::WouldDeadlock`] at once. The posting calls (emit, join, leave, disconnect)
-//!   never wait and work from a handler too.
-
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+//!   [`HandleError::Stopped`], and a [`Pending`] that was waiting ends with it.
+//!
+//! Must never: block a worker, or leave a caller waiting for an answer that cannot come.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::adapter::{Adapter, ClusterStats, Outbound};
-use super::worker::{Broadcast, Selector, SioMail};
+use super::namespace::{Handshake, PartialResponses, Responses};
+use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
+use super::worker::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
 use crate::engine::SendFlags;
 use crate::proto::sio::encode;
-use crate::rt::threads::{self, Poster, Stopped};
+use crate::rt::threads::{Poster, Stopped};
 
 /// Why a [`ServerHandle`] call did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,10 +32,13 @@ pub enum HandleError {
     /// The server was shut down (or one of its workers has exited).
     #[error("the server has shut down")]
     Stopped,
-    /// A call that waits for the workers' answers was made on a worker thread (inside a
-    /// handler), where it would wait for itself.
-    #[error("count() and flush() wait for every worker and cannot be called on a worker thread (inside a handler)")]
+    /// [`Pending::wait`] was called on a worker thread (inside a handler) before the answer was
+    /// complete: it would wait for its own worker. Use [`Pending::then`] there.
+    #[error("waiting for the workers' answers on a worker thread (inside a handler) would wait for itself; use Pending::then")]
     WouldDeadlock,
+    /// [`Pending::wait_timeout`] gave up.
+    #[error("no complete answer in time")]
+    TimedOut,
 }
 
 impl From<Stopped> for HandleError {
@@ -44,30 +47,22 @@ impl From<Stopped> for HandleError {
     }
 }
 
-/// How often a waiting call checks whether the server is still running.
-const LIVENESS_POLL: Duration = Duration::from_millis(20);
-
-/// Collects one answer per worker from `rx`, or [`HandleError::Stopped`] as soon as the server
-/// stops (mail posted to a worker that has exited is never answered).
-fn gather<T>(poster: &Poster<SioMail>, rx: &Receiver<T>) -> Result<Vec<T>, HandleError> {
-    let mut answers = Vec::with_capacity(poster.workers());
-    while answers.len() < poster.workers() {
-        match rx.recv_timeout(LIVENESS_POLL) {
-            Ok(a) => answers.push(a),
-            Err(RecvTimeoutError::Timeout) if !poster.stopped() => {}
-            Err(_) => return Err(HandleError::Stopped),
-        }
-    }
-    Ok(answers)
-}
-
-/// Refuses a waiting call on a worker thread.
-fn may_wait() -> Result<(), HandleError> {
-    if threads::on_worker_thread() {
-        Err(HandleError::WouldDeadlock)
-    } else {
-        Ok(())
-    }
+/// One socket, as [`Operator::fetch_sockets`] reports it (the reference's `RemoteSocket`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketInfo {
+    /// The socket id.
+    pub id: String,
+    /// Its namespace.
+    pub nsp: String,
+    /// The rooms it is in (its own id included), sorted.
+    pub rooms: Vec<String>,
+    /// What its client sent when it connected.
+    pub handshake: Handshake,
+    /// What handlers stored with [`Socket::set_shared_data`](super::Socket::set_shared_data)
+    /// (the reference's `socket.data`).
+    pub data: Option<Value>,
+    /// The worker that serves it.
+    pub worker: usize,
 }
 
 #[derive(Clone)]
@@ -77,9 +72,44 @@ pub struct ServerHandle {
     cluster: Option<Arc<dyn Adapter>>,
 }
 
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").field("workers", &self.poster.workers()).field("stopped", &self.poster.stopped()).finish()
+    }
+}
+
+/// Whether the server behind `poster` has stopped, as a [`Pending`] asks it.
+fn stopped_check(poster: &Poster<SioMail>) -> Arc<dyn Fn() -> bool + Send + Sync> {
+    let p = poster.clone();
+    Arc::new(move || p.stopped())
+}
+
+/// Asks every worker for its part: `mail` wraps each worker's [`Part`]. A part whose post
+/// fails is dropped, which ends the answer with [`HandleError::Stopped`].
+fn ask<T: Merge>(poster: &Poster<SioMail>, mail: impl Fn(Part<T>) -> SioMail) -> Pending<T> {
+    let workers = poster.workers();
+    let (pending, parts) = pending::gather(workers.max(1), stopped_check(poster));
+    if workers == 0 || poster.stopped() {
+        drop(parts);
+        return pending;
+    }
+    for (w, part) in parts.into_iter().enumerate() {
+        // On failure the mail (and the part in it) is dropped: the answer ends Stopped.
+        let _ = poster.post(w, mail(part));
+    }
+    pending
+}
+
 impl ServerHandle {
     pub(crate) fn new(poster: Poster<SioMail>, cluster: Option<Arc<dyn Adapter>>) -> ServerHandle {
         ServerHandle { poster, cluster }
+    }
+
+    /// A handle that belongs to no running server: every call answers
+    /// [`HandleError::Stopped`] (the handle of a worker built outside [`super::Server`], as in
+    /// the in-memory test harness).
+    pub fn detached() -> ServerHandle {
+        ServerHandle { poster: Poster::detached(), cluster: None }
     }
 
     /// Operations on namespace `nsp`: on this node's sockets and, in a cluster, on every other
@@ -99,17 +129,12 @@ impl ServerHandle {
         self.cluster.as_ref().map(|c| c.stats())
     }
 
-    /// Waits until every worker has handled everything this handle posted before (mail is
-    /// FIFO per worker). [`HandleError::WouldDeadlock`] on a worker thread (inside a handler);
-    /// [`HandleError::Stopped`] once the server is gone.
-    pub fn flush(&self) -> Result<(), HandleError> {
-        may_wait()?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        for w in 0..self.poster.workers() {
-            self.poster.post(w, SioMail::Flush { reply: tx.clone() })?;
-        }
-        drop(tx);
-        gather(&self.poster, &rx).map(drop)
+    /// Completes once every worker has handled everything posted to it before this call (mail
+    /// is FIFO per worker) — from this thread or any other. From inside a handler, the
+    /// handler's own worker handles it after the handler returns, so use
+    /// [`Pending::then`] there.
+    pub fn flush(&self) -> Pending<()> {
+        ask(&self.poster, |part| SioMail::Flush { part })
     }
 
     /// Removes every socket of `nsp` from `room`.
@@ -191,6 +216,37 @@ impl Operator {
         }
     }
 
+    /// Emits to the selection and collects every recipient's ack, on every worker (the
+    /// reference's `io.timeout(t).emitWithAck()`): the answer is every recipient's arguments
+    /// and attachments, or — `Err(PartialResponses)` — those that came within `timeout`.
+    pub fn emit_with_ack(&self, event: &str, args: &[Value], timeout: Duration) -> Pending<Result<Responses, PartialResponses>> {
+        self.emit_binary_with_ack(event, args, Vec::new(), timeout)
+    }
+
+    /// [`Operator::emit_with_ack`] with binary attachments (placeholders in `args`).
+    pub fn emit_binary_with_ack(
+        &self,
+        event: &str,
+        args: &[Value],
+        attachments: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Pending<Result<Responses, PartialResponses>> {
+        let workers = self.poster.workers();
+        let (pending, sink) = AckSink::new(workers, stopped_check(&self.poster));
+        if workers == 0 || self.poster.stopped() {
+            sink.stop();
+            return pending;
+        }
+        let id = super::worker::next_handle_broadcast_id();
+        let packet = encode::event(&self.sel.nsp, event, args, Some(id), attachments);
+        let ack = BroadcastAck { id, origin: AckOrigin::Handle(sink.clone()), deadline: Instant::now() + timeout };
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack) });
+        if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
+            sink.stop();
+        }
+        pending
+    }
+
     /// Makes the selected sockets join `rooms`.
     pub fn sockets_join(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
@@ -217,15 +273,26 @@ impl Operator {
         Ok(())
     }
 
-    /// Counts the selected sockets across workers, waiting for every worker's answer:
-    /// [`HandleError::WouldDeadlock`] on a worker thread (inside a handler), where it would
-    /// wait for itself; [`HandleError::Stopped`] once the server is gone.
-    pub fn count(&self) -> Result<usize, HandleError> {
-        may_wait()?;
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// Counts the selected sockets across workers.
+    pub fn count(&self) -> Pending<usize> {
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Count { sel: sel.clone(), reply: tx.clone() })?;
-        drop(tx);
-        Ok(gather(&self.poster, &rx)?.into_iter().sum())
+        ask(&self.poster, |part| SioMail::Count { sel: sel.clone(), part })
+    }
+
+    /// The selected sockets across workers: id, rooms, handshake and shared data of each (the
+    /// reference's `fetchSockets()`), in no particular order.
+    pub fn fetch_sockets(&self) -> Pending<Vec<SocketInfo>> {
+        let sel = Arc::new(self.sel.clone());
+        ask(&self.poster, |part| SioMail::Fetch { sel: sel.clone(), part })
+    }
+
+    /// The rooms of the namespace that have a member, across workers, sorted, each once — the
+    /// sockets' own-id rooms left out (the reference's `adapter.rooms` without them). Rooms,
+    /// except-rooms and except-ids of the selection do not apply.
+    pub fn rooms(&self) -> Pending<Vec<String>> {
+        let nsp: Arc<str> = Arc::from(self.sel.nsp.as_str());
+        let (pending, done) = Pending::new(stopped_check(&self.poster));
+        ask::<RoomNames>(&self.poster, |part| SioMail::Rooms { nsp: nsp.clone(), part }).then(move |r| done.complete(r.map(|n| n.0)));
+        pending
     }
 }

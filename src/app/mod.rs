@@ -9,6 +9,8 @@
 //!   its shard of the rooms, pending acks, cross-worker mail, and the guard around user code.
 //! - [`limits`]: per-socket and per-client bounds, and their errors.
 //! - [`handle`]: `ServerHandle`, usable from any thread.
+//! - [`pending`]: `Pending`, the answer to a `ServerHandle` question every worker answers a
+//!   part of (wait, await, or a callback).
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
 //! - [`adapter`]: the seam to the other nodes of a cluster (in-process by default; Redis in the
 //!   Node.js or python-socketio format).
@@ -23,13 +25,15 @@ pub mod contract;
 pub mod handle;
 pub mod limits;
 pub mod namespace;
+pub mod pending;
 pub mod server;
 pub mod signal;
 pub mod socket;
 pub mod worker;
 
-pub use handle::{HandleError, ServerHandle};
+pub use handle::{HandleError, ServerHandle, SocketInfo};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
+pub use pending::Pending;
 pub use server::{RunningServer, Server, ServerBuilder};
 pub use socket::{Operator, Socket};

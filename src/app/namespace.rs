@@ -3,7 +3,6 @@
 //! (`Arc`); the callbacks run on the worker that owns the socket.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -81,12 +80,12 @@ pub struct Handshake {
     /// The CONNECT packet's auth payload, if any.
     pub auth: Option<Value>,
     /// The Engine.IO handshake request's query string.
-    pub query: Rc<str>,
+    pub query: Arc<str>,
     /// The `Origin` of the Engine.IO handshake request.
-    pub origin: Option<Rc<str>>,
+    pub origin: Option<Arc<str>>,
     /// Every header of the Engine.IO handshake request (name as sent, value). Shared by every
     /// socket of the client (kept once per connection, not once per namespace).
-    pub headers: Rc<[(String, String)]>,
+    pub headers: Arc<[(String, String)]>,
     /// Milliseconds since the Unix epoch when the socket connected.
     pub issued: u64,
 }

@@ -155,9 +155,11 @@ impl ServerBuilder {
             }
         };
         let workers_cluster = cluster.clone();
-        let rt = threads::start(self.runtime, move |_| {
-            let sio = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits).with_cluster(workers_cluster.clone());
-            EioServer::new(Rc::new((*engine).clone()), sio)
+        let rt = threads::start_with(self.runtime, move |_, poster| {
+            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits)
+                .with_handle(ServerHandle::new(poster, workers_cluster.clone()))
+                .with_cluster(workers_cluster.clone());
+            EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
         let adapter_thread = pending.map(|p| p.spawn(rt.poster()));
         let handle = ServerHandle::new(rt.poster(), cluster);

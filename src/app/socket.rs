@@ -216,6 +216,28 @@ impl<'a, 'c> Socket<'a, 'c> {
         self.core.sockets.get_mut(idx).filter(|s| s.gen == gen)?.data.as_mut()?.downcast_mut()
     }
 
+    /// Data about this socket that other threads may read: what
+    /// [`Operator::fetch_sockets`](super::handle::Operator::fetch_sockets) reports (the
+    /// reference's `socket.data`). None once the socket is gone.
+    pub fn shared_data(&self) -> Option<&Value> {
+        self.core.sockets.live(self.idx, self.gen)?.shared.as_ref()
+    }
+
+    /// Sets the data [`Socket::shared_data`] returns.
+    pub fn set_shared_data(&mut self, value: Value) {
+        let (idx, gen) = (self.idx, self.gen);
+        if let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) {
+            s.shared = Some(value);
+        }
+    }
+
+    /// This server's [`ServerHandle`](super::ServerHandle), so handlers need no global: emit
+    /// anywhere, manage rooms, and ask questions whose answers come later
+    /// ([`Pending::then`](super::Pending::then) inside a handler).
+    pub fn handle(&self) -> super::ServerHandle {
+        self.core.handle.clone()
+    }
+
     /// Stores a value in the per-socket data slot (dropped when the socket is gone).
     pub fn set_data<T: 'static>(&mut self, value: T) {
         let (idx, gen) = (self.idx, self.gen);

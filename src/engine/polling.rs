@@ -16,8 +16,9 @@ impl<H: Handler> EioServer<H> {
     /// A polling GET: parked until the session has something to send.
     pub(super) fn poll(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, req: &Request, h: SessionId, cors: String) {
         if self.core.sessions.get(h).expect("verified").poll.is_some() {
-            // A second concurrent GET: the reference server errors the session.
-            Self::respond(&mut self.core, io, id, response::error(400, &cors, "overlap from client", req.keep_alive), req.keep_alive);
+            // A second concurrent GET: the reference server errors the session ("overlap from
+            // client") and answers 400 with an empty body.
+            Self::respond(&mut self.core, io, id, response::build(400, &cors, None, b"", req.keep_alive), req.keep_alive);
             self.core.closing.push((h, CloseReason::TransportError));
             self.finish(io);
             return;

@@ -155,8 +155,10 @@ impl<H: Handler> EioServer<H> {
                 }
             }
             Action::AbortUpgrade => {
+                // The reference closes the probe with `ws.close()`: a close frame without a
+                // status code.
                 if let Some(probe) = e.probe.take() {
-                    close_ws(io, probe, code::NORMAL);
+                    close_ws_bare(io, probe);
                 }
             }
             Action::Close(reason) => self.core.closing.push((h, reason)),
@@ -312,7 +314,11 @@ impl<H: Handler> Service for EioServer<H> {
     fn on_closed(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, state: ConnState) {
         self.core.stop_http_wait(id);
         if matches!(state, ConnState::Http) {
-            self.core.forget_post(id);
+            if let Some(h) = self.core.forget_post(id) {
+                // "data request connection closed prematurely": the reference closes the
+                // session, whose packets would otherwise be lost midway.
+                self.core.closing.push((h, CloseReason::TransportError));
+            }
         }
         match state {
             ConnState::Poll { session, .. } => {

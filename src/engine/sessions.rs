@@ -125,14 +125,15 @@ impl Core {
     }
 
     /// The connection `id` is gone: a POST it was reading no longer holds its session.
-    pub(super) fn forget_post(&mut self, id: ConnId) {
-        if let Some(h) = self.posts.remove(&id) {
-            if let Some(e) = self.sessions.get_mut(h) {
-                if e.posting == Some(id) {
-                    e.posting = None;
-                }
-            }
+    /// Returns that session when the POST was still its session's (its body cut short).
+    pub(super) fn forget_post(&mut self, id: ConnId) -> Option<SessionId> {
+        let h = self.posts.remove(&id)?;
+        let e = self.sessions.get_mut(h)?;
+        if e.posting != Some(id) {
+            return None;
         }
+        e.posting = None;
+        Some(h)
     }
 
     /// The connection `id` starts waiting for its next HTTP request now.

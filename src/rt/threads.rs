@@ -94,6 +94,12 @@ impl<M: Send + 'static> Poster<M> {
         self.live.stopping.load(Ordering::Acquire) || self.live.exited.load(Ordering::Acquire) > 0
     }
 
+    /// A poster for no runtime: no workers, and [`stopped`](Self::stopped) from the start.
+    pub fn detached() -> Poster<M> {
+        let live = Liveness { stopping: AtomicBool::new(true), exited: AtomicUsize::new(0) };
+        Poster { mailboxes: Arc::new(Vec::new()), live: Arc::new(live) }
+    }
+
     /// Posts `m` to `worker`, unless the runtime has [`stopped`](Self::stopped).
     pub fn post(&self, worker: usize, m: M) -> Result<(), Stopped> {
         if self.stopped() {
@@ -172,6 +178,16 @@ where
     S: Service,
     F: Fn(usize) -> S + Send + Sync + 'static,
 {
+    start_with(cfg, move |i, _| make(i))
+}
+
+/// [`start`], where `make(i, poster)` also gets a [`Poster`] to every worker (for a service
+/// that hands its users a handle on the whole server).
+pub fn start_with<S, F>(cfg: RuntimeConfig, make: F) -> Result<Runtime<S::Mail>, StartError>
+where
+    S: Service,
+    F: Fn(usize, Poster<S::Mail>) -> S + Send + Sync + 'static,
+{
     let threads = cfg.threads.max(1);
     // The first listener claims the address (see `listener`): a port another process serves
     // fails here instead of being shared with it.
@@ -202,6 +218,7 @@ where
     let live = Arc::new(Liveness::default());
     for (i, fd) in fds.into_iter().enumerate() {
         let peers = mailboxes.clone();
+        let poster = Poster { mailboxes: mailboxes.clone(), live: live.clone() };
         let make = make.clone();
         let ready = ready_tx.clone();
         let wcfg = cfg.worker.clone();
@@ -219,11 +236,15 @@ where
                     if pin && !cpus.is_empty() {
                         pin_to(cpus[i % cpus.len()]);
                     }
-                    let service = make(i);
+                    let own = peers[i].clone();
+                    let service = make(i, poster);
                     match Worker::new(i, fd, peers, conns_total, memory, service, wcfg) {
                         Ok(w) => {
                             let _ = ready.send(Ok(()));
                             w.run();
+                            // Mail nobody will read: dropping it tells whoever waits for an
+                            // answer that none will come (see `app::pending`).
+                            drop_unread(&own);
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -248,6 +269,17 @@ where
         }
     }
     Ok(rt)
+}
+
+/// Drops the mail left in an exited worker's mailbox; a connection handed over to it is closed.
+fn drop_unread<M>(mailbox: &Mailbox<RtMail<M>>) {
+    while let Some(m) = mailbox.take() {
+        if let RtMail::Adopt { fd, .. } = m {
+            // SAFETY: the descriptor was handed to this worker, which never adopted it: it is
+            // ours to close, once.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 impl<M: Send + 'static> Runtime<M> {

@@ -25,18 +25,21 @@ use serde_json::Value;
 
 use super::super::limits::SocketLimits;
 use super::super::namespace::{AckCallback, BroadcastAckCallback, Responses};
+use super::mail::AckOrigin;
+use crate::app::pending::AckSink;
 
 /// An ack a socket owes: to a callback of this worker, or to a broadcast's collector.
 pub(crate) enum PendingAck {
     Callback(AckCallback),
-    Collect { origin: usize },
+    Collect { origin: AckOrigin },
 }
 
 impl std::fmt::Debug for PendingAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PendingAck::Callback(_) => f.write_str("Callback"),
-            PendingAck::Collect { origin } => f.debug_struct("Collect").field("origin", origin).finish(),
+            PendingAck::Collect { origin: AckOrigin::Worker(w) } => f.debug_struct("Collect").field("worker", w).finish(),
+            PendingAck::Collect { origin: AckOrigin::Handle(_) } => f.write_str("Collect(handle)"),
         }
     }
 }
@@ -87,6 +90,70 @@ pub(crate) struct Collector {
 /// an id a recipient already waits on. All stay below 2^53, exact in JavaScript.
 const BROADCAST_ACK_BASE: u64 = 1 << 40;
 const MAX_WORKERS: u64 = 4096;
+/// The "worker" number of broadcasts with ack made from a `ServerHandle` (no worker has it:
+/// a runtime has fewer workers).
+const HANDLE_ORIGIN: u64 = MAX_WORKERS - 1;
+
+static HANDLE_BROADCASTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The id of a new broadcast with ack made from a `ServerHandle`.
+pub(crate) fn next_handle_broadcast_id() -> u64 {
+    let n = HANDLE_BROADCASTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    BROADCAST_ACK_BASE + n * MAX_WORKERS + HANDLE_ORIGIN
+}
+
+/// The deadlines of the `ServerHandle` broadcasts with ack this worker delivered: at each, the
+/// collection ends with the answers so far (every delivering worker arms the same deadline;
+/// the first to fire ends it). Entries of collections that completed before their deadline
+/// are dropped when they come due, or by compaction.
+#[derive(Default)]
+pub(crate) struct HandleAcks {
+    due: BinaryHeap<Reverse<HandleAckDue>>,
+    /// Entries left by the last compaction: the next one waits until the heap doubles.
+    kept: usize,
+}
+
+struct HandleAckDue(Instant, std::sync::Arc<AckSink>);
+
+impl PartialEq for HandleAckDue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for HandleAckDue {}
+impl PartialOrd for HandleAckDue {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HandleAckDue {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl HandleAcks {
+    pub(crate) fn arm(&mut self, deadline: Instant, sink: std::sync::Arc<AckSink>) {
+        self.due.push(Reverse(HandleAckDue(deadline, sink)));
+        if self.due.len() > 2 * self.kept + SLACK {
+            self.due.retain(|Reverse(d)| !d.1.is_done());
+            self.kept = self.due.len();
+        }
+    }
+
+    /// Ends every collection due at `now`.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while self.due.peek().is_some_and(|Reverse(d)| d.0 <= now) {
+            if let Some(Reverse(d)) = self.due.pop() {
+                d.1.expire();
+            }
+        }
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse(d)| d.0)
+    }
+}
 
 /// Extra stale entries a heap may hold before it is compacted.
 const SLACK: usize = 64;

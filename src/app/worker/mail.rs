@@ -17,7 +17,9 @@ use serde_json::Value;
 use super::acks::PendingAck;
 use super::{disconnect_client, remove_socket, WorkerCore};
 use crate::app::adapter::Outbound;
+use crate::app::handle::SocketInfo;
 use crate::app::namespace::{BroadcastAckCallback, DisconnectReason};
+use crate::app::pending::{AckSink, Part, RoomNames};
 use crate::engine::{Ctx, SendFlags};
 use crate::proto::sio::{encode, Encoded};
 
@@ -48,14 +50,23 @@ pub struct Broadcast {
 }
 
 /// The ack of a broadcast: the id every recipient answers with, and who collects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BroadcastAck {
     /// The ack id every recipient answers with.
     pub id: u64,
-    /// The worker that collects the answers.
-    pub origin: usize,
+    /// Who collects the answers.
+    pub origin: AckOrigin,
     /// When the collection ends.
     pub deadline: Instant,
+}
+
+/// Who collects the answers to a broadcast with ack.
+#[derive(Debug, Clone)]
+pub enum AckOrigin {
+    /// The worker of the emitting socket (`Operator::emit_with_ack` inside a handler).
+    Worker(usize),
+    /// A `ServerHandle` caller: every worker reports to the shared sink directly.
+    Handle(Arc<AckSink>),
 }
 
 /// Mail between workers (and from `ServerHandle`s).
@@ -83,17 +94,31 @@ pub enum SioMail {
         /// Close their whole clients, not only this namespace.
         close_client: bool,
     },
-    /// Answer on `reply` once everything posted before has been handled (a barrier).
+    /// Answer once everything posted before has been handled (a barrier).
     Flush {
-        /// Where to answer.
-        reply: std::sync::mpsc::Sender<()>,
+        /// This worker's part of the answer.
+        part: Part<()>,
     },
-    /// Count the selected sockets; every worker answers on `reply`.
+    /// Count the selected sockets.
     Count {
         /// Which sockets.
         sel: Arc<Selector>,
-        /// Where to answer.
-        reply: std::sync::mpsc::Sender<usize>,
+        /// This worker's part of the answer.
+        part: Part<usize>,
+    },
+    /// Describe the selected sockets.
+    Fetch {
+        /// Which sockets.
+        sel: Arc<Selector>,
+        /// This worker's part of the answer.
+        part: Part<Vec<SocketInfo>>,
+    },
+    /// Name the rooms of a namespace that have a member here.
+    Rooms {
+        /// The namespace.
+        nsp: Arc<str>,
+        /// This worker's part of the answer.
+        part: Part<RoomNames>,
     },
     /// To a broadcast's origin: this worker sent it to `count` sockets.
     AckCount {
@@ -119,11 +144,12 @@ impl WorkerCore {
         let targets = self.select(&b.sel);
         for &idx in &targets {
             let s = self.sockets.at_mut(idx);
-            if let Some(ack) = b.ack {
+            if let Some(ack) = &b.ack {
                 let key = (idx, s.gen);
                 // A recipient at its pending-ack limit still gets the event, but its answer is
                 // not collected: the collection ends at its deadline without it.
-                if self.acks.arm(&mut s.acks, key, ack.deadline, PendingAck::Collect { origin: ack.origin }, Some(ack.id)).is_err() {
+                let collect = PendingAck::Collect { origin: ack.origin.clone() };
+                if self.acks.arm(&mut s.acks, key, ack.deadline, collect, Some(ack.id)).is_err() {
                     tracing::debug!(socket = %s.id, "too many pending acks; a broadcast's ack will not be collected");
                 }
             }
@@ -174,7 +200,7 @@ impl WorkerCore {
         let key = (idx, s.gen);
         self.acks.start_collector(&mut s.acks, id, key, ctx.workers() - 1, deadline, cb)?;
         let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
-        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: worker, deadline }) };
+        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: AckOrigin::Worker(worker), deadline }) };
         let n = self.broadcast(ctx, b);
         if self.acks.count(id, n, false) {
             // Called from user code: the callback runs once that code has returned.
@@ -189,10 +215,17 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
     match mail {
         SioMail::Broadcast(b) => {
             // One copy per worker, not per recipient: keeps reference counts core-local.
-            let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack };
+            let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone() };
             let n = core.deliver(ctx, &local);
-            if let Some(ack) = b.ack {
-                ctx.post(ack.origin, SioMail::AckCount { id: ack.id, count: n });
+            match &b.ack {
+                Some(BroadcastAck { id, origin: AckOrigin::Worker(origin), .. }) => ctx.post(*origin, SioMail::AckCount { id: *id, count: n }),
+                Some(BroadcastAck { origin: AckOrigin::Handle(sink), deadline, .. }) => {
+                    sink.report(n);
+                    if n > 0 {
+                        core.handle_acks.arm(*deadline, sink.clone());
+                    }
+                }
+                None => {}
             }
         }
         SioMail::AckCount { id, count } => {
@@ -232,11 +265,13 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
                 }
             }
         }
-        SioMail::Flush { reply } => {
-            let _ = reply.send(());
+        SioMail::Flush { part } => part.answer(()),
+        SioMail::Count { sel, part } => part.answer(core.select(&sel).len()),
+        SioMail::Fetch { sel, part } => {
+            let worker = ctx.worker();
+            let found = core.select(&sel).into_iter().map(|idx| core.describe(idx, worker)).collect();
+            part.answer(found);
         }
-        SioMail::Count { sel, reply } => {
-            let _ = reply.send(core.select(&sel).len());
-        }
+        SioMail::Rooms { nsp, part } => part.answer(RoomNames(core.room_names(&nsp))),
     }
 }

@@ -33,13 +33,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use mail::{Broadcast, BroadcastAck, Selector, SioMail};
+pub use mail::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
+
+pub(crate) use acks::next_handle_broadcast_id;
 
 use super::adapter::Adapter;
+use super::handle::{ServerHandle, SocketInfo};
 use super::limits::SocketLimits;
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
 use super::socket::Socket;
-use acks::{Acks, PendingAck};
+use acks::{Acks, HandleAcks, PendingAck};
 use rooms::Rooms;
 use sockets::{Client, SocketState, Sockets};
 
@@ -77,6 +80,10 @@ pub struct WorkerCore {
     pub(crate) sockets: Sockets,
     rooms: Rooms,
     acks: Acks,
+    /// Deadlines of `ServerHandle` broadcasts with ack delivered here.
+    pub(crate) handle_acks: HandleAcks,
+    /// The handle handlers get from [`Socket::handle`].
+    pub(crate) handle: ServerHandle,
     /// Every session gets the same delay: deadlines arrive in order, a FIFO is enough.
     connect_due: Fifo<SessionId>,
     connect_timeout: Duration,
@@ -113,6 +120,8 @@ impl SioWorker {
                 sockets: Sockets::default(),
                 rooms: Rooms::default(),
                 acks: Acks::new(&socket_limits),
+                handle_acks: HandleAcks::default(),
+                handle: ServerHandle::detached(),
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
@@ -129,7 +138,34 @@ impl SioWorker {
     }
 }
 
+impl SioWorker {
+    /// Gives handlers this server's handle ([`Socket::handle`]); without it they get a
+    /// [detached](ServerHandle::detached) one.
+    pub fn with_handle(mut self, handle: ServerHandle) -> SioWorker {
+        self.core.handle = handle;
+        self
+    }
+}
+
 impl WorkerCore {
+    /// Socket `idx` as `fetch_sockets` reports it.
+    pub(crate) fn describe(&self, idx: u32, worker: usize) -> SocketInfo {
+        let s = self.sockets.at(idx);
+        let mut rooms: Vec<String> = s.rooms.iter().map(|r| r.to_string()).collect();
+        rooms.sort_unstable();
+        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker }
+    }
+
+    /// The rooms of `nsp` with a member on this worker, sockets' own-id rooms left out.
+    pub(crate) fn room_names(&self, nsp: &str) -> Vec<String> {
+        let Some(ns) = self.rooms.nsps.get(nsp) else { return Vec::new() };
+        ns.rooms
+            .iter()
+            .filter(|(name, members)| !(members.len() == 1 && members.iter().all(|&i| self.sockets.get(i).is_some_and(|s| *s.id == ***name))))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
     /// Sends an encoded packet (and its attachments) to one socket's client.
     pub(crate) fn send_to(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, enc: &Encoded, flags: SendFlags) {
         let client = self.sockets.at(idx).client;
@@ -193,6 +229,7 @@ impl WorkerCore {
             rooms: KeyedSet::default(),
             handshake: Rc::new(hs),
             data: None,
+            shared: None,
             acks: Default::default(),
             ns,
             gen,
@@ -367,12 +404,13 @@ impl SioWorker {
                 let atts = p.attachments;
                 match pending {
                     PendingAck::Callback(cb) => guarded(core, ctx, idx, "ack callback", |s| cb(s, Ok((args, atts)))),
-                    PendingAck::Collect { origin } if origin == ctx.worker() => {
+                    PendingAck::Collect { origin: AckOrigin::Worker(origin) } if origin == ctx.worker() => {
                         if core.acks.answer(id, (args, atts)) {
                             finish_collector(core, ctx, id, false);
                         }
                     }
-                    PendingAck::Collect { origin } => ctx.post(origin, SioMail::AckAnswer { id, args, attachments: atts }),
+                    PendingAck::Collect { origin: AckOrigin::Worker(origin) } => ctx.post(origin, SioMail::AckAnswer { id, args, attachments: atts }),
+                    PendingAck::Collect { origin: AckOrigin::Handle(sink) } => sink.answer(args, atts),
                 }
             }
             PacketType::ConnectError => self.fail(ctx, sid, &"a client may not send CONNECT_ERROR"),
@@ -437,7 +475,7 @@ impl Handler for SioWorker {
                 sockets: Vec::new(),
                 assembler: None,
                 query: info.query.into(),
-                origin: info.origin.map(Rc::from),
+                origin: info.origin.map(Arc::from),
                 headers: info.headers.into(),
                 closing_reason: None,
             },
@@ -509,6 +547,7 @@ impl Handler for SioWorker {
         while let Some(id) = core.acks.pop_collect_due(now) {
             finish_collector(core, ctx, id, true);
         }
+        core.handle_acks.expire(now);
         while let Some(sid) = core.connect_due.pop_due(now) {
             if core.sockets.clients.get(&sid).is_some_and(|c| c.sockets.is_empty()) {
                 tracing::debug!(session = ?sid, "no namespace joined in time; closing");
@@ -518,6 +557,6 @@ impl Handler for SioWorker {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.core.acks.next_deadline(), self.core.connect_due.next()].into_iter().flatten().min()
+        [self.core.acks.next_deadline(), self.core.connect_due.next(), self.core.handle_acks.next_deadline()].into_iter().flatten().min()
     }
 }

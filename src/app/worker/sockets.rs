@@ -26,6 +26,8 @@ pub(crate) struct SocketState {
     pub(crate) rooms: super::KeyedSet<Rc<str>>,
     pub(crate) handshake: Rc<Handshake>,
     pub(crate) data: Option<Box<dyn std::any::Any>>,
+    /// Data other threads may read (`fetch_sockets`): the reference's `socket.data`.
+    pub(crate) shared: Option<serde_json::Value>,
     pub(crate) acks: SocketAcks,
     pub(crate) ns: Arc<Namespace>,
     pub(crate) gen: u32,
@@ -44,9 +46,9 @@ pub(crate) struct Client {
     /// Boxed: only a client in the middle of a binary packet has one, and inline it would
     /// more than double every client's entry.
     pub(crate) assembler: Option<Box<BinaryAssembler>>,
-    pub(crate) query: Rc<str>,
-    pub(crate) origin: Option<Rc<str>>,
-    pub(crate) headers: Rc<[(String, String)]>,
+    pub(crate) query: Arc<str>,
+    pub(crate) origin: Option<Arc<str>>,
+    pub(crate) headers: Arc<[(String, String)]>,
     /// Set when this layer closes the session, so its sockets get the right reason.
     pub(crate) closing_reason: Option<DisconnectReason>,
 }
