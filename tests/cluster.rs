@@ -182,13 +182,13 @@ fn node_format_cluster_with_node_socket_io_and_the_redis_emitter() {
     reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
     let mut c = Proc::spawn("node-socket.io", &mut reference);
     let c_addr = c.listening();
-    // The Node adapter subscribes to its namespaces' request channels.
-    wait_subscribed(port, "socket.io-request#/#", 1);
+    // Every node subscribes to the request channel of `/` (the Node adapter counts them so).
+    wait_subscribed(port, "socket.io-request#/#", 3);
     let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
     check(&nodes, "all", &url, "node");
     let _redis = outage_and_recovery(&mut redis, port, &nodes, "node", &[&a, &b], || {
         c.wait_for("redis ready");
-        wait_subscribed(port, "socket.io-request#/#", 1);
+        wait_subscribed(port, "socket.io-request#/#", 3);
     });
     for p in [&mut a, &mut b, &mut c] {
         p.assert_alive();
@@ -216,4 +216,67 @@ fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
     for p in [&mut a, &mut b, &mut c] {
         p.assert_alive();
     }
+}
+
+/// Cluster-wide questions and operations (issue 12): a shardcast server in this process (its
+/// `ServerHandle` asks), a shardcast binary, and a Node socket.io node (`cluster-ops.js`),
+/// two clients each in one room. Both sides' `fetchSockets` / `count` / `rooms` see every
+/// node's sockets; `sockets_join` and `disconnect_sockets` from shardcast act on every node.
+#[test]
+fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
+    use shardcast::app::adapter::RedisConfig;
+    use shardcast::app::{contract, Server};
+    use std::io::Write;
+
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let (_b, b_addr) = shardcast("shardcast-b", &url, "node");
+    let a = contract::app(Server::builder())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(false)
+        .redis(RedisConfig::new(&url))
+        .start()
+        .expect("start the in-process shardcast node");
+    let h = a.handle();
+    // This process's node has subscribed once it counts among the request channel's
+    // subscribers (with the binary: 2).
+    wait_subscribed(port, "socket.io-request#/#", 2);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js).arg("cluster-ops.js").env("NODES", format!("http://{},http://{b_addr}", a.local_addr())).env("REDIS_URL", &url).stdin(Stdio::piped());
+    let mut ops = Proc::spawn("cluster-ops", &mut cmd);
+    let line = ops.wait_for("\"room\"");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let room = v["room"].as_str().unwrap().to_string();
+    let mut want: Vec<String> = v["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(want.len(), 6);
+
+    let wait = Duration::from_secs(10);
+    let mut got: Vec<String> = h.of("/").to(&room).fetch_sockets().wait_timeout(wait).unwrap().into_iter().map(|s| s.id).collect();
+    got.sort();
+    assert_eq!(got, want, "fetch_sockets sees every node's sockets");
+    let remote = h.of("/").to(&room).fetch_sockets().wait_timeout(wait).unwrap().into_iter().filter(|s| s.node.is_some()).count();
+    assert_eq!(remote, 4, "four of them are on other nodes");
+    assert_eq!(h.of("/").to(&room).count().wait_timeout(wait).unwrap(), 6);
+    assert!(h.of("/").rooms().wait_timeout(wait).unwrap().contains(&room));
+    ops.wait_for("node_checks");
+
+    h.of("/").to(&room).sockets_join(&["joined"]).unwrap();
+    let end = Instant::now() + READY;
+    while h.of("/").to("joined").count().wait_timeout(wait).unwrap() != 6 {
+        assert!(Instant::now() < end, "sockets_join did not reach every node");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.of("/").to("joined").disconnect_sockets(false).unwrap();
+    ops.child.stdin.as_mut().unwrap().write_all(b"disconnect\n").unwrap();
+    ops.wait_for("disconnects");
+    assert_eq!(h.of("/").to(&room).count().wait_timeout(wait).unwrap(), 0);
+    ops.child.stdin.as_mut().unwrap().write_all(b"bye\n").unwrap();
+    let stats = h.cluster_stats().unwrap();
+    assert!(stats.published > 0 && stats.received > 0, "{stats:?}");
+    a.shutdown();
 }

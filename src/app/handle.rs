@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::adapter::{Adapter, ClusterStats, Outbound};
+use super::adapter::{node, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
 use super::worker::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
@@ -61,8 +61,11 @@ pub struct SocketInfo {
     /// What handlers stored with [`Socket::set_shared_data`](super::Socket::set_shared_data)
     /// (the reference's `socket.data`).
     pub data: Option<Value>,
-    /// The worker that serves it.
+    /// The worker that serves it (0 for a socket of another node).
     pub worker: usize,
+    /// `None` for a socket of this node; for a socket of another node of the cluster, that
+    /// node's id (its adapter uid; empty when the answer did not say).
+    pub node: Option<String>,
 }
 
 #[derive(Clone)]
@@ -273,26 +276,80 @@ impl Operator {
         Ok(())
     }
 
-    /// Counts the selected sockets across workers.
+    /// Counts the selected sockets across workers and, in a cluster, on every other node
+    /// (their `SOCKETS` answers; [`HandleError::TimedOut`] when one does not answer within
+    /// the adapter's request timeout).
     pub fn count(&self) -> Pending<usize> {
         let sel = Arc::new(self.sel.clone());
-        ask(&self.poster, |part| SioMail::Count { sel: sel.clone(), part })
+        let local = ask(&self.poster, |part| SioMail::Count { sel: sel.clone(), part });
+        self.cluster_wide(local, QuestionKind::Sockets, |ids| ids.len())
     }
 
-    /// The selected sockets across workers: id, rooms, handshake and shared data of each (the
-    /// reference's `fetchSockets()`), in no particular order.
+    /// The selected sockets across workers and, in a cluster, on every other node: id, rooms,
+    /// handshake and shared data of each (the reference's `fetchSockets()`), in no particular
+    /// order. Sockets of other nodes have [`SocketInfo::node`] set.
     pub fn fetch_sockets(&self) -> Pending<Vec<SocketInfo>> {
         let sel = Arc::new(self.sel.clone());
-        ask(&self.poster, |part| SioMail::Fetch { sel: sel.clone(), part })
+        let local = ask(&self.poster, |part| SioMail::Fetch { sel: sel.clone(), part });
+        let nsp = self.sel.nsp.clone();
+        self.cluster_wide(local, QuestionKind::Fetch, move |v| v.iter().filter_map(|s| node::socket_info(&nsp, s, Some(""))).collect())
     }
 
     /// The rooms of the namespace that have a member, across workers, sorted, each once — the
     /// sockets' own-id rooms left out (the reference's `adapter.rooms` without them). Rooms,
-    /// except-rooms and except-ids of the selection do not apply.
+    /// except-rooms and except-ids of the selection do not apply. In a cluster the other
+    /// nodes' rooms are added (`ALL_ROOMS`; a Node.js node's answer includes its sockets'
+    /// own-id rooms, as its `allRooms()` does).
     pub fn rooms(&self) -> Pending<Vec<String>> {
         let nsp: Arc<str> = Arc::from(self.sel.nsp.as_str());
         let (pending, done) = Pending::new(stopped_check(&self.poster));
-        ask::<RoomNames>(&self.poster, |part| SioMail::Rooms { nsp: nsp.clone(), part }).then(move |r| done.complete(r.map(|n| n.0)));
+        let local = ask::<RoomNames>(&self.poster, |part| SioMail::Rooms { nsp: nsp.clone(), part });
+        let names = |v: Vec<Value>| RoomNames(v.into_iter().filter_map(|r| r.as_str().map(str::to_string)).collect());
+        self.cluster_wide(local, QuestionKind::Rooms, names).then(move |r| done.complete(r.map(|n| n.0)));
         pending
+    }
+
+    /// `local`, and in a cluster the other nodes' answers to the same question (`convert`ed)
+    /// merged into it; the first error wins.
+    fn cluster_wide<T: Merge>(&self, local: Pending<T>, kind: QuestionKind, convert: impl FnOnce(Vec<Value>) -> T + Send + 'static) -> Pending<T> {
+        let Some(cluster) = &self.cluster else { return local };
+        let (pending, done) = Pending::new(stopped_check(&self.poster));
+        let both = Arc::new(Both { parts: std::sync::Mutex::new((None, None)), done });
+        let b = both.clone();
+        local.then(move |r| b.put(true, r));
+        let b = both.clone();
+        let reply: Reply = Box::new(move |r| b.put(false, r.map(convert)));
+        cluster.send(Outbound::Ask(Question { kind, sel: self.sel.clone(), reply }));
+        pending
+    }
+}
+
+/// This node's answer and the other nodes', until both are in.
+struct Both<T: Merge> {
+    parts: std::sync::Mutex<(Option<Result<T, HandleError>>, Option<Result<T, HandleError>>)>,
+    done: Arc<pending::Completion<T>>,
+}
+
+impl<T: Merge> Both<T> {
+    fn put(&self, local: bool, r: Result<T, HandleError>) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if local {
+            parts.0 = Some(r);
+        } else {
+            parts.1 = Some(r);
+        }
+        if parts.0.is_none() || parts.1.is_none() {
+            return;
+        }
+        let (a, b) = (parts.0.take().expect("checked"), parts.1.take().expect("checked"));
+        drop(parts);
+        self.done.complete(match (a, b) {
+            (Ok(mut a), Ok(b)) => {
+                a.merge(b);
+                a.finish();
+                Ok(a)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        });
     }
 }

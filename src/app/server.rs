@@ -149,7 +149,12 @@ impl ServerBuilder {
         let socket_limits = self.socket_limits;
         let (cluster, pending): (Option<Arc<dyn Adapter>>, _) = match self.adapter {
             AdapterConfig::Local => (None, None),
-            AdapterConfig::Redis(cfg) => {
+            AdapterConfig::Redis(mut cfg) => {
+                for n in namespaces.fixed.keys() {
+                    if !cfg.namespaces.contains(n) {
+                        cfg.namespaces.push(n.clone());
+                    }
+                }
                 let (a, p) = redis::prepare(cfg).map_err(StartError::Config)?;
                 (Some(a), Some(p))
             }

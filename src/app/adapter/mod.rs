@@ -24,12 +24,45 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::handle::HandleError;
 use super::worker::{Broadcast, Selector};
 use crate::proto::eio::SharedPacket;
 use crate::proto::sio::{Decoder, Limits, PacketType};
 
+/// What a [`Question`] asks every other node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuestionKind {
+    /// The ids of the selected sockets (the Node adapter's `SOCKETS`, for counts).
+    Sockets,
+    /// The rooms of the namespace (`ALL_ROOMS`).
+    Rooms,
+    /// Id, rooms, handshake and data of the selected sockets (`REMOTE_FETCH`).
+    Fetch,
+}
+
+/// Called once with every other node's answers (each answer's items, concatenated: socket
+/// ids, room names, or socket objects in the Node adapter's JSON), or
+/// [`HandleError::TimedOut`] when a node did not answer within the request timeout.
+pub type Reply = Box<dyn FnOnce(Result<Vec<Value>, HandleError>) + Send>;
+
+/// A question to every other node of the cluster.
+pub struct Question {
+    /// What is asked.
+    pub kind: QuestionKind,
+    /// Of which sockets (the namespace, rooms and except rooms).
+    pub sel: Selector,
+    /// Where the answers go.
+    pub reply: Reply,
+}
+
+impl std::fmt::Debug for Question {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Question").field("kind", &self.kind).field("sel", &self.sel).finish()
+    }
+}
+
 /// What this node tells the other nodes of its cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Outbound {
     /// A broadcast that originated on this node (a handler's or a `ServerHandle`'s), already
     /// delivered to this node's sockets.
@@ -41,6 +74,9 @@ pub enum Outbound {
     /// The selected sockets, on every other node, are disconnected (their whole clients with
     /// `close`).
     Disconnect(Arc<Selector>, bool),
+    /// Asks every other node; the answer goes to the question's reply. A question that cannot
+    /// be sent is answered [`HandleError::Stopped`] at once.
+    Ask(Question),
 }
 
 /// What another node (or an emitter) asks of this node's sockets, decoded once on the adapter
@@ -103,12 +139,26 @@ pub struct RedisConfig {
     pub channel: Option<String>,
     /// Messages waiting for the adapter thread, at most; past it they are dropped and counted.
     pub queue: usize,
+    /// How long a question to the other nodes (`fetch_sockets`, `count`, `rooms`) waits for
+    /// every answer (the Node adapter's `requestsTimeout`, 5 s).
+    pub request_timeout: std::time::Duration,
+    /// The namespaces whose request channels this node subscribes to, so that Node nodes count
+    /// it when they ask (`PUBSUB NUMSUB`); the server fills it with its fixed namespaces.
+    /// Broadcasts reach every namespace, dynamic ones included.
+    pub namespaces: Vec<String>,
 }
 
 impl RedisConfig {
     /// A Node-format adapter on `url` with the default channel and a queue of 4096 messages.
     pub fn new(url: &str) -> RedisConfig {
-        RedisConfig { url: url.to_string(), format: RedisFormat::Node, channel: None, queue: 4096 }
+        RedisConfig {
+            url: url.to_string(),
+            format: RedisFormat::Node,
+            channel: None,
+            queue: 4096,
+            request_timeout: std::time::Duration::from_secs(5),
+            namespaces: vec!["/".to_string()],
+        }
     }
 
     /// The channel prefix (Node) or channel (Python) in use.

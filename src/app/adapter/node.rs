@@ -280,11 +280,138 @@ pub fn encode_request(uid: &str, prefix: &str, out: &super::Outbound) -> Option<
         Outbound::Join(sel, rooms) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_JOIN, "rooms": &**rooms })),
         Outbound::Leave(sel, rooms) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_LEAVE, "rooms": &**rooms })),
         Outbound::Disconnect(sel, close) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_DISCONNECT, "close": close })),
-        Outbound::Broadcast(_) => return None,
+        Outbound::Broadcast(_) | Outbound::Ask(_) => return None,
     };
     let mut body = body;
     body["opts"] = serde_json::json!({ "rooms": sel.rooms, "except": except_all(sel) });
     Some((request_channel(prefix, &sel.nsp), serde_json::to_vec(&body).expect("JSON into memory")))
+}
+
+/// The response channel of namespace `nsp` (every node answers there).
+pub fn response_channel(prefix: &str, nsp: &str) -> String {
+    format!("{prefix}-response#{nsp}#")
+}
+
+/// The namespace a response channel names (`<prefix>-response#<nsp>#`, or the specific
+/// `<prefix>-response#<nsp>#<uid>#`).
+pub fn nsp_of_response_channel<'a>(prefix: &str, uid: &str, channel: &'a str) -> Option<&'a str> {
+    let rest = channel.strip_prefix(prefix)?.strip_prefix("-response#")?.strip_suffix('#')?;
+    Some(rest.strip_suffix(&format!("#{uid}")).unwrap_or(rest))
+}
+
+/// The request for a [`super::Question`]: its channel and JSON body.
+pub fn encode_question(uid: &str, prefix: &str, request_id: &str, kind: super::QuestionKind, sel: &Selector) -> (String, Vec<u8>) {
+    use super::QuestionKind;
+    let body = match kind {
+        QuestionKind::Sockets => serde_json::json!({ "uid": uid, "requestId": request_id, "type": request_type::SOCKETS, "rooms": sel.rooms }),
+        QuestionKind::Rooms => serde_json::json!({ "uid": uid, "requestId": request_id, "type": request_type::ALL_ROOMS }),
+        QuestionKind::Fetch => serde_json::json!({
+            "uid": uid, "requestId": request_id, "type": request_type::REMOTE_FETCH,
+            "opts": { "rooms": sel.rooms, "except": except_all(sel) },
+        }),
+    };
+    (request_channel(prefix, &sel.nsp), serde_json::to_vec(&body).expect("JSON into memory"))
+}
+
+/// A question another node asks this one (`SOCKETS`, `ALL_ROOMS`, `REMOTE_FETCH`), from a
+/// request body; `None` for other requests and this node's own.
+pub fn decode_question(uid: &str, nsp: &str, req: &Value) -> Option<(String, super::QuestionKind, Selector)> {
+    use super::QuestionKind;
+    if req.get("uid").and_then(Value::as_str) == Some(uid) {
+        return None;
+    }
+    let id = req.get("requestId").and_then(Value::as_str)?.to_string();
+    let (kind, sel) = match req.get("type").and_then(Value::as_u64)? {
+        request_type::SOCKETS => (QuestionKind::Sockets, Selector { nsp: nsp.to_string(), rooms: json_strings(req.get("rooms")), ..Default::default() }),
+        request_type::ALL_ROOMS => (QuestionKind::Rooms, Selector { nsp: nsp.to_string(), ..Default::default() }),
+        request_type::REMOTE_FETCH => (QuestionKind::Fetch, opts_selector(nsp, req.get("opts")?)),
+        _ => return None,
+    };
+    Some((id, kind, sel))
+}
+
+/// The answer to question `request_id`: `items` under `sockets` (ids or socket objects) or
+/// `rooms`.
+pub fn encode_answer(request_id: &str, kind: super::QuestionKind, items: Vec<Value>) -> Vec<u8> {
+    let key = if kind == super::QuestionKind::Rooms { "rooms" } else { "sockets" };
+    serde_json::to_vec(&serde_json::json!({ "requestId": request_id, key: items })).expect("JSON into memory")
+}
+
+/// A response: its request id and the items it carries (`sockets` or `rooms`; none for
+/// other responses).
+pub fn decode_answer(payload: &[u8]) -> Option<(String, Vec<Value>)> {
+    let (v, _) = decode_body(payload).ok()?;
+    let id = v.get("requestId")?.as_str()?.to_string();
+    let items = v.get("sockets").or_else(|| v.get("rooms")).and_then(Value::as_array).cloned().unwrap_or_default();
+    Some((id, items))
+}
+
+/// A socket as the Node adapter's `REMOTE_FETCH` answer describes it: `{id, handshake, rooms,
+/// data}`, the handshake as socket.io's (`headers`, `query` as an object, `auth`, `issued`,
+/// `time`, `address`, `xdomain`, `secure`, `url`).
+pub fn socket_json(s: &crate::app::handle::SocketInfo) -> Value {
+    let h = &s.handshake;
+    let headers: serde_json::Map<String, Value> = h.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone()))).collect();
+    let query: serde_json::Map<String, Value> =
+        form_urlencoded::parse(h.query.trim_start_matches('?').as_bytes()).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect();
+    serde_json::json!({
+        "id": s.id,
+        "handshake": {
+            "headers": headers,
+            "time": "",
+            "address": "",
+            "xdomain": h.origin.is_some(),
+            "secure": false,
+            "issued": h.issued,
+            "url": "",
+            "query": query,
+            "auth": h.auth.clone().unwrap_or_else(|| serde_json::json!({})),
+        },
+        "rooms": s.rooms,
+        "data": s.data.clone().unwrap_or(Value::Null),
+    })
+}
+
+/// A socket of another node, from its `REMOTE_FETCH` description; `None` when it has no id.
+pub fn socket_info(nsp: &str, v: &Value, node: Option<&str>) -> Option<crate::app::handle::SocketInfo> {
+    use crate::app::namespace::Handshake;
+    let id = v.get("id")?.as_str()?.to_string();
+    let hs = v.get("handshake").cloned().unwrap_or(Value::Null);
+    let headers: Vec<(String, String)> = hs
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect())
+        .unwrap_or_default();
+    let query = hs
+        .get("query")
+        .and_then(Value::as_object)
+        .map(|o| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in o {
+                q.append_pair(k, &v.as_str().map_or_else(|| v.to_string(), str::to_string));
+            }
+            q.finish()
+        })
+        .unwrap_or_default();
+    let origin = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| std::sync::Arc::from(v.as_str()));
+    let mut rooms = json_strings(v.get("rooms"));
+    rooms.sort_unstable();
+    Some(crate::app::handle::SocketInfo {
+        id,
+        nsp: nsp.to_string(),
+        rooms,
+        handshake: Handshake {
+            nsp: nsp.to_string(),
+            auth: hs.get("auth").cloned(),
+            query: std::sync::Arc::from(query.as_str()),
+            origin,
+            headers: headers.into(),
+            issued: hs.get("issued").and_then(Value::as_u64).unwrap_or(0),
+        },
+        data: v.get("data").cloned().filter(|d| !d.is_null()),
+        worker: 0,
+        node: node.map(str::to_string),
+    })
 }
 
 #[cfg(test)]

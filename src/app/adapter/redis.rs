@@ -24,7 +24,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
-use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, RedisConfig, RedisFormat};
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
+use crate::app::handle::{HandleError, ServerHandle};
 use crate::app::worker::SioMail;
 use crate::rt::threads::Poster;
 
@@ -46,8 +52,18 @@ pub struct RedisAdapter {
 
 impl Adapter for RedisAdapter {
     fn send(&self, out: Outbound) {
-        if !self.up.load(Ordering::Relaxed) || self.tx.try_send(out).is_err() {
-            Counters::add(&self.counters.not_delivered, 1);
+        let dropped = if self.up.load(Ordering::Relaxed) {
+            match self.tx.try_send(out) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) => o,
+            }
+        } else {
+            out
+        };
+        Counters::add(&self.counters.not_delivered, 1);
+        // A question that cannot be asked is answered at once: the other nodes were not heard.
+        if let Outbound::Ask(q) = dropped {
+            (q.reply)(Err(HandleError::TimedOut));
         }
     }
 
@@ -132,6 +148,21 @@ struct Node {
     /// Set while Redis is unreachable (the outage was logged), with the not-delivered count
     /// when it started.
     down: Option<u64>,
+    /// This node's own workers, to answer the other nodes' questions.
+    local: ServerHandle,
+    /// This node's questions waiting for the other nodes' answers, by request id.
+    asks: HashMap<String, Asking>,
+    /// Request ids handed out so far.
+    next_request: u64,
+}
+
+/// One of this node's questions, collecting answers.
+struct Asking {
+    /// Answers still expected.
+    missing: usize,
+    items: Vec<Value>,
+    deadline: Instant,
+    reply: Reply,
 }
 
 async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
@@ -139,7 +170,9 @@ async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
         RedisFormat::Node => random_id(6, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
         RedisFormat::Python => random_id(32, b"0123456789abcdef"),
     };
-    let mut n = Node { client: p.client, cfg: p.cfg, id, rx: p.rx, up: p.up, counters: p.counters, poster, down: None };
+    let local = ServerHandle::new(poster.clone(), None);
+    let mut n =
+        Node { client: p.client, cfg: p.cfg, id, rx: p.rx, up: p.up, counters: p.counters, poster, down: None, local, asks: HashMap::new(), next_request: 0 };
     let mut backoff = BACKOFF_MIN;
     loop {
         let err = match session(&mut n, &stop, &mut backoff).await {
@@ -147,10 +180,17 @@ async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
             Err(e) => e,
         };
         n.up.store(false, Ordering::Relaxed);
+        // Questions in flight lose their answers with the connection.
+        for (_, a) in n.asks.drain() {
+            (a.reply)(Err(HandleError::TimedOut));
+        }
         // What was queued for the lost connection is not delivered; from now on `send` counts
         // its drops itself.
         let mut dropped = 0;
-        while n.rx.try_recv().is_ok() {
+        while let Ok(out) = n.rx.try_recv() {
+            if let Outbound::Ask(q) = out {
+                (q.reply)(Err(HandleError::TimedOut));
+            }
             dropped += 1;
         }
         Counters::add(&n.counters.not_delivered, dropped);
@@ -184,7 +224,13 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     match n.cfg.format {
         RedisFormat::Node => {
             within(pubsub.psubscribe(node::pattern(&prefix))).await?;
-            within(pubsub.psubscribe(node::request_pattern(&prefix))).await?;
+            // Plain subscriptions (not a pattern), so that a Node node asking counts this one
+            // (`PUBSUB NUMSUB` of the request channel).
+            for nsp in &n.cfg.namespaces {
+                let response = node::response_channel(&prefix, nsp);
+                let specific = format!("{response}{}#", n.id);
+                within(pubsub.subscribe(&[node::request_channel(&prefix, nsp), response, specific])).await?;
+            }
         }
         RedisFormat::Python => within(pubsub.subscribe(&prefix)).await?,
     }
@@ -200,13 +246,15 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     let mut stream = pubsub.into_on_message();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
+        let next_deadline = n.asks.values().map(|a| a.deadline).min();
         tokio::select! {
             _ = stop.notified() => return Ok(()),
+            _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()), if next_deadline.is_some() => expire(n),
             msg = stream.next() => {
                 let Some(msg) = msg else {
                     return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
                 };
-                receive(n, &prefix, msg.get_channel_name(), msg.get_payload_bytes());
+                receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
             }
             out = n.rx.recv() => {
                 let Some(out) = out else { return Ok(()) };
@@ -218,8 +266,14 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                     }
                 }
                 let r = publish(n, &prefix, &mut conn, &batch).await;
-                batch.clear();
+                let questions: Vec<Question> = batch.drain(..).filter_map(|o| match o {
+                    Outbound::Ask(q) => Some(q),
+                    _ => None,
+                }).collect();
                 r?;
+                for q in questions {
+                    ask(n, &prefix, &mut conn, q).await?;
+                }
             }
         }
     }
@@ -241,6 +295,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
                 pipe.publish(channel, payload).ignore();
                 count += 1;
             }
+            (Outbound::Ask(_), _) => {} // asked one by one after the pipeline
             (other, RedisFormat::Node) => {
                 if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
                     pipe.publish(channel, payload).ignore();
@@ -270,8 +325,118 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
     }
 }
 
-/// Decodes one message from Redis and posts it to every worker.
-fn receive(n: &Node, prefix: &str, channel: &str, payload: &[u8]) {
+/// Asks every other node `q` (Node format): as many answers are expected as the request
+/// channel has other subscribers.
+async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, q: Question) -> redis::RedisResult<()> {
+    if n.cfg.format == RedisFormat::Python {
+        // python-socketio's managers have no questions between nodes: the answer is this
+        // node's alone.
+        (q.reply)(Ok(Vec::new()));
+        return Ok(());
+    }
+    n.next_request += 1;
+    let request_id = format!("{}-{}", n.id, n.next_request);
+    let (channel, body) = node::encode_question(&n.id, prefix, &request_id, q.kind, &q.sel);
+    let subs: Vec<(String, usize)> = match within(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(conn)).await {
+        Ok(s) => s,
+        Err(e) => {
+            (q.reply)(Err(HandleError::TimedOut));
+            return Err(e);
+        }
+    };
+    let me = usize::from(n.cfg.namespaces.contains(&q.sel.nsp));
+    let missing = subs.first().map_or(0, |s| s.1).saturating_sub(me);
+    if missing == 0 {
+        (q.reply)(Ok(Vec::new()));
+        return Ok(());
+    }
+    n.asks.insert(request_id.clone(), Asking { missing, items: Vec::new(), deadline: Instant::now() + n.cfg.request_timeout, reply: q.reply });
+    if let Err(e) = within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(conn)).await {
+        if let Some(a) = n.asks.remove(&request_id) {
+            (a.reply)(Err(HandleError::TimedOut));
+        }
+        return Err(e);
+    }
+    Counters::add(&n.counters.published, 1);
+    Ok(())
+}
+
+/// Answers the questions whose time is up with [`HandleError::TimedOut`].
+fn expire(n: &mut Node) {
+    let now = Instant::now();
+    let due: Vec<String> = n.asks.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| k.clone()).collect();
+    for k in due {
+        if let Some(a) = n.asks.remove(&k) {
+            tracing::debug!(request = %k, missing = a.missing, "a question to the other nodes timed out");
+            (a.reply)(Err(HandleError::TimedOut));
+        }
+    }
+}
+
+/// An answer to one of this node's questions.
+fn answered(n: &mut Node, payload: &[u8]) {
+    let Some((id, items)) = node::decode_answer(payload) else { return };
+    let Some(a) = n.asks.get_mut(&id) else { return };
+    a.items.extend(items);
+    a.missing -= 1;
+    if a.missing == 0 {
+        let a = n.asks.remove(&id).expect("just found");
+        (a.reply)(Ok(a.items));
+    }
+}
+
+/// Answers another node's question from this node's workers, on a task of its own (the
+/// workers answer through their mailboxes; nothing here waits for them).
+fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, request_id: String, kind: QuestionKind, sel: crate::app::worker::Selector) {
+    let mut op = n.local.of(&sel.nsp);
+    for r in &sel.rooms {
+        op = op.to(r);
+    }
+    for r in &sel.except_rooms {
+        op = op.except(r);
+    }
+    let channel = node::response_channel(prefix, &sel.nsp);
+    let mut conn = conn.clone();
+    let counters = n.counters.clone();
+    tokio::spawn(async move {
+        let items: Vec<Value> = match kind {
+            QuestionKind::Rooms => match op.rooms().await {
+                Ok(r) => r.into_iter().map(Value::String).collect(),
+                Err(_) => return,
+            },
+            QuestionKind::Sockets => match op.fetch_sockets().await {
+                Ok(s) => s.into_iter().map(|s| Value::String(s.id)).collect(),
+                Err(_) => return,
+            },
+            QuestionKind::Fetch => match op.fetch_sockets().await {
+                Ok(s) => s.iter().map(node::socket_json).collect(),
+                Err(_) => return,
+            },
+        };
+        let body = node::encode_answer(&request_id, kind, items);
+        match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
+            Ok(()) => Counters::add(&counters.published, 1),
+            Err(_) => Counters::add(&counters.not_delivered, 1),
+        }
+    });
+}
+
+/// Decodes one message from Redis: a broadcast or request is posted to every worker, a
+/// question answered, an answer collected.
+fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection, channel: &str, payload: &[u8]) {
+    if n.cfg.format == RedisFormat::Node {
+        if node::nsp_of_response_channel(prefix, &n.id, channel).is_some() {
+            return answered(n, payload);
+        }
+        if let Some(nsp) = node::nsp_of_request_channel(prefix, channel) {
+            if let Ok((req, _)) = node::decode_body(payload) {
+                if let Some((id, kind, sel)) = node::decode_question(&n.id, nsp, &req) {
+                    Counters::add(&n.counters.received, 1);
+                    return answer(n, conn, prefix, id, kind, sel);
+                }
+            }
+        }
+    }
     let decoded = match n.cfg.format {
         RedisFormat::Node if channel.starts_with(prefix) && channel[prefix.len()..].starts_with('#') => {
             node::decode_broadcast(&n.id, payload).map(|b| b.map(Inbound::Broadcast))

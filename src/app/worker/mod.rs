@@ -153,7 +153,7 @@ impl WorkerCore {
         let s = self.sockets.at(idx);
         let mut rooms: Vec<String> = s.rooms.iter().map(|r| r.to_string()).collect();
         rooms.sort_unstable();
-        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker }
+        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker, node: None }
     }
 
     /// The rooms of `nsp` with a member on this worker, sockets' own-id rooms left out.
