@@ -324,9 +324,12 @@ impl Operator {
     }
 }
 
+/// One side's answer, once it is in.
+type Side<T> = Option<Result<T, HandleError>>;
+
 /// This node's answer and the other nodes', until both are in.
 struct Both<T: Merge> {
-    parts: std::sync::Mutex<(Option<Result<T, HandleError>>, Option<Result<T, HandleError>>)>,
+    parts: std::sync::Mutex<(Side<T>, Side<T>)>,
     done: Arc<pending::Completion<T>>,
 }
 
