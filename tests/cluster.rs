@@ -265,6 +265,7 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
     assert!(h.of("/").rooms().wait_timeout(wait).unwrap().contains(&room));
     ops.wait_for("node_checks");
 
+    h.of("/").to(&room).emit("handle-news", &[serde_json::json!({"n": 1})]).unwrap();
     h.of("/").to(&room).sockets_join(&["joined"]).unwrap();
     let end = Instant::now() + READY;
     while h.of("/").to("joined").count().wait_timeout(wait).unwrap() != 6 {

@@ -330,6 +330,65 @@ pub fn decode_question(uid: &str, nsp: &str, req: &Value) -> Option<(String, sup
     Some((id, kind, sel))
 }
 
+/// A broadcast whose recipients ack (`BROADCAST`, a Node node's `emitWithAck()` to a
+/// selection), from a request body decoded by [`decode_body`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckedBroadcast {
+    /// The request id the answers carry.
+    pub request_id: String,
+    /// Who gets it.
+    pub sel: Selector,
+    /// The event.
+    pub event: EventParts,
+    /// `flags.volatile`.
+    pub volatile: bool,
+    /// `flags.timeout`, in milliseconds (5 s when absent).
+    pub timeout_ms: u64,
+}
+
+/// Decodes a `BROADCAST` request; `None` for other requests and this node's own.
+pub fn decode_acked_broadcast(uid: &str, nsp: &str, req: &Value, attachments: &[Bytes]) -> Option<AckedBroadcast> {
+    if req.get("uid").and_then(Value::as_str) == Some(uid) || req.get("type").and_then(Value::as_u64) != Some(request_type::BROADCAST) {
+        return None;
+    }
+    let request_id = req.get("requestId")?.as_str()?.to_string();
+    let packet = req.get("packet")?;
+    let mut data = packet.get("data")?.as_array()?.clone();
+    if data.is_empty() {
+        return None;
+    }
+    let event = match data.remove(0) {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let opts = req.get("opts")?;
+    let flags = opts.get("flags");
+    Some(AckedBroadcast {
+        request_id,
+        sel: opts_selector(nsp, opts),
+        event: EventParts { event, args: data, attachments: attachments.to_vec() },
+        volatile: flags.and_then(|f| f.get("volatile")).and_then(Value::as_bool).unwrap_or(false),
+        timeout_ms: flags.and_then(|f| f.get("timeout")).and_then(Value::as_u64).unwrap_or(5000),
+    })
+}
+
+/// The answers to an acked broadcast: `BROADCAST_CLIENT_COUNT` (JSON), then one
+/// `BROADCAST_ACK` (msgpack, the first argument of each ack, binaries in place) per answer.
+pub fn encode_ack_answers(request_id: &str, answers: &[(Vec<Value>, Vec<Bytes>)]) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(answers.len() + 1);
+    let count = serde_json::json!({ "type": request_type::BROADCAST_CLIENT_COUNT, "requestId": request_id, "clientCount": answers.len() });
+    out.push(serde_json::to_vec(&count).expect("JSON into memory"));
+    for (args, atts) in answers {
+        let arg = args.first().map_or(Mp::Nil, |a| json_to_mp(a, atts));
+        let msg =
+            Mp::Map(vec![(Mp::from("type"), Mp::from(request_type::BROADCAST_ACK)), (Mp::from("requestId"), Mp::from(request_id)), (Mp::from("packet"), arg)]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &msg).expect("writing msgpack into memory cannot fail");
+        out.push(buf);
+    }
+    out
+}
+
 /// The answer to question `request_id`: `items` under `sockets` (ids or socket objects) or
 /// `rooms`.
 pub fn encode_answer(request_id: &str, kind: super::QuestionKind, items: Vec<Value>) -> Vec<u8> {

@@ -421,6 +421,40 @@ fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, requ
     });
 }
 
+/// Delivers another node's acked broadcast to this node's sockets and, once their acks are in
+/// (or its timeout passed), answers with the recipient count and each ack, so the asking node
+/// counts this one's recipients and answers.
+fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, b: node::AckedBroadcast) {
+    let mut op = n.local.of(&b.sel.nsp);
+    for r in &b.sel.rooms {
+        op = op.to(r);
+    }
+    for r in &b.sel.except_rooms {
+        op = op.except(r);
+    }
+    if b.volatile {
+        op = op.volatile();
+    }
+    let pending = op.emit_binary_with_ack(&b.event.event, &b.event.args, b.event.attachments.clone(), Duration::from_millis(b.timeout_ms));
+    let channel = node::response_channel(prefix, &b.sel.nsp);
+    let mut conn = conn.clone();
+    let counters = n.counters.clone();
+    tokio::spawn(async move {
+        // Every ack that came, whether or not all did.
+        let answers = match pending.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(partial)) => partial.responses,
+            Err(_) => return,
+        };
+        for body in node::encode_ack_answers(&b.request_id, &answers) {
+            match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
+                Ok(()) => Counters::add(&counters.published, 1),
+                Err(_) => Counters::add(&counters.not_delivered, 1),
+            }
+        }
+    });
+}
+
 /// Decodes one message from Redis: a broadcast or request is posted to every worker, a
 /// question answered, an answer collected.
 fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection, channel: &str, payload: &[u8]) {
@@ -429,10 +463,14 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             return answered(n, payload);
         }
         if let Some(nsp) = node::nsp_of_request_channel(prefix, channel) {
-            if let Ok((req, _)) = node::decode_body(payload) {
+            if let Ok((req, atts)) = node::decode_body(payload) {
                 if let Some((id, kind, sel)) = node::decode_question(&n.id, nsp, &req) {
                     Counters::add(&n.counters.received, 1);
                     return answer(n, conn, prefix, id, kind, sel);
+                }
+                if let Some(b) = node::decode_acked_broadcast(&n.id, nsp, &req, &atts) {
+                    Counters::add(&n.counters.received, 1);
+                    return answer_acked_broadcast(n, conn, prefix, b);
                 }
             }
         }

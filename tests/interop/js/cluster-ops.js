@@ -4,12 +4,13 @@
 //
 // NODES: comma-separated shardcast URLs; REDIS_URL. This script starts its own Node node, puts
 // two socket.io-client sockets on every node (its own included) in one room, prints
-// {"room", "ids"}; checks that its own fetchSockets() and allRooms() see every socket and room
-// of every node (shardcast nodes answer the adapter's REMOTE_FETCH and ALL_ROOMS requests;
-// socket.io's allSockets() stays local with this adapter) and prints {"node_checks":"ok"}; then, told "disconnect" on stdin (the
-// Rust side has made every member join "joined" and disconnected "joined" from shardcast),
-// waits until every socket got its server-side disconnect and prints {"disconnects":"ok"}; exits
-// at the next stdin line.
+// {"room", "ids"}; checks that its own fetchSockets(), allRooms() and an acked broadcast
+// (emitWithAck) see every socket and room of every node (shardcast nodes answer the adapter's
+// REMOTE_FETCH, ALL_ROOMS and BROADCAST requests; socket.io's allSockets() stays local with
+// this adapter) and prints {"node_checks":"ok"}; then, told "disconnect" on stdin (the Rust side
+// has emitted "handle-news" to the room, made every member join "joined" and disconnected
+// "joined", all from shardcast's ServerHandle), checks that every socket got the news once and
+// its server-side disconnect, prints {"disconnects":"ok"}, and exits at the next stdin line.
 // A deadline (20 s) that passes is a failure.
 "use strict";
 const { createServer } = require("node:http");
@@ -41,6 +42,9 @@ async function main() {
   for (const url of urls) {
     for (let i = 0; i < 2; i++) {
       const s = connect(url, { transports: ["websocket"], reconnection: false, forceNew: true });
+      s.news = [];
+      s.on("ack-me", (x, cb) => cb({ id: s.id, x }));
+      s.on("handle-news", (m) => s.news.push(m));
       await new Promise((res, rej) => { s.on("connect", res); s.on("connect_error", rej); });
       if ((await s.timeout(5000).emitWithAck("join", ROOM)) !== true) fail(`join on ${url}`);
       clients.push(s);
@@ -54,6 +58,10 @@ async function main() {
   for (const f of fetched) if (!f.rooms.has(ROOM)) fail(`fetched socket ${f.id} is not in ${ROOM}: ${[...f.rooms]}`);
   const rooms = await io.of("/").adapter.allRooms();
   if (!rooms.has(ROOM)) fail(`allRooms has no ${ROOM}`);
+  // An acked broadcast from this node: every node's recipients answer (shardcast nodes answer
+  // the BROADCAST request with their client count and each ack).
+  const answers = await io.to(ROOM).timeout(5000).emitWithAck("ack-me", 7);
+  if (!same(answers.map((a) => a.id), ids) || answers.some((a) => a.x !== 7)) fail(`emitWithAck answers ${JSON.stringify(answers)}`);
   console.log(JSON.stringify({ node_checks: "ok" }));
 
   const reasons = new Map();
@@ -62,6 +70,8 @@ async function main() {
   await new Promise((resolve) => {
     const t = setInterval(() => {
       if (reasons.size === clients.length) {
+        // The Rust side emitted "handle-news" from its ServerHandle before disconnecting.
+        for (const s of clients) if (JSON.stringify(s.news) !== JSON.stringify([{ n: 1 }])) fail(`${s.id} got news ${JSON.stringify(s.news)}`);
         clearInterval(t);
         resolve();
       }
