@@ -220,8 +220,9 @@ fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
 
 /// Cluster-wide questions and operations (issue 12): a shardcast server in this process (its
 /// `ServerHandle` asks), a shardcast binary, and a Node socket.io node (`cluster-ops.js`),
-/// two clients each in one room. Both sides' `fetchSockets` / `count` / `rooms` see every
-/// node's sockets; `sockets_join` and `disconnect_sockets` from shardcast act on every node.
+/// two clients each in one room. Both sides' `fetchSockets` / `count` / `rooms` and acked
+/// broadcasts see every node's sockets; emits, `sockets_join` and `disconnect_sockets` from
+/// shardcast's `ServerHandle` act on every node.
 #[test]
 fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
     use shardcast::app::adapter::RedisConfig;
@@ -263,6 +264,14 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
     assert_eq!(remote, 4, "four of them are on other nodes");
     assert_eq!(h.of("/").to(&room).count().wait_timeout(wait).unwrap(), 6);
     assert!(h.of("/").rooms().wait_timeout(wait).unwrap().contains(&room));
+    // An acked broadcast from this node: every recipient on every node answers (the other nodes
+    // answer the BROADCAST request with their recipient count and each ack).
+    let answers = h.of("/").to(&room).emit_with_ack("ack-me", &[serde_json::json!(9)], Duration::from_secs(5)).wait_timeout(wait).unwrap();
+    let answers = answers.expect("every recipient answered in time");
+    let mut acked: Vec<String> = answers.iter().map(|(args, _)| args[0]["id"].as_str().unwrap().to_string()).collect();
+    acked.sort();
+    assert_eq!(acked, want);
+    assert!(answers.iter().all(|(args, _)| args[0]["x"] == 9));
     ops.wait_for("node_checks");
 
     h.of("/").to(&room).emit("handle-news", &[serde_json::json!({"n": 1})]).unwrap();

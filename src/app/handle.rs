@@ -235,7 +235,9 @@ impl Operator {
         timeout: Duration,
     ) -> Pending<Result<Responses, PartialResponses>> {
         let workers = self.poster.workers();
-        let (pending, sink) = AckSink::new(workers, stopped_check(&self.poster));
+        // In a cluster, the other nodes count as one more reporter until the adapter knows how
+        // many they are.
+        let (pending, sink) = AckSink::new(workers + usize::from(self.cluster.is_some()), stopped_check(&self.poster));
         if workers == 0 || self.poster.stopped() {
             sink.stop();
             return pending;
@@ -246,7 +248,9 @@ impl Operator {
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack) });
         if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
             sink.stop();
+            return pending;
         }
+        self.tell_cluster(|| Outbound::AckedBroadcast(b, sink, timeout));
         pending
     }
 

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::handle::HandleError;
+use super::pending::AckSink;
 use super::worker::{Broadcast, Selector};
 use crate::proto::eio::SharedPacket;
 use crate::proto::sio::{Decoder, Limits, PacketType};
@@ -74,6 +75,9 @@ pub enum Outbound {
     /// The selected sockets, on every other node, are disconnected (their whole clients with
     /// `close`).
     Disconnect(Arc<Selector>, bool),
+    /// A broadcast whose every recipient, on every other node, acks into `sink` within the
+    /// timeout (a `ServerHandle`'s `emit_with_ack`).
+    AckedBroadcast(Arc<Broadcast>, Arc<AckSink>, std::time::Duration),
     /// Asks every other node; the answer goes to the question's reply. A question that cannot
     /// be sent is answered [`HandleError::Stopped`] at once.
     Ask(Question),

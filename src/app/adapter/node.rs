@@ -280,7 +280,7 @@ pub fn encode_request(uid: &str, prefix: &str, out: &super::Outbound) -> Option<
         Outbound::Join(sel, rooms) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_JOIN, "rooms": &**rooms })),
         Outbound::Leave(sel, rooms) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_LEAVE, "rooms": &**rooms })),
         Outbound::Disconnect(sel, close) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_DISCONNECT, "close": close })),
-        Outbound::Broadcast(_) | Outbound::Ask(_) => return None,
+        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) => return None,
     };
     let mut body = body;
     body["opts"] = serde_json::json!({ "rooms": sel.rooms, "except": except_all(sel) });
@@ -344,6 +344,30 @@ pub struct AckedBroadcast {
     pub volatile: bool,
     /// `flags.timeout`, in milliseconds (5 s when absent).
     pub timeout_ms: u64,
+}
+
+/// The `BROADCAST` request (msgpack) for an acked broadcast of this node.
+pub fn encode_acked_broadcast(uid: &str, request_id: &str, b: &Broadcast, ev: &EventParts, timeout_ms: u64) -> Vec<u8> {
+    let mut data = Vec::with_capacity(ev.args.len() + 1);
+    data.push(Mp::from(ev.event.as_str()));
+    data.extend(ev.args.iter().map(|a| json_to_mp(a, &ev.attachments)));
+    let packet = Mp::Map(vec![(Mp::from("type"), Mp::from(2)), (Mp::from("data"), Mp::Array(data)), (Mp::from("nsp"), Mp::from(b.sel.nsp.as_str()))]);
+    let mut flags = vec![(Mp::from("timeout"), Mp::from(timeout_ms))];
+    if b.flags.volatile {
+        flags.push((Mp::from("volatile"), Mp::Boolean(true)));
+    }
+    let opts =
+        Mp::Map(vec![(Mp::from("rooms"), str_array(&b.sel.rooms)), (Mp::from("except"), str_array(&except_all(&b.sel))), (Mp::from("flags"), Mp::Map(flags))]);
+    let msg = Mp::Map(vec![
+        (Mp::from("uid"), Mp::from(uid)),
+        (Mp::from("requestId"), Mp::from(request_id)),
+        (Mp::from("type"), Mp::from(request_type::BROADCAST)),
+        (Mp::from("packet"), packet),
+        (Mp::from("opts"), opts),
+    ]);
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &msg).expect("writing msgpack into memory cannot fail");
+    out
 }
 
 /// Decodes a `BROADCAST` request; `None` for other requests and this node's own.

@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
 use crate::app::handle::{HandleError, ServerHandle};
+use crate::app::pending::AckSink;
 use crate::app::worker::SioMail;
 use crate::rt::threads::Poster;
 
@@ -42,6 +43,17 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most messages published in one pipeline.
 const BATCH: usize = 256;
+
+/// Settles what waits for the other nodes' answers to a message they will never get: a
+/// question is answered [`HandleError::TimedOut`], an acked broadcast collects this node's acks
+/// only.
+fn unheard(out: Outbound) {
+    match out {
+        Outbound::Ask(q) => (q.reply)(Err(HandleError::TimedOut)),
+        Outbound::AckedBroadcast(_, sink, _) => sink.nodes_known(0),
+        _ => {}
+    }
+}
 
 /// The workers' side of the Redis adapter.
 pub struct RedisAdapter {
@@ -61,10 +73,7 @@ impl Adapter for RedisAdapter {
             out
         };
         Counters::add(&self.counters.not_delivered, 1);
-        // A question that cannot be asked is answered at once: the other nodes were not heard.
-        if let Outbound::Ask(q) = dropped {
-            (q.reply)(Err(HandleError::TimedOut));
-        }
+        unheard(dropped);
     }
 
     fn stats(&self) -> ClusterStats {
@@ -154,6 +163,9 @@ struct Node {
     asks: HashMap<String, Asking>,
     /// Request ids handed out so far.
     next_request: u64,
+    /// This node's acked broadcasts collecting the other nodes' acks, by request id, with
+    /// their deadlines.
+    acking: HashMap<String, (Arc<AckSink>, Instant)>,
 }
 
 /// One of this node's questions, collecting answers.
@@ -171,8 +183,20 @@ async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
         RedisFormat::Python => random_id(32, b"0123456789abcdef"),
     };
     let local = ServerHandle::new(poster.clone(), None);
-    let mut n =
-        Node { client: p.client, cfg: p.cfg, id, rx: p.rx, up: p.up, counters: p.counters, poster, down: None, local, asks: HashMap::new(), next_request: 0 };
+    let mut n = Node {
+        client: p.client,
+        cfg: p.cfg,
+        id,
+        rx: p.rx,
+        up: p.up,
+        counters: p.counters,
+        poster,
+        down: None,
+        local,
+        asks: HashMap::new(),
+        next_request: 0,
+        acking: HashMap::new(),
+    };
     let mut backoff = BACKOFF_MIN;
     loop {
         let err = match session(&mut n, &stop, &mut backoff).await {
@@ -184,13 +208,14 @@ async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
         for (_, a) in n.asks.drain() {
             (a.reply)(Err(HandleError::TimedOut));
         }
+        for (_, (sink, _)) in n.acking.drain() {
+            sink.expire();
+        }
         // What was queued for the lost connection is not delivered; from now on `send` counts
         // its drops itself.
         let mut dropped = 0;
         while let Ok(out) = n.rx.try_recv() {
-            if let Outbound::Ask(q) = out {
-                (q.reply)(Err(HandleError::TimedOut));
-            }
+            unheard(out);
             dropped += 1;
         }
         Counters::add(&n.counters.not_delivered, dropped);
@@ -246,7 +271,7 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     let mut stream = pubsub.into_on_message();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let next_deadline = n.asks.values().map(|a| a.deadline).min();
+        let next_deadline = n.asks.values().map(|a| a.deadline).chain(n.acking.values().map(|a| a.1)).min();
         tokio::select! {
             _ = stop.notified() => return Ok(()),
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()), if next_deadline.is_some() => expire(n),
@@ -266,13 +291,14 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                     }
                 }
                 let r = publish(n, &prefix, &mut conn, &batch).await;
-                let questions: Vec<Question> = batch.drain(..).filter_map(|o| match o {
-                    Outbound::Ask(q) => Some(q),
-                    _ => None,
-                }).collect();
+                let asked: Vec<Outbound> = batch.drain(..).filter(|o| matches!(o, Outbound::Ask(_) | Outbound::AckedBroadcast(..))).collect();
                 r?;
-                for q in questions {
-                    ask(n, &prefix, &mut conn, q).await?;
+                for o in asked {
+                    match o {
+                        Outbound::Ask(q) => ask(n, &prefix, &mut conn, q).await?,
+                        Outbound::AckedBroadcast(b, sink, timeout) => ask_acks(n, &prefix, &mut conn, &b, sink, timeout).await?,
+                        _ => {}
+                    }
                 }
             }
         }
@@ -295,7 +321,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
                 pipe.publish(channel, payload).ignore();
                 count += 1;
             }
-            (Outbound::Ask(_), _) => {} // asked one by one after the pipeline
+            (Outbound::Ask(_) | Outbound::AckedBroadcast(..), _) => {} // asked one by one after the pipeline
             (other, RedisFormat::Node) => {
                 if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
                     pipe.publish(channel, payload).ignore();
@@ -361,9 +387,59 @@ async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
     Ok(())
 }
 
-/// Answers the questions whose time is up with [`HandleError::TimedOut`].
+/// How many other nodes listen on request channel `channel` (`PUBSUB NUMSUB`, less this node).
+async fn other_nodes(n: &Node, conn: &mut redis::aio::MultiplexedConnection, channel: &str, nsp: &str) -> redis::RedisResult<usize> {
+    let subs: Vec<(String, usize)> = within(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(conn)).await?;
+    let me = usize::from(n.cfg.namespaces.iter().any(|x| x == nsp));
+    Ok(subs.first().map_or(0, |s| s.1).saturating_sub(me))
+}
+
+/// Sends this node's acked broadcast to the other nodes (Node format): each answers with its
+/// recipient count and each ack, into `sink`, until the timeout.
+async fn ask_acks(
+    n: &mut Node,
+    prefix: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+    b: &crate::app::worker::Broadcast,
+    sink: Arc<AckSink>,
+    timeout: Duration,
+) -> redis::RedisResult<()> {
+    let ev = match (n.cfg.format, event_of(b)) {
+        (RedisFormat::Node, Some(ev)) => ev,
+        // python-socketio's format has no acked broadcasts between nodes.
+        _ => return Ok(sink.nodes_known(0)),
+    };
+    let channel = node::request_channel(prefix, &b.sel.nsp);
+    let remote = match other_nodes(n, conn, &channel, &b.sel.nsp).await {
+        Ok(r) => r,
+        Err(e) => {
+            sink.nodes_known(0);
+            return Err(e);
+        }
+    };
+    sink.nodes_known(remote);
+    if remote == 0 {
+        return Ok(());
+    }
+    n.next_request += 1;
+    let request_id = format!("{}-{}", n.id, n.next_request);
+    let body = node::encode_acked_broadcast(&n.id, &request_id, b, &ev, timeout.as_millis() as u64);
+    n.acking.insert(request_id.clone(), (sink, Instant::now() + timeout));
+    within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(conn)).await?;
+    Counters::add(&n.counters.published, 1);
+    Ok(())
+}
+
+/// Answers the questions whose time is up with [`HandleError::TimedOut`], and ends the acked
+/// broadcasts whose time is up with the acks that came.
 fn expire(n: &mut Node) {
     let now = Instant::now();
+    n.acking.retain(|_, (sink, deadline)| {
+        if *deadline <= now {
+            sink.expire();
+        }
+        *deadline > now && !sink.is_done()
+    });
     let due: Vec<String> = n.asks.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| k.clone()).collect();
     for k in due {
         if let Some(a) = n.asks.remove(&k) {
@@ -373,8 +449,22 @@ fn expire(n: &mut Node) {
     }
 }
 
-/// An answer to one of this node's questions.
+/// An answer to one of this node's questions or acked broadcasts.
 fn answered(n: &mut Node, payload: &[u8]) {
+    if let Ok((v, atts)) = node::decode_body(payload) {
+        if let Some((sink, _)) = v.get("requestId").and_then(Value::as_str).and_then(|id| n.acking.get(id)) {
+            match v.get("type").and_then(Value::as_u64) {
+                Some(node::request_type::BROADCAST_CLIENT_COUNT) => sink.report(v.get("clientCount").and_then(Value::as_u64).unwrap_or(0) as usize),
+                Some(node::request_type::BROADCAST_ACK) => sink.answer(vec![v.get("packet").cloned().unwrap_or(Value::Null)], atts),
+                _ => {}
+            }
+            if sink.is_done() {
+                let id = v["requestId"].as_str().unwrap_or_default().to_string();
+                n.acking.remove(&id);
+            }
+            return;
+        }
+    }
     let Some((id, items)) = node::decode_answer(payload) else { return };
     let Some(a) = n.asks.get_mut(&id) else { return };
     a.items.extend(items);
