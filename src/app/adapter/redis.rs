@@ -407,7 +407,10 @@ async fn ask_acks(
     let ev = match (n.cfg.format, event_of(b)) {
         (RedisFormat::Node, Some(ev)) => ev,
         // python-socketio's format has no acked broadcasts between nodes.
-        _ => return Ok(sink.nodes_known(0)),
+        _ => {
+            sink.nodes_known(0);
+            return Ok(());
+        }
     };
     let channel = node::request_channel(prefix, &b.sel.nsp);
     let remote = match other_nodes(n, conn, &channel, &b.sel.nsp).await {
