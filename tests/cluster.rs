@@ -290,3 +290,45 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
     assert!(stats.published > 0 && stats.received > 0, "{stats:?}");
     a.shutdown();
 }
+
+/// `server_side_emit` between shardcast and Node socket.io (the adapter's SERVER_SIDE_EMIT):
+/// each side's handler runs for the other's events, and with acks each gets the other's answer.
+#[test]
+fn server_side_events_between_shardcast_and_node_socket_io() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use shardcast::app::adapter::RedisConfig;
+    use shardcast::app::{contract, Server};
+
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let notes: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let n2 = notes.clone();
+    let ns = contract::namespace().on_server_side("sse-ping", |args| Some(serde_json::json!({"from": "shardcast", "got": args}))).on_server_side(
+        "sse-note",
+        move |args| {
+            n2.lock().unwrap().push(serde_json::Value::Array(args.to_vec()));
+            None
+        },
+    );
+    let a = Server::builder().namespace("/", ns).bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).redis(RedisConfig::new(&url)).start().unwrap();
+    let h = a.handle();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js).arg("cluster-sse.js").env("REDIS_URL", &url).stdin(Stdio::piped());
+    let mut sse = Proc::spawn("cluster-sse", &mut cmd);
+    sse.wait_for("ready");
+    wait_subscribed(port, "socket.io-request#/#", 2);
+    let answers = h.of("/").server_side_emit_with_ack("sse-ping", &[serde_json::json!(3)]).wait_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(answers, vec![serde_json::json!({"from": "node", "x": 3})]);
+    sse.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let line = sse.wait_for("answers");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["answers"], serde_json::json!([{"from": "shardcast", "got": [5]}]));
+    // The note was published before the ping, on the same connection: it was handled first.
+    assert_eq!(*notes.lock().unwrap(), vec![serde_json::json!([1])]);
+    a.shutdown();
+}

@@ -313,6 +313,37 @@ impl Operator {
         pending
     }
 
+    /// Emits a server-side event to every other node of the cluster (the reference's
+    /// `serverSideEmit`): their namespace's [`on_server_side`](super::Namespace::on_server_side)
+    /// handler (or `io.on(event)` on a Node.js node) runs with `args`. Nothing happens on a
+    /// single node, nor on this one.
+    pub fn server_side_emit(&self, event: &str, args: &[Value]) -> Result<(), HandleError> {
+        if self.poster.stopped() {
+            return Err(HandleError::Stopped);
+        }
+        let mut data = vec![Value::String(event.to_string())];
+        data.extend_from_slice(args);
+        self.tell_cluster(|| Outbound::ServerSideEmit(self.sel.nsp.clone(), data));
+        Ok(())
+    }
+
+    /// [`Operator::server_side_emit`] asking every other node's handler for an answer (the
+    /// reference's `serverSideEmitWithAck`): one value per other node, or
+    /// [`HandleError::TimedOut`] when one did not answer within the adapter's request timeout.
+    /// On a single node, no answers at once.
+    pub fn server_side_emit_with_ack(&self, event: &str, args: &[Value]) -> Pending<Vec<Value>> {
+        let (pending, done) = Pending::new(stopped_check(&self.poster));
+        let Some(cluster) = &self.cluster else {
+            done.complete(Ok(Vec::new()));
+            return pending;
+        };
+        let mut data = vec![Value::String(event.to_string())];
+        data.extend_from_slice(args);
+        let reply: Reply = Box::new(move |r| done.complete(r));
+        cluster.send(Outbound::Ask(Question { kind: QuestionKind::ServerSideEmit, sel: self.sel.clone(), data, reply }));
+        pending
+    }
+
     /// `local`, and in a cluster the other nodes' answers to the same question (`convert`ed)
     /// merged into it; the first error wins.
     fn cluster_wide<T: Merge>(&self, local: Pending<T>, kind: QuestionKind, convert: impl FnOnce(Vec<Value>) -> T + Send + 'static) -> Pending<T> {
@@ -323,7 +354,7 @@ impl Operator {
         local.then(move |r| b.put(true, r));
         let b = both.clone();
         let reply: Reply = Box::new(move |r| b.put(false, r.map(convert)));
-        cluster.send(Outbound::Ask(Question { kind, sel: self.sel.clone(), reply }));
+        cluster.send(Outbound::Ask(Question { kind, sel: self.sel.clone(), data: Vec::new(), reply }));
         pending
     }
 }

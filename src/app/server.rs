@@ -160,13 +160,14 @@ impl ServerBuilder {
             }
         };
         let workers_cluster = cluster.clone();
+        let adapter_namespaces = namespaces.clone();
         let rt = threads::start_with(self.runtime, move |_, poster| {
             let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits)
                 .with_handle(ServerHandle::new(poster, workers_cluster.clone()))
                 .with_cluster(workers_cluster.clone());
             EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
-        let adapter_thread = pending.map(|p| p.spawn(rt.poster()));
+        let adapter_thread = pending.map(|p| p.spawn(rt.poster(), adapter_namespaces));
         let handle = ServerHandle::new(rt.poster(), cluster);
         Ok(RunningServer { rt, handle, adapter_thread })
     }

@@ -39,6 +39,9 @@ pub enum QuestionKind {
     Rooms,
     /// Id, rooms, handshake and data of the selected sockets (`REMOTE_FETCH`).
     Fetch,
+    /// A server-side event (`SERVER_SIDE_EMIT` with a request id); each node's handler answers
+    /// once.
+    ServerSideEmit,
 }
 
 /// Called once with every other node's answers (each answer's items, concatenated: socket
@@ -52,6 +55,8 @@ pub struct Question {
     pub kind: QuestionKind,
     /// Of which sockets (the namespace, rooms and except rooms).
     pub sel: Selector,
+    /// For [`QuestionKind::ServerSideEmit`]: the event name and its arguments.
+    pub data: Vec<Value>,
     /// Where the answers go.
     pub reply: Reply,
 }
@@ -78,6 +83,9 @@ pub enum Outbound {
     /// A broadcast whose every recipient, on every other node, acks into `sink` within the
     /// timeout (a `ServerHandle`'s `emit_with_ack`).
     AckedBroadcast(Arc<Broadcast>, Arc<AckSink>, std::time::Duration),
+    /// A server-side event for every other node's handlers, in namespace `.0`: `[event,
+    /// args...]`, no answer asked.
+    ServerSideEmit(String, Vec<Value>),
     /// Asks every other node; the answer goes to the question's reply. A question that cannot
     /// be sent is answered [`HandleError::Stopped`] at once.
     Ask(Question),

@@ -280,6 +280,10 @@ pub fn encode_request(uid: &str, prefix: &str, out: &super::Outbound) -> Option<
         Outbound::Join(sel, rooms) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_JOIN, "rooms": &**rooms })),
         Outbound::Leave(sel, rooms) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_LEAVE, "rooms": &**rooms })),
         Outbound::Disconnect(sel, close) => (sel, serde_json::json!({ "uid": uid, "type": request_type::REMOTE_DISCONNECT, "close": close })),
+        Outbound::ServerSideEmit(nsp, data) => {
+            let body = serde_json::json!({ "uid": uid, "type": request_type::SERVER_SIDE_EMIT, "data": data });
+            return Some((request_channel(prefix, nsp), serde_json::to_vec(&body).expect("JSON into memory")));
+        }
         Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) => return None,
     };
     let mut body = body;
@@ -300,11 +304,12 @@ pub fn nsp_of_response_channel<'a>(prefix: &str, uid: &str, channel: &'a str) ->
 }
 
 /// The request for a [`super::Question`]: its channel and JSON body.
-pub fn encode_question(uid: &str, prefix: &str, request_id: &str, kind: super::QuestionKind, sel: &Selector) -> (String, Vec<u8>) {
+pub fn encode_question(uid: &str, prefix: &str, request_id: &str, kind: super::QuestionKind, sel: &Selector, data: &[Value]) -> (String, Vec<u8>) {
     use super::QuestionKind;
     let body = match kind {
         QuestionKind::Sockets => serde_json::json!({ "uid": uid, "requestId": request_id, "type": request_type::SOCKETS, "rooms": sel.rooms }),
         QuestionKind::Rooms => serde_json::json!({ "uid": uid, "requestId": request_id, "type": request_type::ALL_ROOMS }),
+        QuestionKind::ServerSideEmit => serde_json::json!({ "uid": uid, "requestId": request_id, "type": request_type::SERVER_SIDE_EMIT, "data": data }),
         QuestionKind::Fetch => serde_json::json!({
             "uid": uid, "requestId": request_id, "type": request_type::REMOTE_FETCH,
             "opts": { "rooms": sel.rooms, "except": except_all(sel) },
@@ -325,6 +330,8 @@ pub fn decode_question(uid: &str, nsp: &str, req: &Value) -> Option<(String, sup
         request_type::SOCKETS => (QuestionKind::Sockets, Selector { nsp: nsp.to_string(), rooms: json_strings(req.get("rooms")), ..Default::default() }),
         request_type::ALL_ROOMS => (QuestionKind::Rooms, Selector { nsp: nsp.to_string(), ..Default::default() }),
         request_type::REMOTE_FETCH => (QuestionKind::Fetch, opts_selector(nsp, req.get("opts")?)),
+        // Answered by the namespace's server-side handlers, not by the sockets.
+        request_type::SERVER_SIDE_EMIT => return None,
         _ => return None,
     };
     Some((id, kind, sel))
@@ -413,6 +420,21 @@ pub fn encode_ack_answers(request_id: &str, answers: &[(Vec<Value>, Vec<Bytes>)]
     out
 }
 
+/// A server-side event from another node: `[event, args...]` and, when it asks for answers,
+/// its request id; `None` for other requests and this node's own.
+pub fn decode_server_side_emit(uid: &str, req: &Value) -> Option<(Vec<Value>, Option<String>)> {
+    if req.get("uid").and_then(Value::as_str) == Some(uid) || req.get("type").and_then(Value::as_u64) != Some(request_type::SERVER_SIDE_EMIT) {
+        return None;
+    }
+    let data = req.get("data")?.as_array()?.clone();
+    Some((data, req.get("requestId").and_then(Value::as_str).map(str::to_string)))
+}
+
+/// A node's answer to a server-side event (one argument, as the Node adapter sends it).
+pub fn encode_server_side_answer(request_id: &str, answer: &Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "type": request_type::SERVER_SIDE_EMIT, "requestId": request_id, "data": answer })).expect("JSON into memory")
+}
+
 /// The answer to question `request_id`: `items` under `sockets` (ids or socket objects) or
 /// `rooms`.
 pub fn encode_answer(request_id: &str, kind: super::QuestionKind, items: Vec<Value>) -> Vec<u8> {
@@ -425,7 +447,10 @@ pub fn encode_answer(request_id: &str, kind: super::QuestionKind, items: Vec<Val
 pub fn decode_answer(payload: &[u8]) -> Option<(String, Vec<Value>)> {
     let (v, _) = decode_body(payload).ok()?;
     let id = v.get("requestId")?.as_str()?.to_string();
-    let items = v.get("sockets").or_else(|| v.get("rooms")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let items = match v.get("type").and_then(Value::as_u64) {
+        Some(request_type::SERVER_SIDE_EMIT) => vec![v.get("data").cloned().unwrap_or(Value::Null)],
+        _ => v.get("sockets").or_else(|| v.get("rooms")).and_then(Value::as_array).cloned().unwrap_or_default(),
+    };
     Some((id, items))
 }
 

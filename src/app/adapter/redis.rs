@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
 use crate::app::handle::{HandleError, ServerHandle};
+use crate::app::namespace::Namespaces;
 use crate::app::pending::AckSink;
 use crate::app::worker::SioMail;
 use crate::rt::threads::Poster;
@@ -130,14 +131,14 @@ fn random_id(len: usize, alphabet: &[u8]) -> String {
 
 impl Pending {
     /// Starts the thread; it posts what it receives to the workers through `poster`.
-    pub fn spawn(self, poster: Poster<SioMail>) -> RedisThread {
+    pub fn spawn(self, poster: Poster<SioMail>, namespaces: Arc<Namespaces>) -> RedisThread {
         let stop = Arc::new(Notify::new());
         let stop2 = stop.clone();
         let join = std::thread::Builder::new()
             .name("shardcast-redis".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime");
-                rt.block_on(run(self, poster, stop2));
+                rt.block_on(run(self, poster, namespaces, stop2));
             })
             .expect("spawning the Redis adapter thread");
         RedisThread { stop, join: Some(join) }
@@ -166,6 +167,8 @@ struct Node {
     /// This node's acked broadcasts collecting the other nodes' acks, by request id, with
     /// their deadlines.
     acking: HashMap<String, (Arc<AckSink>, Instant)>,
+    /// The server's namespaces, for their server-side event handlers.
+    namespaces: Arc<Namespaces>,
 }
 
 /// One of this node's questions, collecting answers.
@@ -177,7 +180,7 @@ struct Asking {
     reply: Reply,
 }
 
-async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
+async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, stop: Arc<Notify>) {
     let id = match p.cfg.format {
         RedisFormat::Node => random_id(6, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
         RedisFormat::Python => random_id(32, b"0123456789abcdef"),
@@ -196,6 +199,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, stop: Arc<Notify>) {
         asks: HashMap::new(),
         next_request: 0,
         acking: HashMap::new(),
+        namespaces,
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -362,7 +366,7 @@ async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
     }
     n.next_request += 1;
     let request_id = format!("{}-{}", n.id, n.next_request);
-    let (channel, body) = node::encode_question(&n.id, prefix, &request_id, q.kind, &q.sel);
+    let (channel, body) = node::encode_question(&n.id, prefix, &request_id, q.kind, &q.sel, &q.data);
     let subs: Vec<(String, usize)> = match within(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(conn)).await {
         Ok(s) => s,
         Err(e) => {
@@ -505,8 +509,34 @@ fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, requ
                 Ok(s) => s.iter().map(node::socket_json).collect(),
                 Err(_) => return,
             },
+            QuestionKind::ServerSideEmit => return, // answered by `server_side`
         };
         let body = node::encode_answer(&request_id, kind, items);
+        match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
+            Ok(()) => Counters::add(&counters.published, 1),
+            Err(_) => Counters::add(&counters.not_delivered, 1),
+        }
+    });
+}
+
+/// Runs the namespace's handler for another node's server-side event (user code, on this
+/// thread, under `catch_unwind`) and publishes its answer when one was asked for.
+fn server_side(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, nsp: &str, data: Vec<Value>, request_id: Option<String>) {
+    let Some(Value::String(event)) = data.first() else { return };
+    let run = || n.namespaces.resolve(nsp).and_then(|ns| ns.server_side.get(event).cloned()).and_then(|h| h(&data[1..]));
+    let answer = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(a) => a,
+        Err(_) => {
+            tracing::warn!(nsp, event = %event, "a server-side event handler panicked");
+            return;
+        }
+    };
+    let (Some(request_id), Some(answer)) = (request_id, answer) else { return };
+    let channel = node::response_channel(prefix, nsp);
+    let body = node::encode_server_side_answer(&request_id, &answer);
+    let mut conn = conn.clone();
+    let counters = n.counters.clone();
+    tokio::spawn(async move {
         match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
             Ok(()) => Counters::add(&counters.published, 1),
             Err(_) => Counters::add(&counters.not_delivered, 1),
@@ -560,6 +590,10 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
                 if let Some((id, kind, sel)) = node::decode_question(&n.id, nsp, &req) {
                     Counters::add(&n.counters.received, 1);
                     return answer(n, conn, prefix, id, kind, sel);
+                }
+                if let Some((data, request_id)) = node::decode_server_side_emit(&n.id, &req) {
+                    Counters::add(&n.counters.received, 1);
+                    return server_side(n, conn, prefix, nsp, data, request_id);
                 }
                 if let Some(b) = node::decode_acked_broadcast(&n.id, nsp, &req, &atts) {
                     Counters::add(&n.counters.received, 1);
