@@ -354,6 +354,35 @@ def bounds_floor_line():
     return f"**{fw:.2f} µs**" if fw else DASH
 
 
+CLUSTER = os.path.join(RES, "cluster")
+CLUSTER_ROWS = [
+    ("one-base-r1", "one shardcast node (--threads 2), before the adapter seam", 1),
+    ("one-head-r1", "one shardcast node (--threads 2), this commit, no --redis", 1),
+    ("one-base-r2", "one shardcast node, before the seam (2nd round)", 1),
+    ("one-head-r2", "one shardcast node, this commit (2nd round)", 1),
+    ("two-shardcast", "two shardcast nodes (--threads 1 each) through Redis", 2),
+    ("two-node", "two Node socket.io 4.8 nodes with @socket.io/redis-adapter", 2),
+    ("one-node", "one Node socket.io 4.8 node", 1),
+]
+
+
+def cluster_table():
+    """Fanout across a cluster (bench/run-cluster.sh): p50/p99 against one shardcast node."""
+    base = load(os.path.join(CLUSTER, "one-head-r1.json"))
+    rows = ["| setup | nodes | deliveries/s | loss | p50 ms | p99 ms | p99 ÷ one shardcast node | server CPU µs/delivery |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, label, nodes in CLUSTER_ROWS:
+        r = load(os.path.join(CLUSTER, f"{name}.json"))
+        if not r:
+            continue
+        lat = r["latency_us"]
+        cpu = (r.get("server") or {}).get("cpu_us_per_delivery") if nodes == 1 else None
+        rel = ratio(lat["p99"], base["latency_us"]["p99"]) if base else DASH
+        rows.append(f"| {label} | {nodes} | {r['rate']:,.0f} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {rel} "
+                    f"| {f'{cpu:.2f}' if cpu else DASH} |")
+    return "\n".join(rows)
+
+
 def main():
     tpl = open(os.path.join(ROOT, "bench", "benchmarks.md.in")).read()
     stamp = os.environ.get("BENCH_DATE") or time.strftime("%Y-%m-%d")
@@ -363,7 +392,7 @@ def main():
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
-        "bounds_floor": bounds_floor_line(),
+        "bounds_floor": bounds_floor_line(), "cluster": cluster_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
     # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).

@@ -12,11 +12,12 @@
 # table. Run it alone: `flock /tmp/shardcast-bench.lock bench/run-cluster.sh`.
 #
 #   BASELINE=/path/to/old/shardcast bench/run-cluster.sh
+#   OUT=bench/results/cluster/single SINGLE_ONLY=1 ROUNDS=4 BASELINE=... bench/run-cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 . bench/common.sh
-OUT=bench/results/cluster
+OUT=${OUT:-bench/results/cluster}
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.log
 DUR=${DUR:-10}
@@ -76,10 +77,13 @@ run() { # name kind nodes
   stop_all
 }
 
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
   if [ -n "${BASELINE:-}" ]; then run "one-base-r$round" base 1; fi
   run "one-head-r$round" head 1
 done
-run two-shardcast shardcast-node 2
-run two-node node-cluster 2
-run one-node node 1
+# SINGLE_ONLY=1: only the seam-off comparison above.
+if [ -z "${SINGLE_ONLY:-}" ]; then
+  run two-shardcast shardcast-node 2
+  run two-node node-cluster 2
+  run one-node node 1
+fi
