@@ -171,7 +171,9 @@ impl WorkerCore {
         for w in (0..ctx.workers()).filter(|&w| w != me) {
             ctx.post(w, SioMail::Broadcast(b.clone()));
         }
-        if let Some(c) = &self.cluster {
+        // A handler's acked broadcast collects this node's acks only (across the cluster, ask
+        // through the `ServerHandle`).
+        if let (Some(c), None) = (&self.cluster, &b.ack) {
             c.send(Outbound::Broadcast(b));
         }
         n
