@@ -383,6 +383,32 @@ def cluster_table():
     return "\n".join(rows)
 
 
+def cluster_single_table():
+    """The seam off: one node, this commit against the binary from before it, alternating rounds
+    (bench/results/cluster and bench/results/cluster/single)."""
+    rows = ["| round | binary | loss | p50 ms | p99 ms | server CPU µs/delivery |", "|---|---|---|---|---|---|"]
+    cpu = {"base": [], "head": []}
+    for d, tag in [(CLUSTER, "A"), (os.path.join(CLUSTER, "single"), "B")]:
+        for i in range(1, 10):
+            for b, label in [("base", "before the seam"), ("head", "this commit")]:
+                r = load(os.path.join(d, f"one-{b}-r{i}.json"))
+                if not r:
+                    continue
+                c = (r.get("server") or {}).get("cpu_us_per_delivery")
+                cpu[b].append(c)
+                lat = r["latency_us"]
+                rows.append(f"| {tag}{i} | {label} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {c:.2f} |")
+
+    def median(v):
+        v = sorted(x for x in v if x)
+        return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2 if v else None
+
+    mb, mh = median(cpu["base"]), median(cpu["head"])
+    if mb and mh:
+        rows.append(f"| median of {len(cpu['base'])} rounds | this commit ÷ before | | | | {ratio(mh, mb)} ({mh:.2f} / {mb:.2f}) |")
+    return "\n".join(rows)
+
+
 def main():
     tpl = open(os.path.join(ROOT, "bench", "benchmarks.md.in")).read()
     stamp = os.environ.get("BENCH_DATE") or time.strftime("%Y-%m-%d")
@@ -392,7 +418,7 @@ def main():
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
-        "bounds_floor": bounds_floor_line(), "cluster": cluster_table(),
+        "bounds_floor": bounds_floor_line(), "cluster": cluster_table(), "cluster_single": cluster_single_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
     # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).
