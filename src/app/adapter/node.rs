@@ -5,10 +5,12 @@
 //!   `<key>#<nsp>#<room>#` when it names exactly one room (`key` is `socket.io` by default).
 //!   `packet` is the socket.io-parser packet object `{type: 2, data: [event, ...args], nsp}`
 //!   with binary values as msgpack `bin`; `opts` is `{rooms: [...], except: [...], flags:
-//!   {volatile?, compress?, ...}}`. A node subscribes to `<key>#<nsp>#*` and drops its own
-//!   messages by `uid` (the emitter's uid is `"emitter"`).
+//!   {volatile?, compress?, ...}}`. Node nodes subscribe to `<key>#<nsp>#*`; shardcast to
+//!   `<key>#*` (every namespace). A node drops its own messages by `uid` (the emitter's uid is
+//!   `"emitter"`).
 //! - Requests between nodes go on `<key>-request#<nsp>#` and their answers on
-//!   `<key>-response#<nsp>#` (JSON, or msgpack for broadcast acks): see [`Request`].
+//!   `<key>-response#<nsp>#` (JSON, or msgpack for broadcasts with acks): see
+//!   [`request_type`].
 //!
 //! Must never: trust a message (every field is checked; a malformed one is dropped), or be
 //! called on a worker thread (it decodes and re-encodes packets).
@@ -119,11 +121,6 @@ pub fn channel(prefix: &str, sel: &Selector) -> String {
 /// The pattern that receives every namespace's broadcasts.
 pub fn pattern(prefix: &str) -> String {
     format!("{prefix}#*")
-}
-
-/// The request channel of every namespace (a pattern).
-pub fn request_pattern(prefix: &str) -> String {
-    format!("{prefix}-request#*")
 }
 
 /// `[uid, packet, opts]` for a broadcast of `ev`.
