@@ -235,7 +235,18 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
     let url = format!("redis://127.0.0.1:{port}/");
     let _redis = redis_server(port);
     let (_b, b_addr) = shardcast("shardcast-b", &url, "node");
+    // The contract, plus "ask-room": an acked broadcast from a handler to the room, whose
+    // answers (every node's recipients') go back to the asker as "acks".
+    let ns = contract::namespace().on("ask-room", |s, ev| {
+        let room = ev.args[0].as_str().unwrap_or_default().to_string();
+        s.within_namespace().to(&room).emit_with_ack("ack-me", &[serde_json::json!(8)], Duration::from_secs(5), |s, r| {
+            let answers = r.unwrap_or_else(|p| p.responses);
+            let firsts: Vec<serde_json::Value> = answers.into_iter().map(|(args, _)| args.into_iter().next().unwrap_or_default()).collect();
+            s.emit("acks", &[serde_json::Value::Array(firsts)]);
+        });
+    });
     let a = contract::app(Server::builder())
+        .namespace("/", ns)
         .bind("127.0.0.1:0".parse().unwrap())
         .threads(2)
         .pin(false)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::adapter::{node, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
+use super::adapter::{node, AckTarget, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
 use super::worker::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
@@ -215,7 +215,8 @@ impl Operator {
     /// Hands an operation to the other nodes, when there are any.
     fn tell_cluster(&self, out: impl FnOnce() -> Outbound) {
         if let Some(c) = &self.cluster {
-            c.send(out());
+            // Not taken: dropped and counted by the adapter.
+            let _ = c.send(out());
         }
     }
 
@@ -250,7 +251,7 @@ impl Operator {
             sink.stop();
             return pending;
         }
-        self.tell_cluster(|| Outbound::AckedBroadcast(b, sink, timeout));
+        self.tell_cluster(|| Outbound::AckedBroadcast(b, AckTarget::Sink(sink), timeout));
         pending
     }
 
@@ -340,7 +341,8 @@ impl Operator {
         let mut data = vec![Value::String(event.to_string())];
         data.extend_from_slice(args);
         let reply: Reply = Box::new(move |r| done.complete(r));
-        cluster.send(Outbound::Ask(Question { kind: QuestionKind::ServerSideEmit, sel: self.sel.clone(), data, reply }));
+        // Not taken: the adapter has answered the question.
+        let _ = cluster.send(Outbound::Ask(Question { kind: QuestionKind::ServerSideEmit, sel: self.sel.clone(), data, reply }));
         pending
     }
 
@@ -354,7 +356,8 @@ impl Operator {
         local.then(move |r| b.put(true, r));
         let b = both.clone();
         let reply: Reply = Box::new(move |r| b.put(false, r.map(convert)));
-        cluster.send(Outbound::Ask(Question { kind, sel: self.sel.clone(), data: Vec::new(), reply }));
+        // Not taken: the adapter has answered the question.
+        let _ = cluster.send(Outbound::Ask(Question { kind, sel: self.sel.clone(), data: Vec::new(), reply }));
         pending
     }
 }

@@ -80,9 +80,9 @@ pub enum Outbound {
     /// The selected sockets, on every other node, are disconnected (their whole clients with
     /// `close`).
     Disconnect(Arc<Selector>, bool),
-    /// A broadcast whose every recipient, on every other node, acks into `sink` within the
-    /// timeout (a `ServerHandle`'s `emit_with_ack`).
-    AckedBroadcast(Arc<Broadcast>, Arc<AckSink>, std::time::Duration),
+    /// A broadcast whose every recipient, on every other node, acks to `target` within the
+    /// timeout (a `ServerHandle`'s or a handler's `emit_with_ack`).
+    AckedBroadcast(Arc<Broadcast>, AckTarget, std::time::Duration),
     /// A server-side event for every other node's handlers, in namespace `.0`: `[event,
     /// args...]`, no answer asked.
     ServerSideEmit(String, Vec<Value>),
@@ -105,12 +105,29 @@ pub enum Inbound {
     Disconnect(Selector, bool),
 }
 
+/// Where the other nodes' recipient counts and acks of an acked broadcast go.
+#[derive(Debug, Clone)]
+pub enum AckTarget {
+    /// A `ServerHandle` caller's collector.
+    Sink(Arc<AckSink>),
+    /// The collector of the emitting socket's worker: reports go there as `AckNodes`,
+    /// `AckCount` and `AckAnswer` mail.
+    Worker {
+        /// The worker.
+        worker: usize,
+        /// The broadcast's ack id.
+        id: u64,
+    },
+}
+
 /// Carries what originated on this node to the other nodes of a cluster.
 pub trait Adapter: Send + Sync + 'static {
-    /// Hands `out` to the other nodes. Never blocks: when the adapter cannot take it now (its
-    /// queue is full, its backend is down) it is dropped and counted in
-    /// [`ClusterStats::not_delivered`].
-    fn send(&self, out: Outbound);
+    /// Hands `out` to the other nodes; false when it was not taken. Never blocks: when the
+    /// adapter cannot take it now (its queue is full, its backend is down) it is dropped and
+    /// counted in [`ClusterStats::not_delivered`]; a question is then answered at once, an
+    /// acked broadcast to a [`AckTarget::Sink`] told that no other node will report (an
+    /// [`AckTarget::Worker`] is the caller's to settle, on its own worker).
+    fn send(&self, out: Outbound) -> bool;
 
     /// The adapter's counters.
     fn stats(&self) -> ClusterStats;

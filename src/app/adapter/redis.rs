@@ -29,10 +29,10 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::AckTarget;
 use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
 use crate::app::handle::{HandleError, ServerHandle};
 use crate::app::namespace::Namespaces;
-use crate::app::pending::AckSink;
 use crate::app::worker::SioMail;
 use crate::rt::threads::Poster;
 
@@ -46,13 +46,25 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const BATCH: usize = 256;
 
 /// Settles what waits for the other nodes' answers to a message they will never get: a
-/// question is answered [`HandleError::TimedOut`], an acked broadcast collects this node's acks
-/// only.
-fn unheard(out: Outbound) {
+/// question is answered [`HandleError::TimedOut`], an acked broadcast is told that no other
+/// node will report (a worker's through its mailbox, when `poster` is given; without it, the
+/// caller of [`Adapter::send`] settles it).
+fn unheard(out: Outbound, poster: Option<&Poster<SioMail>>) {
     match out {
         Outbound::Ask(q) => (q.reply)(Err(HandleError::TimedOut)),
-        Outbound::AckedBroadcast(_, sink, _) => sink.nodes_known(0),
+        Outbound::AckedBroadcast(_, target, _) => nodes_known(poster, &target, 0),
         _ => {}
+    }
+}
+
+/// Tells an acked broadcast's collector how many other nodes will report.
+fn nodes_known(poster: Option<&Poster<SioMail>>, target: &AckTarget, remote: usize) {
+    match (target, poster) {
+        (AckTarget::Sink(sink), _) => sink.nodes_known(remote),
+        (AckTarget::Worker { worker, id }, Some(p)) => {
+            let _ = p.post(*worker, SioMail::AckNodes { id: *id, remote });
+        }
+        (AckTarget::Worker { .. }, None) => {}
     }
 }
 
@@ -64,17 +76,18 @@ pub struct RedisAdapter {
 }
 
 impl Adapter for RedisAdapter {
-    fn send(&self, out: Outbound) {
+    fn send(&self, out: Outbound) -> bool {
         let dropped = if self.up.load(Ordering::Relaxed) {
             match self.tx.try_send(out) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) => o,
             }
         } else {
             out
         };
         Counters::add(&self.counters.not_delivered, 1);
-        unheard(dropped);
+        unheard(dropped, None);
+        false
     }
 
     fn stats(&self) -> ClusterStats {
@@ -166,7 +179,7 @@ struct Node {
     next_request: u64,
     /// This node's acked broadcasts collecting the other nodes' acks, by request id, with
     /// their deadlines.
-    acking: HashMap<String, (Arc<AckSink>, Instant)>,
+    acking: HashMap<String, (AckTarget, Instant)>,
     /// The server's namespaces, for their server-side event handlers.
     namespaces: Arc<Namespaces>,
 }
@@ -212,14 +225,17 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         for (_, a) in n.asks.drain() {
             (a.reply)(Err(HandleError::TimedOut));
         }
-        for (_, (sink, _)) in n.acking.drain() {
-            sink.expire();
+        for (_, (target, _)) in n.acking.drain() {
+            // A worker's collection ends at its own deadline.
+            if let AckTarget::Sink(sink) = target {
+                sink.expire();
+            }
         }
         // What was queued for the lost connection is not delivered; from now on `send` counts
         // its drops itself.
         let mut dropped = 0;
         while let Ok(out) = n.rx.try_recv() {
-            unheard(out);
+            unheard(out, Some(&n.poster));
             dropped += 1;
         }
         Counters::add(&n.counters.not_delivered, dropped);
@@ -300,7 +316,7 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                 for o in asked {
                     match o {
                         Outbound::Ask(q) => ask(n, &prefix, &mut conn, q).await?,
-                        Outbound::AckedBroadcast(b, sink, timeout) => ask_acks(n, &prefix, &mut conn, &b, sink, timeout).await?,
+                        Outbound::AckedBroadcast(b, target, timeout) => ask_acks(n, &prefix, &mut conn, &b, target, timeout).await?,
                         _ => {}
                     }
                 }
@@ -399,20 +415,20 @@ async fn other_nodes(n: &Node, conn: &mut redis::aio::MultiplexedConnection, cha
 }
 
 /// Sends this node's acked broadcast to the other nodes (Node format): each answers with its
-/// recipient count and each ack, into `sink`, until the timeout.
+/// recipient count and each ack, to `target`, until the timeout.
 async fn ask_acks(
     n: &mut Node,
     prefix: &str,
     conn: &mut redis::aio::MultiplexedConnection,
     b: &crate::app::worker::Broadcast,
-    sink: Arc<AckSink>,
+    target: AckTarget,
     timeout: Duration,
 ) -> redis::RedisResult<()> {
     let ev = match (n.cfg.format, event_of(b)) {
         (RedisFormat::Node, Some(ev)) => ev,
         // python-socketio's format has no acked broadcasts between nodes.
         _ => {
-            sink.nodes_known(0);
+            nodes_known(Some(&n.poster), &target, 0);
             return Ok(());
         }
     };
@@ -420,18 +436,18 @@ async fn ask_acks(
     let remote = match other_nodes(n, conn, &channel, &b.sel.nsp).await {
         Ok(r) => r,
         Err(e) => {
-            sink.nodes_known(0);
+            nodes_known(Some(&n.poster), &target, 0);
             return Err(e);
         }
     };
-    sink.nodes_known(remote);
+    nodes_known(Some(&n.poster), &target, remote);
     if remote == 0 {
         return Ok(());
     }
     n.next_request += 1;
     let request_id = format!("{}-{}", n.id, n.next_request);
     let body = node::encode_acked_broadcast(&n.id, &request_id, b, &ev, timeout.as_millis() as u64);
-    n.acking.insert(request_id.clone(), (sink, Instant::now() + timeout));
+    n.acking.insert(request_id.clone(), (target, Instant::now() + timeout));
     within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(conn)).await?;
     Counters::add(&n.counters.published, 1);
     Ok(())
@@ -441,11 +457,15 @@ async fn ask_acks(
 /// broadcasts whose time is up with the acks that came.
 fn expire(n: &mut Node) {
     let now = Instant::now();
-    n.acking.retain(|_, (sink, deadline)| {
-        if *deadline <= now {
-            sink.expire();
+    n.acking.retain(|_, (target, deadline)| match target {
+        AckTarget::Sink(sink) => {
+            if *deadline <= now {
+                sink.expire();
+            }
+            *deadline > now && !sink.is_done()
         }
-        *deadline > now && !sink.is_done()
+        // A worker's collection ends at its own deadline.
+        AckTarget::Worker { .. } => *deadline > now,
     });
     let due: Vec<String> = n.asks.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| k.clone()).collect();
     for k in due {
@@ -459,13 +479,21 @@ fn expire(n: &mut Node) {
 /// An answer to one of this node's questions or acked broadcasts.
 fn answered(n: &mut Node, payload: &[u8]) {
     if let Ok((v, atts)) = node::decode_body(payload) {
-        if let Some((sink, _)) = v.get("requestId").and_then(Value::as_str).and_then(|id| n.acking.get(id)) {
-            match v.get("type").and_then(Value::as_u64) {
-                Some(node::request_type::BROADCAST_CLIENT_COUNT) => sink.report(v.get("clientCount").and_then(Value::as_u64).unwrap_or(0) as usize),
-                Some(node::request_type::BROADCAST_ACK) => sink.answer(vec![v.get("packet").cloned().unwrap_or(Value::Null)], atts),
+        if let Some((target, _)) = v.get("requestId").and_then(Value::as_str).and_then(|id| n.acking.get(id)) {
+            let count = || v.get("clientCount").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let arg = || vec![v.get("packet").cloned().unwrap_or(Value::Null)];
+            match (v.get("type").and_then(Value::as_u64), target) {
+                (Some(node::request_type::BROADCAST_CLIENT_COUNT), AckTarget::Sink(sink)) => sink.report(count()),
+                (Some(node::request_type::BROADCAST_ACK), AckTarget::Sink(sink)) => sink.answer(arg(), atts),
+                (Some(node::request_type::BROADCAST_CLIENT_COUNT), AckTarget::Worker { worker, id }) => {
+                    let _ = n.poster.post(*worker, SioMail::AckCount { id: *id, count: count() });
+                }
+                (Some(node::request_type::BROADCAST_ACK), AckTarget::Worker { worker, id }) => {
+                    let _ = n.poster.post(*worker, SioMail::AckAnswer { id: *id, args: arg(), attachments: atts });
+                }
                 _ => {}
             }
-            if sink.is_done() {
+            if matches!(target, AckTarget::Sink(sink) if sink.is_done()) {
                 let id = v["requestId"].as_str().unwrap_or_default().to_string();
                 n.acking.remove(&id);
             }

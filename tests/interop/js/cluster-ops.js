@@ -5,7 +5,8 @@
 // NODES: comma-separated shardcast URLs; REDIS_URL. This script starts its own Node node, puts
 // two socket.io-client sockets on every node (its own included) in one room, prints
 // {"room", "ids"}; checks that its own fetchSockets(), allRooms() and an acked broadcast
-// (emitWithAck) see every socket and room of every node (shardcast nodes answer the adapter's
+// (emitWithAck, from this node and from a handler on the first shardcast node) see every socket
+// and room of every node (shardcast nodes answer the adapter's
 // REMOTE_FETCH, ALL_ROOMS and BROADCAST requests; socket.io's allSockets() stays local with
 // this adapter) and prints {"node_checks":"ok"}; then, told "disconnect" on stdin (the Rust side
 // has emitted "handle-news" to the room, made every member join "joined" and disconnected
@@ -62,6 +63,14 @@ async function main() {
   // the BROADCAST request with their client count and each ack).
   const answers = await io.to(ROOM).timeout(5000).emitWithAck("ack-me", 7);
   if (!same(answers.map((a) => a.id), ids) || answers.some((a) => a.x !== 7)) fail(`emitWithAck answers ${JSON.stringify(answers)}`);
+  // An acked broadcast from a handler on the first shardcast node ("ask-room": the test's own
+  // handler there emits "ack-me" to the room with an ack and sends the answers back as "acks").
+  const first = clients[0];
+  const got = await new Promise((resolve) => {
+    first.once("acks", resolve);
+    first.emit("ask-room", ROOM);
+  });
+  if (!same(got.map((a) => a.id), ids)) fail(`a shardcast handler's emit_with_ack got ${JSON.stringify(got)}`);
   console.log(JSON.stringify({ node_checks: "ok" }));
 
   const reasons = new Map();
