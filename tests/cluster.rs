@@ -117,6 +117,15 @@ fn wait_subscribed(port: u16, channel: &str, want: i64) {
     }
 }
 
+/// Waits until the in-process node's adapter is connected and subscribed.
+fn wait_connected(h: &shardcast::app::ServerHandle) {
+    let end = Instant::now() + READY;
+    while !h.cluster_stats().expect("a cluster node").connected {
+        assert!(Instant::now() < end, "the adapter did not connect within {READY:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
     // Heartbeats long enough that a client process stalled by a loaded CI machine is not
@@ -254,8 +263,7 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
         .start()
         .expect("start the in-process shardcast node");
     let h = a.handle();
-    // This process's node has subscribed once it counts among the request channel's
-    // subscribers (with the binary: 2).
+    wait_connected(&h);
     wait_subscribed(port, "socket.io-request#/#", 2);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js).arg("cluster-ops.js").env("NODES", format!("http://{},http://{b_addr}", a.local_addr())).env("REDIS_URL", &url).stdin(Stdio::piped());
@@ -328,6 +336,7 @@ fn server_side_events_between_shardcast_and_node_socket_io() {
     );
     let a = Server::builder().namespace("/", ns).bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).redis(RedisConfig::new(&url)).start().unwrap();
     let h = a.handle();
+    wait_connected(&h);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js).arg("cluster-sse.js").env("REDIS_URL", &url).stdin(Stdio::piped());
     let mut sse = Proc::spawn("cluster-sse", &mut cmd);
@@ -341,5 +350,49 @@ fn server_side_events_between_shardcast_and_node_socket_io() {
     assert_eq!(v["answers"], serde_json::json!([{"from": "shardcast", "got": [5]}]));
     // The note was published before the ping, on the same connection: it was handled first.
     assert_eq!(*notes.lock().unwrap(), vec![serde_json::json!([1])]);
+    a.shutdown();
+}
+
+/// `ServerHandle` requests in python-socketio's format: a shardcast node (in this process, with
+/// `RedisFormat::Python`) makes a socket of a python-socketio node join a room, emits to that
+/// room and disconnects the socket, by its sid.
+#[test]
+fn python_format_handle_requests_reach_python_socketio() {
+    use std::io::Write;
+
+    use shardcast::app::adapter::{RedisConfig, RedisFormat};
+    use shardcast::app::{contract, Server};
+
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let a = contract::app(Server::builder())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .redis(RedisConfig { format: RedisFormat::Python, ..RedisConfig::new(&url) })
+        .start()
+        .unwrap();
+    let h = a.handle();
+    wait_connected(&h);
+    let mut node = Command::new(&python);
+    node.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
+    let c = Proc::spawn("python-socketio", &mut node);
+    let c_addr = c.listening();
+    wait_subscribed(port, "socketio", 2);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(interop_dir().join("js")).arg("cluster-py-ops.js").env("URL", format!("http://{c_addr}")).stdin(Stdio::piped());
+    let mut js = Proc::spawn("cluster-py-ops", &mut cmd);
+    let v: serde_json::Value = serde_json::from_str(&js.wait_for("\"sid\"")).unwrap();
+    let sid = v["sid"].as_str().unwrap();
+    // One publishing connection, handled in order by the python node's listener.
+    h.of("/").socket(sid).sockets_join(&["x"]).unwrap();
+    h.of("/").to("x").emit("news-x", &[serde_json::json!({"n": 2})]).unwrap();
+    h.of("/").socket(sid).disconnect_sockets(false).unwrap();
+    js.child.stdin.as_mut().unwrap().write_all(b"check\n").unwrap();
+    js.wait_for("py_ops");
     a.shutdown();
 }

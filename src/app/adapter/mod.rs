@@ -220,6 +220,7 @@ impl Counters {
             not_delivered: self.not_delivered.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             outages: self.outages.load(Ordering::Relaxed),
+            connected: false,
         }
     }
 }
@@ -236,6 +237,8 @@ pub struct ClusterStats {
     pub received: u64,
     /// Times the backend was lost.
     pub outages: u64,
+    /// Whether the adapter is connected and subscribed now.
+    pub connected: bool,
 }
 
 /// An event as the other nodes' formats carry it: name, arguments (binary values as

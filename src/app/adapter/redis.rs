@@ -91,7 +91,7 @@ impl Adapter for RedisAdapter {
     }
 
     fn stats(&self) -> ClusterStats {
-        self.counters.snapshot()
+        ClusterStats { connected: self.up.load(Ordering::Relaxed), ..self.counters.snapshot() }
     }
 }
 
