@@ -62,10 +62,28 @@ impl Proc {
         }
     }
 
+    /// Waits for a line containing each of `needles`, in any order (stdout and stderr are read
+    /// apart, so lines of the two may arrive in either order); returns them in `needles`' order.
+    fn wait_for_all(&self, needles: &[&str]) -> Vec<String> {
+        let end = Instant::now() + READY;
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        while found.iter().any(Option::is_none) {
+            match self.lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    if let Some(i) = needles.iter().enumerate().position(|(i, n)| found[i].is_none() && l.contains(n)) {
+                        found[i] = Some(l);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("{}: not every one of {needles:?} within {READY:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => panic!("{}: exited before printing {needles:?}", self.name),
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
     /// The address in its "listening on" line.
     fn listening(&self) -> SocketAddr {
-        let line = self.wait_for("listening on");
-        line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
+        address(&self.wait_for("listening on"))
     }
 
     fn assert_alive(&mut self) {
@@ -82,6 +100,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn address(line: &str) -> SocketAddr {
+    line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 fn free_port() -> u16 {
@@ -135,9 +157,8 @@ fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
         cmd.env("RUST_LOG", filter);
     }
     let p = Proc::spawn(name, &mut cmd);
-    let addr = p.listening();
-    p.wait_for("cluster adapter connected to Redis");
-    (p, addr)
+    let lines = p.wait_for_all(&["listening on", "cluster adapter connected to Redis"]);
+    (p, address(&lines[0]))
 }
 
 /// Runs `cluster-check.js` against `nodes`.

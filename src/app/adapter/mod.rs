@@ -166,7 +166,8 @@ pub struct RedisConfig {
     /// The channel prefix (`key` of the Node adapter, `socket.io` by default) or the channel
     /// (python-socketio's `channel`, `socketio` by default); `None` for the format's default.
     pub channel: Option<String>,
-    /// Messages waiting for the adapter thread, at most; past it they are dropped and counted.
+    /// Messages waiting for the adapter thread, at most, and messages from other nodes the
+    /// workers have not handled yet, at most; past either bound they are dropped and counted.
     pub queue: usize,
     /// How long a question to the other nodes (`fetch_sockets`, `count`, `rooms`) waits for
     /// every answer (the Node adapter's `requestsTimeout`, 5 s).
@@ -206,6 +207,7 @@ pub(crate) struct Counters {
     pub published: AtomicU64,
     pub not_delivered: AtomicU64,
     pub received: AtomicU64,
+    pub inbound_dropped: AtomicU64,
     pub outages: AtomicU64,
 }
 
@@ -219,6 +221,7 @@ impl Counters {
             published: self.published.load(Ordering::Relaxed),
             not_delivered: self.not_delivered.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            inbound_dropped: self.inbound_dropped.load(Ordering::Relaxed),
             outages: self.outages.load(Ordering::Relaxed),
             connected: false,
         }
@@ -235,6 +238,9 @@ pub struct ClusterStats {
     pub not_delivered: u64,
     /// Messages from other nodes (or emitters) handed to the workers.
     pub received: u64,
+    /// Messages from other nodes dropped because the workers had `queue` of them not handled
+    /// yet.
+    pub inbound_dropped: u64,
     /// Times the backend was lost.
     pub outages: u64,
     /// Whether the adapter is connected and subscribed now.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -33,7 +33,7 @@ use super::AckTarget;
 use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
 use crate::app::handle::{HandleError, ServerHandle};
 use crate::app::namespace::Namespaces;
-use crate::app::worker::SioMail;
+use crate::app::worker::{Broadcast, Selector, SioMail};
 use crate::rt::threads::Poster;
 
 /// How long connecting (and subscribing, and one publish) may take before the attempt counts
@@ -182,6 +182,8 @@ struct Node {
     acking: HashMap<String, (AckTarget, Instant)>,
     /// The server's namespaces, for their server-side event handlers.
     namespaces: Arc<Namespaces>,
+    /// Messages from other nodes the workers still hold.
+    inflight: Inflight,
 }
 
 /// One of this node's questions, collecting answers.
@@ -199,6 +201,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         RedisFormat::Python => random_id(32, b"0123456789abcdef"),
     };
     let local = ServerHandle::new(poster.clone(), None);
+    let queue = p.cfg.queue;
     let mut n = Node {
         client: p.client,
         cfg: p.cfg,
@@ -212,6 +215,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         asks: HashMap::new(),
         next_request: 0,
         acking: HashMap::new(),
+        inflight: Inflight::new(queue),
         namespaces,
     };
     let mut backoff = BACKOFF_MIN;
@@ -645,36 +649,93 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             return;
         }
     };
+    if !n.inflight.admit() {
+        Counters::add(&n.counters.inbound_dropped, 1);
+        if !n.inflight.dropping {
+            n.inflight.dropping = true;
+            tracing::warn!(limit = n.inflight.limit, "the workers are behind on messages from other nodes: dropping them until they catch up");
+        }
+        return;
+    }
+    n.inflight.dropping = false;
     Counters::add(&n.counters.received, 1);
     tracing::trace!(channel, bytes = payload.len(), "message from Redis posted to the workers");
-    post_all(&n.poster, inbound);
+    let held = post_all(&n.poster, inbound);
+    n.inflight.held.push_back(held);
+}
+
+/// The shared part of a message posted to the workers; the workers are done with it once this
+/// thread holds the only reference.
+enum Held {
+    Broadcast(Arc<Broadcast>),
+    Selector(Arc<Selector>),
+}
+
+impl Held {
+    fn done(&self) -> bool {
+        match self {
+            Held::Broadcast(a) => Arc::strong_count(a) == 1,
+            Held::Selector(a) => Arc::strong_count(a) == 1,
+        }
+    }
+}
+
+/// Messages from other nodes that the workers have not handled yet, at most `limit`: the
+/// workers' mailboxes are unbounded, so this thread stops posting (and drops, counted) when
+/// they fall that far behind what Redis brings.
+struct Inflight {
+    held: VecDeque<Held>,
+    limit: usize,
+    /// Dropping since the last message that was let through (logged once per episode).
+    dropping: bool,
+}
+
+impl Inflight {
+    fn new(limit: usize) -> Inflight {
+        Inflight { held: VecDeque::new(), limit: limit.max(1), dropping: false }
+    }
+
+    /// Forgets the messages the workers are done with (oldest first); whether one more may
+    /// be posted.
+    fn admit(&mut self) -> bool {
+        while self.held.front().is_some_and(Held::done) {
+            self.held.pop_front();
+        }
+        self.held.len() < self.limit
+    }
 }
 
 /// Posts one decoded message to every worker: one shared `Arc`, decoded and encoded once.
-pub(crate) fn post_all(poster: &Poster<SioMail>, inbound: Inbound) {
-    let each: Box<dyn Fn() -> SioMail> = match inbound {
+/// Returns that `Arc`, to know when the workers are done with it.
+fn post_all(poster: &Poster<SioMail>, inbound: Inbound) -> Held {
+    let (each, held): (Box<dyn Fn() -> SioMail>, Held) = match inbound {
         Inbound::Broadcast(b) => {
             let b = Arc::new(b);
-            Box::new(move || SioMail::Broadcast(b.clone()))
+            let h = Held::Broadcast(b.clone());
+            (Box::new(move || SioMail::Broadcast(b.clone())), h)
         }
         Inbound::Join(sel, rooms) => {
             let (sel, rooms) = (Arc::new(sel), Arc::new(rooms));
-            Box::new(move || SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })
+            let h = Held::Selector(sel.clone());
+            (Box::new(move || SioMail::Join { sel: sel.clone(), rooms: rooms.clone() }), h)
         }
         Inbound::Leave(sel, rooms) => {
             let (sel, rooms) = (Arc::new(sel), Arc::new(rooms));
-            Box::new(move || SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })
+            let h = Held::Selector(sel.clone());
+            (Box::new(move || SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() }), h)
         }
         Inbound::Disconnect(sel, close_client) => {
             let sel = Arc::new(sel);
-            Box::new(move || SioMail::Disconnect { sel: sel.clone(), close_client })
+            let h = Held::Selector(sel.clone());
+            (Box::new(move || SioMail::Disconnect { sel: sel.clone(), close_client }), h)
         }
     };
     for w in 0..poster.workers() {
         if poster.post(w, each()).is_err() {
-            return;
+            break;
         }
     }
+    held
 }
 
 #[cfg(test)]
@@ -700,6 +761,24 @@ mod tests {
         }
         assert_eq!(a.stats().not_delivered, 2);
         assert!(p.rx.try_recv().is_ok() && p.rx.try_recv().is_ok() && p.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn inbound_messages_the_workers_still_hold_are_bounded() {
+        let mut f = Inflight::new(2);
+        let a = Arc::new(Selector::default());
+        let b = Arc::new(Selector::default());
+        // The workers hold `a` and `b` (their clones stand for the workers' mail).
+        f.held.push_back(Held::Selector(a.clone()));
+        assert!(f.admit());
+        f.held.push_back(Held::Selector(b.clone()));
+        assert!(!f.admit(), "at the limit");
+        drop(a);
+        assert!(f.admit(), "the oldest was handled");
+        assert_eq!(f.held.len(), 1);
+        drop(b);
+        assert!(f.admit());
+        assert!(f.held.is_empty());
     }
 
     #[test]
