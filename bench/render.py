@@ -349,6 +349,37 @@ def bounds_load_table():
     return "\n".join(rows)
 
 
+RECOVERY = os.path.join(RES, "recovery")
+
+
+def recovery_table():
+    """Fanout with connection state recovery off and on (bench/run-recovery.sh), per round."""
+    try:
+        t = open(os.path.join(RECOVERY, "floor.txt")).read()
+        fw = float(re.search(r"plain write\s*: ([\d.]+)", t).group(1))
+    except (OSError, AttributeError):
+        fw = None
+    rows = [f"Kernel floor of this run (`floor 1000 300`): {fw:.2f} µs per delivery." if fw else "Kernel floor: —", "",
+            "| scenario | recovery | round | deliveries | loss | p50 ms | p99 ms | server CPU µs/delivery | ÷ floor | on ÷ off (same round) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for scen, label in [("fanout-1k", "fanout 1,000 × 100/s"), ("fanout-10k", "fanout 10,000 × 10/s")]:
+        rnd = 1
+        while os.path.exists(os.path.join(RECOVERY, f"{scen}-off-{rnd}.json")):
+            base = None
+            for mode in ["off", "on"]:
+                r = load(os.path.join(RECOVERY, f"{scen}-{mode}-{rnd}.json"))
+                if not r:
+                    rows.append(f"| {label} | {mode} | {rnd} | failed |||||||")
+                    continue
+                s, lat = r.get("server") or {}, r["latency_us"]
+                unit = s.get("cpu_us_per_delivery")
+                base = unit if mode == "off" else base
+                rows.append(f"| {label} | {mode} | {rnd} | {r['received']:,} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} "
+                            f"| {unit or 0:.2f} | {ratio(unit, fw) if fw else DASH} | {ratio(unit, base) if mode == 'on' else DASH} |")
+            rnd += 1
+    return "\n".join(rows)
+
+
 def bounds_floor_line():
     fw = bounds_floor()
     return f"**{fw:.2f} µs**" if fw else DASH
@@ -418,7 +449,8 @@ def main():
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
-        "bounds_floor": bounds_floor_line(), "cluster": cluster_table(), "cluster_single": cluster_single_table(),
+        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "cluster": cluster_table(),
+        "cluster_single": cluster_single_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
     # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).

@@ -6,6 +6,10 @@
 //! The sockets are long-polling sessions, so they are in-process state without a file
 //! descriptor each (10,000 WebSockets would need 20,000 descriptors on loopback).
 //!
+//! The same broadcast with connection state recovery on (`--recovery-window` 2 min, Node's
+//! default window): each broadcast also gets an offset and is kept by both workers (the log
+//! reaches its cap of 100,000 packets and then drops its oldest), measured in the same run.
+//!
 //! `cargo bench --bench broadcast`
 
 use std::io::{Read, Write};
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use shardcast::app::{contract, Server};
+use shardcast::app::{contract, RecoveryConfig, Server};
 use shardcast::engine::EngineConfig;
 use shardcast::proto::eio::SessionConfig;
 use shardcast::proto::sio::encode;
@@ -59,7 +63,8 @@ fn connect_sockets(addr: SocketAddr) {
     }
 }
 
-fn bench(c: &mut Criterion) {
+/// A server of 10,000 polling sockets, all in room `bench`.
+fn start_server(recovery: bool) -> shardcast::app::RunningServer {
     let engine = EngineConfig {
         session: SessionConfig { ping_interval: Duration::from_secs(3600), ping_timeout: Duration::from_secs(3600), ..Default::default() },
         max_send_buffer: 1 << 30,
@@ -72,14 +77,23 @@ fn bench(c: &mut Criterion) {
         .pin(true)
         .backlog(1024)
         .worker(WorkerConfig { max_send_buffer: 1 << 30, ..Default::default() });
+    let builder = if recovery { builder.recovery(RecoveryConfig::new(Duration::from_secs(120))) } else { builder };
     let server = contract::app(builder).start().unwrap();
     connect_sockets(server.local_addr());
     let handle = server.handle();
     let all = handle.of("/");
     assert_eq!(all.count().wait(), Ok(SOCKETS));
     all.sockets_join(&["bench"]).unwrap();
+    assert_eq!(handle.of("/").to("bench").count().wait(), Ok(SOCKETS), "every socket joined the room");
+    server
+}
+
+fn bench(c: &mut Criterion) {
+    let server = start_server(false);
+    let kept = start_server(true);
+    let handle = server.handle();
     let room = handle.of("/").to("bench");
-    assert_eq!(room.count().wait(), Ok(SOCKETS), "every socket joined the room");
+    let (kept_handle, kept_room) = (kept.handle(), kept.handle().of("/").to("bench"));
     let payload = [json!({"seq": 1, "body": "x".repeat(80)})];
 
     let mut g = c.benchmark_group("broadcast_10k_sockets_2_workers");
@@ -92,6 +106,12 @@ fn bench(c: &mut Criterion) {
             handle.flush().wait().unwrap()
         })
     });
+    g.bench_function("encode_once_and_deliver_recovery_on", |b| {
+        b.iter(|| {
+            kept_room.emit("tick", &payload).unwrap();
+            kept_handle.flush().wait().unwrap()
+        })
+    });
     g.bench_function("encode_only_10k_times", |b| {
         b.iter(|| {
             for _ in 0..SOCKETS {
@@ -101,6 +121,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     server.shutdown();
+    kept.shutdown();
 }
 
 criterion_group!(benches, bench);

@@ -5,6 +5,7 @@
 //!     cargo run --example hello -- 127.0.0.1:3000
 
 use serde_json::json;
+use shardcast::app::signal::Termination;
 use shardcast::app::{Namespace, Server};
 
 fn main() {
@@ -14,6 +15,9 @@ fn main() {
         .namespace("/", Namespace::new().on_connection(|s| s.emit("hello", &[json!("welcome")])).on("chat", |s, ev| s.broadcast().emit("chat", &ev.args)))
         .start()
         .expect("the server starts (io_uring available, address free)");
+    // Catch Ctrl-C and SIGTERM before saying we serve: a signal sent right after this line is
+    // then a clean shutdown, never the default action.
+    let stop = Termination::catch().expect("catching SIGINT and SIGTERM");
     println!("hello listening on {}", server.local_addr());
     let handle = server.handle(); // Send + Sync + Clone: emit from any thread
     std::thread::spawn(move || {
@@ -22,6 +26,6 @@ fn main() {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     });
-    server.wait_for_signal().expect("waiting for Ctrl-C");
+    stop.wait().expect("waiting for Ctrl-C"); // SIGINT or SIGTERM
     server.shutdown(); // closes every session politely, then the workers exit
 }

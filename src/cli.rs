@@ -106,6 +106,56 @@ pub struct ServerOptions {
     /// generator's `--server-pidfile` reads it.
     #[arg(long, value_name = "PATH")]
     pub pidfile: Option<std::path::PathBuf>,
+    /// Connection state recovery (socket.io 4.6+ `connectionStateRecovery`): milliseconds a
+    /// disconnected socket (id, rooms, data) and the packets it missed are kept for its client
+    /// to come back (default: off, as in Node).
+    #[arg(long, value_name = "MS", value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    pub recovery_window: Option<u64>,
+    /// With --recovery-window: packets kept at most over the whole server (the oldest go first).
+    #[arg(long, default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
+    pub recovery_max_packets: usize,
+    /// With --recovery-window: bytes of kept packets at most over the whole server (bytes, or
+    /// with a K/M/G suffix).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub recovery_max_bytes: usize,
+    /// A proxy (address or CIDR, repeatable) whose `Forwarded` / `X-Forwarded-For` headers
+    /// give the client's address.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Do not let polling sessions upgrade to WebSocket (Node's `allowUpgrades: false`).
+    #[arg(long)]
+    pub no_upgrades: bool,
+    /// Milliseconds a client may take to join a namespace after its Engine.IO handshake
+    /// (Node's `connectTimeout`); then it is closed.
+    #[arg(long, default_value_t = 45_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    pub connect_timeout: u64,
+    /// `Path` of the --cookie (`none` leaves it out).
+    #[arg(long, default_value = "/")]
+    pub cookie_path: String,
+    /// `SameSite` of the --cookie.
+    #[arg(long, value_enum, default_value = "lax")]
+    pub cookie_same_site: SameSiteArg,
+    /// Mark the --cookie `Secure`.
+    #[arg(long)]
+    pub cookie_secure: bool,
+    /// Leave `HttpOnly` out of the --cookie.
+    #[arg(long)]
+    pub cookie_no_http_only: bool,
+    /// Connections one client address may hold open at once; more are answered 429.
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
+    pub max_connections_per_address: Option<u32>,
+    /// New connections one client address may open per second (a burst of as many); faster
+    /// ones are answered 429.
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, 1_000_000))]
+    pub max_connection_rate_per_address: Option<u32>,
+    /// Events one socket may send per second (a burst of as many); past it the socket is
+    /// disconnected.
+    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
+    pub max_event_rate: Option<u32>,
+    /// Bytes of events one socket may send per second (a burst of as many, and at least one
+    /// packet); past it the socket is disconnected.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_byte_rate: Option<usize>,
     /// Log lines as text or as JSON objects (one per line). The level is set by `RUST_LOG`
     /// (default `info`; `debug` adds sessions opened, upgraded and closed with their reasons,
     /// and protocol errors).
@@ -130,6 +180,24 @@ pub enum RedisFormatArg {
     Node,
     /// JSON on `socketio`, as python-socketio's `RedisManager` (5.14+).
     Python,
+}
+
+/// `--cookie-same-site`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SameSiteArg {
+    Strict,
+    Lax,
+    None,
+    /// No `SameSite` attribute.
+    Off,
+}
+
+/// An address (a one-host network) or a CIDR network.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR network"))
 }
 
 /// The most worker threads `--threads` accepts.
@@ -216,7 +284,7 @@ impl ServerOptions {
                     TransportArg::Websocket => Transport::WebSocket,
                 })
                 .collect(),
-            cors: CorsConfig { origins, credentials: self.cors_credentials },
+            cors: CorsConfig { origins, credentials: self.cors_credentials, predicate: None },
             websocket_compression: self.websocket_compression,
             http_compression_threshold: (self.http_compression_threshold > 0).then_some(self.http_compression_threshold),
             cookie: self.cookie.clone(),
@@ -227,6 +295,22 @@ impl ServerOptions {
             },
             max_send_buffer: self.max_send_buffer,
             http_timeout: Duration::from_millis(self.http_timeout),
+            trusted_proxies: self.trusted_proxies.clone(),
+            allow_request: None,
+            allow_upgrades: !self.no_upgrades,
+            address_limits: (self.max_connections_per_address.is_some() || self.max_connection_rate_per_address.is_some())
+                .then(|| crate::engine::address::AddressLimits::new(self.max_connections_per_address, self.max_connection_rate_per_address)),
+            cookie_attrs: crate::engine::CookieAttrs {
+                path: (self.cookie_path != "none").then(|| self.cookie_path.clone()),
+                same_site: match self.cookie_same_site {
+                    SameSiteArg::Strict => Some(crate::engine::SameSite::Strict),
+                    SameSiteArg::Lax => Some(crate::engine::SameSite::Lax),
+                    SameSiteArg::None => Some(crate::engine::SameSite::None),
+                    SameSiteArg::Off => None,
+                },
+                secure: self.cookie_secure,
+                http_only: !self.cookie_no_http_only,
+            },
         }
     }
 
@@ -242,6 +326,24 @@ impl ServerOptions {
                 ..RedisConfig::new(url)
             }),
         }
+    }
+
+    /// The per-socket limits the flags change (the rest at their defaults).
+    pub fn socket_limits(&self) -> crate::app::SocketLimits {
+        crate::app::SocketLimits {
+            max_event_rate: self.max_event_rate,
+            max_byte_rate: self.max_byte_rate.map(|b| b as u64),
+            ..crate::app::SocketLimits::default()
+        }
+    }
+
+    /// Connection state recovery, when `--recovery-window` is set.
+    pub fn recovery_config(&self) -> Option<crate::app::RecoveryConfig> {
+        self.recovery_window.map(|ms| crate::app::RecoveryConfig {
+            window: Duration::from_millis(ms),
+            max_packets: self.recovery_max_packets,
+            max_bytes: self.recovery_max_bytes,
+        })
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

@@ -110,14 +110,13 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let set = block_signals();
     let rtcfg = opts.runtime_config();
     let workers = rtcfg.threads;
-    let builder = Server::builder()
-        .engine(opts.engine_config())
-        .bind(rtcfg.bind)
-        .threads(rtcfg.threads)
-        .pin(rtcfg.pin)
-        .backlog(rtcfg.backlog)
-        .worker(rtcfg.worker)
-        .adapter(opts.adapter_config());
+    let mut builder =
+        Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
+    if let Some(r) = opts.recovery_config() {
+        builder = builder.recovery(r);
+    }
+    builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout)).socket_limits(opts.socket_limits());
+    builder = builder.adapter(opts.adapter_config());
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {

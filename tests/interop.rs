@@ -98,3 +98,75 @@ setTimeout(() => {{ console.error("timed out"); process.exit(2); }}, 5000);"#,
         run(cmd, &format!("socket.io-client with path /sock over {transport}"));
     }
 }
+
+/// Connection state recovery with socket.io-client 4.8 (`recovery.test.js`): against shardcast
+/// started with `--recovery-window 10000` (and a second one with 300 ms for the expiry case),
+/// two workers so that a client may come back on the other one.
+#[test]
+fn js_client_recovers_connection_state() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io-client"), "socket.io-client");
+    let long = Server::start(&["--threads", "2", "--recovery-window", "10000"]);
+    let short = Server::start(&["--threads", "2", "--recovery-window", "300"]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "--test-reporter=spec", "recovery.test.js"])
+        .env("SHARDCAST_URL", format!("http://{}", long.addr))
+        .env("SHARDCAST_SHORT_URL", format!("http://{}", short.addr));
+    run(cmd, "the recovery suite against shardcast");
+}
+
+/// The same recovery suite passes against Node's socket.io 4.8 with `connectionStateRecovery`
+/// (the reference server with `RECOVERY_WINDOW`): the suite checks the protocol, not shardcast.
+#[test]
+fn js_recovery_suite_passes_against_node_socket_io() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io"), "Node's socket.io (the reference server)");
+    let start = |window: &str| {
+        let mut child = Command::new("node")
+            .current_dir(&js)
+            .arg("reference-server.js")
+            .env("RECOVERY_WINDOW", window)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the reference server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        (KillOnDrop(child), line.trim().trim_start_matches("listening on ").to_string())
+    };
+    let (_long, long) = start("10000");
+    let (_short, short) = start("300");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "--test-reporter=spec", "recovery.test.js"])
+        .env("SHARDCAST_URL", format!("http://{long}"))
+        .env("SHARDCAST_SHORT_URL", format!("http://{short}"));
+    run(cmd, "the recovery suite against Node's socket.io");
+}
+
+/// Connection state recovery packet for packet (`wire-compare-recovery.test.js`): raw
+/// WebSockets against Node's socket.io 4.8 with `connectionStateRecovery` and shardcast with
+/// `--recovery-window`; the transcripts must match once ids and offsets are normalised.
+#[test]
+fn recovery_packets_match_node_socket_io() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io"), "Node's socket.io (the reference server)");
+    let mut reference = Command::new("node")
+        .current_dir(&js)
+        .arg("reference-server.js")
+        .env("RECOVERY_WINDOW", "10000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the reference server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(reference.stdout.take().unwrap()), &mut line).unwrap();
+    let ref_addr = line.trim().trim_start_matches("listening on ").to_string();
+    let _stop = KillOnDrop(reference);
+    let s = Server::start(&["--threads", "2", "--recovery-window", "10000"]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "--test-reporter=spec", "wire-compare-recovery.test.js"])
+        .env("REFERENCE_URL", format!("http://{ref_addr}"))
+        .env("SHARDCAST_URL", format!("http://{}", s.addr));
+    run(cmd, "the recovery wire comparison");
+}

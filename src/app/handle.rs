@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::adapter::{node, AckTarget, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
+use super::recovery::Recovery;
 use super::worker::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
 use crate::engine::SendFlags;
 use crate::proto::sio::encode;
@@ -73,6 +74,8 @@ pub struct SocketInfo {
 pub struct ServerHandle {
     poster: Poster<SioMail>,
     cluster: Option<Arc<dyn Adapter>>,
+    /// Connection state recovery, when on: emits get an offset.
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -105,14 +108,19 @@ fn ask<T: Merge>(poster: &Poster<SioMail>, mail: impl Fn(Part<T>) -> SioMail) ->
 
 impl ServerHandle {
     pub(crate) fn new(poster: Poster<SioMail>, cluster: Option<Arc<dyn Adapter>>) -> ServerHandle {
-        ServerHandle { poster, cluster }
+        ServerHandle { poster, cluster, recovery: None }
+    }
+
+    pub(crate) fn with_recovery(mut self, recovery: Option<Arc<Recovery>>) -> ServerHandle {
+        self.recovery = recovery;
+        self
     }
 
     /// A handle that belongs to no running server: every call answers
     /// [`HandleError::Stopped`] (the handle of a worker built outside [`super::Server`], as in
     /// the in-memory test harness).
     pub fn detached() -> ServerHandle {
-        ServerHandle { poster: Poster::detached(), cluster: None }
+        ServerHandle { poster: Poster::detached(), cluster: None, recovery: None }
     }
 
     /// Operations on namespace `nsp`: on this node's sockets and, in a cluster, on every other
@@ -124,6 +132,7 @@ impl ServerHandle {
             cluster: self.cluster.clone(),
             sel: Selector { nsp: nsp.to_string(), ..Default::default() },
             flags: SendFlags::default(),
+            recovery: self.recovery.clone(),
         }
     }
 
@@ -153,6 +162,7 @@ pub struct Operator {
     cluster: Option<Arc<dyn Adapter>>,
     sel: Selector,
     flags: SendFlags,
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl Operator {
@@ -205,8 +215,11 @@ impl Operator {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
-        let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None });
+        // With connection state recovery, a non-volatile emit carries an offset.
+        let offset = self.recovery.as_ref().filter(|_| !self.flags.volatile).map(|r| r.offset());
+        let text = offset.map(super::recovery::offset_text);
+        let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
         self.all(|| SioMail::Broadcast(b.clone()))?;
         self.tell_cluster(|| Outbound::Broadcast(b));
         Ok(())
@@ -246,7 +259,7 @@ impl Operator {
         let id = super::worker::next_handle_broadcast_id();
         let packet = encode::event(&self.sel.nsp, event, args, Some(id), attachments);
         let ack = BroadcastAck { id, origin: AckOrigin::Handle(sink.clone()), deadline: Instant::now() + timeout };
-        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack) });
+        let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack), offset: None });
         if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
             sink.stop();
             return pending;

@@ -15,13 +15,40 @@ pub struct SocketLimits {
     pub max_rooms: usize,
     /// Longest room name accepted, in bytes.
     pub max_room_name_len: usize,
-    /// Namespaces one client (Engine.IO session) may be connected to at once.
+    /// Namespaces one client (Engine.IO session) may be connected to at once (connections
+    /// waiting for a deferred middleware included).
     pub max_namespaces_per_client: usize,
+    /// Packets a client may send to a namespace whose deferred connect middleware has not
+    /// decided yet; held, and handled once it accepts. One more closes the session (as Node
+    /// answers a packet for a namespace that is not connected).
+    pub max_held_packets: usize,
+    /// Bytes of such held packets, together.
+    pub max_held_bytes: usize,
+    /// How long a deferred connect middleware may take; then the client is refused with
+    /// CONNECT_ERROR `{"message":"Connection timed out"}`.
+    pub connect_decision_timeout: std::time::Duration,
+    /// Events one socket may send per second, with a burst of as many (`None`: no limit).
+    /// Past it the socket is disconnected (a DISCONNECT for its namespace, reason "server
+    /// namespace disconnect"; socket.io-client does not reconnect after it).
+    pub max_event_rate: Option<u32>,
+    /// Bytes of events one socket may send per second, with a burst of as many (or of one
+    /// packet, whichever is more). Past it the socket is disconnected, as above.
+    pub max_byte_rate: Option<u64>,
 }
 
 impl Default for SocketLimits {
     fn default() -> Self {
-        SocketLimits { max_pending_acks: 1024, max_rooms: 1024, max_room_name_len: 256, max_namespaces_per_client: 64 }
+        SocketLimits {
+            max_pending_acks: 1024,
+            max_rooms: 1024,
+            max_room_name_len: 256,
+            max_namespaces_per_client: 64,
+            max_held_packets: 64,
+            max_held_bytes: 1 << 20,
+            connect_decision_timeout: std::time::Duration::from_secs(10),
+            max_event_rate: None,
+            max_byte_rate: None,
+        }
     }
 }
 
@@ -43,4 +70,32 @@ pub enum JoinError {
     /// The socket has left (or is leaving) its namespace.
     #[error("the socket is not connected")]
     NotConnected,
+}
+
+/// A token bucket refilled continuously: `rate` tokens per second, at most `rate` (or one
+/// cost, whichever is more) held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    pub(crate) fn full(rate: u64, now: std::time::Instant) -> Bucket {
+        Bucket { tokens: rate as f64, at: now }
+    }
+
+    /// Takes `cost` tokens at `now`; false (nothing taken) when there are not enough.
+    pub(crate) fn take(&mut self, rate: u64, cost: u64, now: std::time::Instant) -> bool {
+        let cap = rate.max(cost) as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate as f64).min(cap);
+        self.at = now;
+        if self.tokens >= cost as f64 {
+            self.tokens -= cost as f64;
+            true
+        } else {
+            false
+        }
+    }
 }

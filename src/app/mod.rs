@@ -11,6 +11,8 @@
 //! - [`handle`]: `ServerHandle`, usable from any thread.
 //! - [`pending`]: `Pending`, the answer to a `ServerHandle` question every worker answers a
 //!   part of (wait, await, or a callback).
+//! - [`recovery`]: connection state recovery (socket.io 4.6+), its options and offsets.
+//! - [`defer`]: answering later from any thread: deferred acks and connect decisions.
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
 //! - [`adapter`]: the seam to the other nodes of a cluster (in-process by default; Redis in the
 //!   Node.js or python-socketio format).
@@ -22,18 +24,22 @@
 
 pub mod adapter;
 pub mod contract;
+pub mod defer;
 pub mod handle;
 pub mod limits;
 pub mod namespace;
 pub mod pending;
+pub mod recovery;
 pub mod server;
 pub mod signal;
 pub mod socket;
 pub mod worker;
 
+pub use defer::{AckReply, ConnectDecision};
 pub use handle::{HandleError, ServerHandle, SocketInfo};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use pending::Pending;
+pub use recovery::RecoveryConfig;
 pub use server::{RunningServer, Server, ServerBuilder};
-pub use socket::{Operator, Socket};
+pub use socket::{DeferError, Operator, Socket};

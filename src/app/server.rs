@@ -8,6 +8,7 @@ use super::adapter::{redis, Adapter, AdapterConfig, RedisConfig};
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
+use super::recovery::{Recovery, RecoveryConfig};
 use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
@@ -39,6 +40,10 @@ impl Server {
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
             adapter: AdapterConfig::Local,
+            recovery: None,
+            allow_request: None,
+            origin_predicate: None,
+            connect_timeout: None,
         }
     }
 }
@@ -56,6 +61,10 @@ pub struct ServerBuilder {
     limits: Limits,
     socket_limits: SocketLimits,
     adapter: AdapterConfig,
+    recovery: Option<RecoveryConfig>,
+    allow_request: Option<crate::engine::AllowRequest>,
+    origin_predicate: Option<crate::proto::http::OriginPredicate>,
+    connect_timeout: Option<std::time::Duration>,
 }
 
 impl ServerBuilder {
@@ -126,6 +135,36 @@ impl ServerBuilder {
         self
     }
 
+    /// Turns on connection state recovery (off by default, as in Node): see
+    /// [`super::recovery`].
+    pub fn recovery(mut self, cfg: RecoveryConfig) -> Self {
+        self.recovery = Some(cfg);
+        self
+    }
+
+    /// Decides on every handshake request before a session exists (Node's `allowRequest`):
+    /// `Err(message)` refuses it (HTTP 403 `{"code":4,"message":...}` for polling, as Node
+    /// answers; `None` says "Forbidden"). Runs on the worker thread: it must not block. Kept
+    /// apart from [`engine`](Self::engine), so the order of the calls does not matter.
+    pub fn allow_request(mut self, f: impl Fn(&crate::engine::RequestInfo<'_>) -> Result<(), Option<String>> + Send + Sync + 'static) -> Self {
+        self.allow_request = Some(crate::engine::AllowRequest(Arc::new(f)));
+        self
+    }
+
+    /// Allows, beside the fixed list of CORS origins, every origin `f` says yes to (with a
+    /// list set in the engine's `cors.origins`; `Any` allows everything anyway).
+    pub fn cors_origin(mut self, f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.origin_predicate = Some(crate::proto::http::OriginPredicate(Arc::new(f)));
+        self
+    }
+
+    /// How long a client may take to join a namespace after its handshake (Node's
+    /// `connectTimeout`, 45 s by default); then its session is closed.
+    pub fn connect_timeout(mut self, d: std::time::Duration) -> Self {
+        self.connect_timeout = Some(d);
+        self
+    }
+
     /// Adds a namespace.
     pub fn namespace(mut self, name: &str, ns: Namespace) -> Self {
         self.namespaces.fixed.insert(name.to_string(), Arc::new(ns));
@@ -141,6 +180,13 @@ impl ServerBuilder {
     /// Starts the workers.
     pub fn start(mut self) -> Result<RunningServer, StartError> {
         self.engine.path = normalize_path(&self.engine.path);
+        if let Some(a) = self.allow_request.take() {
+            self.engine.allow_request = Some(a);
+        }
+        if let Some(p) = self.origin_predicate.take() {
+            self.engine.cors.predicate = Some(p);
+        }
+        let connect_timeout = self.connect_timeout;
         self.runtime.worker.max_read_buffer = crate::rt::WorkerConfig::read_buffer_for(self.engine.max_payload);
         let mut limits = self.limits;
         limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);
@@ -161,14 +207,23 @@ impl ServerBuilder {
         };
         let workers_cluster = cluster.clone();
         let adapter_namespaces = namespaces.clone();
+        let recovery = self.recovery.map(|cfg| Arc::new(Recovery::new(cfg)));
+        let workers = self.runtime.threads;
+        let shared = recovery.clone();
         let rt = threads::start_with(self.runtime, move |_, poster| {
+            let handle = ServerHandle::new(poster, workers_cluster.clone()).with_recovery(shared.clone());
             let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits)
-                .with_handle(ServerHandle::new(poster, workers_cluster.clone()))
+                .with_recovery(shared.clone(), workers)
+                .with_handle(handle)
                 .with_cluster(workers_cluster.clone());
+            let worker = match connect_timeout {
+                Some(d) => worker.with_connect_timeout(d),
+                None => worker,
+            };
             EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
         let adapter_thread = pending.map(|p| p.spawn(rt.poster(), adapter_namespaces));
-        let handle = ServerHandle::new(rt.poster(), cluster);
+        let handle = ServerHandle::new(rt.poster(), cluster).with_recovery(recovery);
         Ok(RunningServer { rt, handle, adapter_thread })
     }
 }

@@ -25,54 +25,85 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Blocks the calling thread until the process receives SIGINT or SIGTERM; returns which.
-pub fn wait_for_termination() -> std::io::Result<i32> {
-    let _one = WAITING.lock().unwrap_or_else(|e| e.into_inner());
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// SIGINT and SIGTERM caught from [`Termination::catch`] until this is dropped (the previous
+/// dispositions then come back). Catch before announcing that the program serves, so a
+/// signal sent right after the announcement is never met by the default action.
+pub struct Termination {
+    read_fd: libc::c_int,
+    write_fd: libc::c_int,
+    old: [libc::sigaction; 2],
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+impl Termination {
+    /// Starts catching SIGINT and SIGTERM (one `Termination` at a time in a process: a second
+    /// waits for the first to be dropped).
+    pub fn catch() -> std::io::Result<Termination> {
+        let one = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let [read_fd, write_fd] = fds;
+        PIPE_WRITE.store(write_fd, Ordering::Release);
+        // SAFETY: zeroed `sigaction`s are valid values; filled by sigaction below.
+        let mut old: [libc::sigaction; 2] = unsafe { std::mem::zeroed() };
+        for (sig, old) in SIGNALS.iter().zip(old.iter_mut()) {
+            // SAFETY: `action` is zero-initialised then filled; `old` receives the previous
+            // disposition, restored on drop; `on_signal` only calls async-signal-safe functions.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(*sig, &action, old);
+            }
+        }
+        Ok(Termination { read_fd, write_fd, old, _one: one })
     }
-    let [read_fd, write_fd] = fds;
-    PIPE_WRITE.store(write_fd, Ordering::Release);
-    // SAFETY: `action` is zero-initialised then filled; `old` receives the previous
-    // dispositions, restored below; `on_signal` only calls async-signal-safe functions.
-    let mut old: [libc::sigaction; 2] = unsafe { std::mem::zeroed() };
-    let signals = [libc::SIGINT, libc::SIGTERM];
-    for (sig, old) in signals.iter().zip(old.iter_mut()) {
-        // SAFETY: as above.
+
+    /// Blocks the calling thread until SIGINT or SIGTERM arrives (or arrived since
+    /// [`catch`](Self::catch)); returns which.
+    pub fn wait(self) -> std::io::Result<i32> {
+        let mut b = 0u8;
+        loop {
+            // SAFETY: reads one byte into `b` from the pipe this value owns.
+            let n = unsafe { libc::read(self.read_fd, (&mut b as *mut u8).cast(), 1) };
+            if n == 1 {
+                return Ok(i32::from(b));
+            }
+            let e = std::io::Error::last_os_error();
+            if n < 0 && e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+    }
+}
+
+impl Drop for Termination {
+    fn drop(&mut self) {
+        for (sig, old) in SIGNALS.iter().zip(self.old.iter()) {
+            // SAFETY: restores the disposition saved by `catch`.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+        PIPE_WRITE.store(-1, Ordering::Release);
+        // SAFETY: both descriptors were opened by `catch` and nothing else uses them now.
         unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(*sig, &action, old);
+            libc::close(self.read_fd);
+            libc::close(self.write_fd);
         }
     }
-    let mut b = 0u8;
-    let got = loop {
-        // SAFETY: reads one byte into `b` from the pipe this function owns.
-        let n = unsafe { libc::read(read_fd, (&mut b as *mut u8).cast(), 1) };
-        if n == 1 {
-            break Ok(i32::from(b));
-        }
-        let e = std::io::Error::last_os_error();
-        if n < 0 && e.kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        break Err(e);
-    };
-    for (sig, old) in signals.iter().zip(old.iter()) {
-        // SAFETY: restores the disposition saved above.
-        unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
-    }
-    PIPE_WRITE.store(-1, Ordering::Release);
-    // SAFETY: both descriptors were opened above and nothing else uses them now.
-    unsafe {
-        libc::close(read_fd);
-        libc::close(write_fd);
-    }
-    got
+}
+
+/// Blocks the calling thread until the process receives SIGINT or SIGTERM; returns which.
+/// A signal that arrives before this call is met by its previous disposition: use
+/// [`Termination::catch`] before announcing that the program serves.
+pub fn wait_for_termination() -> std::io::Result<i32> {
+    Termination::catch()?.wait()
 }
 
 #[cfg(test)]

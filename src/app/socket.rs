@@ -14,11 +14,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::defer::AckReply;
 use super::limits::JoinError;
 use super::namespace::{AckId, AckTimeout, Handshake, PartialResponses, Responses};
 use super::worker::{Broadcast, Intent, SioMail, WorkerCore};
 use crate::engine::{Ctx, SendFlags};
 use crate::proto::sio::encode;
+
+/// Why [`Socket::defer_ack`] gave no reply handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeferError {
+    /// The socket already waits for [`SocketLimits::max_pending_acks`](super::SocketLimits)
+    /// acks (or this ack is already deferred).
+    #[error("too many pending acks on this socket")]
+    TooManyPendingAcks,
+    /// The socket has left (or is leaving) its namespace.
+    #[error("the socket is not connected")]
+    NotConnected,
+}
 
 /// One socket, inside a handler.
 pub struct Socket<'a, 'c> {
@@ -86,8 +99,25 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return;
         }
+        self.core.outgoing(self.idx, event, args);
+        // With connection state recovery, an emit to one socket is kept and carries an offset
+        // too (Node sends it through the adapter to the socket's own room).
+        if let Some(offset) = self.core.stamp(flags) {
+            let sel = super::worker::Selector { nsp: self.nsp.to_string(), rooms: vec![self.id.to_string()], ..Default::default() };
+            let packet = encode::event_with_offset(self.nsp(), event, args, Some(&super::recovery::offset_text(offset)), None, attachments);
+            self.core.send_to(self.ctx, self.idx, &packet, flags);
+            let b = std::sync::Arc::new(Broadcast { sel, packet, flags, ack: None, offset: Some(offset) });
+            self.core.keep_packet(self.ctx, &b);
+            return;
+        }
         let enc = encode::event(self.nsp(), event, args, None, attachments);
         self.core.send_to(self.ctx, self.idx, &enc, flags);
+    }
+
+    /// Whether this socket was recovered after a short disconnection (connection state
+    /// recovery): same id, rooms and data, and the packets it missed were sent again.
+    pub fn recovered(&self) -> bool {
+        self.core.sockets.get(self.idx).is_some_and(|s| s.gen == self.gen && s.recovered)
     }
 
     /// Emits an event and waits for the client's ack: `cb` gets the ack's arguments (and
@@ -120,6 +150,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         let deadline = self.ctx.now() + timeout;
         match self.core.add_ack(self.idx, deadline, Box::new(cb)) {
             Ok(id) => {
+                self.core.outgoing(self.idx, event, args);
                 let enc = encode::event(self.nsp(), event, args, Some(id), attachments);
                 self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
             }
@@ -139,8 +170,28 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return;
         }
+        // Answered here: a deferred reply for the same id, if any, will find nothing owed.
+        self.core.sockets.at_mut(self.idx).acks.undefer(ack.0);
         let enc = encode::ack(self.nsp(), ack.0, args, attachments);
         self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
+    }
+
+    /// Takes an incoming event's ack out of the handler, to answer it later from any thread:
+    /// the [`AckReply`] is `Send` (move it to a thread pool or a tokio task) and posts the
+    /// answer to this socket's worker. It counts against the socket's pending-ack limit
+    /// ([`SocketLimits::max_pending_acks`](super::SocketLimits)) until it is sent or dropped;
+    /// at the limit, or for an id already taken, this gives [`DeferError`] and the client
+    /// gets no answer. Never block the handler waiting for the answer yourself: the handler
+    /// runs on the worker thread that serves every other client of its core.
+    pub fn defer_ack(&mut self, ack: AckId) -> Result<AckReply, DeferError> {
+        if !self.alive() {
+            return Err(DeferError::NotConnected);
+        }
+        let max = self.core.acks_max();
+        if !self.core.sockets.at_mut(self.idx).acks.defer(ack.0, max) {
+            return Err(DeferError::TooManyPendingAcks);
+        }
+        Ok(AckReply::new(self.ctx.remote(), self.idx, self.gen, ack.0, std::sync::Arc::from(&*self.nsp)))
     }
 
     /// Joins a room (on this worker's shard of the room table). Past the socket's
@@ -238,8 +289,10 @@ impl<'a, 'c> Socket<'a, 'c> {
         self.core.handle.clone()
     }
 
-    /// Stores a value in the per-socket data slot (dropped when the socket is gone).
-    pub fn set_data<T: 'static>(&mut self, value: T) {
+    /// Stores a value in the per-socket data slot (dropped when the socket is gone). It is
+    /// `Send` so that connection state recovery can hand it to the worker the client comes
+    /// back on.
+    pub fn set_data<T: Send + 'static>(&mut self, value: T) {
         let (idx, gen) = (self.idx, self.gen);
         if let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) {
             s.data = Some(Box::new(value));
@@ -286,8 +339,10 @@ impl Operator<'_, '_, '_> {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(self, event: &str, args: &[Value], attachments: Vec<Bytes>) {
-        let packet = encode::event(&self.sel.nsp, event, args, None, attachments);
-        let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None };
+        let offset = self.socket.core.stamp(self.flags);
+        let text = offset.map(super::recovery::offset_text);
+        let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
+        let b = Broadcast { sel: self.sel, packet, flags: self.flags, ack: None, offset };
         self.socket.core.broadcast(self.socket.ctx, b);
     }
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use super::server::EioServer;
 use super::sessions::SessionId;
-use super::{sid, ConnState, Core, Handler, OpenInfo, Sid};
+use super::{sid, ConnState, Core, Handler, OpenInfo, RequestInfo, Sid};
 use crate::proto::eio::{self, open::Handshake, Session, Transport, Verified};
 use crate::proto::http::{self, response, CorsDecision, Method, Request};
 use crate::rt::{ConnId, Io};
@@ -49,6 +49,8 @@ impl<H: Handler> EioServer<H> {
                 if let Some(owner) = eio::parse_query(&req.target).sid.and_then(sid::owner) {
                     if owner != io.worker() && owner < io.workers() {
                         self.core.stop_http_wait(id);
+                        // Its per-address count goes with it: the adopting worker releases it.
+                        self.core.counted.remove(&id);
                         io.handoff(id, owner);
                         return pos;
                     }
@@ -161,9 +163,40 @@ impl<H: Handler> EioServer<H> {
                 return Self::respond(&mut self.core, io, id, resp, ka);
             }
         };
+        if let Verified::Handshake(transport) = verified {
+            // Node's allowRequest: before any session exists.
+            if let Some(allow) = &cfg.allow_request {
+                let peer = io.peer_addr(id);
+                let info = RequestInfo {
+                    method: req.method.as_str(),
+                    path: req.path(),
+                    query: req.query(),
+                    headers: &req.headers,
+                    peer,
+                    address: peer.map(|p| http::forwarded::client_addr(p, &req.headers, &cfg.trusted_proxies)),
+                };
+                if let Err(message) = (allow.0)(&info) {
+                    let e = eio::EioError::Forbidden;
+                    let message = message.unwrap_or_else(|| e.to_string());
+                    let resp = if transport == Transport::WebSocket {
+                        // As Node's abortUpgrade: 400 with the message as text, then closed.
+                        response::build(400, "", Some("text/html"), message.as_bytes(), false)
+                    } else {
+                        let body = serde_json::json!({ "code": e.code(), "message": message }).to_string();
+                        response::build(e.http_status(), &cors, Some("application/json"), body.as_bytes(), ka)
+                    };
+                    let keep = ka && transport != Transport::WebSocket;
+                    return Self::respond(&mut self.core, io, id, resp, keep);
+                }
+            }
+        }
         match verified {
             Verified::Handshake(Transport::Polling) => self.handshake_polling(io, id, req, &cors),
             Verified::Handshake(Transport::WebSocket) => self.handshake_ws(io, id, req, None),
+            Verified::Session { transport: Transport::WebSocket, .. } if !cfg.allow_upgrades => {
+                let e = eio::EioError::BadRequest;
+                Self::respond(&mut self.core, io, id, response::build(400, &cors, Some("application/json"), e.body().as_bytes(), ka), ka)
+            }
             Verified::Session { sid, transport: Transport::WebSocket } => {
                 let h = self.core.find(sid).expect("verified");
                 self.handshake_ws(io, id, req, Some(h))
@@ -186,7 +219,8 @@ impl<H: Handler> EioServer<H> {
     pub(super) fn new_session(&mut self, io: &mut Io<ConnState, H::Mail>, transport: Transport) -> (SessionId, Vec<u8>) {
         let cfg = &self.core.cfg;
         let sid: Sid = Rc::from(sid::generate(io.worker()));
-        let upgrades: &[&str] = if transport == Transport::Polling && cfg.transports.contains(&Transport::WebSocket) { &["websocket"] } else { &[] };
+        let offer = cfg.allow_upgrades && transport == Transport::Polling && cfg.transports.contains(&Transport::WebSocket);
+        let upgrades: &[&str] = if offer { &["websocket"] } else { &[] };
         let open = Handshake {
             sid: &sid,
             upgrades,
@@ -201,7 +235,7 @@ impl<H: Handler> EioServer<H> {
 
     fn cookie_header(&self, sid: &str) -> String {
         match &self.core.cfg.cookie {
-            Some(name) => format!("Set-Cookie: {name}={sid}; Path=/; HttpOnly; SameSite=Lax\r\n"),
+            Some(name) => self.core.cfg.cookie_attrs.header(name, sid),
             None => String::new(),
         }
     }
@@ -212,7 +246,9 @@ impl<H: Handler> EioServer<H> {
         let headers = format!("{cors}{}", self.cookie_header(&sid));
         let resp = response::build(200, &headers, Some("text/plain; charset=UTF-8"), &open, req.keep_alive);
         Self::respond(&mut self.core, io, id, resp, req.keep_alive);
-        let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::Polling, headers: &req.headers };
+        let peer = io.peer_addr(id);
+        let address = peer.map(|p| http::forwarded::client_addr(p, &req.headers, &self.core.cfg.trusted_proxies));
+        let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::Polling, headers: &req.headers, peer, address };
         let mut ctx = Self::ctx(&mut self.core, io);
         self.handler.on_open(&mut ctx, h, &info);
         self.finish(io);

@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod address;
 pub mod echo;
 mod http;
 mod polling;
@@ -23,6 +24,7 @@ pub mod sessions;
 pub mod sid;
 mod websocket;
 
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,117 @@ pub struct EngineConfig {
     /// An HTTP connection that does not complete a request within this time is closed (idle
     /// keep-alive connections, and heads sent too slowly: slowloris).
     pub http_timeout: Duration,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed when working out the
+    /// client's address ([`OpenInfo::address`]); none by default.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Decides on every handshake request (a new session) before the session exists (Node's
+    /// `allowRequest`).
+    pub allow_request: Option<AllowRequest>,
+    /// Whether a polling session may upgrade to WebSocket (Node's `allowUpgrades`): when false
+    /// the handshake offers no upgrade and an upgrade request is answered 400.
+    pub allow_upgrades: bool,
+    /// Attributes of the session cookie (with [`EngineConfig::cookie`]).
+    pub cookie_attrs: CookieAttrs,
+    /// Per-address connection count and rate, over every worker (the client address: behind a
+    /// trusted proxy, the proxy's; refused with HTTP 429 before any request is read).
+    pub address_limits: Option<address::AddressLimits>,
+}
+
+/// Counters of what one worker's engine refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Connections refused (429) because their address held its most connections.
+    pub address_too_many: u64,
+    /// Connections refused (429) because their address opened connections too fast.
+    pub address_too_fast: u64,
+}
+
+/// What [`EngineConfig::allow_request`] sees of a handshake request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    /// `GET`.
+    pub method: &'a str,
+    /// The request path.
+    pub path: &'a str,
+    /// The query string (after `?`).
+    pub query: &'a str,
+    /// Every header (name as sent, value).
+    pub headers: &'a [(String, String)],
+    /// The TCP peer.
+    pub peer: Option<SocketAddr>,
+    /// The client's address (behind trusted proxies, what they say).
+    pub address: Option<IpAddr>,
+}
+
+/// A request filter: `Err(message)` refuses it as Node does — a polling handshake with HTTP
+/// 403 `{"code":4,"message":<message or "Forbidden">}`, a WebSocket handshake with
+/// `400 Bad Request` and the message as its body. It runs on the worker thread: it must not
+/// block.
+#[derive(Clone)]
+pub struct AllowRequest(pub std::sync::Arc<AllowRequestFn>);
+
+/// The function inside [`AllowRequest`].
+pub type AllowRequestFn = dyn Fn(&RequestInfo<'_>) -> Result<(), Option<String>> + Send + Sync;
+
+impl std::fmt::Debug for AllowRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AllowRequest(..)")
+    }
+}
+
+/// The `SameSite` attribute of a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax` (Node's default for the session cookie).
+    Lax,
+    /// `SameSite=None` (browsers require `Secure` with it).
+    None,
+}
+
+/// Attributes of the session cookie; the default is Node's: `Path=/; HttpOnly; SameSite=Lax`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    /// `Path` (none when `None`).
+    pub path: Option<String>,
+    /// `SameSite`, if any.
+    pub same_site: Option<SameSite>,
+    /// `Secure`.
+    pub secure: bool,
+    /// `HttpOnly`.
+    pub http_only: bool,
+}
+
+impl Default for CookieAttrs {
+    fn default() -> Self {
+        CookieAttrs { path: Some("/".into()), same_site: Some(SameSite::Lax), secure: false, http_only: true }
+    }
+}
+
+impl CookieAttrs {
+    /// The `Set-Cookie` header line for cookie `name` = `value`.
+    pub fn header(&self, name: &str, value: &str) -> String {
+        let mut h = format!("Set-Cookie: {name}={value}");
+        if let Some(p) = &self.path {
+            h.push_str("; Path=");
+            h.push_str(p);
+        }
+        if self.http_only {
+            h.push_str("; HttpOnly");
+        }
+        if self.secure {
+            h.push_str("; Secure");
+        }
+        match self.same_site {
+            Some(SameSite::Strict) => h.push_str("; SameSite=Strict"),
+            Some(SameSite::Lax) => h.push_str("; SameSite=Lax"),
+            Some(SameSite::None) => h.push_str("; SameSite=None"),
+            None => {}
+        }
+        h.push_str("\r\n");
+        h
+    }
 }
 
 impl Default for EngineConfig {
@@ -91,6 +204,11 @@ impl Default for EngineConfig {
             slow_consumer: SlowConsumer::Disconnect,
             max_send_buffer: 4 << 20,
             http_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            allow_request: None,
+            allow_upgrades: true,
+            cookie_attrs: CookieAttrs::default(),
+            address_limits: None,
         }
     }
 }
@@ -106,6 +224,11 @@ pub struct OpenInfo<'a> {
     pub transport: Transport,
     /// Every header of the handshake request.
     pub headers: &'a [(String, String)],
+    /// The TCP peer of the handshake request.
+    pub peer: Option<SocketAddr>,
+    /// The client's address: the peer, or behind a trusted proxy what the proxy says
+    /// ([`EngineConfig::trusted_proxies`]).
+    pub address: Option<IpAddr>,
 }
 
 /// What the layer above Engine.IO implements. Callbacks run on the worker that owns the

@@ -73,6 +73,11 @@ impl<H: Handler> EioServer<H> {
         self.core.session_due.len() + self.core.http_due.len()
     }
 
+    /// What this worker's engine refused so far.
+    pub fn stats(&self) -> super::EngineStats {
+        self.core.stats
+    }
+
     /// The handler (for tests and metrics).
     pub fn handler(&self) -> &H {
         &self.handler
@@ -280,11 +285,32 @@ impl<H: Handler> Service for EioServer<H> {
             io.close_after_flush(id);
             return ConnState::Refused;
         }
+        if let Some(limits) = &self.core.cfg.address_limits {
+            let peer = io.peer_addr(id).map(|p| p.ip()).filter(|ip| !self.core.cfg.trusted_proxies.iter().any(|n| n.contains(ip)));
+            if let Some(ip) = peer {
+                if let Err(why) = limits.admit(ip, io.now()) {
+                    match why {
+                        super::address::Refusal::TooMany => self.core.stats.address_too_many += 1,
+                        super::address::Refusal::TooFast => self.core.stats.address_too_fast += 1,
+                    }
+                    tracing::debug!(%ip, ?why, "connection refused by the per-address limits");
+                    let _ = io.send(id, Bytes::from(response::error(429, "", "Too Many Requests", false)));
+                    io.close_after_flush(id);
+                    return ConnState::Refused;
+                }
+                self.core.counted.insert(id);
+            }
+        }
         self.core.wait_http(id, io.now());
         ConnState::Http
     }
 
     fn on_adopt(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId) -> ConnState {
+        // Counted in the per-address limits by the worker that accepted it.
+        let trusted = |ip: &std::net::IpAddr| self.core.cfg.trusted_proxies.iter().any(|n| n.contains(ip));
+        if self.core.cfg.address_limits.is_some() && io.peer_addr(id).is_some_and(|p| !trusted(&p.ip())) {
+            self.core.counted.insert(id);
+        }
         self.core.wait_http(id, io.now());
         ConnState::Http
     }
@@ -313,6 +339,7 @@ impl<H: Handler> Service for EioServer<H> {
 
     fn on_closed(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId, state: ConnState) {
         self.core.stop_http_wait(id);
+        self.core.release_address(io, id);
         if matches!(state, ConnState::Http) {
             if let Some(h) = self.core.forget_post(id) {
                 // "data request connection closed prematurely": the reference closes the

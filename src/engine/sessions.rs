@@ -60,6 +60,9 @@ pub struct Core {
     /// The session each connection with a POST body in progress posts to (at most one entry
     /// per connection), so a connection that goes away releases it.
     pub(super) posts: HashMap<ConnId, SessionId>,
+    /// Connections counted in the per-address limits (released when they close, wherever).
+    pub(super) counted: rustc_hash::FxHashSet<ConnId>,
+    pub(super) stats: super::EngineStats,
 }
 
 impl Core {
@@ -75,6 +78,18 @@ impl Core {
             shutting_down: false,
             reply: None,
             posts: HashMap::default(),
+            counted: Default::default(),
+            stats: Default::default(),
+        }
+    }
+
+    /// A connection counted in the per-address limits is gone (closed, or handed over: then
+    /// the adopting worker releases it, see `adopt_counted`).
+    pub(super) fn release_address<M>(&mut self, io: &Io<ConnState, M>, id: ConnId) {
+        if self.counted.remove(&id) {
+            if let (Some(l), Some(p)) = (&self.cfg.address_limits, io.peer_addr(id)) {
+                l.release(p.ip());
+            }
         }
     }
 
@@ -215,6 +230,11 @@ impl<M> Ctx<'_, M> {
     /// Posts mail to a worker's handler (this one included).
     pub fn post(&self, worker: usize, mail: M) {
         self.io.post(worker, mail)
+    }
+
+    /// This worker's mailbox, for user code on another thread to post to later.
+    pub fn remote(&self) -> crate::rt::Remote<M> {
+        self.io.remote()
     }
 
     /// Whether a session is open on this worker.

@@ -103,7 +103,10 @@ impl<H: Handler> EioServer<H> {
                 let e = self.core.sessions.get_mut(h).expect("just inserted");
                 e.ws = Some(id);
                 let _ = ws_send(io, id, &SharedPacket::raw_text(&open), true);
-                let info = OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::WebSocket, headers: &req.headers };
+                let peer = io.peer_addr(id);
+                let address = peer.map(|p| crate::proto::http::forwarded::client_addr(p, &req.headers, &self.core.cfg.trusted_proxies));
+                let info =
+                    OpenInfo { query: req.query(), origin: req.origin.as_deref(), transport: Transport::WebSocket, headers: &req.headers, peer, address };
                 let mut ctx = Self::ctx(&mut self.core, io);
                 self.handler.on_open(&mut ctx, h, &info);
                 self.finish(io);

@@ -14,6 +14,7 @@
 //! Must never: parse protocol bytes, read the clock, or keep a connection's memory after it
 //! is gone.
 
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -104,6 +105,20 @@ pub trait Driver {
     fn shutdown_write(&mut self, fd: RawFd);
     /// Close the descriptor; no operation on it is in flight.
     fn close(&mut self, fd: RawFd);
+    /// The address of the peer of socket `fd`.
+    fn peer_addr(&mut self, fd: RawFd) -> Option<SocketAddr>;
+}
+
+/// The peer address of a connected socket (`getpeername(2)`).
+pub fn peer_addr_of(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: getpeername writes at most `len` bytes into the storage socket2 hands us, and
+    // sets `len` to what it wrote; `fd` is a socket this worker owns (an error is returned
+    // otherwise, never undefined behaviour).
+    let (_, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| if libc::getpeername(fd, storage.cast(), len) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) })
+    }
+    .ok()?;
+    addr.as_socket()
 }
 
 /// Counters of what the worker refused or cut, for logs and metrics.
@@ -157,11 +172,14 @@ struct Conn<T> {
     drain_left: usize,
     handoff_to: Option<usize>,
     state: Option<T>,
+    /// The peer's address, read once when the connection arrives.
+    peer: Option<SocketAddr>,
 }
 
 impl<T> Conn<T> {
-    fn new(fd: RawFd) -> Self {
+    fn new(fd: RawFd, peer: Option<SocketAddr>) -> Self {
         Conn {
+            peer,
             fd,
             rbuf: Vec::new(),
             charged: 0,
@@ -185,6 +203,26 @@ impl<T> Conn<T> {
 
 /// Every worker's mailbox, by worker index.
 pub type Peers<M> = Arc<Vec<Arc<Mailbox<RtMail<M>>>>>;
+
+/// One worker's mailbox, for any thread: what user code holds to answer later (a deferred
+/// ack, a connect decision). Posting never blocks; mail posted after the worker exited is
+/// never read and is dropped with the mailbox.
+pub struct Remote<M> {
+    mailbox: Arc<Mailbox<RtMail<M>>>,
+}
+
+impl<M> Clone for Remote<M> {
+    fn clone(&self) -> Self {
+        Remote { mailbox: self.mailbox.clone() }
+    }
+}
+
+impl<M> Remote<M> {
+    /// Posts mail to the worker (wakes it if it sleeps).
+    pub fn post(&self, mail: M) {
+        self.mailbox.post(RtMail::User(mail));
+    }
+}
 
 /// The service's view of the worker: connections' state, sends, closes, pauses, mail.
 pub struct Io<T, M> {
@@ -374,6 +412,17 @@ impl<T, M> Io<T, M> {
         self.peers[worker].post(RtMail::User(mail));
     }
 
+    /// The address of the connection's peer (the kernel's view: a proxy's address when a
+    /// proxy connects for the client).
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.conns.get(id).and_then(|c| c.peer)
+    }
+
+    /// This worker's mailbox, for a thread that will post to it later.
+    pub fn remote(&self) -> Remote<M> {
+        Remote { mailbox: self.peers[self.worker].clone() }
+    }
+
     /// The connection holding the most bytes (read buffer and send queue), if any.
     pub fn largest_holder(&self) -> Option<(ConnId, usize)> {
         self.conns
@@ -425,15 +474,16 @@ impl<S: Service> Shard<S> {
         Shard { io, service, logged: Stats::default(), logged_at: None }
     }
 
-    fn insert(&mut self, fd: RawFd) -> ConnId {
+    fn insert(&mut self, drv: &mut impl Driver, fd: RawFd) -> ConnId {
         self.io.counted += 1;
-        self.io.conns.insert(Conn::new(fd))
+        let peer = drv.peer_addr(fd);
+        self.io.conns.insert(Conn::new(fd, peer))
     }
 
     /// A connection was accepted from the listener.
     pub fn accept(&mut self, drv: &mut impl Driver, fd: RawFd) -> ConnId {
         self.io.conns_total.fetch_add(1, Ordering::Relaxed);
-        let id = self.insert(fd);
+        let id = self.insert(drv, fd);
         let state = self.service.on_accept(&mut self.io, id);
         if let Some(c) = self.io.conn(id) {
             c.state = Some(state);
@@ -445,7 +495,7 @@ impl<S: Service> Shard<S> {
     /// A connection handed over by another worker, with the bytes it had read. It was
     /// counted when it was accepted, and stays counted.
     pub fn adopt(&mut self, drv: &mut impl Driver, fd: RawFd, data: Vec<u8>) -> ConnId {
-        let id = self.insert(fd);
+        let id = self.insert(drv, fd);
         let state = self.service.on_adopt(&mut self.io, id);
         if let Some(c) = self.io.conn(id) {
             c.state = Some(state);

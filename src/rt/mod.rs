@@ -30,5 +30,5 @@ pub mod threads;
 pub mod timer;
 pub mod worker;
 
-pub use conn::{ConnId, Io, RtMail, SendError, Service, Stats};
+pub use conn::{ConnId, Io, Remote, RtMail, SendError, Service, Stats};
 pub use worker::WorkerConfig;

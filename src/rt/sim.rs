@@ -46,6 +46,8 @@ struct Client {
     /// everything, closes its side once the server has read what it sent.
     write_shut_by_server: bool,
     closed_by_server: bool,
+    /// The address the server sees for this client.
+    addr: Option<std::net::SocketAddr>,
 }
 
 enum Completion {
@@ -71,6 +73,10 @@ impl SimDriver<'_> {
 }
 
 impl Driver for SimDriver<'_> {
+    fn peer_addr(&mut self, fd: RawFd) -> Option<std::net::SocketAddr> {
+        self.client(fd).addr
+    }
+
     fn arm_recv(&mut self, id: ConnId, fd: RawFd) {
         let w = self.worker;
         let c = self.client(fd);
@@ -188,8 +194,14 @@ impl<S: Service> Sim<S> {
 
     /// A client connects; the kernel gives the connection to worker `w`.
     pub fn connect(&mut self, w: usize) -> ClientId {
+        let port = 10_000 + self.clients.len() as u16;
+        self.connect_from(w, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// A client connects from `addr`; the kernel gives the connection to worker `w`.
+    pub fn connect_from(&mut self, w: usize, addr: std::net::SocketAddr) -> ClientId {
         let c = self.clients.len();
-        self.clients.push(Client { worker: w, window: usize::MAX, ..Client::default() });
+        self.clients.push(Client { worker: w, window: usize::MAX, addr: Some(addr), ..Client::default() });
         let mut drv = SimDriver { worker: w, clients: &mut self.clients, done: &mut self.done };
         let id = self.shards[w].accept(&mut drv, FD_BASE + c as RawFd);
         self.clients[c].conn = Some(id);

@@ -155,6 +155,10 @@ struct RingDriver<'a> {
 }
 
 impl Driver for RingDriver<'_> {
+    fn peer_addr(&mut self, fd: RawFd) -> Option<std::net::SocketAddr> {
+        super::conn::peer_addr_of(fd)
+    }
+
     fn arm_recv(&mut self, id: ConnId, fd: RawFd) {
         let e = if self.multishot {
             opcode::RecvMulti::new(types::Fd(fd), BGID).build()

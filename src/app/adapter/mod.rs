@@ -269,6 +269,11 @@ pub fn event_of(b: &Broadcast) -> Option<EventParts> {
         return None;
     }
     let Some(Value::Array(mut all)) = p.data else { return None };
+    // With connection state recovery, the last argument is this node's offset, meaningless to
+    // the other nodes' clients.
+    if b.offset.is_some() {
+        all.pop();
+    }
     if all.is_empty() {
         return None;
     }
@@ -315,11 +320,18 @@ mod tests {
             None,
             vec![Bytes::from_static(b"\x01\x02")],
         );
-        let b = Broadcast { sel: Selector { nsp: "/custom".into(), ..Default::default() }, packet, flags: SendFlags::default(), ack: None };
+        let b = Broadcast { sel: Selector { nsp: "/custom".into(), ..Default::default() }, packet, flags: SendFlags::default(), ack: None, offset: None };
         let e = event_of(&b).unwrap();
         assert_eq!(e.event, "hi");
         assert_eq!(e.args, vec![serde_json::json!({"a": 1}), serde_json::json!({"_placeholder": true, "num": 0})]);
         assert_eq!(e.attachments, vec![Bytes::from_static(b"\x01\x02")]);
+    }
+
+    #[test]
+    fn a_recovery_offset_stays_on_this_node() {
+        let packet = encode::event_with_offset("/", "hi", &[serde_json::json!(1)], Some("42"), None, Vec::new());
+        let b = Broadcast { sel: Selector { nsp: "/".into(), ..Default::default() }, packet, flags: SendFlags::default(), ack: None, offset: Some(42) };
+        assert_eq!(event_of(&b).unwrap().args, vec![serde_json::json!(1)]);
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub fn packet_to_broadcast(packet: Mp, opts: &Mp) -> Result<Broadcast, FormatErr
     let flags = SendFlags { volatile: flag("volatile").unwrap_or(false), compress: flag("compress").unwrap_or(true) };
     let sel = Selector { nsp: nsp.clone(), rooms: strings(get(opts, "rooms")), except_rooms: strings(get(opts, "except")), except_ids: Vec::new() };
     let packet = encode::event(&nsp, &event, &all, None, attachments);
-    Ok(Broadcast { sel, packet, flags, ack: None })
+    Ok(Broadcast { sel, packet, flags, ack: None, offset: None })
 }
 
 /// Request types of the Node adapter (`RequestType` in its source).
@@ -464,7 +464,7 @@ pub fn socket_json(s: &crate::app::handle::SocketInfo) -> Value {
         "handshake": {
             "headers": headers,
             "time": "",
-            "address": "",
+            "address": h.address.map(|a| a.to_string()).unwrap_or_default(),
             "xdomain": h.origin.is_some(),
             "secure": false,
             "issued": h.issued,
@@ -512,6 +512,8 @@ pub fn socket_info(nsp: &str, v: &Value, node: Option<&str>) -> Option<crate::ap
             origin,
             headers: headers.into(),
             issued: hs.get("issued").and_then(Value::as_u64).unwrap_or(0),
+            address: hs.get("address").and_then(Value::as_str).and_then(|a| a.parse().ok()),
+            peer: None,
         },
         data: v.get("data").cloned().filter(|d| !d.is_null()),
         worker: 0,
@@ -526,7 +528,7 @@ mod tests {
     use std::sync::Arc;
 
     fn bcast(sel: Selector, args: &[Value], atts: Vec<Bytes>, flags: SendFlags) -> Broadcast {
-        Broadcast { packet: encode::event(&sel.nsp, "ev", args, None, atts), sel, flags, ack: None }
+        Broadcast { packet: encode::event(&sel.nsp, "ev", args, None, atts), sel, flags, ack: None, offset: None }
     }
 
     #[test]

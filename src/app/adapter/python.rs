@@ -137,7 +137,7 @@ fn decode_emit(msg: &Value, nsp: &str) -> Result<Broadcast, FormatError> {
         args.clear();
     }
     let sel = Selector { nsp: nsp.to_string(), rooms: strings(msg.get("room")), except_rooms: Vec::new(), except_ids: strings(msg.get("skip_sid")) };
-    Ok(Broadcast { packet: encode::event(nsp, event, &args, None, attachments), sel, flags: SendFlags::default(), ack: None })
+    Ok(Broadcast { packet: encode::event(nsp, event, &args, None, attachments), sel, flags: SendFlags::default(), ack: None, offset: None })
 }
 
 #[cfg(test)]
@@ -167,7 +167,7 @@ mod tests {
     fn a_broadcast_round_trips_through_the_python_format() {
         let sel = Selector { nsp: "/".into(), rooms: vec!["a".into(), "b".into()], except_rooms: vec![], except_ids: vec!["me1".into()] };
         let packet = encode::event("/", "ev", &[json!("x"), placeholder(0)], None, vec![Bytes::from_static(b"\x00\xff")]);
-        let b = Broadcast { sel, packet, flags: SendFlags::default(), ack: None };
+        let b = Broadcast { sel, packet, flags: SendFlags::default(), ack: None, offset: None };
         let wire = encode_broadcast("h1", &b, &event_of(&b).unwrap());
         let v: Value = serde_json::from_slice(&wire).unwrap();
         assert_eq!(v["room"], json!(["a", "b"]));

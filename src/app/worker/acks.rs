@@ -51,12 +51,27 @@ pub(crate) struct SocketAcks {
     pending: FxHashMap<u64, PendingAck>,
     /// Broadcast-ack collections this socket started that have not finished.
     pub(crate) collecting: usize,
+    /// Ids of the client's acks that user code will answer later (an `AckReply` is out). The
+    /// client chose them: keyed hashing.
+    deferred: crate::app::worker::KeyedSet<u64>,
 }
 
 impl SocketAcks {
-    /// Acks owed plus collections running: what counts against the per-socket limit.
+    /// Acks owed plus collections running plus deferred answers: what counts against the
+    /// per-socket limit.
     pub(crate) fn load(&self) -> usize {
-        self.pending.len() + self.collecting
+        self.pending.len() + self.collecting + self.deferred.len()
+    }
+
+    /// The client's ack `id` will be answered later; false (nothing recorded) when the socket
+    /// is at its pending-ack limit or `id` is already deferred.
+    pub(crate) fn defer(&mut self, id: u64, max: usize) -> bool {
+        self.load() < max && self.deferred.insert(id)
+    }
+
+    /// The deferred answer to `id` came (or was dropped); true when it was still owed.
+    pub(crate) fn undefer(&mut self, id: u64) -> bool {
+        self.deferred.remove(&id)
     }
 
     /// Whether ack `id` is still owed.
@@ -170,6 +185,11 @@ pub(crate) struct Acks {
 }
 
 impl Acks {
+    /// The most acks one socket may be waiting on (see [`SocketLimits::max_pending_acks`]).
+    pub(crate) fn max_per_socket(&self) -> usize {
+        self.max_per_socket
+    }
+
     pub(crate) fn new(limits: &SocketLimits) -> Acks {
         Acks {
             max_per_socket: limits.max_pending_acks,
@@ -212,6 +232,7 @@ impl Acks {
     pub(crate) fn forget(&mut self, sa: &mut SocketAcks) -> FxHashMap<u64, PendingAck> {
         self.pending -= sa.pending.len();
         sa.collecting = 0;
+        sa.deferred.clear();
         std::mem::take(&mut sa.pending)
     }
 

@@ -47,6 +47,9 @@ pub struct Broadcast {
     pub flags: SendFlags,
     /// Set when every recipient's ack is collected by the origin worker.
     pub ack: Option<BroadcastAck>,
+    /// Its connection-state-recovery offset (already in `packet`), when recovery is on: every
+    /// worker that delivers it keeps it for the recovery window.
+    pub offset: Option<u64>,
 }
 
 /// The ack of a broadcast: the id every recipient answers with, and who collects.
@@ -136,6 +139,10 @@ pub enum SioMail {
         /// Recipients on the reporting worker.
         count: usize,
     },
+    /// A deferred ack answer or connect verdict, from user code on any thread.
+    Deferred(crate::app::defer::DeferredMail),
+    /// Connection state recovery between workers: a client came back on another worker.
+    Recovery(RecoveryMail),
     /// To a broadcast's origin: one recipient's answer.
     AckAnswer {
         /// The broadcast's ack id.
@@ -147,10 +154,52 @@ pub enum SioMail {
     },
 }
 
+/// A client that came back with a `pid` asks the other workers for its kept state.
+pub enum RecoveryMail {
+    /// Restore the socket kept under `pid` (in namespace `nsp`) with the packets after
+    /// `offset`, answering `Restored` to worker `reply_to`.
+    Restore {
+        /// The client's private id.
+        pid: String,
+        /// The namespace it reconnects to.
+        nsp: String,
+        /// The last offset it saw.
+        offset: String,
+        /// The worker waiting.
+        reply_to: usize,
+        /// Its pending connection.
+        token: u64,
+    },
+    /// The answer: the state, or `None` (this worker did not keep it).
+    Restored {
+        /// The pending connection.
+        token: u64,
+        /// The kept state and the missed packets.
+        state: Option<Box<super::retain::Restored>>,
+    },
+}
+
 impl WorkerCore {
+    /// Keeps a delivered packet for connection state recovery, if it has an offset.
+    pub(crate) fn keep_packet(&mut self, ctx: &Ctx<'_, SioMail>, b: &Arc<Broadcast>) {
+        if let (Some(store), Some(offset)) = (self.store.as_mut(), b.offset) {
+            store.log(ctx.now(), b.clone(), offset);
+        }
+    }
+
     /// Delivers a broadcast to this worker's matching sockets; returns how many got it.
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx<'_, SioMail>, b: &Broadcast) -> usize {
         let targets = self.select(&b.sel);
+        // An `on_any_outgoing` hook sees the event: decoded once here, told per recipient.
+        if let Some(&first) = targets.first() {
+            if self.sockets.at(first).ns.any_outgoing.is_some() {
+                if let Some((event, args)) = decode_event(&b.packet) {
+                    for &idx in &targets {
+                        self.outgoing(idx, &event, &args);
+                    }
+                }
+            }
+        }
         for &idx in &targets {
             let s = self.sockets.at_mut(idx);
             if let Some(ack) = &b.ack {
@@ -180,6 +229,7 @@ impl WorkerCore {
 
     fn broadcast_shared(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Arc<Broadcast>) -> usize {
         let n = self.deliver(ctx, &b);
+        self.keep_packet(ctx, &b);
         let me = ctx.worker();
         for w in (0..ctx.workers()).filter(|&w| w != me) {
             ctx.post(w, SioMail::Broadcast(b.clone()));
@@ -218,7 +268,7 @@ impl WorkerCore {
         let reporters = ctx.workers() - 1 + usize::from(self.cluster.is_some());
         self.acks.start_collector(&mut s.acks, id, key, reporters, deadline, cb)?;
         let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
-        let b = Arc::new(Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: AckOrigin::Worker(worker), deadline }) });
+        let b = Arc::new(Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: AckOrigin::Worker(worker), deadline }), offset: None });
         let n = self.broadcast_shared(ctx, b.clone());
         if let Some(c) = &self.cluster {
             if !c.send(Outbound::AckedBroadcast(b, AckTarget::Worker { worker, id }, timeout)) {
@@ -239,8 +289,9 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
     match mail {
         SioMail::Broadcast(b) => {
             // One copy per worker, not per recipient: keeps reference counts core-local.
-            let local = Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone() };
+            let local = Arc::new(Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone(), offset: b.offset });
             let n = core.deliver(ctx, &local);
+            core.keep_packet(ctx, &local);
             match &b.ack {
                 Some(BroadcastAck { id, origin: AckOrigin::Worker(origin), .. }) => ctx.post(*origin, SioMail::AckCount { id: *id, count: n }),
                 Some(BroadcastAck { origin: AckOrigin::Handle(sink), deadline, .. }) => {
@@ -294,6 +345,7 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
                 }
             }
         }
+        SioMail::Deferred(_) | SioMail::Recovery(_) => unreachable!("handled by the worker before apply"),
         SioMail::Flush { part } => part.answer(()),
         SioMail::Count { sel, part } => part.answer(core.select(&sel).len()),
         SioMail::Fetch { sel, part } => {
@@ -303,4 +355,19 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
         }
         SioMail::Rooms { nsp, part } => part.answer(RoomNames(core.room_names(&nsp))),
     }
+}
+
+/// The event name and arguments of an encoded EVENT (for the outgoing hook).
+fn decode_event(packet: &Encoded) -> Option<(String, Vec<Value>)> {
+    let text = packet.packet_text();
+    let start = text.iter().position(|&b| b == b'[')?;
+    let Value::Array(mut all) = serde_json::from_slice(&text[start..]).ok()? else { return None };
+    if all.is_empty() {
+        return None;
+    }
+    let name = match all.remove(0) {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Some((name, all))
 }

@@ -19,8 +19,10 @@
 //! a panic in user code take the worker down, or run user code from inside other user code.
 
 mod acks;
+mod connect;
 mod guard;
 mod mail;
+mod retain;
 mod rooms;
 mod sockets;
 
@@ -33,13 +35,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use mail::{AckOrigin, Broadcast, BroadcastAck, Selector, SioMail};
+pub use mail::{AckOrigin, Broadcast, BroadcastAck, RecoveryMail, Selector, SioMail};
+pub use retain::{RecoveryStats, Restored};
 
 pub(crate) use acks::next_handle_broadcast_id;
 
 use super::adapter::Adapter;
 use super::handle::{ServerHandle, SocketInfo};
-use super::limits::SocketLimits;
+use super::limits::{self, SocketLimits};
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
 use super::socket::Socket;
 use acks::{Acks, HandleAcks, PendingAck};
@@ -89,9 +92,35 @@ pub struct WorkerCore {
     connect_timeout: Duration,
     /// Disconnects user code asked for, done once it returns: (slot, generation, what).
     intents: VecDeque<(u32, u32, Intent)>,
+    /// Connections waiting for a deferred middleware's verdict, by token.
+    pending: rustc_hash::FxHashMap<u64, connect::PendingConnect>,
+    next_token: u64,
+    /// Their deadlines (one delay for all: a FIFO).
+    decision_due: Fifo<u64>,
+    stats: AppStats,
+    /// Connection state recovery, when on.
+    store: Option<retain::Store>,
     /// The other nodes of a cluster; `None` for a single node (the in-process adapter), so a
     /// broadcast then pays one branch and nothing else.
     pub(crate) cluster: Option<Arc<dyn Adapter>>,
+}
+
+/// Counters of what this worker's Socket.IO layer refused or cut.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppStats {
+    /// Sessions closed for sending more than the held-packet limits to a namespace whose
+    /// deferred middleware had not decided.
+    pub held_overflow: u64,
+    /// Connections refused because a deferred middleware did not decide in time.
+    pub connect_decision_timeouts: u64,
+    /// Deferred ack answers that found their socket gone or the ack already answered.
+    pub late_acks: u64,
+    /// Sockets disconnected for sending events faster than `SocketLimits::max_event_rate`.
+    pub event_rate_exceeded: u64,
+    /// Sockets disconnected for sending bytes faster than `SocketLimits::max_byte_rate`.
+    pub byte_rate_exceeded: u64,
+    /// Connection state recovery.
+    pub recovery: RecoveryStats,
 }
 
 /// The Socket.IO [`Handler`] of one worker.
@@ -126,6 +155,11 @@ impl SioWorker {
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
                 cluster: None,
+                pending: Default::default(),
+                next_token: 0,
+                decision_due: Fifo::default(),
+                stats: AppStats::default(),
+                store: None,
             },
         }
     }
@@ -135,6 +169,26 @@ impl SioWorker {
     pub fn with_cluster(mut self, cluster: Option<Arc<dyn Adapter>>) -> SioWorker {
         self.core.cluster = cluster;
         self
+    }
+    /// With connection state recovery (`Some`), shared by the `workers` workers of a server.
+    pub fn with_recovery(mut self, recovery: Option<Arc<super::recovery::Recovery>>, workers: usize) -> SioWorker {
+        self.core.store = recovery.map(|r| retain::Store::new(r, workers));
+        self
+    }
+
+    /// How long a client may take to join a namespace after its handshake.
+    pub fn with_connect_timeout(mut self, d: Duration) -> SioWorker {
+        self.core.connect_timeout = d;
+        self
+    }
+
+    /// What this worker refused or cut so far.
+    pub fn stats(&self) -> AppStats {
+        let mut s = self.core.stats;
+        if let Some(store) = &self.core.store {
+            s.recovery = store.stats;
+        }
+        s
     }
 }
 
@@ -174,6 +228,49 @@ impl WorkerCore {
                 break;
             }
         }
+    }
+
+    /// A new recovery offset for a packet sent with `flags`, when recovery is on and the
+    /// packet is recoverable (not volatile; packets with an ack never get here).
+    pub(crate) fn stamp(&self, flags: SendFlags) -> Option<u64> {
+        self.store.as_ref().filter(|_| !flags.volatile).map(|s| s.shared.offset())
+    }
+
+    /// Tells the namespace's `on_any_outgoing` hook, if any, about an event for socket `idx`.
+    pub(crate) fn outgoing(&self, idx: u32, event: &str, args: &[Value]) {
+        let s = self.sockets.at(idx);
+        if let Some(hook) = &s.ns.any_outgoing {
+            let o = super::namespace::Outgoing { socket: &s.id, nsp: &s.nsp, event, args };
+            let _ = guard::catch("outgoing hook", &s.id, || hook(&o));
+        }
+    }
+
+    /// Charges one incoming event of `size` bytes to socket `idx`'s rate limits; false (and
+    /// counted) when it is past one of them.
+    fn within_rates(&mut self, idx: u32, size: usize, now: Instant) -> bool {
+        let (events, bytes) = (self.limits.max_event_rate, self.limits.max_byte_rate);
+        if events.is_none() && bytes.is_none() {
+            return true;
+        }
+        let s = self.sockets.at_mut(idx);
+        if let Some(rate) = events.map(u64::from) {
+            if !s.event_bucket.get_or_insert_with(|| limits::Bucket::full(rate, now)).take(rate, 1, now) {
+                self.stats.event_rate_exceeded += 1;
+                return false;
+            }
+        }
+        if let Some(rate) = bytes {
+            if !s.byte_bucket.get_or_insert_with(|| limits::Bucket::full(rate, now)).take(rate, size as u64, now) {
+                self.stats.byte_rate_exceeded += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The most acks one socket may be waiting on.
+    pub(crate) fn acks_max(&self) -> usize {
+        self.acks.max_per_socket()
     }
 
     /// Whether socket `(idx, gen)` is connected and not leaving: what user code may act on.
@@ -219,8 +316,22 @@ impl WorkerCore {
         self.intents.push_back((idx, gen, intent));
     }
 
-    fn new_socket(&mut self, client: SessionId, nsp: &str, ns: Arc<super::namespace::Namespace>, hs: Handshake, worker: usize) -> u32 {
-        let id: Rc<str> = Rc::from(ids::generate(worker));
+    /// A new socket: a fresh one, or (`restored`) the one a client recovered, with its id and
+    /// pid. With recovery on, a fresh socket gets a pid.
+    fn new_socket(
+        &mut self,
+        client: SessionId,
+        nsp: &str,
+        ns: Arc<super::namespace::Namespace>,
+        hs: Handshake,
+        worker: usize,
+        restored: Option<(String, String)>,
+    ) -> u32 {
+        let recovered = restored.is_some();
+        let (id, pid): (Rc<str>, Option<Rc<str>>) = match restored {
+            Some((id, pid)) => (Rc::from(id), Some(Rc::from(pid))),
+            None => (Rc::from(ids::generate(worker)), self.store.as_ref().map(|_| Rc::from(ids::generate(worker)))),
+        };
         let nsp = self.rooms.intern(nsp);
         let idx = self.sockets.insert(|gen| SocketState {
             id: id.clone(),
@@ -236,6 +347,10 @@ impl WorkerCore {
             stamp: 0,
             connected: true,
             leaving: false,
+            pid,
+            recovered,
+            event_bucket: None,
+            byte_bucket: None,
         });
         self.rooms.add_member(&nsp, idx);
         // Every socket is in the room named by its own id, whatever the limits on names.
@@ -310,9 +425,24 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
         let enc = encode::disconnect(&s.nsp);
         core.send_to(ctx, idx, &enc, SendFlags::default());
     }
+    // Kept for its client to come back (Node's recoverable reasons), as it is now.
+    let s = core.sockets.at(idx);
+    let keep = match (&core.store, &s.pid) {
+        (Some(_), Some(pid)) if reason.recoverable() => {
+            Some((pid.to_string(), s.id.to_string(), s.nsp.to_string(), s.rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>()))
+        }
+        _ => None,
+    };
     core.detach(idx);
     if let Some(h) = core.sockets.at(idx).ns.on_disconnect.clone() {
         guarded(core, ctx, idx, "disconnect handler", |s| h(s, reason));
+    }
+    if let Some((pid, id, nsp, rooms)) = keep {
+        let data = core.sockets.get_mut(idx).and_then(|s| s.data.take());
+        let kept = retain::Kept { id, nsp, rooms, data, at: ctx.now() };
+        if let Some(replaced) = core.store.as_mut().and_then(|st| st.keep(pid, kept)) {
+            guard::drop_quietly(replaced);
+        }
     }
     core.free_socket(idx);
 }
@@ -365,7 +495,26 @@ impl SioWorker {
         ctx.close(sid);
     }
 
-    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet) {
+    /// Routes one decoded packet of `size` bytes (its text and attachments).
+    fn dispatch(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet, size: usize) {
+        // A namespace whose connection waits for a deferred middleware: its packets wait too
+        // (a DISCONNECT cancels it).
+        let p = match p.kind {
+            PacketType::Connect | PacketType::ConnectError => p,
+            _ if self.core.sockets.client_socket(sid, &p.nsp).is_some() => p,
+            PacketType::Disconnect => {
+                if let Some(t) = self.core.pending_token(sid, &p.nsp) {
+                    if let Some(pc) = self.core.take_pending(t) {
+                        guard::drop_quietly(pc);
+                    }
+                }
+                return;
+            }
+            _ => match self.hold(ctx, sid, p, size) {
+                None => return,
+                Some(p) => p,
+            },
+        };
         let core = &mut self.core;
         match p.kind {
             PacketType::Connect => self.connect(ctx, sid, p),
@@ -378,6 +527,10 @@ impl SioWorker {
                 let Some(idx) = core.sockets.client_socket(sid, &p.nsp) else {
                     return self.fail(ctx, sid, &"event for a namespace the client is not connected to");
                 };
+                if !core.within_rates(idx, size, ctx.now()) {
+                    tracing::debug!(session = ?sid, nsp = p.nsp, "a socket sent past its rate limits; disconnecting it");
+                    return remove_socket(core, ctx, idx, DisconnectReason::ServerNamespaceDisconnect, true);
+                }
                 let Some(Value::Array(mut all)) = p.data else { return };
                 let name = match all.first() {
                     Some(Value::String(s)) => s.clone(),
@@ -385,8 +538,29 @@ impl SioWorker {
                     None => return,
                 };
                 all.remove(0);
-                let ev = Event { name, args: all, attachments: p.attachments, ack: p.id.map(super::namespace::AckId) };
+                let mut ev = Event { name, args: all, attachments: p.attachments, ack: p.id.map(super::namespace::AckId) };
                 let ns = core.sockets.at(idx).ns.clone();
+                let gen = core.sockets.at(idx).gen;
+                // Node's order: onAny listeners, then the socket.use middleware, then the handler.
+                if let Some(any) = &ns.any_incoming {
+                    guarded(core, ctx, idx, "on_any handler", |s| any(s, &ev));
+                    if !core.usable(idx, gen) {
+                        return;
+                    }
+                }
+                for mw in &ns.packet_middleware {
+                    let mut verdict = Ok(());
+                    guarded(core, ctx, idx, "packet middleware", |s| verdict = mw(s, &mut ev));
+                    if !core.usable(idx, gen) {
+                        return;
+                    }
+                    if let Err(message) = verdict {
+                        if let Some(h) = &ns.on_error {
+                            guarded(core, ctx, idx, "error handler", |s| h(s, &message));
+                        }
+                        return;
+                    }
+                }
                 let handler = ns.events.get(&ev.name).or(ns.any.as_ref()).cloned();
                 if let Some(h) = handler {
                     guarded(core, ctx, idx, "event handler", |s| h(s, ev));
@@ -416,51 +590,26 @@ impl SioWorker {
             PacketType::ConnectError => self.fail(ctx, sid, &"a client may not send CONNECT_ERROR"),
         }
     }
+}
 
-    fn connect(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet) {
-        let core = &mut self.core;
-        if core.sockets.client_socket(sid, &p.nsp).is_some() {
-            return; // already connected to this namespace
-        }
-        let Some(client) = core.sockets.clients.get(&sid) else { return };
-        if client.sockets.len() >= core.limits.max_namespaces_per_client {
-            tracing::debug!(session = ?sid, "too many namespaces for one client");
-            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Too many namespaces" }));
-        }
-        let namespaces = core.namespaces.clone();
-        // The dynamic-namespace filter is user code.
-        let Some(ns) = guard::catch("namespace filter", "", || namespaces.resolve(&p.nsp)) else {
-            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Internal server error" }));
-        };
-        let Some(ns) = ns else {
-            return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Invalid namespace" }));
-        };
-        let hs = Handshake {
-            nsp: p.nsp.clone(),
-            auth: p.data,
-            query: client.query.clone(),
-            origin: client.origin.clone(),
-            headers: client.headers.clone(),
-            issued: now_ms(),
-        };
-        for m in &ns.middleware {
-            match guard::catch("connect middleware", "", || m(&hs)) {
-                Some(Ok(())) => {}
-                Some(Err(data)) => {
-                    let data = match data {
-                        Value::String(s) => serde_json::json!({ "message": s }),
-                        other => other,
-                    };
-                    return refuse(ctx, sid, &p.nsp, &data);
+impl SioWorker {
+    /// A value user code settled on another thread (or later on this one).
+    fn deferred(&mut self, ctx: &mut Ctx<'_, SioMail>, d: crate::app::defer::Deferred) {
+        use crate::app::defer::Deferred;
+        match d {
+            Deferred::Connect { token, verdict } => self.decided(ctx, token, verdict),
+            Deferred::Ack { slot, gen, id, packet } => {
+                let core = &mut self.core;
+                let owed = core.sockets.live_mut(slot, gen).is_some_and(|s| s.acks.undefer(id));
+                match packet {
+                    Some(enc) if owed && core.usable(slot, gen) => core.send_to(ctx, slot, &enc, SendFlags::default()),
+                    Some(_) => {
+                        core.stats.late_acks += 1;
+                        tracing::debug!(ack = id, "a deferred ack answer found its socket gone or the ack answered");
+                    }
+                    None => {}
                 }
-                None => return refuse(ctx, sid, &p.nsp, &serde_json::json!({ "message": "Internal server error" })),
             }
-        }
-        let idx = core.new_socket(sid, &p.nsp, ns.clone(), hs, ctx.worker());
-        let enc = encode::connect(&p.nsp, &core.sockets.at(idx).id.clone());
-        core.send_to(ctx, idx, &enc, SendFlags::default());
-        if let Some(h) = ns.on_connection.clone() {
-            guarded(core, ctx, idx, "connection handler", |s| h(s));
         }
     }
 }
@@ -477,7 +626,11 @@ impl Handler for SioWorker {
                 query: info.query.into(),
                 origin: info.origin.map(Arc::from),
                 headers: info.headers.into(),
+                peer: info.peer,
+                address: info.address,
                 closing_reason: None,
+                pending: Vec::new(),
+                assembling: 0,
             },
         );
         let deadline = ctx.now() + self.core.connect_timeout;
@@ -497,9 +650,10 @@ impl Handler for SioWorker {
                 let max_bytes = self.core.decoder.limits().max_packet_size;
                 if let Some(c) = self.core.sockets.clients.get_mut(&sid) {
                     c.assembler = Some(Box::new(BinaryAssembler::new(p, max_bytes)));
+                    c.assembling = text.len();
                 }
             }
-            Ok(p) => self.dispatch(ctx, sid, p),
+            Ok(p) => self.dispatch(ctx, sid, p, text.len()),
         }
     }
 
@@ -508,8 +662,10 @@ impl Handler for SioWorker {
         let Some(asm) = client.assembler.take() else {
             return self.fail(ctx, sid, &crate::proto::sio::SioError::UnexpectedBinary);
         };
+        client.assembling += data.len();
+        let size = client.assembling;
         match (*asm).push(data) {
-            Ok(Ok(p)) => self.dispatch(ctx, sid, p),
+            Ok(Ok(p)) => self.dispatch(ctx, sid, p, size),
             Ok(Err(asm)) => client.assembler = Some(Box::new(asm)),
             Err(e) => self.fail(ctx, sid, &e),
         }
@@ -525,6 +681,7 @@ impl Handler for SioWorker {
             CloseReason::ParseError => DisconnectReason::ParseError,
             CloseReason::ServerShutdown => DisconnectReason::ServerShuttingDown,
         });
+        self.core.drop_pending_of(sid);
         for idx in self.core.sockets.of_client(sid) {
             remove_socket(&mut self.core, ctx, idx, reason, false);
         }
@@ -532,7 +689,11 @@ impl Handler for SioWorker {
     }
 
     fn on_mail(&mut self, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
-        mail::apply(&mut self.core, ctx, mail);
+        match mail {
+            SioMail::Deferred(d) => self.deferred(ctx, d.0),
+            SioMail::Recovery(m) => self.recovery_mail(ctx, m),
+            mail => mail::apply(&mut self.core, ctx, mail),
+        }
     }
 
     fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {
@@ -554,9 +715,20 @@ impl Handler for SioWorker {
                 ctx.close(sid);
             }
         }
+        self.decisions_due(ctx, now);
+        if let Some(store) = self.core.store.as_mut() {
+            let gone = store.expire(now);
+            if !gone.is_empty() {
+                guard::drop_quietly(gone);
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.core.acks.next_deadline(), self.core.connect_due.next(), self.core.handle_acks.next_deadline()].into_iter().flatten().min()
+        let store = self.core.store.as_ref().and_then(|s| s.next_deadline());
+        [self.core.acks.next_deadline(), self.core.connect_due.next(), self.core.decision_due.next(), self.core.handle_acks.next_deadline(), store]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

@@ -25,7 +25,7 @@ pub(crate) struct SocketState {
     /// Room names are chosen by clients (the contract's `join`): keyed hashing.
     pub(crate) rooms: super::KeyedSet<Rc<str>>,
     pub(crate) handshake: Rc<Handshake>,
-    pub(crate) data: Option<Box<dyn std::any::Any>>,
+    pub(crate) data: Option<Box<dyn std::any::Any + Send>>,
     /// Data other threads may read (`fetch_sockets`): the reference's `socket.data`.
     pub(crate) shared: Option<serde_json::Value>,
     pub(crate) acks: SocketAcks,
@@ -37,6 +37,14 @@ pub(crate) struct SocketState {
     pub(crate) connected: bool,
     /// Set when user code asked to disconnect it; done once that code has returned.
     pub(crate) leaving: bool,
+    /// Its private id for connection state recovery (when recovery is on).
+    pub(crate) pid: Option<Rc<str>>,
+    /// It was recovered after a disconnection.
+    pub(crate) recovered: bool,
+    /// What it may still send ([`crate::app::SocketLimits::max_event_rate`] and
+    /// `max_byte_rate`), when limited.
+    pub(crate) event_bucket: Option<crate::app::limits::Bucket>,
+    pub(crate) byte_bucket: Option<crate::app::limits::Bucket>,
 }
 
 /// One Engine.IO session.
@@ -49,8 +57,14 @@ pub(crate) struct Client {
     pub(crate) query: Arc<str>,
     pub(crate) origin: Option<Arc<str>>,
     pub(crate) headers: Arc<[(String, String)]>,
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) address: Option<std::net::IpAddr>,
     /// Set when this layer closes the session, so its sockets get the right reason.
     pub(crate) closing_reason: Option<DisconnectReason>,
+    /// Namespaces whose connection waits for a deferred middleware: (namespace, token).
+    pub(crate) pending: Vec<(Rc<str>, u64)>,
+    /// Bytes of the binary packet being assembled so far (its text and attachments).
+    pub(crate) assembling: usize,
 }
 
 /// The slab of sockets, and the clients.

@@ -4,8 +4,9 @@
 //! Must never: import the runtime or perform I/O.
 
 pub mod cors;
+pub mod forwarded;
 pub mod request;
 pub mod response;
 
-pub use cors::{AllowedOrigins, CorsConfig, CorsDecision};
+pub use cors::{AllowedOrigins, CorsConfig, CorsDecision, OriginPredicate};
 pub use request::{parse_request, HttpError, Method, Request, Upgrade};

@@ -89,12 +89,22 @@ fn write_json(out: &mut Vec<u8>, v: &impl Serialize) {
 /// EVENT `[event, ...args]` (BINARY_EVENT when `attachments` is not empty; `args` then hold
 /// the placeholders).
 pub fn event(nsp: &str, event: &str, args: &[Value], id: Option<u64>, attachments: Vec<Bytes>) -> Encoded {
+    event_with_offset(nsp, event, args, None, id, attachments)
+}
+
+/// EVENT with a connection-state-recovery offset appended as its last argument (a string),
+/// as socket.io 4.6+ sends it.
+pub fn event_with_offset(nsp: &str, event: &str, args: &[Value], offset: Option<&str>, id: Option<u64>, attachments: Vec<Bytes>) -> Encoded {
     encode_with(PacketType::Event, nsp, id, attachments, |out| {
         out.push(b'[');
         write_json(out, &event);
         for a in args {
             out.push(b',');
             write_json(out, a);
+        }
+        if let Some(o) = offset {
+            out.push(b',');
+            write_json(out, &o);
         }
         out.push(b']');
     })
@@ -108,6 +118,11 @@ pub fn ack(nsp: &str, id: u64, args: &[Value], attachments: Vec<Bytes>) -> Encod
 /// CONNECT answer `{"sid":"..."}`.
 pub fn connect(nsp: &str, sid: &str) -> Encoded {
     encode_with(PacketType::Connect, nsp, None, Vec::new(), |out| write_json(out, &serde_json::json!({ "sid": sid })))
+}
+
+/// CONNECT answer with connection state recovery on: `{"sid":"...","pid":"..."}`.
+pub fn connect_with_pid(nsp: &str, sid: &str, pid: &str) -> Encoded {
+    encode_with(PacketType::Connect, nsp, None, Vec::new(), |out| write_json(out, &serde_json::json!({ "sid": sid, "pid": pid })))
 }
 
 /// CONNECT_ERROR with `data` (normally `{"message": ...}`).

@@ -15,6 +15,10 @@ const io = new Server(httpServer, {
   maxHttpBufferSize: 1e6,
   cors: { origin: "*" },
   transports: ["polling", "websocket"],
+  // RECOVERY_WINDOW (ms) turns on connection state recovery, as `--recovery-window` does.
+  ...(process.env.RECOVERY_WINDOW
+    ? { connectionStateRecovery: { maxDisconnectionDuration: Number(process.env.RECOVERY_WINDOW) } }
+    : {}),
 });
 
 function contract(nsp) {
