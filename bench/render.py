@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 
@@ -17,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "bench", "results")
 CMP = os.path.join(RES, "compare")
 BOUNDS = os.path.join(RES, "bounds")
+METRICS = os.path.join(RES, "metrics")
 CRIT = os.path.join(ROOT, "target", "criterion")
 SERVERS = ["node", "socketioxide", "shardcast"]
 NAMES = {"node": "Node socket.io 4.8.4", "socketioxide": "socketioxide 0.18.9", "shardcast": "shardcast"}
@@ -437,10 +439,53 @@ def cluster_single_table():
     mb, mh = median(cpu["base"]), median(cpu["head"])
     if mb and mh:
         rows.append(f"| median of {len(cpu['base'])} rounds | this commit ÷ before | | | | {ratio(mh, mb)} ({mh:.2f} / {mb:.2f}) |")
+
+
+METRICS_BIN = {"base": "before the counters (main)", "head": "with counters, `--admin-bind`, not scraped", "scraped": "with counters, `/metrics` scraped every second"}
+
+
+def metrics_table():
+    """Admin endpoint: fanout 1,000 × 100/s, the binary before the counters, with them, and
+    scraped every second; alternating rounds of one run (bench/run-metrics.sh)."""
+    try:
+        fw = float(re.search(r"plain write\s*: ([\d.]+)", open(os.path.join(METRICS, "floor.txt")).read()).group(1))
+    except (OSError, AttributeError):
+        fw = None
+    runs = {b: [r for r in (load(p) for p in sorted(glob.glob(os.path.join(METRICS, f"fanout-{b}-*.json")))) if r] for b in METRICS_BIN}
+    if not runs["head"]:
+        return DASH
+    mean = lambda xs: sum(xs) / len(xs)
+    head = statistics.median([r["server"]["cpu_us_per_delivery"] for r in runs["head"]])
+    scrapes = [l.split() for p in glob.glob(os.path.join(METRICS, "scrapes-*.log")) for l in open(p)]
+    ok = [x for x in scrapes if x[0] == "200"]
+    rows = ["| binary | rounds | rate/s | loss | p50 ms | p99 ms | server CPU µs/delivery, each round | median | ÷ not scraped | ÷ floor |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for b, label in METRICS_BIN.items():
+        rs = runs[b]
+        if not rs:
+            continue
+        cpu = [r["server"]["cpu_us_per_delivery"] for r in rs]
+        m = statistics.median(cpu)
+        rows.append(f"| {label} | {len(rs)} | {mean([r['rate'] for r in rs]):,.0f} | {max(r['loss'] for r in rs) * 100:.2f}% "
+                    f"| {mean([r['latency_us']['p50'] for r in rs]) / 1000:.2f} | {mean([r['latency_us']['p99'] for r in rs]) / 1000:.2f} "
+                    f"| {' / '.join(f'{c:.2f}' for c in cpu)} | {m:.2f} | {m / head:.3f}× | {ratio(m, fw) if fw else DASH} |")
+    size = f", {mean([int(x[1]) for x in ok]):,.0f} bytes each" if ok else ""
+    rows.append("")
+    rows.append(f"Floor (`floor 1000 300`, plain `write(2)`): {f'**{fw:.2f} µs**' if fw else DASH} per delivery. "
+                f"Scrapes answered 200 during the scraped runs: {len(ok)} of {len(scrapes)}{size}.")
+    for n in (1000, 10000):
+        try:
+            rows.append("")
+            rows.append("One scrape, " + open(os.path.join(METRICS, f"scrape-cost-{n}.txt")).read().strip())
+        except OSError:
+            rows.pop()
     return "\n".join(rows)
 
 
 def main():
+    if sys.argv[1:] == ["metrics"]:
+        print(metrics_table())
+        return
     tpl = open(os.path.join(ROOT, "bench", "benchmarks.md.in")).read()
     stamp = os.environ.get("BENCH_DATE") or time.strftime("%Y-%m-%d")
     fills = {
@@ -449,7 +494,7 @@ def main():
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
-        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "cluster": cluster_table(),
+        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "metrics": metrics_table(), "cluster": cluster_table(),
         "cluster_single": cluster_single_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)

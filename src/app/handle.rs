@@ -220,8 +220,16 @@ impl Operator {
         let text = offset.map(super::recovery::offset_text);
         let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
-        self.all(|| SioMail::Broadcast(b.clone()))?;
+        self.publish(b.clone())?;
         self.tell_cluster(|| Outbound::Broadcast(b));
+        Ok(())
+    }
+
+    /// Posts a broadcast to every worker; worker 0 counts it as emitted (`SioMail::Publish`).
+    fn publish(&self, b: Arc<Broadcast>) -> Result<(), HandleError> {
+        for w in 0..self.poster.workers() {
+            self.poster.post(w, if w == 0 { SioMail::Publish(b.clone()) } else { SioMail::Broadcast(b.clone()) })?;
+        }
         Ok(())
     }
 
@@ -260,7 +268,7 @@ impl Operator {
         let packet = encode::event(&self.sel.nsp, event, args, Some(id), attachments);
         let ack = BroadcastAck { id, origin: AckOrigin::Handle(sink.clone()), deadline: Instant::now() + timeout };
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack), offset: None });
-        if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
+        if self.publish(b.clone()).is_err() {
             sink.stop();
             return pending;
         }

@@ -13,6 +13,7 @@ use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
 use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
+use crate::rt::IoBackend;
 
 /// An Engine.IO path as Node's servers use it: `/sock`, `sock` and `/sock/` all become
 /// `/sock/`.
@@ -52,8 +53,8 @@ impl Server {
 ///
 /// Each method owns its settings and no other method touches them, so the order of the calls
 /// does not matter: [`engine`](Self::engine) every Engine.IO option, [`bind`](Self::bind),
-/// [`threads`](Self::threads), [`pin`](Self::pin), [`backlog`](Self::backlog) and
-/// [`worker`](Self::worker) the runtime's.
+/// [`threads`](Self::threads), [`pin`](Self::pin), [`backlog`](Self::backlog),
+/// [`worker`](Self::worker) and [`io`](Self::io) the runtime's.
 pub struct ServerBuilder {
     engine: EngineConfig,
     runtime: RuntimeConfig,
@@ -120,6 +121,14 @@ impl ServerBuilder {
     /// at start.
     pub fn worker(mut self, cfg: crate::rt::WorkerConfig) -> Self {
         self.runtime.worker = cfg;
+        self
+    }
+
+    /// The I/O backend (default [`IoBackend::Auto`]: io_uring where a probe at start shows it
+    /// works, epoll otherwise with one warning line naming the cause; `Uring` makes
+    /// [`start`](Self::start) fail instead of falling back).
+    pub fn io(mut self, io: IoBackend) -> Self {
+        self.runtime.io = io;
         self
     }
 
@@ -244,6 +253,11 @@ impl RunningServer {
     /// A handle usable from any thread.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
+    }
+
+    /// Collects every worker's counters, from any thread (`/metrics` of the admin endpoint).
+    pub fn scraper(&self) -> threads::Scraper {
+        self.rt.scraper()
     }
 
     /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and

@@ -76,6 +76,9 @@ pub enum AckOrigin {
 pub enum SioMail {
     /// Deliver a broadcast to this worker's matching sockets.
     Broadcast(Arc<Broadcast>),
+    /// A broadcast from a `ServerHandle`: delivered like [`SioMail::Broadcast`], and counted
+    /// as emitted by the one worker it is posted to this way (the others get `Broadcast`).
+    Publish(Arc<Broadcast>),
     /// Make the selected sockets join rooms.
     Join {
         /// Which sockets.
@@ -211,11 +214,14 @@ impl WorkerCore {
                     tracing::debug!(socket = %s.id, "too many pending acks; a broadcast's ack will not be collected");
                 }
             }
+            let mut delivered = true;
             for p in b.packet.packets() {
                 if ctx.send(s.client, p, b.flags).is_err() {
+                    delivered = false;
                     break;
                 }
             }
+            self.deliveries += delivered as u64;
         }
         self.compact_acks();
         targets.len()
@@ -228,6 +234,7 @@ impl WorkerCore {
     }
 
     fn broadcast_shared(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Arc<Broadcast>) -> usize {
+        self.broadcasts += 1;
         let n = self.deliver(ctx, &b);
         self.keep_packet(ctx, &b);
         let me = ctx.worker();
@@ -287,6 +294,10 @@ impl WorkerCore {
 /// Applies one piece of mail from another worker or a `ServerHandle`.
 pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
     match mail {
+        SioMail::Publish(b) => {
+            core.broadcasts += 1;
+            apply(core, ctx, SioMail::Broadcast(b));
+        }
         SioMail::Broadcast(b) => {
             // One copy per worker, not per recipient: keeps reference counts core-local.
             let local = Arc::new(Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone(), offset: b.offset });
