@@ -10,6 +10,8 @@
 //! `redis-server`, Node's packages and the Python virtualenv are installed by `scripts/test`;
 //! a missing one fails these tests, it never skips them.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -153,6 +155,8 @@ fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
     // Heartbeats long enough that a client process stalled by a loaded CI machine is not
     // dropped in the middle of a check (the contract's 300/200 ms are for the contract suites).
     cmd.args(["--bind", "127.0.0.1:0", "--threads", "2", "--ping-interval", "2000", "--ping-timeout", "5000", "--redis", redis_url, "--redis-format", format]);
+    // The backend scripts/test runs this pass on (`--io uring`, then `--io epoll`).
+    cmd.args(support::io_args(&[]));
     if let Ok(filter) = std::env::var("CLUSTER_LOG") {
         cmd.env("RUST_LOG", filter);
     }
@@ -280,6 +284,7 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
         .bind("127.0.0.1:0".parse().unwrap())
         .threads(2)
         .pin(false)
+        .io(support::test_io())
         .redis(RedisConfig::new(&url))
         .start()
         .expect("start the in-process shardcast node");
@@ -355,7 +360,15 @@ fn server_side_events_between_shardcast_and_node_socket_io() {
             None
         },
     );
-    let a = Server::builder().namespace("/", ns).bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).redis(RedisConfig::new(&url)).start().unwrap();
+    let a = Server::builder()
+        .namespace("/", ns)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .io(support::test_io())
+        .redis(RedisConfig::new(&url))
+        .start()
+        .unwrap();
     let h = a.handle();
     wait_connected(&h);
     let mut cmd = Command::new("node");
