@@ -387,6 +387,60 @@ def bounds_floor_line():
     return f"**{fw:.2f} µs**" if fw else DASH
 
 
+CLUSTER = os.path.join(RES, "cluster")
+CLUSTER_ROWS = [
+    ("one-base-r1", "one shardcast node (--threads 2), before the adapter seam", 1),
+    ("one-head-r1", "one shardcast node (--threads 2), this commit, no --redis", 1),
+    ("one-base-r2", "one shardcast node, before the seam (2nd round)", 1),
+    ("one-head-r2", "one shardcast node, this commit (2nd round)", 1),
+    ("two-shardcast", "two shardcast nodes (--threads 1 each) through Redis", 2),
+    ("two-node", "two Node socket.io 4.8 nodes with @socket.io/redis-adapter", 2),
+    ("one-node", "one Node socket.io 4.8 node", 1),
+]
+
+
+def cluster_table():
+    """Fanout across a cluster (bench/run-cluster.sh): p50/p99 against one shardcast node."""
+    base = load(os.path.join(CLUSTER, "one-head-r1.json"))
+    rows = ["| setup | nodes | deliveries/s | loss | p50 ms | p99 ms | p99 ÷ one shardcast node | server CPU µs/delivery |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, label, nodes in CLUSTER_ROWS:
+        r = load(os.path.join(CLUSTER, f"{name}.json"))
+        if not r:
+            continue
+        lat = r["latency_us"]
+        cpu = (r.get("server") or {}).get("cpu_us_per_delivery") if nodes == 1 else None
+        rel = ratio(lat["p99"], base["latency_us"]["p99"]) if base else DASH
+        rows.append(f"| {label} | {nodes} | {r['rate']:,.0f} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {rel} "
+                    f"| {f'{cpu:.2f}' if cpu else DASH} |")
+    return "\n".join(rows)
+
+
+def cluster_single_table():
+    """The seam off: one node, this commit against the binary from before it, alternating rounds
+    (bench/results/cluster and bench/results/cluster/single)."""
+    rows = ["| round | binary | loss | p50 ms | p99 ms | server CPU µs/delivery |", "|---|---|---|---|---|---|"]
+    cpu = {"base": [], "head": []}
+    for d, tag in [(CLUSTER, "A"), (os.path.join(CLUSTER, "single"), "B")]:
+        for i in range(1, 10):
+            for b, label in [("base", "before the seam"), ("head", "this commit")]:
+                r = load(os.path.join(d, f"one-{b}-r{i}.json"))
+                if not r:
+                    continue
+                c = (r.get("server") or {}).get("cpu_us_per_delivery")
+                cpu[b].append(c)
+                lat = r["latency_us"]
+                rows.append(f"| {tag}{i} | {label} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {c:.2f} |")
+
+    def median(v):
+        v = sorted(x for x in v if x)
+        return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2 if v else None
+
+    mb, mh = median(cpu["base"]), median(cpu["head"])
+    if mb and mh:
+        rows.append(f"| median of {len(cpu['base'])} rounds | this commit ÷ before | | | | {ratio(mh, mb)} ({mh:.2f} / {mb:.2f}) |")
+
+
 METRICS_BIN = {"base": "before the counters (main)", "head": "with counters, `--admin-bind`, not scraped", "scraped": "with counters, `/metrics` scraped every second"}
 
 
@@ -440,7 +494,8 @@ def main():
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
-        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "metrics": metrics_table(),
+        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "metrics": metrics_table(), "cluster": cluster_table(),
+        "cluster_single": cluster_single_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
     # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::app::adapter::{AdapterConfig, RedisConfig, RedisFormat};
 use crate::engine::{EngineConfig, SlowConsumer};
 use crate::proto::eio::{SessionConfig, Transport};
 use crate::proto::http::{AllowedOrigins, CorsConfig};
@@ -195,6 +196,25 @@ pub struct ServerOptions {
     /// API is refused). Prefer the environment variable: a flag shows in the process list.
     #[arg(long, env = "SHARDCAST_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Join a cluster over Redis (`redis://host:port/`): broadcasts, room and disconnect
+    /// requests reach the clients of every node, and emitters publishing to Redis reach this
+    /// node's clients (docs/cluster.md). Without it the server is a single node.
+    #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter` or python-socketio's
+    /// `RedisManager`.
+    #[arg(long, env = "SHARDCAST_REDIS_FORMAT", value_enum, default_value = "node", requires = "redis")]
+    pub redis_format: RedisFormatArg,
+}
+
+/// `--redis-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisFormatArg {
+    /// msgpack on `socket.io#<nsp>#...`, as `@socket.io/redis-adapter` and
+    /// `@socket.io/redis-emitter`.
+    Node,
+    /// JSON on `socketio`, as python-socketio's `RedisManager` (5.14+).
+    Python,
 }
 
 /// `--cookie-same-site`.
@@ -326,6 +346,20 @@ impl ServerOptions {
                 secure: self.cookie_secure,
                 http_only: !self.cookie_no_http_only,
             },
+        }
+    }
+
+    /// The cluster adapter: Redis with `--redis`, the in-process one otherwise.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        match &self.redis {
+            None => AdapterConfig::Local,
+            Some(url) => AdapterConfig::Redis(RedisConfig {
+                format: match self.redis_format {
+                    RedisFormatArg::Node => RedisFormat::Node,
+                    RedisFormatArg::Python => RedisFormat::Python,
+                },
+                ..RedisConfig::new(url)
+            }),
         }
     }
 

@@ -155,6 +155,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
         builder = builder.recovery(r);
     }
     builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout)).socket_limits(opts.socket_limits());
+    builder = builder.adapter(opts.adapter_config());
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {

@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::adapter::{redis, Adapter, AdapterConfig, RedisConfig};
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
@@ -39,6 +40,7 @@ impl Server {
             namespaces: Namespaces::default(),
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
+            adapter: AdapterConfig::Local,
             recovery: None,
             allow_request: None,
             origin_predicate: None,
@@ -59,6 +61,7 @@ pub struct ServerBuilder {
     namespaces: Namespaces,
     limits: Limits,
     socket_limits: SocketLimits,
+    adapter: AdapterConfig,
     recovery: Option<RecoveryConfig>,
     allow_request: Option<crate::engine::AllowRequest>,
     origin_predicate: Option<crate::proto::http::OriginPredicate>,
@@ -66,6 +69,21 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// Which nodes hear this server's broadcasts besides its own workers: the in-process
+    /// adapter (a single node, the default) or Redis ([`ServerBuilder::redis`]).
+    pub fn adapter(mut self, adapter: AdapterConfig) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Joins a cluster over Redis (`redis://host:port/`), in the wire format of Node's
+    /// `@socket.io/redis-adapter` or of python-socketio's `RedisManager` (see
+    /// [`RedisConfig`]). The server starts whether or not Redis is reachable, and keeps
+    /// serving its own clients while it is not.
+    pub fn redis(self, cfg: RedisConfig) -> Self {
+        self.adapter(AdapterConfig::Redis(cfg))
+    }
+
     /// Every Engine.IO option (path, ping interval and timeout, max payload, transports, CORS,
     /// compression, cookie, connection limit, slow-consumer policy).
     pub fn engine(mut self, cfg: EngineConfig) -> Self {
@@ -184,20 +202,38 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
+        let (cluster, pending): (Option<Arc<dyn Adapter>>, _) = match self.adapter {
+            AdapterConfig::Local => (None, None),
+            AdapterConfig::Redis(mut cfg) => {
+                for n in namespaces.fixed.keys() {
+                    if !cfg.namespaces.contains(n) {
+                        cfg.namespaces.push(n.clone());
+                    }
+                }
+                let (a, p) = redis::prepare(cfg).map_err(StartError::Config)?;
+                (Some(a), Some(p))
+            }
+        };
+        let workers_cluster = cluster.clone();
+        let adapter_namespaces = namespaces.clone();
         let recovery = self.recovery.map(|cfg| Arc::new(Recovery::new(cfg)));
         let workers = self.runtime.threads;
         let shared = recovery.clone();
         let rt = threads::start_with(self.runtime, move |_, poster| {
-            let handle = ServerHandle::new(poster).with_recovery(shared.clone());
-            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits).with_recovery(shared.clone(), workers).with_handle(handle);
+            let handle = ServerHandle::new(poster, workers_cluster.clone()).with_recovery(shared.clone());
+            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits)
+                .with_recovery(shared.clone(), workers)
+                .with_handle(handle)
+                .with_cluster(workers_cluster.clone());
             let worker = match connect_timeout {
                 Some(d) => worker.with_connect_timeout(d),
                 None => worker,
             };
             EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
-        let handle = ServerHandle::new(rt.poster()).with_recovery(recovery);
-        Ok(RunningServer { rt, handle })
+        let adapter_thread = pending.map(|p| p.spawn(rt.poster(), adapter_namespaces));
+        let handle = ServerHandle::new(rt.poster(), cluster).with_recovery(recovery);
+        Ok(RunningServer { rt, handle, adapter_thread })
     }
 }
 
@@ -205,6 +241,7 @@ impl ServerBuilder {
 pub struct RunningServer {
     rt: Runtime<SioMail>,
     handle: ServerHandle,
+    adapter_thread: Option<redis::RedisThread>,
 }
 
 impl RunningServer {
@@ -234,6 +271,9 @@ impl RunningServer {
 
     /// Closes every session politely and waits for the workers to exit.
     pub fn shutdown(mut self) {
+        if let Some(mut t) = self.adapter_thread.take() {
+            t.stop();
+        }
         self.rt.shutdown();
         self.rt.join();
     }

@@ -31,6 +31,9 @@ pub enum StartError {
     Mailbox(std::io::Error),
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// A setting that cannot work (named in the message), found at start.
+    #[error("{0}")]
+    Config(String),
     /// io_uring was asked for (`--io uring`) and cannot be used here.
     #[error("{0}; `--io auto` falls back to epoll by itself")]
     IoUringUnavailable(Unavailable),

@@ -40,6 +40,7 @@ pub use retain::{RecoveryStats, Restored};
 
 pub(crate) use acks::next_handle_broadcast_id;
 
+use super::adapter::Adapter;
 use super::handle::{ServerHandle, SocketInfo};
 use super::limits::{self, SocketLimits};
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
@@ -99,6 +100,9 @@ pub struct WorkerCore {
     stats: AppStats,
     /// Connection state recovery, when on.
     store: Option<retain::Store>,
+    /// The other nodes of a cluster; `None` for a single node (the in-process adapter), so a
+    /// broadcast then pays one branch and nothing else.
+    pub(crate) cluster: Option<Arc<dyn Adapter>>,
     /// Broadcasts emitted here (or published by a handle and counted here), and the sockets
     /// this worker handed one to: plain integers, read when the worker is scraped.
     pub(crate) broadcasts: u64,
@@ -154,6 +158,7 @@ impl SioWorker {
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
+                cluster: None,
                 pending: Default::default(),
                 next_token: 0,
                 decision_due: Fifo::default(),
@@ -165,6 +170,12 @@ impl SioWorker {
         }
     }
 
+    /// Hands what originates on this worker (broadcasts, server-side room and disconnect
+    /// requests) to the other nodes of a cluster as well.
+    pub fn with_cluster(mut self, cluster: Option<Arc<dyn Adapter>>) -> SioWorker {
+        self.core.cluster = cluster;
+        self
+    }
     /// With connection state recovery (`Some`), shared by the `workers` workers of a server.
     pub fn with_recovery(mut self, recovery: Option<Arc<super::recovery::Recovery>>, workers: usize) -> SioWorker {
         self.core.store = recovery.map(|r| retain::Store::new(r, workers));
@@ -202,7 +213,7 @@ impl WorkerCore {
         let s = self.sockets.at(idx);
         let mut rooms: Vec<String> = s.rooms.iter().map(|r| r.to_string()).collect();
         rooms.sort_unstable();
-        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker }
+        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker, node: None }
     }
 
     /// The rooms of `nsp` with a member on this worker, sockets' own-id rooms left out.
