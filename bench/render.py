@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 
@@ -17,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "bench", "results")
 CMP = os.path.join(RES, "compare")
 BOUNDS = os.path.join(RES, "bounds")
+METRICS = os.path.join(RES, "metrics")
 CRIT = os.path.join(ROOT, "target", "criterion")
 SERVERS = ["node", "socketioxide", "shardcast"]
 NAMES = {"node": "Node socket.io 4.8.4", "socketioxide": "socketioxide 0.18.9", "shardcast": "shardcast"}
@@ -385,7 +387,105 @@ def bounds_floor_line():
     return f"**{fw:.2f} µs**" if fw else DASH
 
 
+CLUSTER = os.path.join(RES, "cluster")
+CLUSTER_ROWS = [
+    ("one-base-r1", "one shardcast node (--threads 2), before the adapter seam", 1),
+    ("one-head-r1", "one shardcast node (--threads 2), this commit, no --redis", 1),
+    ("one-base-r2", "one shardcast node, before the seam (2nd round)", 1),
+    ("one-head-r2", "one shardcast node, this commit (2nd round)", 1),
+    ("two-shardcast", "two shardcast nodes (--threads 1 each) through Redis", 2),
+    ("two-node", "two Node socket.io 4.8 nodes with @socket.io/redis-adapter", 2),
+    ("one-node", "one Node socket.io 4.8 node", 1),
+]
+
+
+def cluster_table():
+    """Fanout across a cluster (bench/run-cluster.sh): p50/p99 against one shardcast node."""
+    base = load(os.path.join(CLUSTER, "one-head-r1.json"))
+    rows = ["| setup | nodes | deliveries/s | loss | p50 ms | p99 ms | p99 ÷ one shardcast node | server CPU µs/delivery |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, label, nodes in CLUSTER_ROWS:
+        r = load(os.path.join(CLUSTER, f"{name}.json"))
+        if not r:
+            continue
+        lat = r["latency_us"]
+        cpu = (r.get("server") or {}).get("cpu_us_per_delivery") if nodes == 1 else None
+        rel = ratio(lat["p99"], base["latency_us"]["p99"]) if base else DASH
+        rows.append(f"| {label} | {nodes} | {r['rate']:,.0f} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {rel} "
+                    f"| {f'{cpu:.2f}' if cpu else DASH} |")
+    return "\n".join(rows)
+
+
+def cluster_single_table():
+    """The seam off: one node, this commit against the binary from before it, alternating rounds
+    (bench/results/cluster and bench/results/cluster/single)."""
+    rows = ["| round | binary | loss | p50 ms | p99 ms | server CPU µs/delivery |", "|---|---|---|---|---|---|"]
+    cpu = {"base": [], "head": []}
+    for d, tag in [(CLUSTER, "A"), (os.path.join(CLUSTER, "single"), "B")]:
+        for i in range(1, 10):
+            for b, label in [("base", "before the seam"), ("head", "this commit")]:
+                r = load(os.path.join(d, f"one-{b}-r{i}.json"))
+                if not r:
+                    continue
+                c = (r.get("server") or {}).get("cpu_us_per_delivery")
+                cpu[b].append(c)
+                lat = r["latency_us"]
+                rows.append(f"| {tag}{i} | {label} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {c:.2f} |")
+
+    def median(v):
+        v = sorted(x for x in v if x)
+        return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2 if v else None
+
+    mb, mh = median(cpu["base"]), median(cpu["head"])
+    if mb and mh:
+        rows.append(f"| median of {len(cpu['base'])} rounds | this commit ÷ before | | | | {ratio(mh, mb)} ({mh:.2f} / {mb:.2f}) |")
+
+
+METRICS_BIN = {"base": "before the counters (main)", "head": "with counters, `--admin-bind`, not scraped", "scraped": "with counters, `/metrics` scraped every second"}
+
+
+def metrics_table():
+    """Admin endpoint: fanout 1,000 × 100/s, the binary before the counters, with them, and
+    scraped every second; alternating rounds of one run (bench/run-metrics.sh)."""
+    try:
+        fw = float(re.search(r"plain write\s*: ([\d.]+)", open(os.path.join(METRICS, "floor.txt")).read()).group(1))
+    except (OSError, AttributeError):
+        fw = None
+    runs = {b: [r for r in (load(p) for p in sorted(glob.glob(os.path.join(METRICS, f"fanout-{b}-*.json")))) if r] for b in METRICS_BIN}
+    if not runs["head"]:
+        return DASH
+    mean = lambda xs: sum(xs) / len(xs)
+    head = statistics.median([r["server"]["cpu_us_per_delivery"] for r in runs["head"]])
+    scrapes = [l.split() for p in glob.glob(os.path.join(METRICS, "scrapes-*.log")) for l in open(p)]
+    ok = [x for x in scrapes if x[0] == "200"]
+    rows = ["| binary | rounds | rate/s | loss | p50 ms | p99 ms | server CPU µs/delivery, each round | median | ÷ not scraped | ÷ floor |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for b, label in METRICS_BIN.items():
+        rs = runs[b]
+        if not rs:
+            continue
+        cpu = [r["server"]["cpu_us_per_delivery"] for r in rs]
+        m = statistics.median(cpu)
+        rows.append(f"| {label} | {len(rs)} | {mean([r['rate'] for r in rs]):,.0f} | {max(r['loss'] for r in rs) * 100:.2f}% "
+                    f"| {mean([r['latency_us']['p50'] for r in rs]) / 1000:.2f} | {mean([r['latency_us']['p99'] for r in rs]) / 1000:.2f} "
+                    f"| {' / '.join(f'{c:.2f}' for c in cpu)} | {m:.2f} | {m / head:.3f}× | {ratio(m, fw) if fw else DASH} |")
+    size = f", {mean([int(x[1]) for x in ok]):,.0f} bytes each" if ok else ""
+    rows.append("")
+    rows.append(f"Floor (`floor 1000 300`, plain `write(2)`): {f'**{fw:.2f} µs**' if fw else DASH} per delivery. "
+                f"Scrapes answered 200 during the scraped runs: {len(ok)} of {len(scrapes)}{size}.")
+    for n in (1000, 10000):
+        try:
+            rows.append("")
+            rows.append("One scrape, " + open(os.path.join(METRICS, f"scrape-cost-{n}.txt")).read().strip())
+        except OSError:
+            rows.pop()
+    return "\n".join(rows)
+
+
 def main():
+    if sys.argv[1:] == ["metrics"]:
+        print(metrics_table())
+        return
     tpl = open(os.path.join(ROOT, "bench", "benchmarks.md.in")).read()
     stamp = os.environ.get("BENCH_DATE") or time.strftime("%Y-%m-%d")
     fills = {
@@ -394,7 +494,8 @@ def main():
         "compare_t1": compare_table(1), "compare_t2": compare_table(2),
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
-        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(),
+        "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "metrics": metrics_table(), "cluster": cluster_table(),
+        "cluster_single": cluster_single_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
     # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).

@@ -16,29 +16,42 @@
 # and the kernel floor once. Server pinned to core 0 (--threads 1), load generator to core 1,
 # production heartbeats (25 s / 20 s). About 6 minutes of load plus 2 × < 5 min of hostile.py.
 # Variables: DUR (10), IDLE (19000), SKIP_HOSTILE=1, ONLY="base head",
-# SCENARIOS="fanout-1k fanout-10k echo conns conns-deflate", OUT (bench/results/bounds).
+# SCENARIOS="fanout-1k fanout-10k echo conns conns-deflate", OUT (bench/results/bounds),
+# SKIP_BUILD=1 (use the binaries already built).
+#
+# The I/O backends against each other (issue 11): ONLY="uring epoll" runs this checkout's binary
+# twice, as two "servers", with `--io uring` and with `--io epoll` (BASELINE is then not needed):
+#   ONLY="uring epoll" SCENARIOS="fanout-1k fanout-10k echo" SKIP_HOSTILE=1 OUT=bench/results/io \
+#     flock /tmp/shardcast-bench.lock bench/run-bounds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
 . bench/common.sh
-: "${BASELINE:?set BASELINE to the baseline shardcast binary (a release build of 20fca7a)}"
 OUT=${OUT:-bench/results/bounds}
 mkdir -p "$OUT"
 DUR=${DUR:-10}
 IDLE=${IDLE:-19000}
 ONLY=${ONLY:-"base head"}
+case " $ONLY " in
+  *" base "*) : "${BASELINE:?set BASELINE to the baseline shardcast binary (a release build of 20fca7a)}" ;;
+esac
 SCENARIOS=${SCENARIOS:-"fanout-1k fanout-10k echo conns conns-deflate"}
 ulimit -n "$(ulimit -Hn)"
-cargo build --release -p shardcast -p shardcast-loadtest
-(cd bench/peers && cargo build --release --bin floor)
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release -p shardcast -p shardcast-loadtest
+  (cd bench/peers && cargo build --release --bin floor)
+fi
 
-bin() { case $1 in base) echo "$BASELINE" ;; head) echo target/release/shardcast ;; esac; }
+bin() { case $1 in base) echo "$BASELINE" ;; *) echo target/release/shardcast ;; esac; }
+# The backend runs choose theirs explicitly; base and head keep their default.
+io() { case $1 in uring | epoll) echo "--io $1" ;; esac; }
 
 port=9500
 start() { # which extra-server-flags...; sets PID and port
   local which=$1; shift
   port=$((port + 1))
-  taskset -c 0 "$(bin "$which")" --bind 127.0.0.1:$port --threads 1 --no-pin \
+  # shellcheck disable=SC2046
+  taskset -c 0 "$(bin "$which")" --bind 127.0.0.1:$port --threads 1 --no-pin $(io "$which") \
     --ping-interval 25000 --ping-timeout 20000 "$@" > "$OUT/server-$which.log" 2>&1 &
   PID=$!
   wait_listening $port "$which"
@@ -73,9 +86,10 @@ if [ -z "${SKIP_HOSTILE:-}" ]; then
   done
 fi
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$ONLY" <<'PY'
 import json, os, re, sys
 out = sys.argv[1]
+only = sys.argv[2].split()
 def load(p):
     try:
         return json.load(open(p))
@@ -87,7 +101,7 @@ print(f"floor (plain write): {floor:.2f} µs per delivery")
 print("| scenario | binary | rate/s | loss | p50 ms | p99 ms | server CPU µs/unit | ÷ floor | RSS/conn KiB |")
 print("|---|---|---|---|---|---|---|---|---|")
 for scen in ["fanout-1k", "fanout-10k", "echo", "conns", "conns-deflate"]:
-    for which in ["base", "head"]:
+    for which in only:
         r = load(f"{out}/{scen}-{which}.json")
         if not r:
             if os.path.exists(f"{out}/{scen}-{which}.txt"):

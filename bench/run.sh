@@ -11,7 +11,10 @@
 # 3. bench/run-compare.sh: against Node socket.io 4.8 and socketioxide 0.18, with the floor;
 # 4. with BASELINE=/path/to/shardcast (a release build of 20fca7a, before the bounded rewrite):
 #    bench/run-bounds.sh, the "Bounded by construction" section (about 5 more minutes);
-# 5. bench/render.py: the page, with the date and the machine.
+# 5. bench/run-cluster.sh: fanout across two nodes through Redis (shardcast and Node), and one
+#    node with and (with BASELINE) without the adapter seam (about 3 more minutes; needs
+#    redis-server);
+# 6. bench/render.py: the page, with the date and the machine.
 # Needs: cargo, node + npm (for the Node peer), python3, taskset. Two cores at least.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +29,5 @@ bench/run-echo.sh
 taskset -c 0 bench/peers/target/release/sendzc-probe | tee bench/results/sendzc.md
 bench/run-compare.sh
 if [ -n "${BASELINE:-}" ]; then bench/run-bounds.sh; fi
+bench/run-cluster.sh
 python3 bench/render.py

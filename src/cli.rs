@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::app::adapter::{AdapterConfig, RedisConfig, RedisFormat};
 use crate::engine::{EngineConfig, SlowConsumer};
 use crate::proto::eio::{SessionConfig, Transport};
 use crate::proto::http::{AllowedOrigins, CorsConfig};
 use crate::rt::threads::RuntimeConfig;
-use crate::rt::WorkerConfig;
+use crate::rt::{IoBackend, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
@@ -27,6 +28,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The I/O backend (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoArg {
+    /// io_uring if a probe at start shows it can be used; epoll otherwise, with one warning
+    /// line that names the cause.
+    Auto,
+    /// io_uring, or exit at start with the reason it cannot be used.
+    Uring,
+    /// epoll, even where io_uring works.
+    Epoll,
+}
+
+impl From<IoArg> for IoBackend {
+    fn from(a: IoArg) -> Self {
+        match a {
+            IoArg::Auto => IoBackend::Auto,
+            IoArg::Uring => IoBackend::Uring,
+            IoArg::Epoll => IoBackend::Epoll,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SlowConsumerArg {
     /// Close the session of a client whose send buffer is full.
@@ -41,133 +64,165 @@ pub enum SlowConsumerArg {
 #[derive(Debug, Clone, Args)]
 pub struct ServerOptions {
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:3000")]
+    #[arg(long, env = "SHARDCAST_BIND", default_value = "0.0.0.0:3000")]
     pub bind: SocketAddr,
     /// Worker threads, one per core, each with its own io_uring (default: the CPUs this
     /// process may run on, as `taskset` or a cgroup sets them).
-    #[arg(long, value_parser = in_range::<usize>(1, MAX_THREADS))]
+    #[arg(long, env = "SHARDCAST_THREADS", value_parser = in_range::<usize>(1, MAX_THREADS))]
     pub threads: Option<usize>,
     /// Do not pin worker threads to cores.
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_NO_PIN")]
     pub no_pin: bool,
     /// Engine.IO endpoint path (given a leading and a trailing slash, as Node does: `/sock`
     /// serves `/sock/`).
-    #[arg(long, default_value = "/socket.io/", value_parser = parse_path)]
+    #[arg(long, env = "SHARDCAST_PATH", default_value = "/socket.io/", value_parser = parse_path)]
     pub path: String,
     /// Milliseconds between server pings (the test contract uses 300).
-    #[arg(long, default_value_t = 25_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    #[arg(long, env = "SHARDCAST_PING_INTERVAL", default_value_t = 25_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub ping_interval: u64,
     /// Milliseconds to wait for a pong before closing the session (the test contract uses 200).
-    #[arg(long, default_value_t = 20_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    #[arg(long, env = "SHARDCAST_PING_TIMEOUT", default_value_t = 20_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub ping_timeout: u64,
     /// Milliseconds a WebSocket upgrade may take.
-    #[arg(long, default_value_t = 10_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    #[arg(long, env = "SHARDCAST_UPGRADE_TIMEOUT", default_value_t = 10_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub upgrade_timeout: u64,
     /// Largest Engine.IO packet or polling body, in bytes.
-    #[arg(long, default_value_t = 1_000_000, value_parser = in_range::<usize>(64, 1 << 30))]
+    #[arg(long, env = "SHARDCAST_MAX_PAYLOAD", default_value_t = 1_000_000, value_parser = in_range::<usize>(64, 1 << 30))]
     pub max_payload: usize,
     /// Transports offered.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "polling,websocket")]
+    #[arg(long, env = "SHARDCAST_TRANSPORTS", value_enum, value_delimiter = ',', default_value = "polling,websocket")]
     pub transports: Vec<TransportArg>,
     /// Allowed origin (repeatable), or `*` for any.
-    #[arg(long = "cors-origin", default_value = "*")]
+    #[arg(long = "cors-origin", env = "SHARDCAST_CORS_ORIGIN", value_delimiter = ',', default_value = "*")]
     pub cors_origins: Vec<String>,
     /// Send `Access-Control-Allow-Credentials: true`.
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_CORS_CREDENTIALS")]
     pub cors_credentials: bool,
     /// Offer permessage-deflate on WebSockets.
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_WEBSOCKET_COMPRESSION")]
     pub websocket_compression: bool,
     /// Compress polling responses of at least this many bytes (0 turns it off).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "SHARDCAST_HTTP_COMPRESSION_THRESHOLD", default_value_t = 1024)]
     pub http_compression_threshold: usize,
     /// Set a cookie with this name carrying the session id.
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_COOKIE")]
     pub cookie: Option<String>,
     /// Refuse connections beyond this many with 503.
-    #[arg(long, default_value_t = 1_000_000, value_parser = in_range::<usize>(1, 100_000_000))]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", default_value_t = 1_000_000, value_parser = in_range::<usize>(1, 100_000_000))]
     pub max_connections: usize,
     /// Bytes that may wait in one client's send queue.
-    #[arg(long, default_value_t = 4 << 20, value_parser = in_range::<usize>(1024, 1 << 40))]
+    #[arg(long, env = "SHARDCAST_MAX_SEND_BUFFER", default_value_t = 4 << 20, value_parser = in_range::<usize>(1024, 1 << 40))]
     pub max_send_buffer: usize,
     /// Milliseconds an HTTP connection may take to send a complete request (idle keep-alive
     /// connections and slowloris heads are closed after it).
-    #[arg(long, default_value_t = 30_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    #[arg(long, env = "SHARDCAST_HTTP_TIMEOUT", default_value_t = 30_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub http_timeout: u64,
     /// What to do with a client that does not read fast enough.
-    #[arg(long, value_enum, default_value = "disconnect")]
+    #[arg(long, env = "SHARDCAST_SLOW_CONSUMER", value_enum, default_value = "disconnect")]
     pub slow_consumer: SlowConsumerArg,
     /// Resident memory of the process (bytes, or with a K/M/G suffix) past which new
     /// connections are refused with 503 and the largest holders are shed (default: no limit).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, env = "SHARDCAST_MAX_MEMORY", value_parser = parse_size)]
     pub max_memory: Option<usize>,
     /// Write the process id to this file once listening (removed at a clean exit); the load
     /// generator's `--server-pidfile` reads it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "SHARDCAST_PIDFILE", value_name = "PATH")]
     pub pidfile: Option<std::path::PathBuf>,
     /// Connection state recovery (socket.io 4.6+ `connectionStateRecovery`): milliseconds a
     /// disconnected socket (id, rooms, data) and the packets it missed are kept for its client
     /// to come back (default: off, as in Node).
-    #[arg(long, value_name = "MS", value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    #[arg(long, env = "SHARDCAST_RECOVERY_WINDOW", value_name = "MS", value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub recovery_window: Option<u64>,
     /// With --recovery-window: packets kept at most over the whole server (the oldest go first).
-    #[arg(long, default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
+    #[arg(long, env = "SHARDCAST_RECOVERY_MAX_PACKETS", default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
     pub recovery_max_packets: usize,
     /// With --recovery-window: bytes of kept packets at most over the whole server (bytes, or
     /// with a K/M/G suffix).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, env = "SHARDCAST_RECOVERY_MAX_BYTES", default_value = "64M", value_parser = parse_size)]
     pub recovery_max_bytes: usize,
     /// A proxy (address or CIDR, repeatable) whose `Forwarded` / `X-Forwarded-For` headers
     /// give the client's address.
-    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_net)]
+    #[arg(long = "trusted-proxy", env = "SHARDCAST_TRUSTED_PROXY", value_delimiter = ',', value_name = "CIDR", value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Do not let polling sessions upgrade to WebSocket (Node's `allowUpgrades: false`).
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_NO_UPGRADES")]
     pub no_upgrades: bool,
     /// Milliseconds a client may take to join a namespace after its Engine.IO handshake
     /// (Node's `connectTimeout`); then it is closed.
-    #[arg(long, default_value_t = 45_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
+    #[arg(long, env = "SHARDCAST_CONNECT_TIMEOUT", default_value_t = 45_000, value_parser = in_range::<u64>(MIN_MILLIS, MAX_MILLIS))]
     pub connect_timeout: u64,
     /// `Path` of the --cookie (`none` leaves it out).
-    #[arg(long, default_value = "/")]
+    #[arg(long, env = "SHARDCAST_COOKIE_PATH", default_value = "/")]
     pub cookie_path: String,
     /// `SameSite` of the --cookie.
-    #[arg(long, value_enum, default_value = "lax")]
+    #[arg(long, env = "SHARDCAST_COOKIE_SAME_SITE", value_enum, default_value = "lax")]
     pub cookie_same_site: SameSiteArg,
     /// Mark the --cookie `Secure`.
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_COOKIE_SECURE")]
     pub cookie_secure: bool,
     /// Leave `HttpOnly` out of the --cookie.
-    #[arg(long)]
+    #[arg(long, env = "SHARDCAST_COOKIE_NO_HTTP_ONLY")]
     pub cookie_no_http_only: bool,
     /// Connections one client address may hold open at once; more are answered 429.
-    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
     pub max_connections_per_address: Option<u32>,
     /// New connections one client address may open per second (a burst of as many); faster
     /// ones are answered 429.
-    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, 1_000_000))]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTION_RATE_PER_ADDRESS", value_name = "N", value_parser = in_range::<u32>(1, 1_000_000))]
     pub max_connection_rate_per_address: Option<u32>,
     /// Events one socket may send per second (a burst of as many); past it the socket is
     /// disconnected.
-    #[arg(long, value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
+    #[arg(long, env = "SHARDCAST_MAX_EVENT_RATE", value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
     pub max_event_rate: Option<u32>,
     /// Bytes of events one socket may send per second (a burst of as many, and at least one
     /// packet); past it the socket is disconnected.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, env = "SHARDCAST_MAX_BYTE_RATE", value_name = "BYTES", value_parser = parse_size)]
     pub max_byte_rate: Option<usize>,
+    /// The I/O backend: `auto` uses io_uring when a probe at start shows it works (a
+    /// container's seccomp profile, the `kernel.io_uring_disabled` sysctl or an old kernel may
+    /// refuse it) and epoll otherwise, saying why in one warning line.
+    #[arg(long, env = "SHARDCAST_IO", value_enum, default_value = "auto")]
+    pub io: IoArg,
     /// Log lines as text or as JSON objects (one per line). The level is set by `RUST_LOG`
     /// (default `info`; `debug` adds sessions opened, upgraded and closed with their reasons,
     /// and protocol errors).
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Serve TLS (https://, wss://) on the public port with this PEM certificate chain, leaf
     /// first (needs --tls-key). SIGHUP reloads the certificate and key from the same files
     /// without dropping connections; a file that does not load is logged and the old pair kept.
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    #[arg(long, env = "SHARDCAST_TLS_CERT", value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    #[arg(long, env = "SHARDCAST_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Serve the admin endpoint on this address: `GET /metrics` (Prometheus), `GET /health`,
+    /// `POST /api/emit` (default: off). Keep it off the public network.
+    #[arg(long, env = "SHARDCAST_ADMIN_BIND", value_name = "ADDR")]
+    pub admin_bind: Option<SocketAddr>,
+    /// The key `POST /api/emit` requires as `Authorization: Bearer KEY` (without one the publish
+    /// API is refused). Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "SHARDCAST_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Join a cluster over Redis (`redis://host:port/`): broadcasts, room and disconnect
+    /// requests reach the clients of every node, and emitters publishing to Redis reach this
+    /// node's clients (docs/cluster.md). Without it the server is a single node.
+    #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter` or python-socketio's
+    /// `RedisManager`.
+    #[arg(long, env = "SHARDCAST_REDIS_FORMAT", value_enum, default_value = "node", requires = "redis")]
+    pub redis_format: RedisFormatArg,
+}
+
+/// `--redis-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisFormatArg {
+    /// msgpack on `socket.io#<nsp>#...`, as `@socket.io/redis-adapter` and
+    /// `@socket.io/redis-emitter`.
+    Node,
+    /// JSON on `socketio`, as python-socketio's `RedisManager` (5.14+).
+    Python,
 }
 
 /// `--cookie-same-site`.
@@ -311,6 +366,20 @@ impl ServerOptions {
         }
     }
 
+    /// The cluster adapter: Redis with `--redis`, the in-process one otherwise.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        match &self.redis {
+            None => AdapterConfig::Local,
+            Some(url) => AdapterConfig::Redis(RedisConfig {
+                format: match self.redis_format {
+                    RedisFormatArg::Node => RedisFormat::Node,
+                    RedisFormatArg::Python => RedisFormat::Python,
+                },
+                ..RedisConfig::new(url)
+            }),
+        }
+    }
+
     /// The per-socket limits the flags change (the rest at their defaults).
     pub fn socket_limits(&self) -> crate::app::SocketLimits {
         crate::app::SocketLimits {
@@ -341,6 +410,7 @@ impl ServerOptions {
                 max_memory: self.max_memory,
                 ..WorkerConfig::default()
             },
+            io: self.io.into(),
         }
     }
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use clap::{Parser, Subcommand};
-use shardcast::app::{contract, Server};
+use shardcast::admin::{AdminConfig, AdminServer};
+use shardcast::app::{contract, Server, ServerHandle};
 use shardcast::cli::{LogFormat, ServerOptions};
 use shardcast::engine::echo::EioEcho;
 use shardcast::engine::EioServer;
@@ -96,6 +97,24 @@ impl Drop for Pidfile {
     }
 }
 
+/// Starts the admin endpoint when `--admin-bind` asks for it.
+fn start_admin(opts: &ServerOptions, scraper: threads::Scraper, handle: Option<ServerHandle>) -> Result<Option<AdminServer>, String> {
+    let Some(bind) = opts.admin_bind else {
+        return Ok(None);
+    };
+    AdminServer::start(AdminConfig::new(bind, opts.api_key.clone()), scraper, handle)
+        .map(Some)
+        .map_err(|e| format!("cannot serve the admin endpoint on {bind}: {e}"))
+}
+
+/// The banner, with the admin endpoint's address when there is one.
+fn with_admin(banner: String, admin: &Option<AdminServer>) -> String {
+    match admin {
+        Some(a) => format!("{banner}; admin endpoint on {}", a.local_addr()),
+        None => banner,
+    }
+}
+
 fn serve_echo(opts: &ServerOptions) -> ExitCode {
     let mut cfg = opts.engine_config();
     if opts.path == "/socket.io/" {
@@ -117,6 +136,13 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match start_admin(opts, rt.scraper(), None) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _pidfile = match Pidfile::write(opts.pidfile.as_deref()) {
         Ok(p) => p,
         Err(e) => {
@@ -124,10 +150,17 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", opts.banner("echo mode (raw WebSocket echo on every path, Engine.IO echo on the Engine.IO path)", rt.local_addr(), workers));
+    let banner = opts.banner("echo mode (raw WebSocket echo on every path, Engine.IO echo on the Engine.IO path)", rt.local_addr(), workers);
+    println!("{}", with_admin(banner, &admin));
     wait_for_signal(&set, tls.as_ref());
+    if let Some(a) = &admin {
+        a.set_draining();
+    }
     rt.shutdown();
     rt.join();
+    if let Some(a) = admin {
+        a.stop();
+    }
     ExitCode::SUCCESS
 }
 
@@ -140,16 +173,31 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     let mut rtcfg = opts.runtime_config();
     rtcfg.worker.tls = tls.clone();
     let workers = rtcfg.threads;
-    let mut builder =
-        Server::builder().engine(opts.engine_config()).bind(rtcfg.bind).threads(rtcfg.threads).pin(rtcfg.pin).backlog(rtcfg.backlog).worker(rtcfg.worker);
+    let mut builder = Server::builder()
+        .engine(opts.engine_config())
+        .bind(rtcfg.bind)
+        .threads(rtcfg.threads)
+        .pin(rtcfg.pin)
+        .backlog(rtcfg.backlog)
+        .worker(rtcfg.worker)
+        .io(rtcfg.io);
     if let Some(r) = opts.recovery_config() {
         builder = builder.recovery(r);
     }
     builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout)).socket_limits(opts.socket_limits());
+    builder = builder.adapter(opts.adapter_config());
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match start_admin(opts, server.scraper(), Some(server.handle())) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            server.shutdown();
             return ExitCode::FAILURE;
         }
     };
@@ -160,9 +208,18 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", opts.banner("the built-in test application (docs/default-app.md)", server.local_addr(), workers));
+    let banner = opts.banner("the built-in test application (docs/default-app.md)", server.local_addr(), workers);
+    println!("{}", with_admin(banner, &admin));
     wait_for_signal(&set, tls.as_ref());
+    // Load balancers see 503 on /health from the start of the drain; /metrics and the
+    // publish API keep answering until the workers have exited.
+    if let Some(a) = &admin {
+        a.set_draining();
+    }
     server.shutdown();
+    if let Some(a) = admin {
+        a.stop();
+    }
     ExitCode::SUCCESS
 }
 

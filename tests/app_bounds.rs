@@ -16,7 +16,7 @@ use shardcast::engine::EngineConfig;
 use support::Ws;
 
 fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> RunningServer {
-    configure(Server::builder().engine(EngineConfig::default()).bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).backlog(1024))
+    configure(Server::builder().engine(EngineConfig::default()).bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).backlog(1024).io(support::test_io()))
         .start()
         .expect("server starts")
 }

@@ -14,7 +14,7 @@ use shardcast::app::{Namespace, RunningServer, Server};
 use support::Ws;
 
 fn start(ns: Namespace) -> RunningServer {
-    Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(2).pin(false).namespace("/", ns).start().expect("server starts")
+    Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(2).pin(false).io(support::test_io()).namespace("/", ns).start().expect("server starts")
 }
 
 fn connect(server: &RunningServer) -> (Ws, String) {

@@ -23,7 +23,7 @@ fn start(f: impl FnOnce(ServerBuilder) -> ServerBuilder) -> RunningServer {
         let (address, peer) = (hs.address.map(|a| a.to_string()), hs.peer.map(|p| p.ip().to_string()));
         s.emit("whoami", &[json!(address), json!(peer)]);
     });
-    f(Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).namespace("/", ns)).start().expect("server starts")
+    f(Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).io(support::test_io()).namespace("/", ns)).start().expect("server starts")
 }
 
 /// Connects over WebSocket with extra request headers; returns the `whoami` event.

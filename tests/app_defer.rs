@@ -22,7 +22,15 @@ const BOUND: Duration = Duration::from_secs(5);
 
 fn start(ns: Namespace, limits: SocketLimits) -> RunningServer {
     // Two workers: a reply posted from a foreign thread must reach the socket's own worker.
-    Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(2).pin(false).socket_limits(limits).namespace("/", ns).start().expect("server starts")
+    Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(false)
+        .io(support::test_io())
+        .socket_limits(limits)
+        .namespace("/", ns)
+        .start()
+        .expect("server starts")
 }
 
 fn open(server: &RunningServer) -> Ws {

@@ -18,7 +18,7 @@ use support::Ws;
 const BOUND: Duration = Duration::from_secs(5);
 
 fn start(threads: usize, ns: Namespace) -> RunningServer {
-    Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).namespace("/", ns).start().expect("server starts")
+    Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).io(support::test_io()).namespace("/", ns).start().expect("server starts")
 }
 
 fn connect(server: &RunningServer) -> Ws {

@@ -139,6 +139,7 @@ fn server_handle_emits_carry_offsets_with_recovery_on() {
         .bind("127.0.0.1:0".parse().unwrap())
         .threads(2)
         .pin(false)
+        .io(support::test_io())
         .recovery(config(10_000, 1000))
         .namespace("/", shardcast::app::Namespace::new())
         .start()

@@ -357,10 +357,14 @@ fn drop_volatile_drops_what_does_not_fit_and_keeps_the_session() {
         let last = *s.shard(0).service.handler().sent.last().unwrap();
         if policy == SlowConsumer::Disconnect {
             assert_eq!(last, Err(SendFailure::SlowConsumer), "{policy:?}");
+            assert_eq!(dropped(&mut s, "slow_consumer"), 1);
+            assert_eq!(dropped(&mut s, "volatile"), 0);
             assert!(s.closed_by_server(c), "{policy:?}: a volatile send that does not fit closes the session");
             continue;
         }
         assert_eq!(last, Err(SendFailure::Dropped), "{policy:?}");
+        assert_eq!(dropped(&mut s, "volatile"), 1, "counted for /metrics");
+        assert_eq!(dropped(&mut s, "slow_consumer"), 0);
         assert!(!s.closed_by_server(c), "{policy:?}: the session stays");
         assert_eq!(s.shard(0).service.session_count(), 1);
         // The client reads again: it gets every echo and not the dropped volatile message.
@@ -376,6 +380,7 @@ fn drop_volatile_drops_what_does_not_fit_and_keeps_the_session() {
             s.write(c, &client_text(&msg));
         }
         assert_eq!(*s.shard(0).service.handler().sent.last().unwrap(), Err(SendFailure::SlowConsumer));
+        assert_eq!(dropped(&mut s, "slow_consumer"), 1);
         assert!(s.closed_by_server(c));
         assert_eq!(s.shard(0).service.session_count(), 0);
     }
@@ -487,4 +492,14 @@ fn a_post_cut_short_by_its_connection_closes_the_session() {
     s.advance(MS);
     s.write(c, &get(&polling(&sid)));
     assert_eq!(one_response(&s.read(c)).text(), "4whole");
+}
+
+/// `shardcast_dropped_total{reason}` as worker 0 reports it to a scrape.
+fn dropped<S: shardcast::rt::Service>(s: &mut shardcast::rt::sim::Sim<S>, reason: &str) -> u64 {
+    let m = s.shard(0).metrics(0);
+    m.samples
+        .iter()
+        .find(|x| x.name == "shardcast_dropped_total" && x.labels == [("reason", reason.to_string())])
+        .map(|x| x.value)
+        .expect("a dropped_total sample")
 }

@@ -1,6 +1,8 @@
 //! The runtime's lifecycle under hostile conditions, against the real binary: running out of
-//! file descriptors, shutting down with sends stuck in flight, a runtime panic, and a
-//! seccomp profile that blocks `io_uring_enter`. Every wait is bounded and a timeout fails.
+//! file descriptors, shutting down with sends stuck in flight, a runtime panic, and seccomp
+//! filters that refuse io_uring (`io_uring_setup` with EPERM or ENOSYS, or only
+//! `io_uring_enter`): `--io auto` falls back to epoll with one warning naming the cause and
+//! serves, `--io uring` exits with that cause. Every wait is bounded and a timeout fails.
 
 mod support;
 
@@ -24,16 +26,18 @@ struct Proc {
 #[derive(Default)]
 struct Limits {
     nofile: Option<u64>,
-    block_io_uring_enter: bool,
+    /// A seccomp filter failing this system call with this errno (and allowing the rest).
+    refuse: Option<(u32, i32)>,
     env: Vec<(&'static str, &'static str)>,
 }
 
-/// `io_uring_enter`'s system call number (the same in every architecture's generic table).
+/// io_uring's system call numbers (the same in every architecture's generic table).
+const NR_IO_URING_SETUP: u32 = 425;
 const NR_IO_URING_ENTER: u32 = 426;
 
-/// Installs a seccomp filter failing `io_uring_enter` with EPERM and allowing the rest.
+/// Installs a seccomp filter failing system call `nr` with `errno` and allowing the rest.
 /// Only async-signal-safe calls: it runs between fork and exec.
-fn block_io_uring_enter() -> std::io::Result<()> {
+fn refuse_syscall(nr: u32, errno: i32) -> std::io::Result<()> {
     const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
     const BPF_RET_K: u16 = 0x06;
@@ -42,8 +46,8 @@ fn block_io_uring_enter() -> std::io::Result<()> {
     let filter = [
         // Load the system call number (offset 0 of `struct seccomp_data`).
         libc::sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 },
-        libc::sock_filter { code: BPF_JMP_JEQ_K, jt: 0, jf: 1, k: NR_IO_URING_ENTER },
-        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::EPERM as u32 },
+        libc::sock_filter { code: BPF_JMP_JEQ_K, jt: 0, jf: 1, k: nr },
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | errno as u32 },
         libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
     ];
     let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
@@ -63,13 +67,13 @@ fn block_io_uring_enter() -> std::io::Result<()> {
 impl Proc {
     fn spawn(args: &[&str], limits: Limits) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-        cmd.args(args).args(["--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args).args(support::io_args(args)).args(["--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in &limits.env {
             cmd.env(k, v);
         }
         let nofile = limits.nofile;
-        let block = limits.block_io_uring_enter;
+        let refuse = limits.refuse;
         // SAFETY: the closure runs in the child between fork and exec and only makes
         // async-signal-safe system calls (setrlimit, prctl); it allocates nothing.
         unsafe {
@@ -80,8 +84,8 @@ impl Proc {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                if block {
-                    block_io_uring_enter()?;
+                if let Some((nr, errno)) = refuse {
+                    refuse_syscall(nr, errno)?;
                 }
                 Ok(())
             });
@@ -286,13 +290,86 @@ fn a_runtime_panic_aborts_the_process_with_a_message() {
     server.wait_stderr(Duration::from_secs(5), "the abort message", |e| e.contains("shardcast: worker 1 panicked:") && e.contains("; aborting"));
 }
 
-#[test]
-fn blocked_io_uring_enter_fails_before_listening() {
-    let mut server = Proc::spawn(&["--threads", "2", "--no-pin"], Limits { block_io_uring_enter: true, ..Limits::default() });
+/// A Socket.IO client on a WebSocket gets its `message` echoed, and a polling handshake works.
+fn serves_a_client(addr: SocketAddr) {
+    polling_handshake_ok(addr);
+    let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket", "");
+    ws.set_timeout(Duration::from_secs(10));
+    assert!(ws.recv_eio().starts_with("0{"));
+    ws.send_text("40");
+    assert!(ws.recv_eio().starts_with("40{"));
+    assert_eq!(ws.recv_eio(), r#"42["auth",{}]"#);
+    ws.send_text(r#"42["message","hi",1]"#);
+    assert_eq!(ws.recv_eio(), r#"42["message-back","hi",1]"#);
+}
+
+/// Under a filter refusing `nr` with `errno`: `--io auto` warns once (naming `call` and
+/// `errno_name`), serves on epoll and exits cleanly; `--io uring` exits non-zero with the
+/// cause before saying it listens.
+fn refused_io_uring(nr: u32, errno: i32, call: &str, errno_name: &str) {
+    let mut server = Proc::spawn(&["--threads", "2", "--no-pin", "--io", "auto"], Limits { refuse: Some((nr, errno)), ..Limits::default() });
+    let addr = server.listening();
+    serves_a_client(addr);
+    server.wait_stderr(Duration::from_secs(5), "the fallback warning", |e| e.contains("serving with epoll instead"));
+    let err = server.stderr_text();
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("io_uring is unavailable")).collect();
+    assert_eq!(warnings.len(), 1, "one warning line; stderr: {err}");
+    let w = warnings[0];
+    for needed in [call, errno_name, "seccomp", "serving with epoll instead", "To use io_uring"] {
+        assert!(w.contains(needed), "the warning names {needed:?}: {w}");
+    }
+    assert!(err.contains(r#"backend="epoll""#), "{err}");
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).success(), "stderr: {}", server.stderr_text());
+
+    let mut server = Proc::spawn(&["--threads", "2", "--no-pin", "--io", "uring"], Limits { refuse: Some((nr, errno)), ..Limits::default() });
     let status = server.wait_exit(Duration::from_secs(20));
     assert!(!status.success(), "status {status:?}");
     assert_eq!(status.signal(), None, "a clean error exit, not a crash: {status:?}; stderr: {}", server.stderr_text());
-    server.wait_stderr(Duration::from_secs(5), "the io_uring_enter error", |e| e.contains("io_uring_enter") && e.contains("EPERM") && e.contains("seccomp"));
+    server.wait_stderr(Duration::from_secs(5), "the io_uring error", |e| {
+        e.contains("io_uring is unavailable") && e.contains(call) && e.contains(errno_name) && e.contains("seccomp")
+    });
     let said: Vec<String> = server.stdout.try_iter().collect();
     assert!(said.iter().all(|l| !l.contains("listening")), "it said it was listening: {said:?}");
+}
+
+#[test]
+fn seccomp_eperm_on_io_uring_setup_falls_back_to_epoll() {
+    refused_io_uring(NR_IO_URING_SETUP, libc::EPERM, "io_uring_setup", "EPERM");
+}
+
+#[test]
+fn seccomp_enosys_on_io_uring_setup_falls_back_to_epoll() {
+    refused_io_uring(NR_IO_URING_SETUP, libc::ENOSYS, "io_uring_setup", "ENOSYS");
+}
+
+#[test]
+fn seccomp_refusing_only_io_uring_enter_falls_back_to_epoll() {
+    refused_io_uring(NR_IO_URING_ENTER, libc::EPERM, "io_uring_enter", "EPERM");
+}
+
+/// The test-only switch makes the probe fail without a filter: the fallback warns once and
+/// serves; out of memory stays fatal (no fallback).
+#[test]
+fn a_failed_probe_falls_back_with_one_warning_and_enomem_stays_fatal() {
+    let mut server =
+        Proc::spawn(&["--threads", "1", "--no-pin", "--io", "auto"], Limits { env: vec![("SHARDCAST_TEST_FAIL_URING_PROBE", "opcode")], ..Limits::default() });
+    let addr = server.listening();
+    serves_a_client(addr);
+    server.wait_stderr(Duration::from_secs(5), "the fallback warning", |e| e.contains("serving with epoll instead"));
+    let err = server.stderr_text();
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("io_uring is unavailable")).collect();
+    assert_eq!(warnings.len(), 1, "one warning line; stderr: {err}");
+    assert!(warnings[0].contains("lacks the opcode(s) ACCEPT") && warnings[0].contains("serving with epoll instead"), "{}", warnings[0]);
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+
+    let mut server =
+        Proc::spawn(&["--threads", "1", "--no-pin", "--io", "auto"], Limits { env: vec![("SHARDCAST_TEST_FAIL_URING_PROBE", "enomem")], ..Limits::default() });
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "ENOMEM must be fatal: {status:?}");
+    // The stderr reader may still be collecting the last lines of the exited process.
+    server.wait_stderr(Duration::from_secs(5), "the ENOMEM error", |e| e.contains("Cannot allocate memory") || e.contains("out of memory"));
+    let err = server.stderr_text();
+    assert!(!err.contains("serving with epoll"), "no fallback on ENOMEM: {err}");
 }

@@ -19,8 +19,27 @@ fn require(path: &Path, what: &str) {
     assert!(path.exists(), "{what} is not installed at {}: run `scripts/test` (it installs the interop clients)", path.display());
 }
 
+/// How long a client suite may run before it is killed and the test fails (a client that
+/// reconnects forever after a failed step would otherwise keep it alive).
+const SUITE_BOUND: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn run(mut cmd: Command, what: &str) {
-    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(SUITE_BOUND) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("cannot run {what}: {e}")),
+        Err(_) => {
+            // SAFETY: signals the child this test started (not yet reaped: its waiter is blocked).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let out = rx.recv().expect("the waiter returns once the child is killed").expect("its output");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            panic!("{what} did not finish within {SUITE_BOUND:?}; killed. Its output:\n{text}");
+        }
+    };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     assert!(out.status.success(), "{what} failed:\n{text}");
@@ -33,10 +52,29 @@ fn official_js_client_passes_the_contract() {
     let s = Server::start(&["--threads", "2"]);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
-        .args(["--test", "--test-reporter=spec", "contract.test.js"])
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", "contract.test.js"])
         .env("SHARDCAST_URL", format!("http://{}", s.addr))
-        .env("SHARDCAST_WORKERS", "2");
+        .env("SHARDCAST_WORKERS", "2")
+        .env("SHARDCAST_SUITE", "contract");
     run(cmd, "the socket.io-client suite");
+}
+
+/// 500 socket.io-client sockets at once and a room across both workers. Every client lives in
+/// one Node process, whose single event loop must answer every PING: under the contract's
+/// 200 ms pingTimeout that measures how busy the test machine is, not the server, so this
+/// server gets production-like heartbeats.
+#[test]
+fn official_js_client_at_scale() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/socket.io-client"), "socket.io-client");
+    let s = Server::start(&["--threads", "2", "--ping-interval", "5000", "--ping-timeout", "10000"]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", "contract.test.js"])
+        .env("SHARDCAST_URL", format!("http://{}", s.addr))
+        .env("SHARDCAST_WORKERS", "2")
+        .env("SHARDCAST_SUITE", "scale");
+    run(cmd, "the socket.io-client scale suite");
 }
 
 #[test]
@@ -61,7 +99,7 @@ fn packets_match_node_socket_io() {
     let s = Server::start(&["--threads", "1"]);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
-        .args(["--test", "wire-compare.test.js"])
+        .args(["--test", "--test-force-exit", "wire-compare.test.js"])
         .env("REFERENCE_URL", format!("http://{ref_addr}"))
         .env("SHARDCAST_URL", format!("http://{}", s.addr));
     let _stop = KillOnDrop(reference);
@@ -110,7 +148,7 @@ fn js_client_recovers_connection_state() {
     let short = Server::start(&["--threads", "2", "--recovery-window", "300"]);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
-        .args(["--test", "--test-reporter=spec", "recovery.test.js"])
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", "recovery.test.js"])
         .env("SHARDCAST_URL", format!("http://{}", long.addr))
         .env("SHARDCAST_SHORT_URL", format!("http://{}", short.addr));
     run(cmd, "the recovery suite against shardcast");
@@ -138,7 +176,7 @@ fn js_recovery_suite_passes_against_node_socket_io() {
     let (_short, short) = start("300");
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
-        .args(["--test", "--test-reporter=spec", "recovery.test.js"])
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", "recovery.test.js"])
         .env("SHARDCAST_URL", format!("http://{long}"))
         .env("SHARDCAST_SHORT_URL", format!("http://{short}"));
     run(cmd, "the recovery suite against Node's socket.io");
@@ -165,7 +203,7 @@ fn recovery_packets_match_node_socket_io() {
     let s = Server::start(&["--threads", "2", "--recovery-window", "10000"]);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
-        .args(["--test", "--test-reporter=spec", "wire-compare-recovery.test.js"])
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", "wire-compare-recovery.test.js"])
         .env("REFERENCE_URL", format!("http://{ref_addr}"))
         .env("SHARDCAST_URL", format!("http://{}", s.addr));
     run(cmd, "the recovery wire comparison");

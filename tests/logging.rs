@@ -17,6 +17,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (Child, String, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
         .args(args)
         .args(["--bind", "127.0.0.1:0", "--threads", "1"])
+        .args(support::io_args(args))
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -12,7 +12,13 @@ use support::Server;
 /// Runs the binary with `args` and returns its exit status and stderr; fails the test if it
 /// is still running after 10 seconds (a refused start must not serve).
 fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast")).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start shardcast");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(args)
+        .args(support::io_args(args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shardcast");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -99,6 +105,7 @@ fn under_taskset(cpus: &str, args: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new("taskset")
         .args(["-c", cpus, env!("CARGO_BIN_EXE_shardcast"), "--bind", "127.0.0.1:0"])
         .args(args)
+        .args(support::io_args(args))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -21,7 +21,9 @@ fn start(threads: usize, configure: impl FnOnce(shardcast::app::ServerBuilder) -
         session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
         ..Default::default()
     };
-    configure(Server::builder().engine(engine).bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).backlog(1024)).start().expect("server starts")
+    configure(Server::builder().engine(engine).bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).backlog(1024).io(support::test_io()))
+        .start()
+        .expect("server starts")
 }
 
 /// A raw Socket.IO client over WebSocket, connected to `nsp`.

@@ -7,6 +7,8 @@
 //! while other connections keep working. Certificates are generated at test time with `rcgen`
 //! (self-signed, for `localhost` and `127.0.0.1`).
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ impl TlsServer {
             .arg("--tls-key")
             .arg(&cert.key)
             .args(extra)
+            // The backend scripts/test runs this pass on (`--io uring`, then `--io epoll`).
+            .args(support::io_args(extra))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -19,7 +19,7 @@ fn start_contract(threads: usize) -> RunningServer {
         session: SessionConfig { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() },
         ..Default::default()
     };
-    let builder = Server::builder().engine(engine).bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).backlog(1024);
+    let builder = Server::builder().engine(engine).bind("127.0.0.1:0".parse().unwrap()).threads(threads).pin(false).backlog(1024).io(support::test_io());
     contract::app(builder).start().expect("server starts")
 }
 

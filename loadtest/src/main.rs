@@ -61,6 +61,10 @@ struct Common {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:3000")]
     target: SocketAddr,
+    /// More nodes of the same cluster (repeatable): `fanout` spreads its subscribers over
+    /// `--target` and these, round robin; publishers stay on `--target`.
+    #[arg(long = "also-target", value_name = "ADDR")]
+    also_target: Vec<SocketAddr>,
     /// Endpoint path (`/socket.io/` for Socket.IO; any path for a raw echo server).
     #[arg(long, default_value = "/socket.io/")]
     path: String,
@@ -314,6 +318,8 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
     let go = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let target = c.target();
+    let nodes: Arc<Vec<Target>> =
+        Arc::new(std::iter::once(c.target).chain(c.also_target.iter().copied()).map(|addr| Target { addr, ..target.clone() }).collect());
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let body = payload(size);
@@ -328,14 +334,14 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
     let (pdone, prog) = progress(counters.clone(), "fanout");
     let runner = std::thread::spawn(move || {
         on_threads(threads, move |t| {
-            let (counters, expected, go, done, target, body, joined_in) =
-                (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone(), ji.clone());
+            let (counters, expected, go, done, target, body, joined_in, nodes) =
+                (cs.clone(), ex.clone(), g.clone(), d.clone(), target.clone(), body.clone(), ji.clone(), nodes.clone());
             let published = pd.clone();
             async move {
                 let hist = Rc::new(RefCell::new(histogram()));
                 let mut tasks = Vec::new();
                 for i in (t..subscribers).step_by(threads) {
-                    let (counters, target, hist, joined_in) = (counters.clone(), target.clone(), hist.clone(), joined_in.clone());
+                    let (counters, target, hist, joined_in) = (counters.clone(), nodes[i % nodes.len()].clone(), hist.clone(), joined_in.clone());
                     tasks.push(tokio::task::spawn_local(async move {
                         if ramp_rate > 0.0 {
                             tokio::time::sleep_until((counters.start + Duration::from_secs_f64(i as f64 / ramp_rate)).into()).await;

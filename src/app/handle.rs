@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::adapter::{node, AckTarget, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
 use super::recovery::Recovery;
@@ -61,14 +62,18 @@ pub struct SocketInfo {
     /// What handlers stored with [`Socket::set_shared_data`](super::Socket::set_shared_data)
     /// (the reference's `socket.data`).
     pub data: Option<Value>,
-    /// The worker that serves it.
+    /// The worker that serves it (0 for a socket of another node).
     pub worker: usize,
+    /// `None` for a socket of this node; for a socket of another node of the cluster, that
+    /// node's id (its adapter uid; empty when the answer did not say).
+    pub node: Option<String>,
 }
 
 #[derive(Clone)]
 /// A handle to a running server, for any thread: `Send + Sync + Clone`.
 pub struct ServerHandle {
     poster: Poster<SioMail>,
+    cluster: Option<Arc<dyn Adapter>>,
     /// Connection state recovery, when on: emits get an offset.
     recovery: Option<Arc<Recovery>>,
 }
@@ -102,8 +107,8 @@ fn ask<T: Merge>(poster: &Poster<SioMail>, mail: impl Fn(Part<T>) -> SioMail) ->
 }
 
 impl ServerHandle {
-    pub(crate) fn new(poster: Poster<SioMail>) -> ServerHandle {
-        ServerHandle { poster, recovery: None }
+    pub(crate) fn new(poster: Poster<SioMail>, cluster: Option<Arc<dyn Adapter>>) -> ServerHandle {
+        ServerHandle { poster, cluster, recovery: None }
     }
 
     pub(crate) fn with_recovery(mut self, recovery: Option<Arc<Recovery>>) -> ServerHandle {
@@ -115,17 +120,25 @@ impl ServerHandle {
     /// [`HandleError::Stopped`] (the handle of a worker built outside [`super::Server`], as in
     /// the in-memory test harness).
     pub fn detached() -> ServerHandle {
-        ServerHandle { poster: Poster::detached(), recovery: None }
+        ServerHandle { poster: Poster::detached(), cluster: None, recovery: None }
     }
 
-    /// Operations on namespace `nsp`.
+    /// Operations on namespace `nsp`: on this node's sockets and, in a cluster, on every other
+    /// node's (emits, joins, leaves and disconnects are published to them; `count` is this
+    /// node's).
     pub fn of(&self, nsp: &str) -> Operator {
         Operator {
             poster: self.poster.clone(),
+            cluster: self.cluster.clone(),
             sel: Selector { nsp: nsp.to_string(), ..Default::default() },
             flags: SendFlags::default(),
             recovery: self.recovery.clone(),
         }
+    }
+
+    /// The cluster adapter's counters (`None` for a single node).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.cluster.as_ref().map(|c| c.stats())
     }
 
     /// Completes once every worker has handled everything posted to it before this call (mail
@@ -146,6 +159,7 @@ impl ServerHandle {
 #[derive(Clone)]
 pub struct Operator {
     poster: Poster<SioMail>,
+    cluster: Option<Arc<dyn Adapter>>,
     sel: Selector,
     flags: SendFlags,
     recovery: Option<Arc<Recovery>>,
@@ -206,7 +220,25 @@ impl Operator {
         let text = offset.map(super::recovery::offset_text);
         let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
-        self.all(|| SioMail::Broadcast(b.clone()))
+        self.publish(b.clone())?;
+        self.tell_cluster(|| Outbound::Broadcast(b));
+        Ok(())
+    }
+
+    /// Posts a broadcast to every worker; worker 0 counts it as emitted (`SioMail::Publish`).
+    fn publish(&self, b: Arc<Broadcast>) -> Result<(), HandleError> {
+        for w in 0..self.poster.workers() {
+            self.poster.post(w, if w == 0 { SioMail::Publish(b.clone()) } else { SioMail::Broadcast(b.clone()) })?;
+        }
+        Ok(())
+    }
+
+    /// Hands an operation to the other nodes, when there are any.
+    fn tell_cluster(&self, out: impl FnOnce() -> Outbound) {
+        if let Some(c) = &self.cluster {
+            // Not taken: dropped and counted by the adapter.
+            let _ = c.send(out());
+        }
     }
 
     /// Emits to the selection and collects every recipient's ack, on every worker (the
@@ -225,7 +257,9 @@ impl Operator {
         timeout: Duration,
     ) -> Pending<Result<Responses, PartialResponses>> {
         let workers = self.poster.workers();
-        let (pending, sink) = AckSink::new(workers, stopped_check(&self.poster));
+        // In a cluster, the other nodes count as one more reporter until the adapter knows how
+        // many they are.
+        let (pending, sink) = AckSink::new(workers + usize::from(self.cluster.is_some()), stopped_check(&self.poster));
         if workers == 0 || self.poster.stopped() {
             sink.stop();
             return pending;
@@ -234,9 +268,11 @@ impl Operator {
         let packet = encode::event(&self.sel.nsp, event, args, Some(id), attachments);
         let ack = BroadcastAck { id, origin: AckOrigin::Handle(sink.clone()), deadline: Instant::now() + timeout };
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: Some(ack), offset: None });
-        if self.all(|| SioMail::Broadcast(b.clone())).is_err() {
+        if self.publish(b.clone()).is_err() {
             sink.stop();
+            return pending;
         }
+        self.tell_cluster(|| Outbound::AckedBroadcast(b, AckTarget::Sink(sink), timeout));
         pending
     }
 
@@ -244,42 +280,138 @@ impl Operator {
     pub fn sockets_join(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })
+        self.all(|| SioMail::Join { sel: sel.clone(), rooms: rooms.clone() })?;
+        self.tell_cluster(|| Outbound::Join(sel, rooms));
+        Ok(())
     }
 
     /// Makes the selected sockets leave `rooms`.
     pub fn sockets_leave(&self, rooms: &[&str]) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
         let rooms = Arc::new(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })
+        self.all(|| SioMail::Leave { sel: sel.clone(), rooms: rooms.clone() })?;
+        self.tell_cluster(|| Outbound::Leave(sel, rooms));
+        Ok(())
     }
 
     /// Disconnects the selected sockets; with `close_client`, their whole clients.
     pub fn disconnect_sockets(&self, close_client: bool) -> Result<(), HandleError> {
         let sel = Arc::new(self.sel.clone());
-        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client })
+        self.all(|| SioMail::Disconnect { sel: sel.clone(), close_client })?;
+        self.tell_cluster(|| Outbound::Disconnect(sel, close_client));
+        Ok(())
     }
 
-    /// Counts the selected sockets across workers.
+    /// Counts the selected sockets across workers and, in a cluster, on every other node
+    /// (their `SOCKETS` answers; [`HandleError::TimedOut`] when one does not answer within
+    /// the adapter's request timeout).
     pub fn count(&self) -> Pending<usize> {
         let sel = Arc::new(self.sel.clone());
-        ask(&self.poster, |part| SioMail::Count { sel: sel.clone(), part })
+        let local = ask(&self.poster, |part| SioMail::Count { sel: sel.clone(), part });
+        self.cluster_wide(local, QuestionKind::Sockets, |ids| ids.len())
     }
 
-    /// The selected sockets across workers: id, rooms, handshake and shared data of each (the
-    /// reference's `fetchSockets()`), in no particular order.
+    /// The selected sockets across workers and, in a cluster, on every other node: id, rooms,
+    /// handshake and shared data of each (the reference's `fetchSockets()`), in no particular
+    /// order. Sockets of other nodes have [`SocketInfo::node`] set.
     pub fn fetch_sockets(&self) -> Pending<Vec<SocketInfo>> {
         let sel = Arc::new(self.sel.clone());
-        ask(&self.poster, |part| SioMail::Fetch { sel: sel.clone(), part })
+        let local = ask(&self.poster, |part| SioMail::Fetch { sel: sel.clone(), part });
+        let nsp = self.sel.nsp.clone();
+        self.cluster_wide(local, QuestionKind::Fetch, move |v| v.iter().filter_map(|s| node::socket_info(&nsp, s, Some(""))).collect())
     }
 
     /// The rooms of the namespace that have a member, across workers, sorted, each once — the
     /// sockets' own-id rooms left out (the reference's `adapter.rooms` without them). Rooms,
-    /// except-rooms and except-ids of the selection do not apply.
+    /// except-rooms and except-ids of the selection do not apply. In a cluster the other
+    /// nodes' rooms are added (`ALL_ROOMS`; a Node.js node's answer includes its sockets'
+    /// own-id rooms, as its `allRooms()` does).
     pub fn rooms(&self) -> Pending<Vec<String>> {
         let nsp: Arc<str> = Arc::from(self.sel.nsp.as_str());
         let (pending, done) = Pending::new(stopped_check(&self.poster));
-        ask::<RoomNames>(&self.poster, |part| SioMail::Rooms { nsp: nsp.clone(), part }).then(move |r| done.complete(r.map(|n| n.0)));
+        let local = ask::<RoomNames>(&self.poster, |part| SioMail::Rooms { nsp: nsp.clone(), part });
+        let names = |v: Vec<Value>| RoomNames(v.into_iter().filter_map(|r| r.as_str().map(str::to_string)).collect());
+        self.cluster_wide(local, QuestionKind::Rooms, names).then(move |r| done.complete(r.map(|n| n.0)));
         pending
+    }
+
+    /// Emits a server-side event to every other node of the cluster (the reference's
+    /// `serverSideEmit`): their namespace's [`on_server_side`](super::Namespace::on_server_side)
+    /// handler (or `io.on(event)` on a Node.js node) runs with `args`. Nothing happens on a
+    /// single node, nor on this one.
+    pub fn server_side_emit(&self, event: &str, args: &[Value]) -> Result<(), HandleError> {
+        if self.poster.stopped() {
+            return Err(HandleError::Stopped);
+        }
+        let mut data = vec![Value::String(event.to_string())];
+        data.extend_from_slice(args);
+        self.tell_cluster(|| Outbound::ServerSideEmit(self.sel.nsp.clone(), data));
+        Ok(())
+    }
+
+    /// [`Operator::server_side_emit`] asking every other node's handler for an answer (the
+    /// reference's `serverSideEmitWithAck`): one value per other node, or
+    /// [`HandleError::TimedOut`] when one did not answer within the adapter's request timeout.
+    /// On a single node, no answers at once.
+    pub fn server_side_emit_with_ack(&self, event: &str, args: &[Value]) -> Pending<Vec<Value>> {
+        let (pending, done) = Pending::new(stopped_check(&self.poster));
+        let Some(cluster) = &self.cluster else {
+            done.complete(Ok(Vec::new()));
+            return pending;
+        };
+        let mut data = vec![Value::String(event.to_string())];
+        data.extend_from_slice(args);
+        let reply: Reply = Box::new(move |r| done.complete(r));
+        // Not taken: the adapter has answered the question.
+        let _ = cluster.send(Outbound::Ask(Question { kind: QuestionKind::ServerSideEmit, sel: self.sel.clone(), data, reply }));
+        pending
+    }
+
+    /// `local`, and in a cluster the other nodes' answers to the same question (`convert`ed)
+    /// merged into it; the first error wins.
+    fn cluster_wide<T: Merge>(&self, local: Pending<T>, kind: QuestionKind, convert: impl FnOnce(Vec<Value>) -> T + Send + 'static) -> Pending<T> {
+        let Some(cluster) = &self.cluster else { return local };
+        let (pending, done) = Pending::new(stopped_check(&self.poster));
+        let both = Arc::new(Both { parts: std::sync::Mutex::new((None, None)), done });
+        let b = both.clone();
+        local.then(move |r| b.put(true, r));
+        let b = both.clone();
+        let reply: Reply = Box::new(move |r| b.put(false, r.map(convert)));
+        // Not taken: the adapter has answered the question.
+        let _ = cluster.send(Outbound::Ask(Question { kind, sel: self.sel.clone(), data: Vec::new(), reply }));
+        pending
+    }
+}
+
+/// One side's answer, once it is in.
+type Side<T> = Option<Result<T, HandleError>>;
+
+/// This node's answer and the other nodes', until both are in.
+struct Both<T: Merge> {
+    parts: std::sync::Mutex<(Side<T>, Side<T>)>,
+    done: Arc<pending::Completion<T>>,
+}
+
+impl<T: Merge> Both<T> {
+    fn put(&self, local: bool, r: Result<T, HandleError>) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if local {
+            parts.0 = Some(r);
+        } else {
+            parts.1 = Some(r);
+        }
+        if parts.0.is_none() || parts.1.is_none() {
+            return;
+        }
+        let (a, b) = (parts.0.take().expect("checked"), parts.1.take().expect("checked"));
+        drop(parts);
+        self.done.complete(match (a, b) {
+            (Ok(mut a), Ok(b)) => {
+                a.merge(b);
+                a.finish();
+                Ok(a)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        });
     }
 }

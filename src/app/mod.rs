@@ -14,12 +14,15 @@
 //! - [`recovery`]: connection state recovery (socket.io 4.6+), its options and offsets.
 //! - [`defer`]: answering later from any thread: deferred acks and connect decisions.
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
+//! - [`adapter`]: the seam to the other nodes of a cluster (in-process by default; Redis in the
+//!   Node.js or python-socketio format).
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
 //! Must never: see io_uring or raw bytes; it works through `engine::Ctx` and `proto::sio`.
 
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod contract;
 pub mod defer;
 pub mod handle;

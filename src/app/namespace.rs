@@ -182,6 +182,7 @@ pub struct Namespace {
     pub(crate) any_outgoing: Option<OutgoingHook>,
     pub(crate) on_disconnect: Option<DisconnectHandler>,
     pub(crate) on_error: Option<ErrorHandler>,
+    pub(crate) server_side: HashMap<String, ServerSideHandler>,
 }
 
 impl Namespace {
@@ -266,12 +267,25 @@ impl Namespace {
         self
     }
 
+    /// Handles `event` sent by another node of the cluster with `server_side_emit` (see
+    /// [`ServerSideHandler`]).
+    pub fn on_server_side(mut self, event: &str, f: impl Fn(&[Value]) -> Option<Value> + Send + Sync + 'static) -> Self {
+        self.server_side.insert(event.to_string(), Arc::new(f));
+        self
+    }
+
     /// Runs when a socket leaves the namespace, with the reason.
     pub fn on_disconnect(mut self, f: impl Fn(&mut Socket<'_, '_>, DisconnectReason) + Send + Sync + 'static) -> Self {
         self.on_disconnect = Some(Arc::new(f));
         self
     }
 }
+
+/// Handles an event another node of the cluster sent with `server_side_emit` (the reference's
+/// `io.on(event, ...)` for server-side events): gets its arguments; what it returns answers the
+/// sender when it asked for acks (`server_side_emit_with_ack`), `None` leaves it unanswered.
+/// Runs on the cluster adapter's thread, never on a worker.
+pub type ServerSideHandler = Arc<dyn Fn(&[Value]) -> Option<Value> + Send + Sync>;
 
 /// The namespaces of a server.
 #[derive(Clone, Default)]

@@ -322,6 +322,14 @@ impl AckSink {
         self.settle(t);
     }
 
+    /// The other nodes of a cluster are `remote` more reporters: the one report the cluster was
+    /// given at [`AckSink::new`] becomes `remote` (none: the cluster is done).
+    pub(crate) fn nodes_known(&self, remote: usize) {
+        let mut t = lock(&self.tally);
+        t.reports_left = t.reports_left.saturating_sub(1) + remote;
+        self.settle(t);
+    }
+
     /// One recipient answered.
     pub(crate) fn answer(&self, args: Vec<Value>, attachments: Vec<Bytes>) {
         let mut t = lock(&self.tally);

@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::adapter::{redis, Adapter, AdapterConfig, RedisConfig};
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
@@ -13,6 +14,7 @@ use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
 use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
 use crate::rt::tls::{Tls, TlsError};
+use crate::rt::IoBackend;
 
 /// An Engine.IO path as Node's servers use it: `/sock`, `sock` and `/sock/` all become
 /// `/sock/`.
@@ -39,6 +41,7 @@ impl Server {
             namespaces: Namespaces::default(),
             limits: Limits::default(),
             socket_limits: SocketLimits::default(),
+            adapter: AdapterConfig::Local,
             recovery: None,
             allow_request: None,
             origin_predicate: None,
@@ -51,14 +54,15 @@ impl Server {
 ///
 /// Each method owns its settings and no other method touches them, so the order of the calls
 /// does not matter: [`engine`](Self::engine) every Engine.IO option, [`bind`](Self::bind),
-/// [`threads`](Self::threads), [`pin`](Self::pin), [`backlog`](Self::backlog) and
-/// [`worker`](Self::worker) the runtime's.
+/// [`threads`](Self::threads), [`pin`](Self::pin), [`backlog`](Self::backlog),
+/// [`worker`](Self::worker) and [`io`](Self::io) the runtime's.
 pub struct ServerBuilder {
     engine: EngineConfig,
     runtime: RuntimeConfig,
     namespaces: Namespaces,
     limits: Limits,
     socket_limits: SocketLimits,
+    adapter: AdapterConfig,
     recovery: Option<RecoveryConfig>,
     allow_request: Option<crate::engine::AllowRequest>,
     origin_predicate: Option<crate::proto::http::OriginPredicate>,
@@ -66,6 +70,21 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// Which nodes hear this server's broadcasts besides its own workers: the in-process
+    /// adapter (a single node, the default) or Redis ([`ServerBuilder::redis`]).
+    pub fn adapter(mut self, adapter: AdapterConfig) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Joins a cluster over Redis (`redis://host:port/`), in the wire format of Node's
+    /// `@socket.io/redis-adapter` or of python-socketio's `RedisManager` (see
+    /// [`RedisConfig`]). The server starts whether or not Redis is reachable, and keeps
+    /// serving its own clients while it is not.
+    pub fn redis(self, cfg: RedisConfig) -> Self {
+        self.adapter(AdapterConfig::Redis(cfg))
+    }
+
     /// Every Engine.IO option (path, ping interval and timeout, max payload, transports, CORS,
     /// compression, cookie, connection limit, slow-consumer policy).
     pub fn engine(mut self, cfg: EngineConfig) -> Self {
@@ -110,6 +129,14 @@ impl ServerBuilder {
     /// and SIGHUP during [`RunningServer::wait_for_signal`] reload its files.
     pub fn tls(mut self, tls: Tls) -> Self {
         self.runtime.worker.tls = Some(tls);
+        self
+    }
+
+    /// The I/O backend (default [`IoBackend::Auto`]: io_uring where a probe at start shows it
+    /// works, epoll otherwise with one warning line naming the cause; `Uring` makes
+    /// [`start`](Self::start) fail instead of falling back).
+    pub fn io(mut self, io: IoBackend) -> Self {
+        self.runtime.io = io;
         self
     }
 
@@ -184,20 +211,38 @@ impl ServerBuilder {
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
         let tls = self.runtime.worker.tls.clone();
+        let (cluster, pending): (Option<Arc<dyn Adapter>>, _) = match self.adapter {
+            AdapterConfig::Local => (None, None),
+            AdapterConfig::Redis(mut cfg) => {
+                for n in namespaces.fixed.keys() {
+                    if !cfg.namespaces.contains(n) {
+                        cfg.namespaces.push(n.clone());
+                    }
+                }
+                let (a, p) = redis::prepare(cfg).map_err(StartError::Config)?;
+                (Some(a), Some(p))
+            }
+        };
+        let workers_cluster = cluster.clone();
+        let adapter_namespaces = namespaces.clone();
         let recovery = self.recovery.map(|cfg| Arc::new(Recovery::new(cfg)));
         let workers = self.runtime.threads;
         let shared = recovery.clone();
         let rt = threads::start_with(self.runtime, move |_, poster| {
-            let handle = ServerHandle::new(poster).with_recovery(shared.clone());
-            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits).with_recovery(shared.clone(), workers).with_handle(handle);
+            let handle = ServerHandle::new(poster, workers_cluster.clone()).with_recovery(shared.clone());
+            let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits)
+                .with_recovery(shared.clone(), workers)
+                .with_handle(handle)
+                .with_cluster(workers_cluster.clone());
             let worker = match connect_timeout {
                 Some(d) => worker.with_connect_timeout(d),
                 None => worker,
             };
             EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
-        let handle = ServerHandle::new(rt.poster()).with_recovery(recovery);
-        Ok(RunningServer { rt, handle, tls })
+        let adapter_thread = pending.map(|p| p.spawn(rt.poster(), adapter_namespaces));
+        let handle = ServerHandle::new(rt.poster(), cluster).with_recovery(recovery);
+        Ok(RunningServer { rt, handle, adapter_thread, tls })
     }
 }
 
@@ -214,6 +259,7 @@ pub fn reload_tls_logged(tls: &Tls) {
 pub struct RunningServer {
     rt: Runtime<SioMail>,
     handle: ServerHandle,
+    adapter_thread: Option<redis::RedisThread>,
     tls: Option<Tls>,
 }
 
@@ -235,6 +281,11 @@ impl RunningServer {
         self.tls.as_ref().map(Tls::reload)
     }
 
+    /// Collects every worker's counters, from any thread (`/metrics` of the admin endpoint).
+    pub fn scraper(&self) -> threads::Scraper {
+        self.rt.scraper()
+    }
+
     /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and
     /// returns the signal; call [`shutdown`](Self::shutdown) next. With TLS on, each SIGHUP
     /// meanwhile reloads the certificate and key ([`reload_tls`](Self::reload_tls)). Works
@@ -252,6 +303,9 @@ impl RunningServer {
 
     /// Closes every session politely and waits for the workers to exit.
     pub fn shutdown(mut self) {
+        if let Some(mut t) = self.adapter_thread.take() {
+            t.stop();
+        }
         self.rt.shutdown();
         self.rt.join();
     }

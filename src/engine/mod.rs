@@ -256,6 +256,8 @@ pub trait Handler: 'static {
     }
     /// The server is shutting down.
     fn on_shutdown(&mut self, _ctx: &mut Ctx<'_, Self::Mail>) {}
+    /// A scrape: add the handler's counters and gauges (the engine's are already in `out`).
+    fn metrics(&self, _out: &mut crate::rt::metrics::WorkerMetrics) {}
     /// Whether a WebSocket upgrade on `path` (any path but the Engine.IO one) is served as a
     /// raw WebSocket whose messages go to [`Handler::on_raw_message`]. None is by default
     /// (404), as on the reference server.

@@ -18,6 +18,7 @@ use crate::proto::eio::{Action, CloseReason, Packet, PacketType, SharedPacket, T
 use crate::proto::http::response;
 use crate::proto::ws::close::code;
 use crate::proto::ws::Encoder;
+use crate::rt::metrics::WorkerMetrics;
 use crate::rt::{ConnId, Io, Service};
 
 /// Per-connection state.
@@ -109,6 +110,7 @@ impl<H: Handler> EioServer<H> {
         self.core.rearm(h);
         match action {
             Action::Deliver => {
+                self.core.counters.packets_in += 1;
                 let mut ctx = Self::ctx(&mut self.core, io);
                 if let Some(m) = message {
                     self.handler.on_message(&mut ctx, h, m);
@@ -278,6 +280,47 @@ impl<H: Handler> EioServer<H> {
 impl<H: Handler> Service for EioServer<H> {
     type Conn = ConnState;
     type Mail = H::Mail;
+
+    fn metrics(&self, io: &Io<ConnState, H::Mail>, out: &mut WorkerMetrics) {
+        let w = io.worker().to_string();
+        let (mut http, mut ws) = (0u64, 0u64);
+        for s in io.states() {
+            match s {
+                ConnState::Ws { .. } => ws += 1,
+                ConnState::Http | ConnState::Refused | ConnState::Poll { .. } => http += 1,
+            }
+        }
+        const CONNS: &str = "Open connections by transport: HTTP (long-polling requests and handshakes) or WebSocket.";
+        out.gauge("shardcast_connections", CONNS, &[("transport", "polling"), ("worker", &w)], http);
+        out.gauge("shardcast_connections", CONNS, &[("transport", "websocket"), ("worker", &w)], ws);
+        let (mut polling, mut websocket) = (0u64, 0u64);
+        for (_, e) in self.core.sessions.iter().filter(|(_, e)| !e.closing) {
+            match e.session.transport() {
+                Transport::Polling => polling += 1,
+                Transport::WebSocket => websocket += 1,
+            }
+        }
+        const SESSIONS: &str = "Open Engine.IO sessions by their current transport.";
+        out.gauge("shardcast_sessions", SESSIONS, &[("transport", "polling"), ("worker", &w)], polling);
+        out.gauge("shardcast_sessions", SESSIONS, &[("transport", "websocket"), ("worker", &w)], websocket);
+        let c = self.core.counters;
+        out.counter("shardcast_packets_received_total", "Engine.IO message packets (text or binary) received from clients.", &[], c.packets_in);
+        out.counter(
+            "shardcast_packets_sent_total",
+            "Engine.IO message packets queued to clients (a broadcast counts once per recipient; binary attachments are packets of their own).",
+            &[],
+            c.packets_out,
+        );
+        const DROPPED: &str =
+            "Packets not delivered, by reason: volatile (the client could not take it now), slow_consumer (its send queue was full; the session is closed).";
+        out.counter("shardcast_dropped_total", DROPPED, &[("reason", "volatile")], c.dropped_volatile);
+        out.counter("shardcast_dropped_total", DROPPED, &[("reason", "slow_consumer")], c.dropped_slow_consumer);
+        let st = self.stats();
+        const REFUSED: &str = "Connections refused with HTTP 429 by the per-address limits, by reason: address_connections (--max-connections-per-address), address_rate (--max-connection-rate-per-address).";
+        out.counter("shardcast_refused_total", REFUSED, &[("reason", "address_connections")], st.address_too_many);
+        out.counter("shardcast_refused_total", REFUSED, &[("reason", "address_rate")], st.address_too_fast);
+        self.handler.metrics(out);
+    }
 
     fn on_accept(&mut self, io: &mut Io<ConnState, H::Mail>, id: ConnId) -> ConnState {
         if io.total_conns() > self.core.cfg.max_connections || self.core.shutting_down || io.overloaded() {

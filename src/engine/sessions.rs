@@ -63,6 +63,22 @@ pub struct Core {
     /// Connections counted in the per-address limits (released when they close, wherever).
     pub(super) counted: rustc_hash::FxHashSet<ConnId>,
     pub(super) stats: super::EngineStats,
+    /// What this worker's sessions sent and received, and what was dropped: plain integers,
+    /// read when the worker is scraped.
+    pub(super) counters: Counters,
+}
+
+/// The engine's counters of one worker (see `rt::metrics`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Message packets (text or binary) delivered to the handler.
+    pub packets_in: u64,
+    /// Message packets the handler queued to a session.
+    pub packets_out: u64,
+    /// Volatile packets dropped because the client could not take them.
+    pub dropped_volatile: u64,
+    /// Packets that did not fit a slow consumer's queue (its session was closed).
+    pub dropped_slow_consumer: u64,
 }
 
 impl Core {
@@ -80,6 +96,7 @@ impl Core {
             posts: HashMap::default(),
             counted: Default::default(),
             stats: Default::default(),
+            counters: Counters::default(),
         }
     }
 
@@ -162,6 +179,16 @@ impl Core {
     }
 
     pub(super) fn send<M>(&mut self, io: &mut Io<ConnState, M>, h: SessionId, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
+        let r = self.try_send(io, h, p, flags);
+        match r {
+            Err(SendFailure::Dropped) => self.counters.dropped_volatile += 1,
+            Err(SendFailure::SlowConsumer) => self.counters.dropped_slow_consumer += 1,
+            _ => {}
+        }
+        r
+    }
+
+    fn try_send<M>(&mut self, io: &mut Io<ConnState, M>, h: SessionId, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
         let limit = self.cfg.max_send_buffer;
         let policy = self.cfg.slow_consumer;
         let e = self.sessions.get_mut(h).ok_or(SendFailure::NoSession)?;
@@ -254,12 +281,16 @@ impl<M> Ctx<'_, M> {
 
     /// Sends one packet to a session.
     pub fn send(&mut self, session: SessionId, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
-        self.core.send(self.io, session, p, flags)
+        self.core.send(self.io, session, p, flags)?;
+        self.core.counters.packets_out += 1;
+        Ok(())
     }
 
     /// Sends one message on a raw WebSocket (compressed when it negotiated deflate).
     pub fn send_raw(&mut self, conn: super::RawConn, p: &SharedPacket) -> Result<(), SendFailure> {
-        ws_send(self.io, conn.0, p, true).map_err(|_| SendFailure::NoSession)
+        ws_send(self.io, conn.0, p, true).map_err(|_| SendFailure::NoSession)?;
+        self.core.counters.packets_out += 1;
+        Ok(())
     }
 
     /// Closes a session ("forced close"); `Handler::on_close` follows.

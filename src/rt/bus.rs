@@ -46,6 +46,16 @@ impl<M> Mailbox<M> {
         unsafe { libc::write(self.eventfd, (&one as *const u64).cast(), 8) };
     }
 
+    /// Messages waiting (a snapshot: other threads may post meanwhile).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Takes one message (owner only).
     pub fn take(&self) -> Option<M> {
         self.queue.pop()

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use super::arena::{Arena, Handle};
 use super::bus::Mailbox;
 use super::memory::MemoryGuard;
+use super::metrics::{LoopStats, WorkerMetrics};
 use super::sendq::{Overflow, SendQueue};
 use super::timer::Deadlines;
 use super::tls::TlsConn;
@@ -69,6 +70,9 @@ pub trait Service: 'static {
     fn on_turn_end(&mut self, io: &mut Io<Self::Conn, Self::Mail>);
     /// The server is shutting down: close sessions politely.
     fn on_shutdown(&mut self, io: &mut Io<Self::Conn, Self::Mail>);
+    /// A scrape: add the service's counters and gauges to `out` (the runtime's are already
+    /// there). Called at most once per scrape, so walking the service's tables is fine.
+    fn metrics(&self, _io: &Io<Self::Conn, Self::Mail>, _out: &mut WorkerMetrics) {}
 }
 
 /// Mail as the runtime sees it.
@@ -86,6 +90,13 @@ pub enum RtMail<M> {
     User(M),
     /// Stop accepting, close sessions politely, exit.
     Shutdown,
+    /// A scrape: answer on `reply` with this worker's counters (see [`super::metrics`]).
+    Metrics {
+        /// Messages that were waiting in this mailbox when the scrape was posted.
+        depth: usize,
+        /// Where to answer.
+        reply: std::sync::mpsc::Sender<WorkerMetrics>,
+    },
 }
 
 /// Why a send did not queue.
@@ -147,6 +158,17 @@ pub struct Stats {
     pub tls_handshake_timeout: u64,
     /// TLS connections closed (after an alert) for sending bad TLS.
     pub tls_failed: u64,
+}
+
+/// Traffic counters of one worker: plain integers, read only when it is scraped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Connections accepted from the listener (adopted ones are not counted again).
+    pub accepted: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
 }
 
 /// At most one log line about cuts and sheds per this interval, per worker.
@@ -274,6 +296,9 @@ pub struct Io<T, M> {
     /// Connections counted in `conns_total` that this worker owns (checked against the table).
     counted: usize,
     stats: Stats,
+    traffic: Traffic,
+    /// The backend's loop counters (pass time, submissions), kept here so a scrape finds them.
+    pub(super) loop_stats: LoopStats,
     memory: MemoryGuard,
     /// Connections closing after their queued frames: one deadline each, past which they are
     /// closed whether or not the peer read them.
@@ -296,6 +321,8 @@ impl<T, M> Io<T, M> {
             conns_total,
             counted: 0,
             stats: Stats::default(),
+            traffic: Traffic::default(),
+            loop_stats: LoopStats::default(),
             memory,
             close_due: Deadlines::default(),
         }
@@ -357,6 +384,16 @@ impl<T, M> Io<T, M> {
     /// What this worker refused or cut so far.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Connections accepted, bytes received and written so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// The protocol state of every open connection (for a scrape's gauges).
+    pub fn states(&self) -> impl Iterator<Item = &T> {
+        self.conns.iter().filter(|(_, c)| c.open()).filter_map(|(_, c)| c.state.as_ref())
     }
 
     /// The live connection in slot `idx` (timers keyed by slot find their connection here).
@@ -517,6 +554,7 @@ impl<S: Service> Shard<S> {
     /// A connection was accepted from the listener.
     pub fn accept(&mut self, drv: &mut impl Driver, fd: RawFd) -> ConnId {
         self.io.conns_total.fetch_add(1, Ordering::Relaxed);
+        self.io.traffic.accepted += 1;
         let id = self.insert(drv, fd);
         if let Some(tls) = self.io.cfg.tls.clone() {
             match tls.accept() {
@@ -583,6 +621,8 @@ impl<S: Service> Shard<S> {
 
     /// Bytes arrived on `id` (borrowed from the backend's buffer, rewritable in place).
     pub fn received(&mut self, id: ConnId, data: &mut [u8]) {
+        // Bytes as they came off the wire (ciphertext under TLS).
+        self.io.traffic.bytes_in += data.len() as u64;
         let Some(c) = self.io.conn(id) else { return };
         if c.closing == Closing::Draining {
             // A lingering close: discarded, bounded.
@@ -771,6 +811,9 @@ impl<S: Service> Shard<S> {
 
     /// The write on `id` completed: `res` bytes written, or `-errno`.
     pub fn sent(&mut self, id: ConnId, res: i32) {
+        if res > 0 {
+            self.io.traffic.bytes_out += res as u64;
+        }
         let Some(c) = self.io.conn(id) else { return };
         let q = match c.tls.as_mut() {
             Some(t) => &mut t.wire,
@@ -796,8 +839,34 @@ impl<S: Service> Shard<S> {
             }
             RtMail::User(m) => self.service.on_mail(&mut self.io, m),
             RtMail::Shutdown => return true,
+            RtMail::Metrics { depth, reply } => {
+                let _ = reply.send(self.metrics(depth));
+            }
         }
         false
+    }
+
+    /// This worker's counters and gauges: the runtime's, then the service's.
+    pub fn metrics(&self, mailbox_depth: usize) -> WorkerMetrics {
+        let io = &self.io;
+        let w = io.worker.to_string();
+        let worker = [("worker", w.as_str())];
+        let mut m = WorkerMetrics { worker: io.worker, loop_stats: io.loop_stats, mailbox_depth, ..Default::default() };
+        m.gauge("shardcast_tcp_connections", "TCP connections this worker owns (every protocol, closing ones included).", &worker, io.conns.len() as u64);
+        m.counter("shardcast_accepted_total", "TCP connections accepted.", &[], io.traffic.accepted);
+        m.counter("shardcast_received_bytes_total", "Bytes received from clients.", &[], io.traffic.bytes_in);
+        m.counter("shardcast_sent_bytes_total", "Bytes written to clients.", &[], io.traffic.bytes_out);
+        let queued: usize = io.conns.iter().map(|(_, c)| c.sendq.queued_bytes()).sum();
+        m.gauge("shardcast_send_queue_bytes", "Bytes queued for clients and not yet written.", &worker, queued as u64);
+        m.gauge("shardcast_read_held_bytes", "Unconsumed input held for clients (counts against the read budget).", &worker, io.read_held as u64);
+        let s = io.stats;
+        for (reason, n) in
+            [("read_overflow", s.read_overflow), ("read_budget", s.shed_read_budget), ("memory", s.shed_memory), ("close_grace", s.close_grace_expired)]
+        {
+            m.counter("shardcast_cuts_total", "Connections cut or shed by the runtime, by reason.", &[("reason", reason)], n);
+        }
+        self.service.metrics(io, &mut m);
+        m
     }
 
     /// Runs due timers, ends the service's turn, applies closes, pauses and hand-offs, and

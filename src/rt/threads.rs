@@ -6,10 +6,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::backend::epoll;
+use super::backend::epoll::EpollBackend;
+use super::backend::probe::{self, ProbeError};
+use super::backend::uring::UringBackend;
+use super::backend::{Chosen, IoBackend, Unavailable};
 use super::bus::Mailbox;
 use super::conn::{RtMail, Service};
 use super::listener;
 use super::memory::{self, MemoryGuard};
+use super::metrics::WorkerMetrics;
 use super::ring::RingError;
 use super::worker::{Worker, WorkerConfig};
 
@@ -25,6 +31,24 @@ pub enum StartError {
     Mailbox(std::io::Error),
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// A setting that cannot work (named in the message), found at start.
+    #[error("{0}")]
+    Config(String),
+    /// io_uring was asked for (`--io uring`) and cannot be used here.
+    #[error("{0}; `--io auto` falls back to epoll by itself")]
+    IoUringUnavailable(Unavailable),
+    /// Out of memory or descriptors while setting up I/O (fatal under either backend).
+    #[error("cannot set up I/O: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<ProbeError> for StartError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Unavailable(u) => StartError::IoUringUnavailable(u),
+            ProbeError::Fatal(e) => StartError::Io(e),
+        }
+    }
 }
 
 /// Runtime settings.
@@ -35,13 +59,22 @@ pub struct RuntimeConfig {
     pub pin: bool,
     pub backlog: i32,
     pub worker: WorkerConfig,
+    /// The I/O backend (`--io`): io_uring when it can be used (default), epoll otherwise.
+    pub io: IoBackend,
 }
 
 impl Default for RuntimeConfig {
     /// 127.0.0.1:3000, one worker per CPU this process may run on, pinned, a backlog of 4096,
-    /// the default worker settings.
+    /// the default worker settings, io_uring where it can be used (epoll otherwise).
     fn default() -> Self {
-        RuntimeConfig { bind: SocketAddr::from(([127, 0, 0, 1], 3000)), threads: default_threads(), pin: true, backlog: 4096, worker: WorkerConfig::default() }
+        RuntimeConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            threads: default_threads(),
+            pin: true,
+            backlog: 4096,
+            worker: WorkerConfig::default(),
+            io: IoBackend::Auto,
+        }
     }
 }
 
@@ -52,6 +85,8 @@ struct Liveness {
     stopping: AtomicBool,
     /// Worker threads that have returned.
     exited: AtomicUsize,
+    /// Which workers have returned (a scrape asks only the others).
+    gone: Vec<AtomicBool>,
 }
 
 /// The running workers.
@@ -60,6 +95,7 @@ pub struct Runtime<M: Send + 'static> {
     mailboxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>>,
     live: Arc<Liveness>,
     threads: Vec<JoinHandle<()>>,
+    backend: Chosen,
 }
 
 /// Posts mail to the workers from any thread.
@@ -93,7 +129,7 @@ impl<M: Send + 'static> Poster<M> {
 
     /// A poster for no runtime: no workers, and [`stopped`](Self::stopped) from the start.
     pub fn detached() -> Poster<M> {
-        let live = Liveness { stopping: AtomicBool::new(true), exited: AtomicUsize::new(0) };
+        let live = Liveness { stopping: AtomicBool::new(true), exited: AtomicUsize::new(0), gone: Vec::new() };
         Poster { mailboxes: Arc::new(Vec::new()), live: Arc::new(live) }
     }
 
@@ -104,6 +140,86 @@ impl<M: Send + 'static> Poster<M> {
         }
         self.mailboxes[worker].post(RtMail::User(m));
         Ok(())
+    }
+}
+
+/// The workers' mailboxes, whatever their service's mail type (for a [`Scraper`]).
+trait Inboxes: Send + Sync {
+    fn workers(&self) -> usize;
+    fn depth(&self, worker: usize) -> usize;
+    fn ask(&self, worker: usize, depth: usize, reply: std::sync::mpsc::Sender<WorkerMetrics>);
+}
+
+impl<M: Send + 'static> Inboxes for Vec<Arc<Mailbox<RtMail<M>>>> {
+    fn workers(&self) -> usize {
+        self.len()
+    }
+
+    fn depth(&self, worker: usize) -> usize {
+        self[worker].len()
+    }
+
+    fn ask(&self, worker: usize, depth: usize, reply: std::sync::mpsc::Sender<WorkerMetrics>) {
+        self[worker].post(RtMail::Metrics { depth, reply });
+    }
+}
+
+/// Why a scrape did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeError {
+    /// Every worker has exited.
+    #[error("the server has stopped")]
+    Stopped,
+    /// A worker did not answer in time (it is stuck in a long pass).
+    #[error("a worker did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Asks every worker for its counters, from any thread (the admin endpoint). A worker answers
+/// at its next loop pass, from its own plain counters: nothing is shared with the hot path.
+/// Scrapes keep working during the shutdown grace (workers read their mail until they exit);
+/// a worker that has already exited (its drain is over) is left out of the answer.
+#[derive(Clone)]
+pub struct Scraper {
+    boxes: Arc<dyn Inboxes>,
+    live: Arc<Liveness>,
+}
+
+impl Scraper {
+    /// Every running worker's counters, in worker order; waits at most `timeout` for the
+    /// answers.
+    pub fn scrape(&self, timeout: std::time::Duration) -> Result<Vec<WorkerMetrics>, ScrapeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gone = |w: usize| self.live.gone[w].load(Ordering::Acquire);
+        let asked: Vec<usize> = (0..self.boxes.workers()).filter(|&w| !gone(w)).collect();
+        if asked.is_empty() {
+            return Err(ScrapeError::Stopped);
+        }
+        for &w in &asked {
+            // Read before asking, so the scrape's own message is not counted.
+            let depth = self.boxes.depth(w);
+            self.boxes.ask(w, depth, tx.clone());
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut answers: Vec<WorkerMetrics> = Vec::with_capacity(asked.len());
+        // Until every worker asked has answered, or exited without answering.
+        while asked.iter().any(|&w| !gone(w) && !answers.iter().any(|m| m.worker == w)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ScrapeError::Timeout(timeout));
+            }
+            match rx.recv_timeout(left.min(std::time::Duration::from_millis(20))) {
+                Ok(m) => answers.push(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if answers.is_empty() {
+            return Err(ScrapeError::Stopped);
+        }
+        answers.sort_by_key(|m| m.worker);
+        Ok(answers)
     }
 }
 
@@ -118,10 +234,11 @@ pub fn on_worker_thread() -> bool {
 }
 
 /// Counts a worker thread as exited when its body returns (or unwinds).
-struct ExitGuard(Arc<Liveness>);
+struct ExitGuard(Arc<Liveness>, usize);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        self.0.gone[self.1].store(true, Ordering::Release);
         self.0.exited.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -169,7 +286,8 @@ fn abort_on_panic(index: usize, body: impl FnOnce()) {
 }
 
 /// Starts `cfg.threads` workers; `make(i)` builds worker i's service on its own thread.
-/// Returns once every worker's ring is up, or the first worker's error.
+/// Chooses the I/O backend first (`cfg.io`, see [`probe::select`]). Returns once every
+/// worker's backend is up, or the first worker's error.
 pub fn start<S, F>(cfg: RuntimeConfig, make: F) -> Result<Runtime<S::Mail>, StartError>
 where
     S: Service,
@@ -185,6 +303,8 @@ where
     S: Service,
     F: Fn(usize, Poster<S::Mail>) -> S + Send + Sync + 'static,
 {
+    let backend = probe::select(cfg.io)?;
+    tracing::info!(backend = backend.name(), "I/O backend");
     let threads = cfg.threads.max(1);
     // The first listener claims the address (see `listener`): a port another process serves
     // fails here instead of being shared with it.
@@ -210,9 +330,9 @@ where
     // Worker i pins itself to the i-th CPU the process was given (wrapping), never outside
     // that set: under `taskset -c 1` worker 0 runs on CPU 1, not CPU 0.
     let cpus = Arc::new(allowed_cpus());
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RingError>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let mut handles = Vec::with_capacity(threads);
-    let live = Arc::new(Liveness::default());
+    let live = Arc::new(Liveness { gone: (0..threads).map(|_| AtomicBool::new(false)).collect(), ..Default::default() });
     for (i, fd) in fds.into_iter().enumerate() {
         let peers = mailboxes.clone();
         let poster = Poster { mailboxes: mailboxes.clone(), live: live.clone() };
@@ -227,7 +347,7 @@ where
         let h = std::thread::Builder::new()
             .name(format!("shardcast-w{i}"))
             .spawn(move || {
-                let _exit = ExitGuard(live);
+                let _exit = ExitGuard(live, i);
                 ON_WORKER.with(|w| w.set(true));
                 abort_on_panic(i, || {
                     if pin && !cpus.is_empty() {
@@ -235,32 +355,43 @@ where
                     }
                     let own = peers[i].clone();
                     let service = make(i, poster);
-                    match Worker::new(i, fd, peers, conns_total, memory, service, wcfg) {
-                        Ok(w) => {
-                            let _ = ready.send(Ok(()));
-                            w.run();
-                            // Mail nobody will read: dropping it tells whoever waits for an
-                            // answer that none will come (see `app::pending`).
-                            drop_unread(&own);
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                        }
+                    match backend {
+                        Chosen::Uring => match UringBackend::new(i, &wcfg) {
+                            Ok(b) => {
+                                let _ = ready.send(Ok(()));
+                                Worker::new(i, b, fd, peers, conns_total, memory, service, wcfg).run();
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(e.into()));
+                            }
+                        },
+                        Chosen::Epoll => match EpollBackend::new(wcfg.buf_size * epoll::READS_PER_PASS) {
+                            Ok(b) => {
+                                let _ = ready.send(Ok(()));
+                                Worker::new(i, b, fd, peers, conns_total, memory, service, wcfg).run();
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(StartError::Io(e)));
+                            }
+                        },
                     }
+                    // Mail nobody will read any more: dropping it tells whoever waits for an
+                    // answer that none will come (see `app::pending`).
+                    drop_unread(&own);
                 })
             })
             .expect("spawning a worker thread");
         handles.push(h);
     }
     drop(ready_tx);
-    let mut rt = Runtime { addr, mailboxes, live, threads: handles };
+    let mut rt = Runtime { addr, mailboxes, live, threads: handles, backend };
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 rt.shutdown();
                 rt.join();
-                return Err(e.into());
+                return Err(e);
             }
             Err(_) => break,
         }
@@ -280,6 +411,11 @@ fn drop_unread<M>(mailbox: &Mailbox<RtMail<M>>) {
 }
 
 impl<M: Send + 'static> Runtime<M> {
+    /// The I/O backend the workers run.
+    pub fn backend(&self) -> Chosen {
+        self.backend
+    }
+
     /// The bound address (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -287,6 +423,12 @@ impl<M: Send + 'static> Runtime<M> {
 
     pub fn poster(&self) -> Poster<M> {
         Poster { mailboxes: self.mailboxes.clone(), live: self.live.clone() }
+    }
+
+    /// A handle that collects every worker's counters (see [`Scraper`]).
+    pub fn scraper(&self) -> Scraper {
+        let boxes: Arc<Vec<Arc<Mailbox<RtMail<M>>>>> = self.mailboxes.clone();
+        Scraper { boxes, live: self.live.clone() }
     }
 
     /// Asks every worker to stop accepting, close its sessions politely and exit.

@@ -10,6 +10,29 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The line the server printed once listening.
+    pub banner: String,
+}
+
+/// The I/O backend the suite runs under: `SHARDCAST_TEST_IO` (`uring`, `epoll` or `auto`;
+/// `scripts/test` runs the wire and interop tests once with `uring` and once with `epoll`),
+/// `auto` when unset.
+pub fn test_io() -> shardcast::rt::IoBackend {
+    use shardcast::rt::IoBackend;
+    match std::env::var("SHARDCAST_TEST_IO").as_deref() {
+        Ok("uring") => IoBackend::Uring,
+        Ok("epoll") => IoBackend::Epoll,
+        Ok("auto") | Ok("") | Err(_) => IoBackend::Auto,
+        Ok(other) => panic!("SHARDCAST_TEST_IO={other:?}: expected uring, epoll or auto"),
+    }
+}
+
+/// `--io $SHARDCAST_TEST_IO` for a binary started with `args`, unless they choose one.
+pub fn io_args(args: &[&str]) -> Vec<String> {
+    match std::env::var("SHARDCAST_TEST_IO") {
+        Ok(io) if !io.is_empty() && !args.contains(&"--io") => vec!["--io".into(), io],
+        _ => Vec::new(),
+    }
 }
 
 impl Server {
@@ -33,6 +56,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(args)
             .args(&heartbeats)
+            .args(io_args(args))
             .envs(env.iter().copied())
             .args(["--bind", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -44,7 +68,7 @@ impl Server {
         out.read_line(&mut line).unwrap();
         let addr = line.split_whitespace().find_map(|w| w.parse::<SocketAddr>().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         std::thread::spawn(move || for _ in out.lines() {});
-        Server { child, addr }
+        Server { child, addr, banner: line.trim_end().to_string() }
     }
 
     pub fn stop(&mut self) -> std::process::ExitStatus {
@@ -197,9 +221,14 @@ impl Ws {
         }
     }
 
+    /// The upgrade request [`Ws::try_connect`] sends.
+    pub fn upgrade_request(target: &str, extra: &str) -> String {
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n")
+    }
+
     pub fn try_connect(addr: SocketAddr, target: &str, extra: &str) -> Result<Ws, Response> {
         let mut h = Http::connect(addr);
-        h.send_raw(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").as_bytes());
+        h.send_raw(Ws::upgrade_request(target, extra).as_bytes());
         let r = h.read_response_head_only();
         match r {
             Ok(head) => Ok(Ws { stream: h.stream, buf: h.buf, response_head: head }),
@@ -272,6 +301,8 @@ impl Ws {
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     panic!("timed out waiting for a frame from the server")
                 }
+                // A signal (or kernel task work) interrupted the read: not an answer, retry.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }

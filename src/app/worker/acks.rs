@@ -295,6 +295,15 @@ impl Acks {
         c.waiting == 0 && c.responses.len() >= c.expected
     }
 
+    /// The other nodes of a cluster are `remote` more reporters: the one report they were
+    /// given at [`Acks::start_collector`] becomes `remote`; true when the collection is
+    /// complete.
+    pub(crate) fn nodes(&mut self, id: u64, remote: usize) -> bool {
+        let Some(c) = self.collectors.get_mut(&id) else { return false };
+        c.waiting = c.waiting.saturating_sub(1) + remote;
+        c.waiting == 0 && c.responses.len() >= c.expected
+    }
+
     /// One recipient's answer; true when the collection is complete.
     pub(crate) fn answer(&mut self, id: u64, answer: (Vec<Value>, Vec<Bytes>)) -> bool {
         let Some(c) = self.collectors.get_mut(&id) else { return false };

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::acks::PendingAck;
 use super::{disconnect_client, remove_socket, WorkerCore};
+use crate::app::adapter::{AckTarget, Outbound};
 use crate::app::handle::SocketInfo;
 use crate::app::namespace::{BroadcastAckCallback, DisconnectReason};
 use crate::app::pending::{AckSink, Part, RoomNames};
@@ -75,6 +76,9 @@ pub enum AckOrigin {
 pub enum SioMail {
     /// Deliver a broadcast to this worker's matching sockets.
     Broadcast(Arc<Broadcast>),
+    /// A broadcast from a `ServerHandle`: delivered like [`SioMail::Broadcast`], and counted
+    /// as emitted by the one worker it is posted to this way (the others get `Broadcast`).
+    Publish(Arc<Broadcast>),
     /// Make the selected sockets join rooms.
     Join {
         /// Which sockets.
@@ -121,6 +125,15 @@ pub enum SioMail {
         nsp: Arc<str>,
         /// This worker's part of the answer.
         part: Part<RoomNames>,
+    },
+    /// To a broadcast's origin, from the cluster adapter: the other nodes are `remote` more
+    /// reporters (each then reports with [`SioMail::AckCount`] and answers with
+    /// [`SioMail::AckAnswer`]).
+    AckNodes {
+        /// The broadcast's ack id.
+        id: u64,
+        /// Other nodes that will report.
+        remote: usize,
     },
     /// To a broadcast's origin: this worker sent it to `count` sockets.
     AckCount {
@@ -201,24 +214,37 @@ impl WorkerCore {
                     tracing::debug!(socket = %s.id, "too many pending acks; a broadcast's ack will not be collected");
                 }
             }
+            let mut delivered = true;
             for p in b.packet.packets() {
                 if ctx.send(s.client, p, b.flags).is_err() {
+                    delivered = false;
                     break;
                 }
             }
+            self.deliveries += delivered as u64;
         }
         self.compact_acks();
         targets.len()
     }
 
-    /// Broadcasts: local delivery, plus one post of the same `Arc` to every other worker.
+    /// Broadcasts: local delivery, plus one post of the same `Arc` to every other worker (and,
+    /// in a cluster, to the other nodes).
     pub(crate) fn broadcast(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Broadcast) -> usize {
-        let b = Arc::new(b);
+        self.broadcast_shared(ctx, Arc::new(b))
+    }
+
+    fn broadcast_shared(&mut self, ctx: &mut Ctx<'_, SioMail>, b: Arc<Broadcast>) -> usize {
+        self.broadcasts += 1;
         let n = self.deliver(ctx, &b);
         self.keep_packet(ctx, &b);
         let me = ctx.worker();
         for w in (0..ctx.workers()).filter(|&w| w != me) {
             ctx.post(w, SioMail::Broadcast(b.clone()));
+        }
+        // An acked broadcast goes to the other nodes as a request of its own
+        // (`broadcast_with_ack`).
+        if let (Some(c), None) = (&self.cluster, &b.ack) {
+            c.send(Outbound::Broadcast(b));
         }
         n
     }
@@ -244,10 +270,19 @@ impl WorkerCore {
         let deadline = ctx.now() + timeout;
         let s = self.sockets.at_mut(idx);
         let key = (idx, s.gen);
-        self.acks.start_collector(&mut s.acks, id, key, ctx.workers() - 1, deadline, cb)?;
+        // In a cluster, the other nodes count as one more reporter until the adapter knows how
+        // many they are.
+        let reporters = ctx.workers() - 1 + usize::from(self.cluster.is_some());
+        self.acks.start_collector(&mut s.acks, id, key, reporters, deadline, cb)?;
         let packet = encode::event(&sel.nsp, event, args, Some(id), attachments);
-        let b = Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: AckOrigin::Worker(worker), deadline }), offset: None };
-        let n = self.broadcast(ctx, b);
+        let b = Arc::new(Broadcast { sel, packet, flags, ack: Some(BroadcastAck { id, origin: AckOrigin::Worker(worker), deadline }), offset: None });
+        let n = self.broadcast_shared(ctx, b.clone());
+        if let Some(c) = &self.cluster {
+            if !c.send(Outbound::AckedBroadcast(b, AckTarget::Worker { worker, id }, timeout)) {
+                // Not handed to the adapter: no other node will report.
+                self.acks.nodes(id, 0);
+            }
+        }
         if self.acks.count(id, n, false) {
             // Called from user code: the callback runs once that code has returned.
             self.intents.push_back((key.0, key.1, super::Intent::Collected(id)));
@@ -259,6 +294,10 @@ impl WorkerCore {
 /// Applies one piece of mail from another worker or a `ServerHandle`.
 pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: SioMail) {
     match mail {
+        SioMail::Publish(b) => {
+            core.broadcasts += 1;
+            apply(core, ctx, SioMail::Broadcast(b));
+        }
         SioMail::Broadcast(b) => {
             // One copy per worker, not per recipient: keeps reference counts core-local.
             let local = Arc::new(Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone(), offset: b.offset });
@@ -273,6 +312,11 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
                     }
                 }
                 None => {}
+            }
+        }
+        SioMail::AckNodes { id, remote } => {
+            if core.acks.nodes(id, remote) {
+                super::finish_collector(core, ctx, id, false);
             }
         }
         SioMail::AckCount { id, count } => {

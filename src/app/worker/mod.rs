@@ -40,6 +40,7 @@ pub use retain::{RecoveryStats, Restored};
 
 pub(crate) use acks::next_handle_broadcast_id;
 
+use super::adapter::Adapter;
 use super::handle::{ServerHandle, SocketInfo};
 use super::limits::{self, SocketLimits};
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
@@ -99,6 +100,13 @@ pub struct WorkerCore {
     stats: AppStats,
     /// Connection state recovery, when on.
     store: Option<retain::Store>,
+    /// The other nodes of a cluster; `None` for a single node (the in-process adapter), so a
+    /// broadcast then pays one branch and nothing else.
+    pub(crate) cluster: Option<Arc<dyn Adapter>>,
+    /// Broadcasts emitted here (or published by a handle and counted here), and the sockets
+    /// this worker handed one to: plain integers, read when the worker is scraped.
+    pub(crate) broadcasts: u64,
+    pub(crate) deliveries: u64,
 }
 
 /// Counters of what this worker's Socket.IO layer refused or cut.
@@ -150,15 +158,24 @@ impl SioWorker {
                 connect_due: Fifo::default(),
                 connect_timeout: Duration::from_secs(45),
                 intents: VecDeque::new(),
+                cluster: None,
                 pending: Default::default(),
                 next_token: 0,
                 decision_due: Fifo::default(),
                 stats: AppStats::default(),
                 store: None,
+                broadcasts: 0,
+                deliveries: 0,
             },
         }
     }
 
+    /// Hands what originates on this worker (broadcasts, server-side room and disconnect
+    /// requests) to the other nodes of a cluster as well.
+    pub fn with_cluster(mut self, cluster: Option<Arc<dyn Adapter>>) -> SioWorker {
+        self.core.cluster = cluster;
+        self
+    }
     /// With connection state recovery (`Some`), shared by the `workers` workers of a server.
     pub fn with_recovery(mut self, recovery: Option<Arc<super::recovery::Recovery>>, workers: usize) -> SioWorker {
         self.core.store = recovery.map(|r| retain::Store::new(r, workers));
@@ -196,7 +213,7 @@ impl WorkerCore {
         let s = self.sockets.at(idx);
         let mut rooms: Vec<String> = s.rooms.iter().map(|r| r.to_string()).collect();
         rooms.sort_unstable();
-        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker }
+        SocketInfo { id: s.id.to_string(), nsp: s.nsp.to_string(), rooms, handshake: (*s.handshake).clone(), data: s.shared.clone(), worker, node: None }
     }
 
     /// The rooms of `nsp` with a member on this worker, sockets' own-id rooms left out.
@@ -683,6 +700,51 @@ impl Handler for SioWorker {
             SioMail::Recovery(m) => self.recovery_mail(ctx, m),
             mail => mail::apply(&mut self.core, ctx, mail),
         }
+    }
+
+    fn metrics(&self, out: &mut crate::rt::metrics::WorkerMetrics) {
+        let core = &self.core;
+        let w = out.worker.to_string();
+        let worker = [("worker", w.as_str())];
+        out.gauge("shardcast_namespaces", "Namespaces with at least one socket on this worker.", &worker, core.rooms.nsps.len() as u64);
+        out.gauge("shardcast_sockets", "Connected Socket.IO sockets (one per client and namespace).", &worker, core.sockets.len() as u64);
+        // Every socket is in the room named by its id; those are not counted.
+        let rooms: usize = core.rooms.nsps.values().map(|ns| ns.rooms.len()).sum();
+        out.gauge(
+            "shardcast_rooms",
+            "Rooms with a member on this worker (a room with members on two workers counts on each; sockets' own id rooms are not counted).",
+            &worker,
+            rooms.saturating_sub(core.sockets.len()) as u64,
+        );
+        out.counter("shardcast_broadcasts_total", "Broadcasts emitted (each encoded once, whatever the number of recipients).", &[], core.broadcasts);
+        out.counter(
+            "shardcast_deliveries_total",
+            "Broadcast packets handed to a recipient's transport (one per recipient per broadcast).",
+            &[],
+            core.deliveries,
+        );
+        let st = self.stats();
+        const CUT: &str = "Sockets (or sessions) the Socket.IO layer disconnected for passing a limit, by reason: event_rate and byte_rate (--max-event-rate, --max-byte-rate), held_overflow (packets held for an undecided deferred middleware), connect_decision_timeout.";
+        for (reason, n) in [
+            ("event_rate", st.event_rate_exceeded),
+            ("byte_rate", st.byte_rate_exceeded),
+            ("held_overflow", st.held_overflow),
+            ("connect_decision_timeout", st.connect_decision_timeouts),
+        ] {
+            out.counter("shardcast_socket_cuts_total", CUT, &[("reason", reason)], n);
+        }
+        let r = st.recovery;
+        out.gauge("shardcast_recovery_kept_packets", "Packets kept for connection state recovery.", &worker, r.kept_packets);
+        out.gauge("shardcast_recovery_kept_bytes", "Bytes of the packets kept for connection state recovery.", &worker, r.kept_bytes);
+        out.gauge("shardcast_recovery_kept_sockets", "Disconnected sockets kept for connection state recovery.", &worker, r.kept_sockets);
+        out.counter(
+            "shardcast_recovery_evicted_packets_total",
+            "Kept packets dropped before their window ended, to stay within the caps.",
+            &[],
+            r.evicted_packets,
+        );
+        out.counter("shardcast_recovery_total", "Reconnections asking to recover, by outcome.", &[("outcome", "recovered")], r.recovered);
+        out.counter("shardcast_recovery_total", "Reconnections asking to recover, by outcome.", &[("outcome", "not_recovered")], r.not_recovered);
     }
 
     fn on_timers(&mut self, ctx: &mut Ctx<'_, SioMail>, now: Instant) {

@@ -78,6 +78,11 @@ pub(crate) struct Sockets {
 }
 
 impl Sockets {
+    /// Sockets in the slab (connected, or leaving within this pass).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
     pub(crate) fn get(&self, idx: u32) -> Option<&SocketState> {
         self.slots.get_at(idx)
     }

@@ -41,7 +41,13 @@ async function connect(mode, nsp = "/", extra = {}) {
   return [s, auth];
 }
 
-for (const mode of Object.keys(MODES)) {
+// SHARDCAST_SUITE picks the part to run: "contract" (every row, in every transport mode,
+// against the contract's heartbeats) or "scale" (many clients in this one Node process,
+// against a server with relaxed heartbeats: 500 clients' pongs from one busy event loop
+// within 200 ms measure the test machine, not the server). Both run by default.
+const SUITE = process.env.SHARDCAST_SUITE || "all";
+
+for (const mode of SUITE === "scale" ? [] : Object.keys(MODES)) {
   describe(`contract over ${mode}`, () => {
     test("connect emits auth with the payload, or {} without one, on / and /custom", async () => {
       for (const nsp of ["/", "/custom"]) {
@@ -173,7 +179,7 @@ for (const mode of Object.keys(MODES)) {
   });
 }
 
-describe("scale", () => {
+(SUITE === "contract" ? describe.skip : describe)("scale", () => {
   test("500 clients at once each get their echo", async () => {
     const N = 500;
     const sockets = [];

@@ -1,5 +1,7 @@
 // shared/CONTRACT.md on Node's own socket.io 4.8: the reference the interop suite is checked
 // against (`node reference-server.js [port]` prints "listening on 127.0.0.1:PORT").
+// With REDIS_URL set it joins a cluster through @socket.io/redis-adapter (the cluster tests and
+// benchmark), and prints "redis ready" each time its Redis clients (re)connect.
 "use strict";
 const { createServer } = require("node:http");
 const { Server } = require("socket.io");
@@ -44,6 +46,23 @@ function contract(nsp) {
 contract(io.of("/"));
 contract(io.of("/custom"));
 
-httpServer.listen(Number(process.argv[2] || 0), "127.0.0.1", () => {
-  console.log(`listening on 127.0.0.1:${httpServer.address().port}`);
+async function withRedis() {
+  const { createClient } = require("redis");
+  const { createAdapter } = require("@socket.io/redis-adapter");
+  const pub = createClient({ url: process.env.REDIS_URL });
+  const sub = pub.duplicate();
+  for (const c of [pub, sub]) {
+    // Redis going away must not crash the node: log once per error and let the client reconnect.
+    c.on("error", (e) => console.error(`redis client: ${e.message}`));
+  }
+  let ready = 0;
+  sub.on("ready", () => { if (++ready > 1) console.log("redis ready"); });
+  await Promise.all([pub.connect(), sub.connect()]);
+  io.adapter(createAdapter(pub, sub));
+}
+
+(process.env.REDIS_URL ? withRedis() : Promise.resolve()).then(() => {
+  httpServer.listen(Number(process.argv[2] || 0), "127.0.0.1", () => {
+    console.log(`listening on 127.0.0.1:${httpServer.address().port}`);
+  });
 });

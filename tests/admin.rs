@@ -1,0 +1,523 @@
+//! The admin endpoint (`--admin-bind`) of the real binary: `/metrics` after a known workload
+//! (exact counter values), `/health` turning 503 when shutdown begins while the drain runs,
+//! the publish API reaching the right raw-wire Socket.IO clients (rooms, except, namespaces,
+//! batches) and refusing bad keys and bodies, and configuration from `SHARDCAST_*` variables.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shardcast::engine::sid;
+use support::{Server, Ws};
+
+/// The admin endpoint's address, from the banner.
+fn admin_addr(server: &Server) -> SocketAddr {
+    let rest = server.banner.split("admin endpoint on ").nth(1).unwrap_or_else(|| panic!("no admin address in {:?}", server.banner));
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// One request to the admin endpoint: (status, head, body).
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("the admin endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("a complete answer (the endpoint closes after it)");
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = request(addr, "GET", path, "", b"");
+    (status, body)
+}
+
+/// A parsed exposition: metric line (`name{labels}`, labels in the order printed) -> value,
+/// after checking the format: every sample's family has one `# HELP` and one `# TYPE` line
+/// before it, and counters end in `_total`.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split_whitespace().next().unwrap();
+            assert!(helps.insert(name.to_string(), ()).is_none(), "two HELP lines for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split_whitespace();
+            let (name, kind) = (w.next().unwrap(), w.next().unwrap());
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(helps.contains_key(name), "TYPE before HELP for {name}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} does not end in _total");
+            }
+            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "two TYPE lines for {name}");
+        } else {
+            let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+            let name = key.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|k| k == "histogram")));
+            let family = family.unwrap_or(name);
+            assert!(types.contains_key(family), "sample {name} has no TYPE line before it");
+            assert!(name.starts_with("shardcast_"), "{name}");
+            values.insert(key.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
+        }
+    }
+    values
+}
+
+fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+    let (status, head, body) = request(addr, "GET", "/metrics", "", b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    parse_metrics(&body)
+}
+
+fn value(m: &BTreeMap<String, f64>, key: &str) -> u64 {
+    *m.get(key).unwrap_or_else(|| panic!("no {key} in the scrape: {m:#?}")) as u64
+}
+
+/// A raw Socket.IO client over WebSocket that counts the bytes it writes and reads.
+struct Client {
+    ws: Ws,
+    /// The Engine.IO session id (its first 2 characters name the owning worker).
+    sid: String,
+    /// The Socket.IO socket id in `/`.
+    socket: String,
+    sent: u64,
+    received: u64,
+}
+
+fn frame_len(payload: usize, masked: bool) -> u64 {
+    let ext = if payload < 126 {
+        0
+    } else if payload < 65536 {
+        2
+    } else {
+        8
+    };
+    (2 + ext + if masked { 4 } else { 0 } + payload) as u64
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, nsp: &str) -> Client {
+        let target = "/socket.io/?EIO=4&transport=websocket";
+        let ws = Ws::connect(addr, target, "");
+        ws.set_timeout(Duration::from_secs(10));
+        let mut c = Client {
+            sent: Ws::upgrade_request(target, "").len() as u64,
+            received: ws.response_head.len() as u64,
+            ws,
+            sid: String::new(),
+            socket: String::new(),
+        };
+        let open = c.recv();
+        let v: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+        c.sid = v["sid"].as_str().unwrap().to_string();
+        c.send(&if nsp == "/" { "40".to_string() } else { format!("40{nsp},") });
+        let ok = c.recv();
+        let prefix = if nsp == "/" { "40".to_string() } else { format!("40{nsp},") };
+        let v: serde_json::Value = serde_json::from_str(ok.strip_prefix(&prefix).unwrap_or_else(|| panic!("{ok}"))).unwrap();
+        c.socket = v["sid"].as_str().unwrap().to_string();
+        let auth = c.recv();
+        assert!(auth.contains("[\"auth\",{}]"), "{auth}");
+        c
+    }
+
+    fn send(&mut self, text: &str) {
+        self.ws.send_text(text);
+        self.sent += frame_len(text.len(), true);
+    }
+
+    /// The next text frame (heartbeats are 25 s apart here: none arrives during a test).
+    fn recv(&mut self) -> String {
+        let t = self.ws.recv_text();
+        self.received += frame_len(t.len(), false);
+        t
+    }
+
+    fn worker(&self) -> usize {
+        sid::owner(&self.sid).unwrap()
+    }
+}
+
+const SLOW_HEARTBEAT: [&str; 4] = ["--ping-interval", "25000", "--ping-timeout", "20000"];
+
+fn start(extra: &[&str]) -> Server {
+    let mut args = vec!["--threads", "2", "--admin-bind", "127.0.0.1:0"];
+    args.extend_from_slice(&SLOW_HEARTBEAT);
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn metrics_count_a_known_workload_exactly() {
+    let server = start(&[]);
+    let admin = admin_addr(&server);
+    // N = 6 clients; clients 0..4 join room r (R = 4 recipients, acks asked); client 5 sends
+    // M = 3 to-room messages; client 4 sends B = 2 broadcasts (to the N - 1 others).
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(server.addr, "/")).collect();
+    for c in &mut clients[..4] {
+        c.send(r#"421["join","r"]"#);
+        assert_eq!(c.recv(), "431[true]");
+    }
+    for k in 0..3 {
+        clients[5].send(&format!(r#"42["to-room","r",{k}]"#));
+    }
+    for c in &mut clients[..4] {
+        for k in 0..3 {
+            assert_eq!(c.recv(), format!(r#"42["room-message",{k}]"#));
+        }
+    }
+    for k in 0..2 {
+        clients[4].send(&format!(r#"42["broadcast","b",{k}]"#));
+    }
+    for (i, c) in clients.iter_mut().enumerate().filter(|(i, _)| *i != 4) {
+        for k in 0..2 {
+            assert_eq!(c.recv(), format!(r#"42["broadcast-back","b",{k}]"#), "client {i}");
+        }
+    }
+
+    let m = scrape(admin);
+    // Process totals.
+    assert_eq!(value(&m, "shardcast_accepted_total"), 6);
+    assert_eq!(value(&m, "shardcast_packets_received_total"), 6 + 4 + 3 + 2, "CONNECTs, joins, to-rooms, broadcasts");
+    assert_eq!(value(&m, "shardcast_packets_sent_total"), 6 + 6 + 4 + 3 * 4 + 2 * 5, "CONNECT answers, auth events, join acks, deliveries");
+    assert_eq!(value(&m, "shardcast_broadcasts_total"), 3 + 2);
+    assert_eq!(value(&m, "shardcast_deliveries_total"), 3 * 4 + 2 * 5);
+    assert_eq!(value(&m, "shardcast_received_bytes_total"), clients.iter().map(|c| c.sent).sum::<u64>(), "every byte the clients wrote");
+    assert_eq!(value(&m, "shardcast_sent_bytes_total"), clients.iter().map(|c| c.received).sum::<u64>(), "every byte the clients read");
+    for reason in ["volatile", "slow_consumer"] {
+        assert_eq!(value(&m, &format!("shardcast_dropped_total{{reason=\"{reason}\"}}")), 0);
+    }
+    for reason in ["read_overflow", "read_budget", "memory", "close_grace"] {
+        assert_eq!(value(&m, &format!("shardcast_cuts_total{{reason=\"{reason}\"}}")), 0);
+    }
+    // Per worker: each client's session id names its worker.
+    for w in 0..2 {
+        let mine: Vec<usize> = (0..6).filter(|&i| clients[i].worker() == w).collect();
+        let n = mine.len() as u64;
+        let members = mine.iter().filter(|&&i| i < 4).count() as u64;
+        let wl = format!("worker=\"{w}\"");
+        assert_eq!(value(&m, &format!("shardcast_connections{{transport=\"websocket\",{wl}}}")), n);
+        assert_eq!(value(&m, &format!("shardcast_connections{{transport=\"polling\",{wl}}}")), 0);
+        assert_eq!(value(&m, &format!("shardcast_sessions{{transport=\"websocket\",{wl}}}")), n);
+        assert_eq!(value(&m, &format!("shardcast_sessions{{transport=\"polling\",{wl}}}")), 0);
+        assert_eq!(value(&m, &format!("shardcast_tcp_connections{{{wl}}}")), n);
+        assert_eq!(value(&m, &format!("shardcast_sockets{{{wl}}}")), n);
+        assert_eq!(value(&m, &format!("shardcast_namespaces{{{wl}}}")), (n > 0) as u64);
+        assert_eq!(value(&m, &format!("shardcast_rooms{{{wl}}}")), (members > 0) as u64);
+        assert_eq!(value(&m, &format!("shardcast_send_queue_bytes{{{wl}}}")), 0, "everything was read");
+        assert_eq!(value(&m, &format!("shardcast_mailbox_depth{{{wl}}}")), 0);
+        // The loop histograms: cumulative buckets, +Inf equal to the count, passes counted.
+        let count = value(&m, &format!("shardcast_loop_pass_seconds_count{{{wl}}}"));
+        assert!(count > 0);
+        assert_eq!(value(&m, &format!("shardcast_loop_pass_seconds_bucket{{{wl},le=\"+Inf\"}}")), count);
+        let buckets: Vec<u64> =
+            m.iter().filter(|(k, _)| k.starts_with(&format!("shardcast_loop_pass_seconds_bucket{{{wl},"))).map(|(_, v)| *v as u64).collect();
+        assert!(buckets.len() > 10);
+        let subs = value(&m, &format!("shardcast_ring_submissions_per_pass_count{{{wl}}}"));
+        assert!(subs > 0 && value(&m, &format!("shardcast_ring_submissions_per_pass_sum{{{wl}}}")) > 0);
+    }
+    let per_pass = |k: &str| value(&m, k);
+    assert!(
+        per_pass("shardcast_loop_pass_seconds_bucket{worker=\"0\",le=\"0.001\"}") <= per_pass("shardcast_loop_pass_seconds_bucket{worker=\"0\",le=\"0.1\"}")
+    );
+
+    // A second scrape sees the same totals: scraping is not traffic on the public port.
+    let again = scrape(admin);
+    assert_eq!(value(&again, "shardcast_received_bytes_total"), value(&m, "shardcast_received_bytes_total"));
+    assert_eq!(value(&again, "shardcast_deliveries_total"), value(&m, "shardcast_deliveries_total"));
+
+    // A long-polling session is counted under its transport, on the worker its id names.
+    let polling = support::handshake(server.addr, "/socket.io/");
+    let m = scrape(admin);
+    let w = sid::owner(&polling).unwrap();
+    assert_eq!(value(&m, &format!("shardcast_sessions{{transport=\"polling\",worker=\"{w}\"}}")), 1);
+    assert_eq!(value(&m, &format!("shardcast_sessions{{transport=\"websocket\",worker=\"{w}\"}}")), clients.iter().filter(|c| c.worker() == w).count() as u64);
+    assert_eq!(value(&m, "shardcast_accepted_total"), 7);
+}
+
+#[test]
+fn health_turns_503_when_shutdown_begins_and_the_admin_port_answers_during_the_drain() {
+    let mut server = start(&[]);
+    let admin = admin_addr(&server);
+    assert_eq!(get(admin, "/health"), (200, "ok\n".to_string()));
+    // A client that never answers the server's close frame keeps the drain going (up to the
+    // lingering-close limit) after the signal.
+    let mut silent = Client::connect(server.addr, "/");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "/health never answered 503 after SIGTERM");
+        let (status, body) = get(admin, "/health");
+        if status == 503 {
+            assert_eq!(body, "shutting down\n");
+            break;
+        }
+        assert_eq!(status, 200);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // While the workers drain: the public port refuses new clients, the admin port still
+    // serves metrics, and the silent client got its close frame (1001, going away).
+    // (/health turns first, then the workers are told: the refusal follows within moments.)
+    // Connects that reach the listener's backlog before it closes may still be accepted (and
+    // are then refused); none after.
+    let mut landed = 0;
+    while TcpStream::connect(server.addr).is_ok() {
+        landed += 1;
+        assert!(Instant::now() < deadline, "the public port still accepts during the drain");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let m = scrape(admin);
+    let accepted = value(&m, "shardcast_accepted_total");
+    assert!((1..=1 + landed).contains(&accepted), "accepted {accepted}: the client, and at most the {landed} connects that landed before the listener closed");
+    let close = silent.ws.recv().expect("a close frame");
+    assert_eq!((close.opcode, &close.payload[..2]), (8, &1001u16.to_be_bytes()[..]));
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(admin).is_err(), "the admin endpoint is gone after exit");
+}
+
+fn post_emit(admin: SocketAddr, path: &str, key: &str, body: serde_json::Value) -> (u16, String) {
+    let (status, _, body) = admin_raw_post(admin, path, key, body.to_string().as_bytes());
+    (status, body)
+}
+
+fn admin_raw_post(admin: SocketAddr, path: &str, key: &str, body: &[u8]) -> (u16, String, String) {
+    let auth = if key.is_empty() { String::new() } else { format!("Authorization: Bearer {key}\r\n") };
+    request(admin, "POST", path, &format!("{auth}Content-Type: application/json\r\n"), body)
+}
+
+#[test]
+fn api_emit_reaches_rooms_except_and_namespaces_and_refuses_bad_requests() {
+    let server = start(&["--api-key", "s3cret"]);
+    let admin = admin_addr(&server);
+    let mut a = Client::connect(server.addr, "/");
+    let mut b = Client::connect(server.addr, "/");
+    let mut c = Client::connect(server.addr, "/");
+    let mut d = Client::connect(server.addr, "/custom");
+    for (cl, room) in [(&mut a, "r"), (&mut b, "r"), (&mut c, "s")] {
+        cl.send(&format!(r#"421["join","{room}"]"#));
+        assert_eq!(cl.recv(), "431[true]");
+    }
+
+    // Room r except b: only a. Answered once every worker has handed it on.
+    let (status, body) =
+        post_emit(admin, "/api/emit", "s3cret", json!({"namespace": "/", "rooms": ["r"], "except": [b.socket], "event": "news", "args": [1, {"x": "y"}]}));
+    assert_eq!((status, body.as_str()), (200, r#"{"emitted":1}"#));
+    // A marker to every socket of `/`: whoever did not get "news" sees the marker first.
+    assert_eq!(post_emit(admin, "/api/emit", "s3cret", json!({"event": "marker"})).0, 200);
+    assert_eq!(a.recv(), r#"42["news",1,{"x":"y"}]"#);
+    for cl in [&mut a, &mut b, &mut c] {
+        assert_eq!(cl.recv(), r#"42["marker"]"#);
+    }
+
+    // A batch: rooms r and s (a, b, c once each), a socket id as a room (c), and `/custom`.
+    let batch = json!([
+        {"rooms": ["r", "s"], "event": "both"},
+        {"rooms": [c.socket], "event": "direct", "args": ["c only"]},
+        {"namespace": "/custom", "event": "custom-news", "args": [true]},
+    ]);
+    let (status, body) = post_emit(admin, "/api/emit/batch", "s3cret", batch);
+    assert_eq!((status, body.as_str()), (200, r#"{"emitted":3}"#));
+    assert_eq!(d.recv(), r#"42/custom,["custom-news",true]"#);
+    assert_eq!(post_emit(admin, "/api/emit", "s3cret", json!({"event": "marker"})).0, 200);
+    assert_eq!(post_emit(admin, "/api/emit", "s3cret", json!({"namespace": "/custom", "event": "marker"})).0, 200);
+    for cl in [&mut a, &mut b] {
+        assert_eq!(cl.recv(), r#"42["both"]"#);
+        assert_eq!(cl.recv(), r#"42["marker"]"#);
+    }
+    assert_eq!(c.recv(), r#"42["both"]"#);
+    assert_eq!(c.recv(), r#"42["direct","c only"]"#);
+    assert_eq!(c.recv(), r#"42["marker"]"#);
+    assert_eq!(d.recv(), r#"42/custom,["marker"]"#, "nothing of `/` reached the /custom socket");
+
+    // Refusals, each with a JSON body that says why.
+    let event = json!({"event": "nope"});
+    let (status, head, body) = admin_raw_post(admin, "/api/emit", "wrong", event.to_string().as_bytes());
+    assert_eq!((status, body.as_str()), (401, r#"{"error":"wrong API key"}"#));
+    assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+    assert_eq!(post_emit(admin, "/api/emit", "", event.clone()).0, 401);
+    for auth in ["Basic czNjcmV0", "Bearer", "s3cret", "Bearer s3cret2", "Béarer s3cret"] {
+        let (status, _, body) = request(admin, "POST", "/api/emit", &format!("Authorization: {auth}\r\n"), event.to_string().as_bytes());
+        assert_eq!(status, 401, "{auth}: {body}");
+    }
+    let (status, _, _) = request(admin, "POST", "/api/emit", "authorization: bearer s3cret\r\n", br#"{"event":"case"}"#);
+    assert_eq!(status, 200, "the scheme and the header name are case-insensitive");
+    let (status, _, body) = admin_raw_post(admin, "/api/emit", "s3cret", b"{\"event\":");
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid JSON"), "{body}");
+    let (status, body) = post_emit(admin, "/api/emit/batch", "s3cret", event.clone());
+    assert_eq!(status, 400);
+    assert!(body.contains("array"), "{body}");
+    let big = vec![b' '; (1 << 20) + 1];
+    let (status, _, body) = admin_raw_post(admin, "/api/emit", "s3cret", &big);
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(get(admin, "/api/emit").0, 405);
+    assert_eq!(get(admin, "/nowhere").0, 404);
+    // None of the refused events reached anyone: the next packets each client sees are these.
+    assert_eq!(post_emit(admin, "/api/emit", "s3cret", json!({"event": "last"})).0, 200);
+    for cl in [&mut a, &mut b, &mut c] {
+        assert_eq!(cl.recv(), r#"42["case"]"#);
+        assert_eq!(cl.recv(), r#"42["last"]"#);
+    }
+    let m = scrape(admin);
+    assert_eq!(value(&m, "shardcast_broadcasts_total"), 9, "every published event counted once");
+}
+
+#[test]
+fn api_emit_is_refused_without_a_configured_key() {
+    let server = start(&[]);
+    let admin = admin_addr(&server);
+    let (status, body) = post_emit(admin, "/api/emit", "anything", json!({"event": "x"}));
+    assert_eq!(status, 403);
+    assert!(body.contains("--api-key"), "{body}");
+}
+
+#[test]
+fn configuration_from_the_environment() {
+    // Every flag has a SHARDCAST_* variable, shown in --help.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast")).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for var in
+        ["SHARDCAST_BIND", "SHARDCAST_THREADS", "SHARDCAST_ADMIN_BIND", "SHARDCAST_API_KEY", "SHARDCAST_PING_INTERVAL", "SHARDCAST_WEBSOCKET_COMPRESSION"]
+    {
+        assert!(help.contains(&format!("[env: {var}")), "{var} not in --help:\n{help}");
+    }
+    let server = Server::start_env(
+        &SLOW_HEARTBEAT,
+        &[
+            ("SHARDCAST_THREADS", "3"),
+            ("SHARDCAST_ADMIN_BIND", "127.0.0.1:0"),
+            ("SHARDCAST_API_KEY", "from-env"),
+            ("SHARDCAST_WEBSOCKET_COMPRESSION", "true"),
+            ("SHARDCAST_MAX_PAYLOAD", "4321"),
+            // A flag beats its variable: the test harness passes --bind 127.0.0.1:0.
+            ("SHARDCAST_BIND", "127.0.0.1:1"),
+        ],
+    );
+    assert!(server.banner.contains("(3 workers,"), "{}", server.banner);
+    assert!(server.banner.contains("websocket compression on"), "{}", server.banner);
+    assert_ne!(server.addr.port(), 1);
+    let open = support::get(server.addr, "/socket.io/?EIO=4&transport=polling").text();
+    assert!(open.contains("\"maxPayload\":4321"), "{open}");
+    let admin = admin_addr(&server);
+    let mut c = Client::connect(server.addr, "/");
+    assert_eq!(post_emit(admin, "/api/emit", "from-env", json!({"event": "hello"})).0, 200);
+    assert_eq!(c.recv(), r#"42["hello"]"#);
+    // The key is not printed by --help (only the variable's name).
+    assert!(!help.contains("from-env"));
+}
+
+/// The endpoint's bounds, with small limits (library API): a cap on connections at once (the
+/// next one gets 503 at once), a deadline for the whole request (an idle or trickling client
+/// is closed without an answer), a head limit (431) and a body limit (413).
+#[test]
+fn admin_connections_are_capped_and_timed_out() {
+    use shardcast::admin::{AdminConfig, AdminServer};
+    let server =
+        shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).io(support::test_io()))
+            .start()
+            .unwrap();
+    let cfg = AdminConfig {
+        max_connections: 2,
+        timeout: Duration::from_millis(300),
+        max_body: 64,
+        ..AdminConfig::new("127.0.0.1:0".parse().unwrap(), Some("k".into()))
+    };
+    let admin = AdminServer::start(cfg, server.scraper(), Some(server.handle())).unwrap();
+    let addr = admin.local_addr();
+    let idle = TcpStream::connect(addr).unwrap();
+    let mut trickle = TcpStream::connect(addr).unwrap();
+    trickle.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    // Both slots are taken (connections are accepted in order and counted before their first
+    // byte): the third is answered 503 at once, before it sends anything.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut refused = String::new();
+    third.read_to_string(&mut refused).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert!(refused.contains("too many admin connections"), "{refused}");
+    // Each is closed at its deadline, without an answer, however it trickles.
+    let start = Instant::now();
+    for _ in 0..5 {
+        let _ = trickle.write_all(b"X-Slow: 1\r\n");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mut s in [idle, trickle] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.is_empty(), "an incomplete request got an answer: {:?}", String::from_utf8_lossy(&out));
+    }
+    assert!(start.elapsed() < Duration::from_secs(4));
+    // The slots are free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(addr, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "the slots were never released");
+    }
+    // (A slot is given back once its thread has seen the client go, just after the client has
+    // read its answer: the next request may still find both taken for a moment.)
+    let admitted = |method: &str, path: &str, headers: &str, body: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = request(addr, method, path, headers, body);
+            if !(r.0 == 503 && r.2.contains("too many admin connections")) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "a slot was never given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let (status, _, _) = admitted("GET", "/health", &format!("X-Big: {}\r\n", "a".repeat(9000)), b"");
+    assert_eq!(status, 431);
+    let (status, _, body) = admitted("POST", "/api/emit", "Authorization: Bearer k\r\n", &[b' '; 65]);
+    assert_eq!(status, 413, "{body}");
+    let (status, _, body) = admitted("POST", "/api/emit", "Authorization: Bearer k\r\n", br#"{"event":"ok"}"#);
+    assert_eq!((status, body.as_str()), (200, r#"{"emitted":1}"#));
+    admin.stop();
+    server.shutdown();
+}
+
+/// The limits on what clients send show up where an operator looks: a socket over
+/// `--max-event-rate` is cut (`shardcast_socket_cuts_total{reason="event_rate"}`), and a second
+/// connection from an address at `--max-connections-per-address` is refused with 429
+/// (`shardcast_refused_total{reason="address_connections"}`).
+#[test]
+fn limit_cuts_and_refusals_are_counted() {
+    let server = start(&["--max-event-rate", "5", "--max-connections-per-address", "1"]);
+    let admin = admin_addr(&server);
+    let mut c = Client::connect(server.addr, "/");
+    // A second connection while the first is open: refused before any request is read.
+    let refused = std::net::TcpStream::connect(server.addr).unwrap();
+    refused.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut refused = std::io::BufReader::new(refused);
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut refused, &mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 429"), "{status:?}");
+    for k in 0..20 {
+        c.send(&format!(r#"42["message",{k}]"#));
+    }
+    // The first events are echoed, then the socket is disconnected (DISCONNECT `41`).
+    loop {
+        let m = c.recv();
+        if m == "41" {
+            break;
+        }
+        assert!(m.starts_with(r#"42["message-back","#), "{m}");
+    }
+    let m = scrape(admin);
+    assert_eq!(value(&m, r#"shardcast_socket_cuts_total{reason="event_rate"}"#), 1);
+    assert_eq!(value(&m, r#"shardcast_socket_cuts_total{reason="byte_rate"}"#), 0);
+    assert_eq!(value(&m, r#"shardcast_refused_total{reason="address_connections"}"#), 1);
+    assert_eq!(value(&m, r#"shardcast_refused_total{reason="address_rate"}"#), 0);
+}

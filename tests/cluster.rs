@@ -1,0 +1,432 @@
+//! Clusters over a real Redis (issue 12): a `redis-server` on a free loopback port (no
+//! persistence), two shardcast nodes with `--redis` on their own ports, and a third node of
+//! another implementation (Node's socket.io 4.8 with `@socket.io/redis-adapter`, or
+//! python-socketio with its `RedisManager`). `tests/interop/js/cluster-check.js` puts official
+//! socket.io-client sockets on every node in one room and checks that a broadcast from any
+//! node, and an emitter's message, reaches every member on every node exactly once; then
+//! redis-server is killed (every node keeps serving its own clients, none crashes) and
+//! restarted (broadcasts cross nodes again).
+//!
+//! `redis-server`, Node's packages and the Python virtualenv are installed by `scripts/test`;
+//! a missing one fails these tests, it never skips them.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to (re)connect and (re)subscribe.
+const READY: Duration = Duration::from_secs(20);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// A child process whose stdout and stderr lines are read into a channel.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (stream, tx) in [(Box::new(out) as Box<dyn std::io::Read + Send>, tx.clone()), (Box::new(err), tx)] {
+            let tag = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[{tag}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc { name: name.to_string(), child, lines }
+    }
+
+    /// Waits for a line containing `needle`; fails the test at the deadline.
+    fn wait_for(&self, needle: &str) -> String {
+        let end = Instant::now() + READY;
+        loop {
+            match self.lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("{}: no line with {needle:?} within {READY:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => panic!("{}: exited before printing {needle:?}", self.name),
+            }
+        }
+    }
+
+    /// Waits for a line containing each of `needles`, in any order (stdout and stderr are read
+    /// apart, so lines of the two may arrive in either order); returns them in `needles`' order.
+    fn wait_for_all(&self, needles: &[&str]) -> Vec<String> {
+        let end = Instant::now() + READY;
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        while found.iter().any(Option::is_none) {
+            match self.lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    if let Some(i) = needles.iter().enumerate().position(|(i, n)| found[i].is_none() && l.contains(n)) {
+                        found[i] = Some(l);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("{}: not every one of {needles:?} within {READY:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => panic!("{}: exited before printing {needles:?}", self.name),
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// The address in its "listening on" line.
+    fn listening(&self) -> SocketAddr {
+        address(&self.wait_for("listening on"))
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "{} exited", self.name);
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn address(line: &str) -> SocketAddr {
+    line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn redis_server(port: u16) -> Proc {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    let p = Proc::spawn("redis", &mut cmd);
+    p.wait_for("Ready to accept connections");
+    p
+}
+
+/// `PUBSUB NUMSUB channel`: how many connections subscribe to `channel`.
+fn numsub(port: u16, channel: &str) -> i64 {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else { return -1 };
+    let Ok(mut con) = client.get_connection() else { return -1 };
+    let r: redis::RedisResult<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut con);
+    r.map_or(-1, |(_, n)| n)
+}
+
+/// Waits until `PUBSUB NUMSUB channel` is `want` (every node of that kind has subscribed).
+fn wait_subscribed(port: u16, channel: &str, want: i64) {
+    let end = Instant::now() + READY;
+    loop {
+        let n = numsub(port, channel);
+        if n == want {
+            return;
+        }
+        assert!(Instant::now() < end, "{channel} has {n} subscribers after {READY:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the in-process node's adapter is connected and subscribed.
+fn wait_connected(h: &shardcast::app::ServerHandle) {
+    let end = Instant::now() + READY;
+    while !h.cluster_stats().expect("a cluster node").connected {
+        assert!(Instant::now() < end, "the adapter did not connect within {READY:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    // Heartbeats long enough that a client process stalled by a loaded CI machine is not
+    // dropped in the middle of a check (the contract's 300/200 ms are for the contract suites).
+    cmd.args(["--bind", "127.0.0.1:0", "--threads", "2", "--ping-interval", "2000", "--ping-timeout", "5000", "--redis", redis_url, "--redis-format", format]);
+    // The backend scripts/test runs this pass on (`--io uring`, then `--io epoll`).
+    cmd.args(support::io_args(&[]));
+    if let Ok(filter) = std::env::var("CLUSTER_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
+    let p = Proc::spawn(name, &mut cmd);
+    let lines = p.wait_for_all(&["listening on", "cluster adapter connected to Redis"]);
+    (p, address(&lines[0]))
+}
+
+/// Runs `cluster-check.js` against `nodes`.
+fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-emitter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let python = interop_dir().join("python/.venv/bin/python");
+    let out = Command::new("node")
+        .current_dir(&js)
+        .arg("cluster-check.js")
+        .env("NODES", nodes)
+        .env("PHASE", phase)
+        .env("REDIS_URL", redis_url)
+        .env("EMITTER", emitter)
+        .env("PYTHON", &python)
+        .output()
+        .expect("run node cluster-check.js");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "cluster check {phase} failed:\n{text}");
+}
+
+/// Kills redis-server, checks every node still serves its own clients, restarts it on the
+/// same port, waits for every node to resubscribe (`resubscribed`), and checks the cluster.
+fn outage_and_recovery(redis: &mut Proc, port: u16, nodes: &str, emitter: &str, shardcast: &[&Proc], resubscribed: impl Fn()) -> Proc {
+    let url = format!("redis://127.0.0.1:{port}/");
+    redis.kill();
+    for n in shardcast {
+        n.wait_for("Redis is unreachable");
+    }
+    check(nodes, "local", &url, emitter);
+    let fresh = redis_server(port);
+    for n in shardcast {
+        n.wait_for("Redis is reachable again");
+    }
+    resubscribed();
+    check(nodes, "all", &url, emitter);
+    fresh
+}
+
+#[test]
+fn node_format_cluster_with_node_socket_io_and_the_redis_emitter() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port);
+    let (mut a, a_addr) = shardcast("shardcast-a", &url, "node");
+    let (mut b, b_addr) = shardcast("shardcast-b", &url, "node");
+    let mut reference = Command::new("node");
+    reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
+    let mut c = Proc::spawn("node-socket.io", &mut reference);
+    let c_addr = c.listening();
+    // Every node subscribes to the request channel of `/` (the Node adapter counts them so).
+    wait_subscribed(port, "socket.io-request#/#", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
+    check(&nodes, "all", &url, "node");
+    let _redis = outage_and_recovery(&mut redis, port, &nodes, "node", &[&a, &b], || {
+        c.wait_for("redis ready");
+        wait_subscribed(port, "socket.io-request#/#", 3);
+    });
+    for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
+
+#[test]
+fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port);
+    let (mut a, a_addr) = shardcast("shardcast-a", &url, "python");
+    let (mut b, b_addr) = shardcast("shardcast-b", &url, "python");
+    let mut node = Command::new(&python);
+    node.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
+    let mut c = Proc::spawn("python-socketio", &mut node);
+    let c_addr = c.listening();
+    wait_subscribed(port, "socketio", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}|polling");
+    check(&nodes, "all", &url, "python");
+    let _redis = outage_and_recovery(&mut redis, port, &nodes, "python", &[&a, &b], || wait_subscribed(port, "socketio", 3));
+    for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
+
+/// Cluster-wide questions and operations (issue 12): a shardcast server in this process (its
+/// `ServerHandle` asks), a shardcast binary, and a Node socket.io node (`cluster-ops.js`),
+/// two clients each in one room. Both sides' `fetchSockets` / `count` / `rooms` and acked
+/// broadcasts see every node's sockets; emits, `sockets_join` and `disconnect_sockets` from
+/// shardcast's `ServerHandle` act on every node.
+#[test]
+fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
+    use shardcast::app::adapter::RedisConfig;
+    use shardcast::app::{contract, Server};
+    use std::io::Write;
+
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let (_b, b_addr) = shardcast("shardcast-b", &url, "node");
+    // The contract, plus "ask-room": an acked broadcast from a handler to the room, whose
+    // answers (every node's recipients') go back to the asker as "acks".
+    let ns = contract::namespace().on("ask-room", |s, ev| {
+        let room = ev.args[0].as_str().unwrap_or_default().to_string();
+        s.within_namespace().to(&room).emit_with_ack("ack-me", &[serde_json::json!(8)], Duration::from_secs(5), |s, r| {
+            let answers = r.unwrap_or_else(|p| p.responses);
+            let firsts: Vec<serde_json::Value> = answers.into_iter().map(|(args, _)| args.into_iter().next().unwrap_or_default()).collect();
+            s.emit("acks", &[serde_json::Value::Array(firsts)]);
+        });
+    });
+    let a = contract::app(Server::builder())
+        .namespace("/", ns)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(false)
+        .io(support::test_io())
+        .redis(RedisConfig::new(&url))
+        .start()
+        .expect("start the in-process shardcast node");
+    let h = a.handle();
+    wait_connected(&h);
+    wait_subscribed(port, "socket.io-request#/#", 2);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js).arg("cluster-ops.js").env("NODES", format!("http://{},http://{b_addr}", a.local_addr())).env("REDIS_URL", &url).stdin(Stdio::piped());
+    let mut ops = Proc::spawn("cluster-ops", &mut cmd);
+    let line = ops.wait_for("\"room\"");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let room = v["room"].as_str().unwrap().to_string();
+    let mut want: Vec<String> = v["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(want.len(), 6);
+
+    let wait = Duration::from_secs(10);
+    let mut got: Vec<String> = h.of("/").to(&room).fetch_sockets().wait_timeout(wait).unwrap().into_iter().map(|s| s.id).collect();
+    got.sort();
+    assert_eq!(got, want, "fetch_sockets sees every node's sockets");
+    let remote = h.of("/").to(&room).fetch_sockets().wait_timeout(wait).unwrap().into_iter().filter(|s| s.node.is_some()).count();
+    assert_eq!(remote, 4, "four of them are on other nodes");
+    assert_eq!(h.of("/").to(&room).count().wait_timeout(wait).unwrap(), 6);
+    assert!(h.of("/").rooms().wait_timeout(wait).unwrap().contains(&room));
+    // An acked broadcast from this node: every recipient on every node answers (the other nodes
+    // answer the BROADCAST request with their recipient count and each ack).
+    let answers = h.of("/").to(&room).emit_with_ack("ack-me", &[serde_json::json!(9)], Duration::from_secs(5)).wait_timeout(wait).unwrap();
+    let answers = answers.expect("every recipient answered in time");
+    let mut acked: Vec<String> = answers.iter().map(|(args, _)| args[0]["id"].as_str().unwrap().to_string()).collect();
+    acked.sort();
+    assert_eq!(acked, want);
+    assert!(answers.iter().all(|(args, _)| args[0]["x"] == 9));
+    ops.wait_for("node_checks");
+
+    h.of("/").to(&room).emit("handle-news", &[serde_json::json!({"n": 1})]).unwrap();
+    h.of("/").to(&room).sockets_join(&["joined"]).unwrap();
+    let end = Instant::now() + READY;
+    while h.of("/").to("joined").count().wait_timeout(wait).unwrap() != 6 {
+        assert!(Instant::now() < end, "sockets_join did not reach every node");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.of("/").to("joined").disconnect_sockets(false).unwrap();
+    ops.child.stdin.as_mut().unwrap().write_all(b"disconnect\n").unwrap();
+    ops.wait_for("disconnects");
+    assert_eq!(h.of("/").to(&room).count().wait_timeout(wait).unwrap(), 0);
+    ops.child.stdin.as_mut().unwrap().write_all(b"bye\n").unwrap();
+    let stats = h.cluster_stats().unwrap();
+    assert!(stats.published > 0 && stats.received > 0, "{stats:?}");
+    a.shutdown();
+}
+
+/// `server_side_emit` between shardcast and Node socket.io (the adapter's SERVER_SIDE_EMIT):
+/// each side's handler runs for the other's events, and with acks each gets the other's answer.
+#[test]
+fn server_side_events_between_shardcast_and_node_socket_io() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use shardcast::app::adapter::RedisConfig;
+    use shardcast::app::{contract, Server};
+
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let notes: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let n2 = notes.clone();
+    let ns = contract::namespace().on_server_side("sse-ping", |args| Some(serde_json::json!({"from": "shardcast", "got": args}))).on_server_side(
+        "sse-note",
+        move |args| {
+            n2.lock().unwrap().push(serde_json::Value::Array(args.to_vec()));
+            None
+        },
+    );
+    let a = Server::builder()
+        .namespace("/", ns)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .io(support::test_io())
+        .redis(RedisConfig::new(&url))
+        .start()
+        .unwrap();
+    let h = a.handle();
+    wait_connected(&h);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js).arg("cluster-sse.js").env("REDIS_URL", &url).stdin(Stdio::piped());
+    let mut sse = Proc::spawn("cluster-sse", &mut cmd);
+    sse.wait_for("ready");
+    wait_subscribed(port, "socket.io-request#/#", 2);
+    let answers = h.of("/").server_side_emit_with_ack("sse-ping", &[serde_json::json!(3)]).wait_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(answers, vec![serde_json::json!({"from": "node", "x": 3})]);
+    sse.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let line = sse.wait_for("answers");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["answers"], serde_json::json!([{"from": "shardcast", "got": [5]}]));
+    // The note was published before the ping, on the same connection: it was handled first.
+    assert_eq!(*notes.lock().unwrap(), vec![serde_json::json!([1])]);
+    a.shutdown();
+}
+
+/// `ServerHandle` requests in python-socketio's format: a shardcast node (in this process, with
+/// `RedisFormat::Python`) makes a socket of a python-socketio node join a room, emits to that
+/// room and disconnects the socket, by its sid.
+#[test]
+fn python_format_handle_requests_reach_python_socketio() {
+    use std::io::Write;
+
+    use shardcast::app::adapter::{RedisConfig, RedisFormat};
+    use shardcast::app::{contract, Server};
+
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let a = contract::app(Server::builder())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .redis(RedisConfig { format: RedisFormat::Python, ..RedisConfig::new(&url) })
+        .start()
+        .unwrap();
+    let h = a.handle();
+    wait_connected(&h);
+    let mut node = Command::new(&python);
+    node.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
+    let c = Proc::spawn("python-socketio", &mut node);
+    let c_addr = c.listening();
+    wait_subscribed(port, "socketio", 2);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(interop_dir().join("js")).arg("cluster-py-ops.js").env("URL", format!("http://{c_addr}")).stdin(Stdio::piped());
+    let mut js = Proc::spawn("cluster-py-ops", &mut cmd);
+    let v: serde_json::Value = serde_json::from_str(&js.wait_for("\"sid\"")).unwrap();
+    let sid = v["sid"].as_str().unwrap();
+    // One publishing connection, handled in order by the python node's listener.
+    h.of("/").socket(sid).sockets_join(&["x"]).unwrap();
+    h.of("/").to("x").emit("news-x", &[serde_json::json!({"n": 2})]).unwrap();
+    h.of("/").socket(sid).disconnect_sockets(false).unwrap();
+    js.child.stdin.as_mut().unwrap().write_all(b"check\n").unwrap();
+    js.wait_for("py_ops");
+    a.shutdown();
+}
