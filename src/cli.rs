@@ -188,6 +188,14 @@ pub struct ServerOptions {
     /// and protocol errors).
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve TLS (https://, wss://) on the public port with this PEM certificate chain, leaf
+    /// first (needs --tls-key). SIGHUP reloads the certificate and key from the same files
+    /// without dropping connections; a file that does not load is logged and the old pair kept.
+    #[arg(long, env = "SHARDCAST_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "SHARDCAST_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Serve the admin endpoint on this address: `GET /metrics` (Prometheus), `GET /health`,
     /// `POST /api/emit` (default: off). Keep it off the public network.
     #[arg(long, env = "SHARDCAST_ADMIN_BIND", value_name = "ADDR")]
@@ -293,11 +301,12 @@ impl ServerOptions {
             })
             .collect();
         format!(
-            "shardcast listening on {addr} ({workers} workers, transports {}, heartbeat {}/{} ms, websocket compression {}): {what}",
+            "shardcast listening on {addr} ({workers} workers, transports {}, heartbeat {}/{} ms, websocket compression {}{}): {what}",
             transports.join("+"),
             self.ping_interval,
             self.ping_timeout,
             if self.websocket_compression { "on" } else { "off" },
+            if self.tls_cert.is_some() { ", TLS" } else { "" },
         )
     }
 
@@ -346,6 +355,14 @@ impl ServerOptions {
                 secure: self.cookie_secure,
                 http_only: !self.cookie_no_http_only,
             },
+        }
+    }
+
+    /// The TLS settings of `--tls-cert` and `--tls-key` (loaded and checked now), or `None`.
+    pub fn tls(&self) -> Result<Option<crate::rt::tls::Tls>, crate::rt::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::rt::tls::Tls::from_pem_files(cert, key).map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -11,6 +11,7 @@ use shardcast::cli::{LogFormat, ServerOptions};
 use shardcast::engine::echo::EioEcho;
 use shardcast::engine::EioServer;
 use shardcast::rt::threads;
+use shardcast::rt::tls::Tls;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -34,9 +35,9 @@ enum Mode {
     },
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after), to wait
-/// for them with `sigwait`.
-fn block_signals() -> libc::sigset_t {
+/// Blocks SIGINT and SIGTERM (and SIGHUP, with TLS on) in this thread (and so in every thread
+/// started after), to wait for them with `sigwait`.
+fn block_signals(hup: bool) -> libc::sigset_t {
     // SAFETY: `set` is initialised by sigemptyset before use; the calls only touch it and the
     // calling thread's mask.
     unsafe {
@@ -44,16 +45,35 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        if hup {
+            libc::sigaddset(&mut set, libc::SIGHUP);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` holds the blocked signals; sigwait writes the received one into `sig`.
-    unsafe { libc::sigwait(set, &mut sig) };
-    tracing::info!(signal = sig, "shutting down");
+/// Waits for SIGINT or SIGTERM; on SIGHUP (blocked only with TLS on) reloads the certificate
+/// and key and waits on.
+fn wait_for_signal(set: &libc::sigset_t, tls: Option<&Tls>) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` holds the blocked signals; sigwait writes the received one into `sig`.
+        unsafe { libc::sigwait(set, &mut sig) };
+        match (sig, tls) {
+            (libc::SIGHUP, Some(tls)) => shardcast::app::server::reload_tls_logged(tls),
+            _ => break,
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+/// `--tls-cert`/`--tls-key`, loaded; an error is printed for the caller to exit with.
+fn load_tls(opts: &ServerOptions) -> Result<Option<Tls>, ExitCode> {
+    opts.tls().map_err(|e| {
+        eprintln!("shardcast: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes `--pidfile` (once listening); removes it when dropped, at a clean exit.
@@ -100,8 +120,13 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     if opts.path == "/socket.io/" {
         cfg.path = "/engine.io/".into();
     }
-    let set = block_signals();
-    let rtcfg = opts.runtime_config();
+    let tls = match load_tls(opts) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let set = block_signals(tls.is_some());
+    let mut rtcfg = opts.runtime_config();
+    rtcfg.worker.tls = tls.clone();
     let workers = rtcfg.threads;
     let started = threads::start(rtcfg, move |_| EioServer::new(Rc::new(cfg.clone()), EioEcho));
     let mut rt = match started {
@@ -127,7 +152,7 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     };
     let banner = opts.banner("echo mode (raw WebSocket echo on every path, Engine.IO echo on the Engine.IO path)", rt.local_addr(), workers);
     println!("{}", with_admin(banner, &admin));
-    wait_for_signal(&set);
+    wait_for_signal(&set, tls.as_ref());
     if let Some(a) = &admin {
         a.set_draining();
     }
@@ -140,8 +165,13 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
 }
 
 fn serve_app(opts: &ServerOptions) -> ExitCode {
-    let set = block_signals();
-    let rtcfg = opts.runtime_config();
+    let tls = match load_tls(opts) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let set = block_signals(tls.is_some());
+    let mut rtcfg = opts.runtime_config();
+    rtcfg.worker.tls = tls.clone();
     let workers = rtcfg.threads;
     let mut builder = Server::builder()
         .engine(opts.engine_config())
@@ -180,7 +210,7 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     };
     let banner = opts.banner("the built-in test application (docs/default-app.md)", server.local_addr(), workers);
     println!("{}", with_admin(banner, &admin));
-    wait_for_signal(&set);
+    wait_for_signal(&set, tls.as_ref());
     // Load balancers see 503 on /health from the start of the drain; /metrics and the
     // publish API keep answering until the workers have exited.
     if let Some(a) = &admin {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::tls::Stream;
 use crate::ws::WsConn;
 
 /// Where to connect.
@@ -17,6 +18,17 @@ use crate::ws::WsConn;
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
+    /// TLS (`--tls`): the client configuration (WebSocket transports only).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// `tcp`, then the TLS handshake when the target asks for TLS.
+pub async fn stream(target: &Target, source: Option<IpAddr>) -> io::Result<Stream> {
+    let s = tcp(target, source).await?;
+    match &target.tls {
+        Some(cfg) => Stream::tls(s, cfg.clone()).await,
+        None => Ok(Stream::plain(s)),
+    }
 }
 
 /// Opens a TCP connection, optionally from a given loopback source address (to get past one
@@ -87,7 +99,7 @@ impl SioWs {
 
     /// `connect`, offering `extensions` in the WebSocket handshake (e.g. permessage-deflate).
     pub async fn connect_with(target: &Target, source: Option<IpAddr>, extensions: Option<&str>) -> io::Result<SioWs> {
-        let stream = tcp(target, source).await?;
+        let stream = stream(target, source).await?;
         let path = format!("{}?EIO=4&transport=websocket", target.path);
         let ws = WsConn::handshake_with(stream, &target.addr.to_string(), &path, extensions).await?;
         let mut c = SioWs { ws };
@@ -206,7 +218,7 @@ pub struct RawWs {
 
 impl RawWs {
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<RawWs> {
-        let stream = tcp(target, source).await?;
+        let stream = stream(target, source).await?;
         Ok(RawWs { ws: WsConn::handshake(stream, &target.addr.to_string(), &target.path).await? })
     }
 

@@ -9,6 +9,7 @@
 mod client;
 mod metrics;
 mod report;
+mod tls;
 mod ws;
 
 use std::cell::RefCell;
@@ -92,6 +93,31 @@ struct Common {
     /// A label for the report (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
+    /// Connect with TLS (`wss://`; rustls), trusting the PEM certificate(s) of `--tls-ca`
+    /// for the name `localhost`. WebSocket transports only.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// The certificate the server is trusted by (with `--tls`), e.g. its self-signed one.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<String>,
+}
+
+impl Common {
+    /// Where the clients connect, with the TLS configuration of `--tls`.
+    fn target(&self) -> Target {
+        let tls = self.tls.then(|| {
+            if self.transport == Transport::Polling {
+                eprintln!("shardcast-loadtest: --tls supports the WebSocket transport only");
+                std::process::exit(2);
+            }
+            let ca = self.tls_ca.as_deref().expect("clap requires --tls-ca with --tls");
+            tls::client_config(ca).unwrap_or_else(|e| {
+                eprintln!("shardcast-loadtest: --tls-ca {ca}: {e}");
+                std::process::exit(2);
+            })
+        });
+        Target { addr: self.target, path: self.path.clone(), tls }
+    }
 }
 
 #[derive(Subcommand)]
@@ -291,9 +317,9 @@ fn fanout(c: Common, subscribers: usize, rooms: usize, publishers: usize, rate: 
     let expected = Arc::new(AtomicU64::new(0));
     let go = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let target = Target { addr: c.target, path: c.path.clone() };
+    let target = c.target();
     let nodes: Arc<Vec<Target>> =
-        Arc::new(std::iter::once(c.target).chain(c.also_target.iter().copied()).map(|addr| Target { addr, path: c.path.clone() }).collect());
+        Arc::new(std::iter::once(c.target).chain(c.also_target.iter().copied()).map(|addr| Target { addr, ..target.clone() }).collect());
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let body = payload(size);
@@ -455,7 +481,7 @@ fn echo(c: Common, clients: usize, duration: u64, size: usize, protocol: Protoco
     let counters = Arc::new(Counters::new(duration as usize + 60));
     let go = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let target = Target { addr: c.target, path: c.path.clone() };
+    let target = c.target();
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let body = payload(size);
@@ -585,7 +611,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
     }
     let counters = Arc::new(Counters::new(hold as usize + 600));
     let done = Arc::new(AtomicBool::new(false));
-    let target = Target { addr: c.target, path: c.path.clone() };
+    let target = c.target();
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let before = c.server_pid.and_then(metrics::sample);
@@ -709,7 +735,7 @@ fn conns(c: Common, n: usize, hold: u64, protocol: Protocol, ramp_rate: f64, def
 
 fn churn(c: Common, clients: usize, duration: u64) -> Report {
     let counters = Arc::new(Counters::new(duration as usize + 60));
-    let target = Target { addr: c.target, path: c.path.clone() };
+    let target = c.target();
     let polling = c.transport == Transport::Polling;
     let threads = c.threads;
     let window = Window::open(c.server_pid);
@@ -814,14 +840,26 @@ fn read_pidfile(path: &str) -> Result<u32, String> {
     text.trim().parse().map_err(|_| format!("--server-pidfile {path}: {:?} is not a pid", text.trim()))
 }
 
+/// A blocking byte stream, plain or TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
 /// Before a Socket.IO run: asks the server for an Engine.IO handshake on `--path`, so that a
 /// wrong path (or a server that is not there) is reported with what came back instead of as
 /// thousands of anonymous connection errors.
-fn preflight(target: SocketAddr, path: &str) -> Result<(), String> {
+fn preflight(target: SocketAddr, path: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<(), String> {
     use std::io::{Read, Write};
     let url = format!("{path}?EIO=4&transport=polling");
-    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|e| format!("cannot connect to {target}: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let tcp = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut s: Box<dyn ReadWrite> = match tls {
+        Some(cfg) => {
+            let conn =
+                rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("localhost").expect("a valid name")).map_err(|e| e.to_string())?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+        None => Box::new(tcp),
+    };
     s.write_all(format!("GET {url} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| format!("{target}: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -880,7 +918,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         if sio {
-            if let Err(e) = preflight(common.target, &common.path) {
+            if let Err(e) = preflight(common.target, &common.path, common.target().tls) {
                 eprintln!("shardcast-loadtest: {e}");
                 return ExitCode::FAILURE;
             }
@@ -957,9 +995,31 @@ mod tests {
             s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").unwrap();
             head
         });
-        let e = preflight(addr, "/wrong/").unwrap_err();
+        let e = preflight(addr, "/wrong/", None).unwrap_err();
         assert!(e.contains("HTTP 404") && e.contains("--path"), "{e}");
         assert!(server.join().unwrap().starts_with("GET /wrong/?EIO=4&transport=polling HTTP/1.1"));
+    }
+
+    #[test]
+    fn the_preflight_speaks_tls_to_a_tls_server() {
+        let dir = std::env::temp_dir().join(format!("shardcast-loadtest-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let tls = shardcast::rt::tls::Tls::from_pem_files(&cert, &key).unwrap();
+        let server =
+            shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).tls(tls)).start();
+        let Ok(server) = server else {
+            return; // no io_uring here
+        };
+        let cfg = tls::client_config(cert.to_str().unwrap()).unwrap();
+        assert_eq!(preflight(server.local_addr(), "/socket.io/", Some(cfg)), Ok(()));
+        // Plain HTTP to the TLS port gets an alert, not an HTTP response.
+        assert!(preflight(server.local_addr(), "/socket.io/", None).is_err());
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -968,8 +1028,8 @@ mod tests {
         let Ok(server) = server else {
             return; // no io_uring here
         };
-        assert_eq!(preflight(server.local_addr(), "/socket.io/"), Ok(()));
-        assert!(preflight(server.local_addr(), "/nope/").unwrap_err().contains("HTTP 4"));
+        assert_eq!(preflight(server.local_addr(), "/socket.io/", None), Ok(()));
+        assert!(preflight(server.local_addr(), "/nope/", None).unwrap_err().contains("HTTP 4"));
         server.shutdown();
     }
 

@@ -6,15 +6,14 @@
 //! delivery. Here a connection starts with a 4 KiB buffer, every frame already in it is handed
 //! to the caller as a borrowed slice in one pass, and pongs are queued and written together.
 //! The handshake's accept key and the masking come from shardcast's sans-IO WebSocket module.
-//! Owns one TCP stream; never spawns, never sleeps.
+//! Owns one stream (TCP, or TLS over it: `crate::tls`); never spawns, never sleeps.
 
 use std::io;
 
+use crate::tls::Stream;
 use base64::Engine as _;
 use shardcast::proto::ws::handshake::accept_key;
 use shardcast::proto::ws::mask::apply_mask;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The permessage-deflate offer `--deflate` makes (RFC 7692): the client advertises that it
 /// can use a smaller window, and accepts whatever context-takeover rules the server answers.
@@ -28,7 +27,7 @@ fn err(msg: impl Into<String>) -> io::Error {
 
 /// One client WebSocket connection.
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     /// Received bytes; `buf[start..]` is not yet consumed.
     buf: Vec<u8>,
     start: usize,
@@ -64,13 +63,13 @@ fn next_random(state: &mut u64) -> u64 {
 
 impl WsConn {
     /// Performs the opening handshake for `path` (with its query) on a connected stream.
-    pub async fn handshake(stream: TcpStream, host: &str, path: &str) -> io::Result<WsConn> {
+    pub async fn handshake(stream: Stream, host: &str, path: &str) -> io::Result<WsConn> {
         Self::handshake_with(stream, host, path, None).await
     }
 
     /// The opening handshake, offering `extensions` (a `Sec-WebSocket-Extensions` value) when
     /// given. When the server agrees to permessage-deflate, compressed messages are inflated.
-    pub async fn handshake_with(mut stream: TcpStream, host: &str, path: &str, extensions: Option<&str>) -> io::Result<WsConn> {
+    pub async fn handshake_with(mut stream: Stream, host: &str, path: &str, extensions: Option<&str>) -> io::Result<WsConn> {
         let mut seed = {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             (t.as_nanos() as u64) ^ (stream.local_addr().map(|a| a.port() as u64).unwrap_or(1) << 32) | 1

@@ -6,6 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 
 #[allow(dead_code)]
+#[path = "../src/tls.rs"]
+mod tls;
+#[allow(dead_code)]
 #[path = "../src/ws.rs"]
 mod ws;
 
@@ -63,7 +66,7 @@ async fn parses_fragments_long_frames_pings_and_close() {
         (pong, close)
     });
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut c = ws::WsConn::handshake(stream, &addr.to_string(), "/").await.unwrap();
+    let mut c = ws::WsConn::handshake(tls::Stream::plain(stream), &addr.to_string(), "/").await.unwrap();
     let mut got: Vec<Vec<u8>> = Vec::new();
     while got.len() < 2 {
         c.messages(|m| got.push(m.to_vec())).unwrap();

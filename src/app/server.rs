@@ -13,6 +13,7 @@ use super::worker::{SioMail, SioWorker};
 use crate::engine::{EioServer, EngineConfig};
 use crate::proto::sio::Limits;
 use crate::rt::threads::{self, Runtime, RuntimeConfig, StartError};
+use crate::rt::tls::{Tls, TlsError};
 use crate::rt::IoBackend;
 
 /// An Engine.IO path as Node's servers use it: `/sock`, `sock` and `/sock/` all become
@@ -124,6 +125,13 @@ impl ServerBuilder {
         self
     }
 
+    /// TLS on the public port (see [`Tls::from_pem_files`]); [`RunningServer::reload_tls`]
+    /// and SIGHUP during [`RunningServer::wait_for_signal`] reload its files.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.runtime.worker.tls = Some(tls);
+        self
+    }
+
     /// The I/O backend (default [`IoBackend::Auto`]: io_uring where a probe at start shows it
     /// works, epoll otherwise with one warning line naming the cause; `Uring` makes
     /// [`start`](Self::start) fail instead of falling back).
@@ -202,6 +210,7 @@ impl ServerBuilder {
         let engine = Arc::new(self.engine);
         let namespaces = Arc::new(self.namespaces);
         let socket_limits = self.socket_limits;
+        let tls = self.runtime.worker.tls.clone();
         let (cluster, pending): (Option<Arc<dyn Adapter>>, _) = match self.adapter {
             AdapterConfig::Local => (None, None),
             AdapterConfig::Redis(mut cfg) => {
@@ -233,7 +242,16 @@ impl ServerBuilder {
         })?;
         let adapter_thread = pending.map(|p| p.spawn(rt.poster(), adapter_namespaces));
         let handle = ServerHandle::new(rt.poster(), cluster).with_recovery(recovery);
-        Ok(RunningServer { rt, handle, adapter_thread })
+        Ok(RunningServer { rt, handle, adapter_thread, tls })
+    }
+}
+
+/// Reloads the TLS certificate and key, logging the outcome (a failure keeps the old pair).
+pub fn reload_tls_logged(tls: &Tls) {
+    let (cert, key) = tls.paths();
+    match tls.reload() {
+        Ok(()) => tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded; new handshakes use it"),
+        Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
     }
 }
 
@@ -242,6 +260,7 @@ pub struct RunningServer {
     rt: Runtime<SioMail>,
     handle: ServerHandle,
     adapter_thread: Option<redis::RedisThread>,
+    tls: Option<Tls>,
 }
 
 impl RunningServer {
@@ -255,16 +274,29 @@ impl RunningServer {
         self.handle.clone()
     }
 
+    /// Reloads the TLS certificate and key from their files: new handshakes use them,
+    /// established connections keep theirs. `None` without TLS; on an error the previous pair
+    /// stays in use.
+    pub fn reload_tls(&self) -> Option<Result<(), TlsError>> {
+        self.tls.as_ref().map(Tls::reload)
+    }
+
     /// Collects every worker's counters, from any thread (`/metrics` of the admin endpoint).
     pub fn scraper(&self) -> threads::Scraper {
         self.rt.scraper()
     }
 
     /// Blocks the calling thread until the process receives SIGINT (Ctrl-C) or SIGTERM and
-    /// returns the signal; call [`shutdown`](Self::shutdown) next. Works whatever other
-    /// threads the program runs (see [`super::signal`]).
+    /// returns the signal; call [`shutdown`](Self::shutdown) next. With TLS on, each SIGHUP
+    /// meanwhile reloads the certificate and key ([`reload_tls`](Self::reload_tls)). Works
+    /// whatever other threads the program runs (see [`super::signal`]).
     pub fn wait_for_signal(&self) -> std::io::Result<i32> {
-        let sig = super::signal::wait_for_termination()?;
+        let mut reload = || {
+            if let Some(tls) = &self.tls {
+                reload_tls_logged(tls);
+            }
+        };
+        let sig = super::signal::wait_for_termination_or_hup(self.tls.is_some().then_some(&mut reload as &mut dyn FnMut()))?;
         tracing::info!(signal = sig, "shutting down");
         Ok(sig)
     }

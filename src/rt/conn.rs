@@ -6,6 +6,12 @@
 //! turns its completions into calls on [`Shard`] and carries out what the shard asks of it
 //! through [`Driver`]; nothing here knows which backend runs.
 //!
+//! TLS (`WorkerConfig::tls`) sits here, under the service and over every backend: a TLS
+//! connection's received bytes are decrypted ([`super::tls::TlsConn`]) before the service sees
+//! them, its send queue holds the service's plaintext frames, and at the end of each pass they
+//! are encrypted into one ciphertext buffer that the backend writes. The service never knows
+//! whether a connection is encrypted.
+//!
 //! Bounded by construction: a connection holds at most `max_read_buffer` unconsumed bytes (it
 //! is closed beyond that), reading stops while the service has paused it, and the worker's
 //! unconsumed bytes together stay under `read_budget`: past it the largest holders are shed
@@ -28,6 +34,7 @@ use super::memory::MemoryGuard;
 use super::metrics::{LoopStats, WorkerMetrics};
 use super::sendq::{Overflow, SendQueue};
 use super::timer::Deadlines;
+use super::tls::TlsConn;
 use super::worker::WorkerConfig;
 
 /// A connection's handle: slot index and generation (a reused slot gets a new generation).
@@ -74,8 +81,10 @@ pub enum RtMail<M> {
     Adopt {
         /// The connection's descriptor.
         fd: RawFd,
-        /// Bytes read and not consumed by the other worker.
+        /// Bytes read and not consumed by the other worker (plaintext, for TLS).
         data: Vec<u8>,
+        /// Its TLS session, for a TLS connection.
+        tls: Option<Box<TlsConn>>,
     },
     /// Mail for the service.
     User(M),
@@ -144,6 +153,11 @@ pub struct Stats {
     /// Connections closed because their peer did not read their last frames within the
     /// close grace.
     pub close_grace_expired: u64,
+    /// TLS connections closed for not completing their handshake within
+    /// [`super::tls::HANDSHAKE_TIMEOUT`].
+    pub tls_handshake_timeout: u64,
+    /// TLS connections closed (after an alert) for sending bad TLS.
+    pub tls_failed: u64,
 }
 
 /// Traffic counters of one worker: plain integers, read only when it is scraped.
@@ -196,6 +210,8 @@ struct Conn<T> {
     state: Option<T>,
     /// The peer's address, read once when the connection arrives.
     peer: Option<SocketAddr>,
+    /// The TLS session of an encrypted connection (`sendq` then holds plaintext).
+    tls: Option<Box<TlsConn>>,
 }
 
 impl<T> Conn<T> {
@@ -214,7 +230,23 @@ impl<T> Conn<T> {
             drain_left: 0,
             handoff_to: None,
             state: None,
+            tls: None,
         }
+    }
+
+    /// A write is in flight (plaintext, or ciphertext for TLS).
+    fn writing(&self) -> bool {
+        self.sendq.in_flight() || self.tls.as_ref().is_some_and(|t| t.wire.in_flight())
+    }
+
+    /// Nothing is left to write: no frame queued or in flight, no TLS record waiting.
+    fn out_idle(&self) -> bool {
+        !self.sendq.has_queued() && !self.sendq.in_flight() && self.tls.as_ref().is_none_or(|t| t.idle())
+    }
+
+    /// Bytes queued and not yet written (for TLS: plaintext and ciphertext).
+    fn queued_bytes(&self) -> usize {
+        self.sendq.queued_bytes() + self.tls.as_ref().map_or(0, |t| t.wire.queued_bytes())
     }
 
     /// Whether the service can be given input.
@@ -389,7 +421,7 @@ impl<T, M> Io<T, M> {
 
     /// Bytes queued on a connection and not yet written.
     pub fn queued_bytes(&mut self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.sendq.queued_bytes())
+        self.conn(id).map_or(0, |c| c.queued_bytes())
     }
 
     /// Closes a connection now (queued frames are dropped). `on_closed` follows.
@@ -465,7 +497,7 @@ impl<T, M> Io<T, M> {
         self.conns
             .iter()
             .filter(|(_, c)| c.closing != Closing::Now)
-            .map(|(id, c)| (id, c.rbuf.capacity() + c.charged + c.sendq.queued_bytes()))
+            .map(|(id, c)| (id, c.rbuf.capacity() + c.charged + c.queued_bytes()))
             .max_by_key(|&(_, n)| n)
     }
 
@@ -503,12 +535,14 @@ pub struct Shard<S: Service> {
     /// What the last log line about cuts and sheds covered, and when it was written.
     logged: Stats,
     logged_at: Option<Instant>,
+    /// Decrypted input of one receive (TLS), reused.
+    plain: Vec<u8>,
 }
 
 impl<S: Service> Shard<S> {
     /// A shard with no connections.
     pub fn new(io: Io<S::Conn, S::Mail>, service: S) -> Self {
-        Shard { io, service, logged: Stats::default(), logged_at: None }
+        Shard { io, service, logged: Stats::default(), logged_at: None, plain: Vec::new() }
     }
 
     fn insert(&mut self, drv: &mut impl Driver, fd: RawFd) -> ConnId {
@@ -522,6 +556,21 @@ impl<S: Service> Shard<S> {
         self.io.conns_total.fetch_add(1, Ordering::Relaxed);
         self.io.traffic.accepted += 1;
         let id = self.insert(drv, fd);
+        if let Some(tls) = self.io.cfg.tls.clone() {
+            match tls.accept() {
+                Ok(t) => {
+                    let due = self.io.now + super::tls::HANDSHAKE_TIMEOUT;
+                    self.io.close_due.set(id.idx, due);
+                    if let Some(c) = self.io.conn(id) {
+                        c.tls = Some(t);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a TLS session; closing the connection");
+                    self.io.close(id);
+                }
+            }
+        }
         let state = self.service.on_accept(&mut self.io, id);
         if let Some(c) = self.io.conn(id) {
             c.state = Some(state);
@@ -532,8 +581,11 @@ impl<S: Service> Shard<S> {
 
     /// A connection handed over by another worker, with the bytes it had read. It was
     /// counted when it was accepted, and stays counted.
-    pub fn adopt(&mut self, drv: &mut impl Driver, fd: RawFd, data: Vec<u8>) -> ConnId {
+    pub fn adopt(&mut self, drv: &mut impl Driver, fd: RawFd, data: Vec<u8>, tls: Option<Box<TlsConn>>) -> ConnId {
         let id = self.insert(drv, fd);
+        if let Some(c) = self.io.conn(id) {
+            c.tls = tls;
+        }
         let state = self.service.on_adopt(&mut self.io, id);
         if let Some(c) = self.io.conn(id) {
             c.state = Some(state);
@@ -569,7 +621,7 @@ impl<S: Service> Shard<S> {
 
     /// Bytes arrived on `id` (borrowed from the backend's buffer, rewritable in place).
     pub fn received(&mut self, id: ConnId, data: &mut [u8]) {
-        let max = self.io.cfg.max_read_buffer;
+        // Bytes as they came off the wire (ciphertext under TLS).
         self.io.traffic.bytes_in += data.len() as u64;
         let Some(c) = self.io.conn(id) else { return };
         if c.closing == Closing::Draining {
@@ -580,6 +632,64 @@ impl<S: Service> Shard<S> {
             }
             return;
         }
+        if c.closing == Closing::AfterFlush && c.tls.as_ref().is_some_and(|t| !t.handshaken && !t.failed) {
+            // An answer queued before the handshake ended (a 503 at accept) needs the
+            // handshake finished to be sent: its input is still read, the plaintext dropped.
+            self.received_tls(id, data);
+            return;
+        }
+        if c.closing != Closing::No {
+            return;
+        }
+        if c.tls.is_some() {
+            self.received_tls(id, data);
+        } else {
+            self.received_plain(id, data);
+        }
+    }
+
+    /// Ciphertext arrived on a TLS connection: decrypted, the plaintext goes to the service;
+    /// handshake records rustls answers are written at the end of the pass. Bad TLS gets the
+    /// alert rustls queued, then the connection closes.
+    fn received_tls(&mut self, id: ConnId, data: &[u8]) {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let Some(c) = self.io.conns.get_mut(id) else { return };
+        let Some(t) = c.tls.as_mut() else { return };
+        let got = t.decrypt(data, &mut plain);
+        if got.handshake_done {
+            t.handshaken = true;
+            if c.closing == Closing::No {
+                self.io.close_due.clear(id.idx);
+            }
+        }
+        if got.error.is_some() {
+            // What the service queued cannot follow a fatal alert.
+            c.sendq.clear();
+        }
+        self.io.dirty.push(id);
+        if let Some(e) = &got.error {
+            tracing::debug!(worker = self.io.worker, error = %e, "bad TLS from a peer; alert sent, closing");
+            self.io.stats.tls_failed += 1;
+            self.io.set_rbuf(id, Vec::new());
+            self.io.close_after_flush(id);
+        } else if got.handshake_done {
+            // Settled again: a closing connection stops reading now.
+            self.io.pending.push(id);
+        }
+        if got.error.is_none() && !plain.is_empty() {
+            self.received_plain(id, &mut plain);
+        }
+        if plain.capacity() > 64 << 10 {
+            plain = Vec::new();
+        }
+        self.plain = plain;
+    }
+
+    /// Plaintext arrived (as read, or decrypted).
+    fn received_plain(&mut self, id: ConnId, data: &mut [u8]) {
+        let max = self.io.cfg.max_read_buffer;
+        let Some(c) = self.io.conn(id) else { return };
         if c.closing != Closing::No {
             return;
         }
@@ -674,6 +784,8 @@ impl<S: Service> Shard<S> {
             shed_read_budget = s.shed_read_budget - l.shed_read_budget,
             shed_memory = s.shed_memory - l.shed_memory,
             close_grace_expired = s.close_grace_expired - l.close_grace_expired,
+            tls_handshake_timeout = s.tls_handshake_timeout - l.tls_handshake_timeout,
+            tls_failed = s.tls_failed - l.tls_failed,
             "connections cut or shed since the last report"
         );
         self.logged = s;
@@ -703,11 +815,16 @@ impl<S: Service> Shard<S> {
             self.io.traffic.bytes_out += res as u64;
         }
         let Some(c) = self.io.conn(id) else { return };
+        let q = match c.tls.as_mut() {
+            Some(t) => &mut t.wire,
+            None => &mut c.sendq,
+        };
         if res >= 0 {
-            c.sendq.complete(res as usize);
+            q.complete(res as usize);
             self.io.dirty.push(id);
         } else {
-            c.sendq.complete(0);
+            q.complete(0);
+            q.clear();
             c.sendq.clear();
             c.closing = Closing::Now;
         }
@@ -717,8 +834,8 @@ impl<S: Service> Shard<S> {
     /// Mail from another worker or a handle.
     pub fn mail(&mut self, drv: &mut impl Driver, m: RtMail<S::Mail>) -> bool {
         match m {
-            RtMail::Adopt { fd, data } => {
-                self.adopt(drv, fd, data);
+            RtMail::Adopt { fd, data, tls } => {
+                self.adopt(drv, fd, data, tls);
             }
             RtMail::User(m) => self.service.on_mail(&mut self.io, m),
             RtMail::Shutdown => return true,
@@ -761,8 +878,12 @@ impl<S: Service> Shard<S> {
             if let Some(id) = self.io.conn_at(idx) {
                 // A lingering close that ran out of time is the normal end of one; a peer that
                 // did not read its last frames in time is a cut.
-                if self.io.conn(id).is_some_and(|c| c.closing != Closing::Draining) {
-                    self.io.stats.close_grace_expired += 1;
+                match self.io.conn(id) {
+                    Some(c) if c.closing == Closing::No && c.tls.as_ref().is_some_and(|t| !t.handshaken) => {
+                        self.io.stats.tls_handshake_timeout += 1;
+                    }
+                    Some(c) if c.closing != Closing::Draining => self.io.stats.close_grace_expired += 1,
+                    _ => {}
                 }
                 self.io.close(id);
             }
@@ -787,13 +908,18 @@ impl<S: Service> Shard<S> {
     fn settle(&mut self, drv: &mut impl Driver) {
         while let Some(id) = self.io.pending.pop() {
             let Some(c) = self.io.conn(id) else { continue };
-            if c.closing == Closing::AfterFlush && !c.sendq.has_queued() && !c.sendq.in_flight() {
+            if c.closing == Closing::AfterFlush && c.out_idle() {
+                // A TLS connection says goodbye with a close_notify alert first.
+                if c.tls.as_mut().is_some_and(|t| t.notify_close()) {
+                    self.io.dirty.push(id);
+                    continue;
+                }
                 self.start_draining(drv, id);
                 continue;
             }
             if let Some(target) = c.handoff_to {
                 // Written first: a response queued before the hand-off goes out in order.
-                let busy = c.recv_armed || c.sendq.in_flight() || c.sendq.has_queued();
+                let busy = c.recv_armed || !c.out_idle();
                 if c.recv_armed && !c.cancel_sent {
                     c.cancel_sent = true;
                     drv.cancel_recv(id);
@@ -804,7 +930,7 @@ impl<S: Service> Shard<S> {
                     self.io.set_charged(id, 0);
                     let c = self.io.conns.remove(id).expect("checked above");
                     self.io.counted -= 1;
-                    self.io.peers[target].post(RtMail::Adopt { fd: c.fd, data });
+                    self.io.peers[target].post(RtMail::Adopt { fd: c.fd, data, tls: c.tls });
                 }
                 continue;
             }
@@ -821,15 +947,16 @@ impl<S: Service> Shard<S> {
             }
             if c.closing == Closing::Draining {
                 // Re-armed after a cancel, a run's end or a lack of buffers.
-                if !c.recv_armed {
-                    c.recv_armed = true;
-                    c.cancel_sent = false;
-                    drv.arm_recv(id, c.fd);
-                }
+                self.arm_draining(drv, id);
                 continue;
             }
             if c.closing == Closing::AfterFlush {
-                // Nothing more is read while the answer drains.
+                // Nothing more is read while the answer drains (but a TLS handshake in
+                // progress must finish for the answer to be sent).
+                if c.tls.as_ref().is_some_and(|t| !t.handshaken && !t.failed) {
+                    self.arm_draining(drv, id);
+                    continue;
+                }
                 if c.recv_armed && !c.cancel_sent {
                     c.cancel_sent = true;
                     drv.cancel_recv(id);
@@ -843,17 +970,31 @@ impl<S: Service> Shard<S> {
             self.io.set_charged(id, 0);
             let Some(c) = self.io.conn(id) else { continue };
             c.sendq.clear();
+            if let Some(t) = c.tls.as_mut() {
+                t.wire.clear();
+            }
             if !c.shut {
                 c.shut = true;
                 drv.shutdown(c.fd);
             }
-            if !c.recv_armed && !c.sendq.in_flight() {
+            if !c.recv_armed && !c.writing() {
                 self.io.close_due.clear(id.idx);
                 let c = self.io.conns.remove(id).expect("checked above");
                 drv.close(c.fd);
                 self.io.counted -= 1;
                 self.io.conns_total.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Arms a receive on a closing connection (its input is discarded or, during a TLS
+    /// handshake, only decrypted).
+    fn arm_draining(&mut self, drv: &mut impl Driver, id: ConnId) {
+        let Some(c) = self.io.conn(id) else { return };
+        if !c.recv_armed {
+            c.recv_armed = true;
+            c.cancel_sent = false;
+            drv.arm_recv(id, c.fd);
         }
     }
 
@@ -888,7 +1029,17 @@ impl<S: Service> Shard<S> {
                 continue;
             }
             let fd = c.fd;
-            if let Some((iov, n)) = c.sendq.start_send() {
+            let q = match c.tls.as_mut() {
+                Some(t) => {
+                    // One write at a time: encrypt once the last ciphertext is written.
+                    if !t.wire.in_flight() && !t.wire.has_queued() {
+                        t.encrypt(&mut c.sendq);
+                    }
+                    &mut t.wire
+                }
+                None => &mut c.sendq,
+            };
+            if let Some((iov, n)) = q.start_send() {
                 drv.write(id, fd, iov, n);
             }
         }
@@ -911,7 +1062,7 @@ impl<S: Service> Shard<S> {
 
     /// Operations of connections still in flight (receives and writes).
     pub fn in_flight(&self) -> usize {
-        self.io.conns.iter().map(|(_, c)| c.recv_armed as usize + c.sendq.in_flight() as usize).sum()
+        self.io.conns.iter().map(|(_, c)| c.recv_armed as usize + c.writing() as usize).sum()
     }
 
     /// Connections this worker owns.

@@ -14,6 +14,8 @@
 //! - [`memory`]: the `--max-memory` guard: resident-memory sampling and shedding.
 //! - [`metrics`]: what a worker reports when scraped (plain per-worker counters, summed by the
 //!   scraper).
+//! - [`tls`]: rustls per connection, driven by the connection table for every backend, and
+//!   the certificate store SIGHUP reloads.
 //! - [`timer`]: deadlines updated in place, one per key.
 //! - [`listener`]: `SO_REUSEPORT` listening sockets.
 //! - [`threads`]: starting, pinning, signalling and joining the workers.
@@ -33,6 +35,7 @@ pub mod sendq;
 pub mod sim;
 pub mod threads;
 pub mod timer;
+pub mod tls;
 pub mod worker;
 
 pub use backend::IoBackend;

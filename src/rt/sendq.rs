@@ -87,6 +87,19 @@ impl SendQueue {
         self.iovecs.clear();
     }
 
+    /// Takes the first queued frame (TLS encrypts from the queue instead of writing it).
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        let b = self.queued.pop_front()?;
+        self.queued_bytes -= b.len();
+        Some(b)
+    }
+
+    /// Puts an unsent remainder back in front of the queue, whatever the limit.
+    pub fn push_front(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
+        self.queued.push_front(frame);
+    }
+
     /// Drops everything (the connection is gone).
     pub fn clear(&mut self) {
         self.queued.clear();

@@ -337,8 +337,8 @@ impl<S: Service> Sim<S> {
         while let Some(m) = self.mailboxes[w].take() {
             moved = true;
             match m {
-                RtMail::Adopt { fd, data } => {
-                    let id = shard.adopt(&mut drv, fd, data);
+                RtMail::Adopt { fd, data, tls } => {
+                    let id = shard.adopt(&mut drv, fd, data, tls);
                     let c = drv.client(fd);
                     c.worker = w;
                     c.conn = Some(id);

@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     /// Resident memory of the process past which new connections are refused and the
     /// largest holders are shed (`--max-memory`).
     pub max_memory: Option<usize>,
+    /// TLS on every accepted connection (`--tls-cert`, `--tls-key`); `None`: plain TCP.
+    pub tls: Option<super::tls::Tls>,
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +63,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(3),
             max_memory: None,
             close_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }

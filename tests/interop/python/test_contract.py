@@ -12,6 +12,8 @@ import unittest
 import socketio
 
 URL = os.environ["SHARDCAST_URL"]
+# For https:// against the tests' self-signed certificate (tests/tls.rs sets it to 0).
+SSL_VERIFY = os.environ.get("SHARDCAST_SSL_VERIFY", "1") != "0"
 MODES = {
     "websocket": ["websocket"],
     "polling": ["polling"],
@@ -24,7 +26,7 @@ class Client:
     """A python-socketio client that records every event it receives."""
 
     def __init__(self, mode, namespaces=("/",), auth=None):
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = socketio.Client(reconnection=False, ssl_verify=SSL_VERIFY)
         self.events = queue.Queue()
         self.disconnects = queue.Queue()
         self.mode = mode
@@ -138,7 +140,7 @@ def contract_tests(mode):
             self.assertEqual(c.sio.eio.state, "disconnected")
 
         def test_invalid_namespace(self):
-            sio = socketio.Client(reconnection=False)
+            sio = socketio.Client(reconnection=False, ssl_verify=SSL_VERIFY)
             errors = queue.Queue()
             sio.on("connect_error", lambda data: errors.put(data), namespace="/nope")
             with self.assertRaises(socketio.exceptions.ConnectionError):
