@@ -439,6 +439,7 @@ def cluster_single_table():
     mb, mh = median(cpu["base"]), median(cpu["head"])
     if mb and mh:
         rows.append(f"| median of {len(cpu['base'])} rounds | this commit ÷ before | | | | {ratio(mh, mb)} ({mh:.2f} / {mb:.2f}) |")
+    return "\n".join(rows)
 
 
 METRICS_BIN = {"base": "before the counters (main)", "head": "with counters, `--admin-bind`, not scraped", "scraped": "with counters, `/metrics` scraped every second"}
