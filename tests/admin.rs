@@ -215,7 +215,9 @@ fn metrics_count_a_known_workload_exactly() {
         assert_eq!(value(&m, &format!("shardcast_namespaces{{{wl}}}")), (n > 0) as u64);
         assert_eq!(value(&m, &format!("shardcast_rooms{{{wl}}}")), (members > 0) as u64);
         assert_eq!(value(&m, &format!("shardcast_send_queue_bytes{{{wl}}}")), 0, "everything was read");
-        assert_eq!(value(&m, &format!("shardcast_mailbox_depth{{{wl}}}")), 0);
+        // An instantaneous gauge, read just before the worker is asked: reported, and small
+        // (a quiet server's mailbox is empty but for mail in flight at that instant).
+        assert!(value(&m, &format!("shardcast_mailbox_depth{{{wl}}}")) <= 2);
         // The loop histograms: cumulative buckets, +Inf equal to the count, passes counted.
         let count = value(&m, &format!("shardcast_loop_pass_seconds_count{{{wl}}}"));
         assert!(count > 0);
