@@ -68,6 +68,16 @@ fn wait_for_signal(set: &libc::sigset_t, tls: Option<&Tls>) {
     tracing::info!("shutting down");
 }
 
+/// What both modes do before starting: TLS loaded, the signals blocked (SIGHUP too with TLS),
+/// the runtime settings with the TLS pair in them.
+fn prepare(opts: &ServerOptions) -> Result<(Option<Tls>, libc::sigset_t, threads::RuntimeConfig), ExitCode> {
+    let tls = load_tls(opts)?;
+    let set = block_signals(tls.is_some());
+    let mut rtcfg = opts.runtime_config();
+    rtcfg.worker.tls = tls.clone();
+    Ok((tls, set, rtcfg))
+}
+
 /// `--tls-cert`/`--tls-key`, loaded; an error is printed for the caller to exit with.
 fn load_tls(opts: &ServerOptions) -> Result<Option<Tls>, ExitCode> {
     opts.tls().map_err(|e| {
@@ -120,13 +130,10 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
     if opts.path == "/socket.io/" {
         cfg.path = "/engine.io/".into();
     }
-    let tls = match load_tls(opts) {
-        Ok(t) => t,
+    let (tls, set, rtcfg) = match prepare(opts) {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    let set = block_signals(tls.is_some());
-    let mut rtcfg = opts.runtime_config();
-    rtcfg.worker.tls = tls.clone();
     let workers = rtcfg.threads;
     let started = threads::start(rtcfg, move |_| EioServer::new(Rc::new(cfg.clone()), EioEcho));
     let mut rt = match started {
@@ -165,13 +172,10 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
 }
 
 fn serve_app(opts: &ServerOptions) -> ExitCode {
-    let tls = match load_tls(opts) {
-        Ok(t) => t,
+    let (tls, set, rtcfg) = match prepare(opts) {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    let set = block_signals(tls.is_some());
-    let mut rtcfg = opts.runtime_config();
-    rtcfg.worker.tls = tls.clone();
     let workers = rtcfg.threads;
     let mut builder = Server::builder()
         .engine(opts.engine_config())

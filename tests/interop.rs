@@ -45,18 +45,24 @@ fn run(mut cmd: Command, what: &str) {
     assert!(out.status.success(), "{what} failed:\n{text}");
 }
 
-#[test]
-fn official_js_client_passes_the_contract() {
+/// Runs `contract.test.js`'s `suite` ("contract" or "scale") against a 2-worker server started
+/// with `args`.
+fn js_contract_suite(args: &[&str], suite: &str) {
     let js = interop_dir().join("js");
     require(&js.join("node_modules/socket.io-client"), "socket.io-client");
-    let s = Server::start(&["--threads", "2"]);
+    let s = Server::start(args);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
         .args(["--test", "--test-force-exit", "--test-reporter=spec", "contract.test.js"])
         .env("SHARDCAST_URL", format!("http://{}", s.addr))
         .env("SHARDCAST_WORKERS", "2")
-        .env("SHARDCAST_SUITE", "contract");
-    run(cmd, "the socket.io-client suite");
+        .env("SHARDCAST_SUITE", suite);
+    run(cmd, &format!("the socket.io-client {suite} suite"));
+}
+
+#[test]
+fn official_js_client_passes_the_contract() {
+    js_contract_suite(&["--threads", "2"], "contract");
 }
 
 /// 500 socket.io-client sockets at once and a room across both workers. Every client lives in
@@ -65,16 +71,7 @@ fn official_js_client_passes_the_contract() {
 /// server gets production-like heartbeats.
 #[test]
 fn official_js_client_at_scale() {
-    let js = interop_dir().join("js");
-    require(&js.join("node_modules/socket.io-client"), "socket.io-client");
-    let s = Server::start(&["--threads", "2", "--ping-interval", "5000", "--ping-timeout", "10000"]);
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&js)
-        .args(["--test", "--test-force-exit", "--test-reporter=spec", "contract.test.js"])
-        .env("SHARDCAST_URL", format!("http://{}", s.addr))
-        .env("SHARDCAST_WORKERS", "2")
-        .env("SHARDCAST_SUITE", "scale");
-    run(cmd, "the socket.io-client scale suite");
+    js_contract_suite(&["--threads", "2", "--ping-interval", "5000", "--ping-timeout", "10000"], "scale");
 }
 
 #[test]
