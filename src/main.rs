@@ -143,10 +143,35 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin = match start_admin(opts, rt.scraper(), None) {
+    let (addr, scraper) = (rt.local_addr(), rt.scraper());
+    let what = "echo mode (raw WebSocket echo on every path, Engine.IO echo on the Engine.IO path)";
+    serve_until_signal(opts, what, addr, workers, scraper, None, &set, tls.as_ref(), move || {
+        rt.shutdown();
+        rt.join();
+    })
+}
+
+/// Once the workers run, the same for both modes: the admin endpoint and the pidfile, the
+/// banner, then serving until SIGINT/SIGTERM (SIGHUP reloads TLS). Load balancers see 503 on
+/// /health from the start of the drain; /metrics and the publish API keep answering until
+/// `stop` has shut the workers down.
+#[allow(clippy::too_many_arguments)] // everything both modes hand over, named once
+fn serve_until_signal(
+    opts: &ServerOptions,
+    what: &str,
+    addr: std::net::SocketAddr,
+    workers: usize,
+    scraper: threads::Scraper,
+    handle: Option<ServerHandle>,
+    set: &libc::sigset_t,
+    tls: Option<&Tls>,
+    stop: impl FnOnce(),
+) -> ExitCode {
+    let admin = match start_admin(opts, scraper, handle) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("shardcast: {e}");
+            stop();
             return ExitCode::FAILURE;
         }
     };
@@ -154,17 +179,16 @@ fn serve_echo(opts: &ServerOptions) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("shardcast: {e}");
+            stop();
             return ExitCode::FAILURE;
         }
     };
-    let banner = opts.banner("echo mode (raw WebSocket echo on every path, Engine.IO echo on the Engine.IO path)", rt.local_addr(), workers);
-    println!("{}", with_admin(banner, &admin));
-    wait_for_signal(&set, tls.as_ref());
+    println!("{}", with_admin(opts.banner(what, addr, workers), &admin));
+    wait_for_signal(set, tls);
     if let Some(a) = &admin {
         a.set_draining();
     }
-    rt.shutdown();
-    rt.join();
+    stop();
     if let Some(a) = admin {
         a.stop();
     }
@@ -197,34 +221,9 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin = match start_admin(opts, server.scraper(), Some(server.handle())) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("shardcast: {e}");
-            server.shutdown();
-            return ExitCode::FAILURE;
-        }
-    };
-    let _pidfile = match Pidfile::write(opts.pidfile.as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("shardcast: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let banner = opts.banner("the built-in test application (docs/default-app.md)", server.local_addr(), workers);
-    println!("{}", with_admin(banner, &admin));
-    wait_for_signal(&set, tls.as_ref());
-    // Load balancers see 503 on /health from the start of the drain; /metrics and the
-    // publish API keep answering until the workers have exited.
-    if let Some(a) = &admin {
-        a.set_draining();
-    }
-    server.shutdown();
-    if let Some(a) = admin {
-        a.stop();
-    }
-    ExitCode::SUCCESS
+    let (addr, scraper, handle) = (server.local_addr(), server.scraper(), server.handle());
+    let what = "the built-in test application (docs/default-app.md)";
+    serve_until_signal(opts, what, addr, workers, scraper, Some(handle), &set, tls.as_ref(), move || server.shutdown())
 }
 
 /// Logs to stderr at `RUST_LOG`'s level (default `info`), as text (colours only on a terminal)
