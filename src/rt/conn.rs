@@ -75,6 +75,19 @@ pub trait Service: 'static {
     fn metrics(&self, _io: &Io<Self::Conn, Self::Mail>, _out: &mut WorkerMetrics) {}
 }
 
+/// Drops the mail left in a worker's mailbox once it stops reading it: a connection handed over
+/// to it is closed, and whoever waits for an answer to other mail learns none will come (the
+/// mail's drop tells them, see `app::pending`).
+pub(crate) fn drop_unread<M>(mailbox: &super::bus::Mailbox<RtMail<M>>) {
+    while let Some(m) = mailbox.take() {
+        if let RtMail::Adopt { fd, .. } = m {
+            // SAFETY: the descriptor was handed to this worker, which never adopted it: it is
+            // ours to close, once.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// Mail as the runtime sees it.
 pub enum RtMail<M> {
     /// Take over a connection another worker accepted, with the bytes it already read.

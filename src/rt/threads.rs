@@ -377,7 +377,7 @@ where
                     }
                     // Mail nobody will read any more: dropping it tells whoever waits for an
                     // answer that none will come (see `app::pending`).
-                    drop_unread(&own);
+                    super::conn::drop_unread(&own);
                 })
             })
             .expect("spawning a worker thread");
@@ -397,17 +397,6 @@ where
         }
     }
     Ok(rt)
-}
-
-/// Drops the mail left in an exited worker's mailbox; a connection handed over to it is closed.
-fn drop_unread<M>(mailbox: &Mailbox<RtMail<M>>) {
-    while let Some(m) = mailbox.take() {
-        if let RtMail::Adopt { fd, .. } = m {
-            // SAFETY: the descriptor was handed to this worker, which never adopted it: it is
-            // ours to close, once.
-            unsafe { libc::close(fd) };
-        }
-    }
 }
 
 impl<M: Send + 'static> Runtime<M> {

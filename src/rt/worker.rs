@@ -323,12 +323,7 @@ impl<S: Service, B: Backend> Worker<S, B> {
     fn teardown(&mut self) -> bool {
         self.close_listener();
         // Connections handed to this worker after it stopped: their descriptors are ours.
-        while let Some(m) = self.mailbox.take() {
-            if let RtMail::Adopt { fd, .. } = m {
-                // SAFETY: an adopted descriptor belongs to this worker alone; closed once.
-                unsafe { libc::close(fd) };
-            }
-        }
+        super::conn::drop_unread(&self.mailbox);
         self.shard.close_all(&mut self.backend);
         self.backend.cancel_all();
         let give_up = Instant::now() + TEARDOWN_WAIT;
