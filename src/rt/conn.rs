@@ -78,7 +78,7 @@ pub trait Service: 'static {
 /// Drops the mail left in a worker's mailbox once it stops reading it: a connection handed over
 /// to it is closed, and whoever waits for an answer to other mail learns none will come (the
 /// mail's drop tells them, see `app::pending`).
-pub(crate) fn drop_unread<M>(mailbox: &super::bus::Mailbox<RtMail<M>>) {
+pub(crate) fn drop_unread<M>(mailbox: &Mailbox<RtMail<M>>) {
     while let Some(m) = mailbox.take() {
         if let RtMail::Adopt { fd, .. } = m {
             // SAFETY: the descriptor was handed to this worker, which never adopted it: it is
