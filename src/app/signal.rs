@@ -138,18 +138,25 @@ pub fn wait_for_termination_or_hup(on_hup: Option<&mut dyn FnMut()>) -> std::io:
 
 #[cfg(test)]
 mod tests {
-    /// Whether a handler (not the default action) is installed for `sig`.
-    fn handled(sig: libc::c_int) -> bool {
+    /// The handler address installed for `sig` (`SIG_DFL`, `SIG_IGN` or a function).
+    fn disposition(sig: libc::c_int) -> libc::sighandler_t {
         // SAFETY: queries the disposition into a zeroed struct.
         unsafe {
             let mut cur: libc::sigaction = std::mem::zeroed();
             libc::sigaction(sig, std::ptr::null(), &mut cur);
-            cur.sa_sigaction != libc::SIG_DFL
+            cur.sa_sigaction
         }
     }
 
     #[test]
-    fn sigterm_wakes_the_waiter_and_the_default_comes_back() {
+    fn sigterm_wakes_the_waiter_and_the_previous_disposition_comes_back() {
+        // What the test runner inherited (SIG_DFL, or SIG_IGN for SIGHUP under `nohup`) is
+        // what must come back after each wait.
+        let (term_before, hup_before) = (disposition(libc::SIGTERM), disposition(libc::SIGHUP));
+        let handled = |sig| {
+            let now = disposition(sig);
+            now != libc::SIG_DFL && now != libc::SIG_IGN
+        };
         let waiter = std::thread::spawn(super::wait_for_termination);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !handled(libc::SIGTERM) {
@@ -159,7 +166,7 @@ mod tests {
         // SAFETY: signals this process; the handler installed above catches it.
         unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         assert_eq!(waiter.join().unwrap().unwrap(), libc::SIGTERM);
-        assert!(!handled(libc::SIGTERM));
+        assert_eq!(disposition(libc::SIGTERM), term_before);
 
         // With a SIGHUP callback (in the same test: the two waits must not overlap, each
         // signals the whole process): SIGHUP runs it and the wait goes on until SIGTERM.
@@ -186,6 +193,7 @@ mod tests {
         unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         assert_eq!(waiter.join().unwrap().unwrap(), libc::SIGTERM);
         assert_eq!(hups.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert!(!handled(libc::SIGHUP));
+        assert_eq!(disposition(libc::SIGHUP), hup_before);
+        assert_eq!(disposition(libc::SIGTERM), term_before);
     }
 }
