@@ -163,11 +163,12 @@ pub struct ServerOptions {
     /// Leave `HttpOnly` out of the --cookie.
     #[arg(long, env = "SHARDCAST_COOKIE_NO_HTTP_ONLY")]
     pub cookie_no_http_only: bool,
-    /// Connections one client address may hold open at once; more are answered 429.
+    /// Connections one client address may hold open at once; more are answered 429. An IPv6
+    /// client is counted by its /64 network (an IPv4-mapped address as IPv4).
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", value_parser = in_range::<u32>(1, u32::MAX))]
     pub max_connections_per_address: Option<u32>,
     /// New connections one client address may open per second (a burst of as many); faster
-    /// ones are answered 429.
+    /// ones are answered 429. An IPv6 client is counted by its /64 network.
     #[arg(long, env = "SHARDCAST_MAX_CONNECTION_RATE_PER_ADDRESS", value_name = "N", value_parser = in_range::<u32>(1, 1_000_000))]
     pub max_connection_rate_per_address: Option<u32>,
     /// Events one socket may send per second (a burst of as many); past it the socket is
@@ -201,8 +202,9 @@ pub struct ServerOptions {
     #[arg(long, env = "SHARDCAST_ADMIN_BIND", value_name = "ADDR")]
     pub admin_bind: Option<SocketAddr>,
     /// The key `POST /api/emit` requires as `Authorization: Bearer KEY` (without one the publish
-    /// API is refused). Prefer the environment variable: a flag shows in the process list.
-    #[arg(long, env = "SHARDCAST_API_KEY", value_name = "KEY", hide_env_values = true)]
+    /// API is refused; an empty key is refused at start). Prefer the environment variable: a
+    /// flag shows in the process list.
+    #[arg(long, env = "SHARDCAST_API_KEY", value_name = "KEY", hide_env_values = true, value_parser = parse_api_key)]
     pub api_key: Option<String>,
     /// Join a cluster over Redis (`redis://host:port/`): broadcasts, room and disconnect
     /// requests reach the clients of every node, and emitters publishing to Redis reach this
@@ -241,6 +243,15 @@ pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{s:?} is not an address or a CIDR network"))
+}
+
+/// `--api-key`: any key but an empty one (which would make the publish API's check
+/// meaningless); clap names the flag in its error.
+pub fn parse_api_key(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the API key must not be empty (leave --api-key and SHARDCAST_API_KEY unset to turn the publish API off)".into());
+    }
+    Ok(s.to_string())
 }
 
 /// The most worker threads `--threads` accepts.

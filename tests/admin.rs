@@ -427,9 +427,12 @@ fn configuration_from_the_environment() {
     assert!(!help.contains("from-env"));
 }
 
-/// The endpoint's bounds, with small limits (library API): a cap on connections at once (the
-/// next one gets 503 at once), a deadline for the whole request (an idle or trickling client
-/// is closed without an answer), a head limit (431) and a body limit (413).
+/// The endpoint's bounds, with small limits (library API): idle or trickling connections hold
+/// nothing but their own socket and are closed at the head deadline without an answer, even
+/// while every slot is taken `/health` (no slot) and `/metrics` (a slot of its own) answer, a
+/// publish request is refused from its head (401) without its body being read, the slots are
+/// capped (the next request gets 503 at once) and a body must arrive within the request
+/// deadline; a head limit (431) and a body limit (413).
 #[test]
 fn admin_connections_are_capped_and_timed_out() {
     use shardcast::admin::{AdminConfig, AdminServer};
@@ -437,43 +440,78 @@ fn admin_connections_are_capped_and_timed_out() {
         shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).io(support::test_io()))
             .start()
             .unwrap();
+    let head_timeout = Duration::from_millis(300);
     let cfg = AdminConfig {
         max_connections: 2,
-        timeout: Duration::from_millis(300),
+        head_timeout,
+        timeout: Duration::from_secs(3),
         max_body: 64,
         ..AdminConfig::new("127.0.0.1:0".parse().unwrap(), Some("k".into()))
     };
     let admin = AdminServer::start(cfg, server.scraper(), Some(server.handle())).unwrap();
     let addr = admin.local_addr();
-    let idle = TcpStream::connect(addr).unwrap();
+
+    // Both slots taken by publish requests whose bodies do not come (their heads are complete
+    // and their key is right): a third is refused at once. (The reader takes a moment to see
+    // their heads: until then the third one is served.)
+    let slow_body = |s: &mut TcpStream| {
+        s.write_all(b"POST /api/emit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k\r\nContent-Length: 40\r\n\r\n{\"ev").unwrap();
+    };
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    held.iter_mut().for_each(slow_body);
+    let held_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, _, body) = request(addr, "POST", "/api/emit", "Authorization: Bearer k\r\n", br#"{"event":"third"}"#);
+        if status == 503 {
+            assert_eq!(body, r#"{"error":"too many admin connections"}"#);
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "the two held requests never took the slots");
+    }
+
+    // Silent and trickling connections, more than there are slots (the repro's 16 idle ones).
+    let silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut trickle = TcpStream::connect(addr).unwrap();
     trickle.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
-    // Both slots are taken (connections are accepted in order and counted before their first
-    // byte): the third is answered 503 at once, before it sends anything.
-    let mut third = TcpStream::connect(addr).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut refused = String::new();
-    third.read_to_string(&mut refused).unwrap();
-    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
-    assert!(refused.contains("too many admin connections"), "{refused}");
-    // Each is closed at its deadline, without an answer, however it trickles.
-    let start = Instant::now();
-    for _ in 0..5 {
+    let opened = Instant::now();
+    // Meanwhile health and metrics answer.
+    assert_eq!(get(addr, "/health"), (200, "ok\n".to_string()));
+    let (status, head, _) = request(addr, "GET", "/metrics", "", b"");
+    assert_eq!(status, 200, "{head}");
+    // A wrong key is refused from the head: the answer comes without the body being sent.
+    let mut no_body = TcpStream::connect(addr).unwrap();
+    no_body.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    no_body.write_all(b"POST /api/emit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer nope\r\nContent-Length: 60\r\n\r\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut no_body), &mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 401 "), "{line:?}");
+    let (status, _, body) = request(addr, "POST", "/api/emit", "Authorization: Basic Zm9vOmJhcg==\r\n", br#"{"event":"pwned"}"#);
+    assert_eq!((status, body.as_str()), (401, r#"{"error":"missing Authorization: Bearer <key>"}"#), "another scheme is no key");
+
+    // The silent and trickling ones are closed at the head deadline, without an answer, long
+    // before the request deadline (3 s).
+    for _ in 0..3 {
         let _ = trickle.write_all(b"X-Slow: 1\r\n");
         std::thread::sleep(Duration::from_millis(50));
     }
-    for mut s in [idle, trickle] {
+    for mut s in silent.into_iter().chain([trickle]) {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
-        assert!(out.is_empty(), "an incomplete request got an answer: {:?}", String::from_utf8_lossy(&out));
+        assert!(out.is_empty(), "an incomplete head got an answer: {:?}", String::from_utf8_lossy(&out));
     }
-    assert!(start.elapsed() < Duration::from_secs(4));
-    // The slots are free again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(addr, "/health").0 != 200 {
-        assert!(Instant::now() < deadline, "the slots were never released");
+    let closed_after = opened.elapsed();
+    assert!(closed_after >= head_timeout && closed_after < Duration::from_secs(2), "closed after {closed_after:?}");
+    // The held ones are closed at the request deadline, without an answer.
+    for mut s in held {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.is_empty(), "an incomplete body got an answer: {:?}", String::from_utf8_lossy(&out));
     }
+    assert!(held_since.elapsed() >= Duration::from_secs(3));
     // (A slot is given back once its thread has seen the client go, just after the client has
     // read its answer: the next request may still find both taken for a moment.)
     let admitted = |method: &str, path: &str, headers: &str, body: &[u8]| {
@@ -495,6 +533,88 @@ fn admin_connections_are_capped_and_timed_out() {
     assert_eq!((status, body.as_str()), (200, r#"{"emitted":1}"#));
     admin.stop();
     server.shutdown();
+}
+
+/// An empty API key would let any `Authorization` header through: it is refused at start, from
+/// the flag, from the variable, and by the library.
+#[test]
+fn an_empty_api_key_is_refused_at_start() {
+    let refused = |args: &[&str], env: &[(&str, &str)]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} {env:?}: the server started with an empty key");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!status.success(), "{args:?} {env:?}: {status:?}");
+        assert!(err.contains("--api-key") && err.contains("empty"), "{args:?} {env:?}: {err}");
+    };
+    refused(&["--api-key", ""], &[]);
+    refused(&[], &[("SHARDCAST_API_KEY", "")]);
+
+    use shardcast::admin::{AdminConfig, AdminServer};
+    let server =
+        shardcast::app::contract::app(shardcast::app::Server::builder().bind("127.0.0.1:0".parse().unwrap()).threads(1).pin(false).io(support::test_io()))
+            .start()
+            .unwrap();
+    let err = AdminServer::start(AdminConfig::new("127.0.0.1:0".parse().unwrap(), Some(String::new())), server.scraper(), Some(server.handle()))
+        .err()
+        .expect("an empty key is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("--api-key"), "{err}");
+    server.shutdown();
+}
+
+/// With a cluster adapter that cannot take anything (no Redis on port 1), a publish says how
+/// many events the other nodes will not get (207, not 200), this node's clients still get them,
+/// and `/metrics` counts them in `shardcast_cluster_not_delivered_total`.
+#[test]
+fn api_emit_reports_what_the_cluster_adapter_did_not_take() {
+    let server = start(&["--api-key", "k", "--redis", "redis://127.0.0.1:1/"]);
+    let admin = admin_addr(&server);
+    let mut a = Client::connect(server.addr, "/");
+    let before = scrape(admin);
+    assert_eq!(value(&before, "shardcast_cluster_connected"), 0);
+    let not_delivered = value(&before, "shardcast_cluster_not_delivered_total");
+    let (status, body) = post_emit(admin, "/api/emit/batch", "k", json!([{"event": "one"}, {"event": "two", "args": [2]}, {"event": "three"}]));
+    assert_eq!(status, 207, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["emitted"].as_u64(), v["not_delivered_to_cluster"].as_u64()), (Some(3), Some(3)), "{body}");
+    assert!(v["error"].as_str().unwrap().contains("3 of the 3 events were not taken by the cluster adapter"), "{body}");
+    for want in [r#"42["one"]"#, r#"42["two",2]"#, r#"42["three"]"#] {
+        assert_eq!(a.recv(), want);
+    }
+    let after = scrape(admin);
+    assert_eq!(value(&after, "shardcast_cluster_not_delivered_total") - not_delivered, 3);
+    assert_eq!(value(&after, "shardcast_cluster_published_total"), 0);
+    assert_eq!(value(&after, "shardcast_cluster_received_total"), 0);
+    assert_eq!(value(&after, "shardcast_cluster_inbound_dropped_total"), 0);
+    assert_eq!(value(&after, "shardcast_cluster_connected"), 0);
+    let (status, body) = post_emit(admin, "/api/emit", "k", json!({"event": "four"}));
+    assert_eq!((status, body.contains(r#""not_delivered_to_cluster":1"#)), (207, true), "{body}");
+}
+
+/// A single node's scrape has no cluster counters.
+#[test]
+fn a_single_node_has_no_cluster_metrics() {
+    let server = start(&[]);
+    let m = scrape(admin_addr(&server));
+    assert!(!m.keys().any(|k| k.starts_with("shardcast_cluster_")), "{m:#?}");
 }
 
 /// The limits on what clients send show up where an operator looks: a socket over

@@ -1,12 +1,14 @@
 //! The Prometheus text exposition format (version 0.0.4) of a scrape: every worker's samples,
 //! summed where their labels are the same, each metric with its `# HELP` and `# TYPE` lines,
-//! then the per-worker mailbox depth and the loop histograms.
+//! then the per-worker mailbox depth and the loop histograms; with a cluster adapter, its
+//! counters ([`render_cluster`]).
 //!
 //! Must never: ask the workers anything (it formats what [`crate::rt::threads::Scraper`]
 //! returned).
 
 use std::fmt::Write;
 
+use crate::app::adapter::ClusterStats;
 use crate::rt::metrics::{Histogram, Kind, Sample, WorkerMetrics, PASS_NANOS, SUBMISSIONS};
 
 /// The `Content-Type` of the format.
@@ -53,6 +55,31 @@ pub fn render(workers: &[WorkerMetrics]) -> String {
         histogram(&mut out, "shardcast_ring_submissions_per_pass", w.worker, &w.loop_stats.submissions, &SUBMISSIONS, |v| v.to_string());
     }
     out
+}
+
+/// Appends the cluster adapter's counters (`--redis`) as `shardcast_cluster_*`.
+pub fn render_cluster(out: &mut String, s: &ClusterStats) {
+    let counters: [(&str, &str, u64); 5] = [
+        ("shardcast_cluster_published_total", "Messages this node published to the other nodes of its cluster.", s.published),
+        (
+            "shardcast_cluster_not_delivered_total",
+            "Messages for the other nodes that did not reach them: the adapter's queue was full, the backend unreachable, or it refused them.",
+            s.not_delivered,
+        ),
+        ("shardcast_cluster_received_total", "Messages from other nodes (or emitters) handed to the workers.", s.received),
+        (
+            "shardcast_cluster_inbound_dropped_total",
+            "Messages from other nodes dropped because the workers had a full queue of them not handled yet.",
+            s.inbound_dropped,
+        ),
+        ("shardcast_cluster_outages_total", "Times the cluster backend (Redis) was lost.", s.outages),
+    ];
+    for (name, help, v) in counters {
+        header(out, name, help, "counter");
+        line(out, name, &[], None, &v.to_string());
+    }
+    header(out, "shardcast_cluster_connected", "1 while the cluster adapter is connected and subscribed, 0 otherwise.", "gauge");
+    line(out, "shardcast_cluster_connected", &[], None, if s.connected { "1" } else { "0" });
 }
 
 fn add(families: &mut Vec<Family>, s: &Sample) {
@@ -157,6 +184,22 @@ mod tests {
         // Each family's HELP and TYPE appear once.
         assert_eq!(text.matches("# TYPE shardcast_sockets gauge").count(), 1);
         assert_eq!(text.matches("# TYPE shardcast_loop_pass_seconds histogram").count(), 1);
+    }
+
+    #[test]
+    fn cluster_counters() {
+        let mut out = String::new();
+        render_cluster(&mut out, &ClusterStats { published: 5, not_delivered: 3, received: 2, inbound_dropped: 1, outages: 4, connected: true });
+        for want in [
+            "# TYPE shardcast_cluster_not_delivered_total counter\nshardcast_cluster_not_delivered_total 3\n",
+            "shardcast_cluster_published_total 5\n",
+            "shardcast_cluster_received_total 2\n",
+            "shardcast_cluster_inbound_dropped_total 1\n",
+            "shardcast_cluster_outages_total 4\n",
+            "# TYPE shardcast_cluster_connected gauge\nshardcast_cluster_connected 1\n",
+        ] {
+            assert!(out.contains(want), "{want} not in {out}");
+        }
     }
 
     #[test]

@@ -69,6 +69,17 @@ pub struct SocketInfo {
     pub node: Option<String>,
 }
 
+/// What became of an emit beyond this node ([`Operator::emit_reporting`]); this node's workers
+/// were all handed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Emitted {
+    /// `None` on a single node. In a cluster, whether the adapter took it for the other nodes:
+    /// `Some(false)` when its queue was full or its backend is unreachable (counted in
+    /// [`ClusterStats::not_delivered`]), so the other nodes' clients will not get it.
+    pub cluster: Option<bool>,
+}
+
 #[derive(Clone)]
 /// A handle to a running server, for any thread: `Send + Sync + Clone`.
 pub struct ServerHandle {
@@ -215,14 +226,24 @@ impl Operator {
 
     /// Emits an event whose arguments hold placeholders for `attachments`.
     pub fn emit_binary(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<(), HandleError> {
+        self.emit_binary_reporting(event, args, attachments).map(|_| ())
+    }
+
+    /// [`Operator::emit`], saying whether the cluster adapter took it for the other nodes.
+    pub fn emit_reporting(&self, event: &str, args: &[Value]) -> Result<Emitted, HandleError> {
+        self.emit_binary_reporting(event, args, Vec::new())
+    }
+
+    /// [`Operator::emit_binary`], saying whether the cluster adapter took it for the other
+    /// nodes.
+    pub fn emit_binary_reporting(&self, event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<Emitted, HandleError> {
         // With connection state recovery, a non-volatile emit carries an offset.
         let offset = self.recovery.as_ref().filter(|_| !self.flags.volatile).map(|r| r.offset());
         let text = offset.map(super::recovery::offset_text);
         let packet = encode::event_with_offset(&self.sel.nsp, event, args, text.as_deref(), None, attachments);
         let b = Arc::new(Broadcast { sel: self.sel.clone(), packet, flags: self.flags, ack: None, offset });
         self.publish(b.clone())?;
-        self.tell_cluster(|| Outbound::Broadcast(b));
-        Ok(())
+        Ok(Emitted { cluster: self.tell_cluster(|| Outbound::Broadcast(b)) })
     }
 
     /// Posts a broadcast to every worker; worker 0 counts it as emitted (`SioMail::Publish`).
@@ -233,12 +254,10 @@ impl Operator {
         Ok(())
     }
 
-    /// Hands an operation to the other nodes, when there are any.
-    fn tell_cluster(&self, out: impl FnOnce() -> Outbound) {
-        if let Some(c) = &self.cluster {
-            // Not taken: dropped and counted by the adapter.
-            let _ = c.send(out());
-        }
+    /// Hands an operation to the other nodes, when there are any: `None` on a single node,
+    /// else whether the adapter took it (not taken: dropped and counted by the adapter).
+    fn tell_cluster(&self, out: impl FnOnce() -> Outbound) -> Option<bool> {
+        self.cluster.as_ref().map(|c| c.send(out()))
     }
 
     /// Emits to the selection and collects every recipient's ack, on every worker (the

@@ -36,7 +36,7 @@ pub mod socket;
 pub mod worker;
 
 pub use defer::{AckReply, ConnectDecision};
-pub use handle::{HandleError, ServerHandle, SocketInfo};
+pub use handle::{Emitted, HandleError, ServerHandle, SocketInfo};
 pub use limits::{JoinError, SocketLimits};
 pub use namespace::{AckId, AckTimeout, DisconnectReason, Event, Handshake, Namespace};
 pub use pending::Pending;

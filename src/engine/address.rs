@@ -2,10 +2,15 @@
 //! one client address may hold open, and how fast it may open new ones (a token bucket).
 //!
 //! The table has a fixed number of slots, each an atomic counter and an atomic token bucket,
-//! indexed by a randomly keyed hash of the address: no map grows with the addresses seen (an
-//! IPv6 client can use millions), workers never lock, and a client cannot aim its addresses
-//! at another's slot. Two addresses that share a slot share its limits (1 in 65,536 per pair):
-//! the table may refuse too early, never too late.
+//! indexed by a randomly keyed hash of the address: no map grows with the addresses seen, workers
+//! never lock, and a client cannot aim its addresses at another's slot. Two addresses that
+//! share a slot share its limits (1 in 65,536 per pair): the table may refuse too early, never
+//! too late.
+//!
+//! An address is an IPv4 address, or an IPv6 address's /64 network ([`limit_key`]): a host is
+//! routinely given a whole /64 and can pick any of its 2^64 addresses for each connection, so
+//! a full IPv6 address would be no limit at all. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+//! as a dual-stack listener sees IPv4 clients) counts as its IPv4 address.
 //!
 //! Must never: block, allocate per address, or count a connection twice.
 
@@ -73,7 +78,19 @@ impl Table {
     }
 
     fn slot(&self, ip: IpAddr) -> &Slot {
-        &self.slots[self.hasher.hash_one(ip) as usize % SLOTS]
+        &self.slots[self.hasher.hash_one(limit_key(ip)) as usize % SLOTS]
+    }
+}
+
+/// What the limits count by: an IPv4 address as it is, an IPv6 address by its /64 network
+/// (the rest zeroed), an IPv4-mapped IPv6 address as its IPv4 address.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -136,5 +153,33 @@ mod tests {
         assert_eq!(r.admit(a, t), Err(Refusal::TooFast));
         assert_eq!(r.admit(a, t + Duration::from_millis(499)), Err(Refusal::TooFast));
         assert_eq!(r.admit(a, t + Duration::from_millis(500)), Ok(()), "one token per 500 ms");
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(limit_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+        assert_eq!(limit_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(limit_key(ip("10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(limit_key(ip("::1")), ip("::"));
+
+        let t = Instant::now();
+        let l = AddressLimits::new(Some(2), None);
+        // Two connections from one /64, whatever the interface identifiers: the third is refused.
+        assert_eq!(l.admit(ip("2001:db8:1:2::1"), t), Ok(()));
+        assert_eq!(l.admit(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), t), Ok(()));
+        assert_eq!(l.admit(ip("2001:db8:1:2:1234::5"), t), Err(Refusal::TooMany));
+        assert_eq!(l.admit(ip("2001:db8:1:3::1"), t), Ok(()), "the next /64 has its own count");
+        l.release(ip("2001:db8:1:2:9::9"));
+        assert_eq!(l.admit(ip("2001:db8:1:2::7"), t), Ok(()), "a release anywhere in the /64 frees its count");
+        // A mapped IPv4 address and the IPv4 address share one count.
+        assert_eq!(l.admit(ip("192.0.2.7"), t), Ok(()));
+        assert_eq!(l.admit(ip("::ffff:192.0.2.7"), t), Ok(()));
+        assert_eq!(l.admit(ip("192.0.2.7"), t), Err(Refusal::TooMany));
+
+        let r = AddressLimits::new(None, Some(1));
+        let t = Instant::now();
+        assert_eq!(r.admit(ip("2001:db8::1"), t), Ok(()));
+        assert_eq!(r.admit(ip("2001:db8::2"), t), Err(Refusal::TooFast), "the rate is the /64's, not each address's");
     }
 }

@@ -16,7 +16,7 @@
 //! Must never: be called into from a worker except through [`RedisAdapter::send`], or queue
 //! without bound.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,16 +73,29 @@ pub struct RedisAdapter {
     tx: mpsc::Sender<Outbound>,
     up: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    /// Set while the queue is full (the episode was logged), with the not-delivered count when
+    /// it began (`u64::MAX`: no episode).
+    full_since: AtomicU64,
 }
 
 impl Adapter for RedisAdapter {
     fn send(&self, out: Outbound) -> bool {
         let dropped = if self.up.load(Ordering::Relaxed) {
             match self.tx.try_send(out) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) => o,
+                Ok(()) => {
+                    if self.full_since.load(Ordering::Relaxed) != u64::MAX {
+                        self.queue_drained();
+                    }
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Full(o)) => {
+                    self.queue_full();
+                    o
+                }
+                Err(mpsc::error::TrySendError::Closed(o)) => o,
             }
         } else {
+            // (An outage is logged once by the adapter thread.)
             out
         };
         Counters::add(&self.counters.not_delivered, 1);
@@ -92,6 +105,28 @@ impl Adapter for RedisAdapter {
 
     fn stats(&self) -> ClusterStats {
         ClusterStats { connected: self.up.load(Ordering::Relaxed), ..self.counters.snapshot() }
+    }
+}
+
+impl RedisAdapter {
+    /// A full queue: the first drop of an episode logs it (once, not per message).
+    fn queue_full(&self) {
+        let at = self.counters.not_delivered.load(Ordering::Relaxed);
+        if self.full_since.compare_exchange(u64::MAX, at, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(
+                queue = self.tx.max_capacity(),
+                "cluster adapter queue full: messages for the other nodes are dropped (shardcast_cluster_not_delivered_total) until it drains"
+            );
+        }
+    }
+
+    /// The queue took a message again: the episode is over, logged with what it dropped.
+    fn queue_drained(&self) {
+        let since = self.full_since.swap(u64::MAX, Ordering::Relaxed);
+        if since != u64::MAX {
+            let lost = self.counters.not_delivered.load(Ordering::Relaxed).saturating_sub(since);
+            tracing::warn!(not_delivered = lost, "cluster adapter queue has room again");
+        }
     }
 }
 
@@ -132,7 +167,8 @@ pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String>
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let up = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
-    Ok((Arc::new(RedisAdapter { tx, up: up.clone(), counters: counters.clone() }), Pending { client, cfg, rx, up, counters }))
+    let adapter = RedisAdapter { tx, up: up.clone(), counters: counters.clone(), full_since: AtomicU64::new(u64::MAX) };
+    Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters }))
 }
 
 /// A random id: `len` characters of `alphabet`.
