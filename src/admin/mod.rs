@@ -17,7 +17,8 @@
 //! - a head must be complete within [`AdminConfig::head_timeout`] (1 s) and [`MAX_HEAD`] bytes
 //!   (431), or the connection is closed without an answer; at most [`MAX_WAITING`] connections
 //!   are read at once, the oldest closed to make room;
-//! - `GET /health` is answered by the reader itself, at once, and never waits for a slot;
+//! - `GET /health` (and a wrong method, an unknown path) is answered by the reader itself, at
+//!   once, and never waits for a slot;
 //! - at most [`AdminConfig::max_connections`] requests with a complete head are served at
 //!   once (the next get 503 at once), and one more slot is kept for `GET /metrics`;
 //! - the publish API checks the key from the head, on the reader, before a slot is taken or the
@@ -274,8 +275,11 @@ impl Reader {
             }
             Next::Answer(resp) => self.answer(t, &resp),
             Next::Serve(head) => {
-                if head.method == "GET" && head.path == "/health" {
-                    let resp = health(&self.shared);
+                let metrics = head.method == "GET" && head.path == "/metrics";
+                if !metrics && !(head.method == "POST" && is_publish(&head.path)) {
+                    // `/health`, a wrong method, an unknown path: answered at once, without a
+                    // slot.
+                    let resp = route(&self.shared, &head);
                     self.answer(t, &resp);
                     return;
                 }
@@ -288,7 +292,7 @@ impl Reader {
                     }
                 }
                 // `/metrics` may take one slot more than the others.
-                let cap = self.shared.cfg.max_connections + usize::from(head.method == "GET" && head.path == "/metrics");
+                let cap = self.shared.cfg.max_connections + usize::from(metrics);
                 if self.shared.active.fetch_add(1, Ordering::AcqRel) >= cap {
                     self.shared.active.fetch_sub(1, Ordering::AcqRel);
                     self.answer(t, &json_response(503, r#"{"error":"too many admin connections"}"#, ""));
@@ -479,7 +483,8 @@ fn health(shared: &Shared) -> Vec<u8> {
     }
 }
 
-/// Every request but `GET /health` (the reader's) and `POST /api/emit` (see [`publish`]).
+/// Every request but `POST /api/emit` (see [`publish`]); only `GET /metrics` waits (for the
+/// workers' answers), so the reader answers the others itself.
 fn route(shared: &Shared, head: &Head) -> Vec<u8> {
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/health") => health(shared),
