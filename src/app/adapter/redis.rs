@@ -786,17 +786,23 @@ mod tests {
     #[test]
     fn nothing_is_queued_while_redis_is_down_and_the_queue_is_bounded() {
         let (a, mut p) = prepare(RedisConfig { queue: 2, ..RedisConfig::new("redis://127.0.0.1:1/") }).unwrap();
-        // Not connected yet: dropped and counted, never queued.
-        a.send(join());
+        // Not connected yet: dropped and counted, never queued; the caller is told.
+        assert!(!a.send(join()));
         assert_eq!(a.stats().not_delivered, 1);
         assert!(p.rx.try_recv().is_err());
         // Connected: queued up to the bound, then dropped and counted.
         p.up.store(true, Ordering::Relaxed);
-        for _ in 0..3 {
-            a.send(join());
-        }
+        let taken: Vec<bool> = (0..3).map(|_| a.send(join())).collect();
+        assert_eq!(taken, [true, true, false]);
         assert_eq!(a.stats().not_delivered, 2);
+        // A full-queue episode began at the first drop (logged then, once) ...
+        assert_eq!(a.full_since.load(Ordering::Relaxed), 1);
+        assert!(!a.send(join()));
+        assert_eq!(a.full_since.load(Ordering::Relaxed), 1, "one episode, however many drops");
         assert!(p.rx.try_recv().is_ok() && p.rx.try_recv().is_ok() && p.rx.try_recv().is_err());
+        // ... and ends when the queue takes a message again.
+        assert!(a.send(join()));
+        assert_eq!(a.full_since.load(Ordering::Relaxed), u64::MAX);
     }
 
     #[test]
