@@ -83,7 +83,9 @@ impl Adapter for RedisAdapter {
         let dropped = if self.up.load(Ordering::Relaxed) {
             match self.tx.try_send(out) {
                 Ok(()) => {
-                    if self.full_since.load(Ordering::Relaxed) != u64::MAX {
+                    // The episode ends once the thread has caught up to half the queue, not at
+                    // each batch it takes off a queue that fills again at once.
+                    if self.full_since.load(Ordering::Relaxed) != u64::MAX && self.tx.capacity() >= self.tx.max_capacity() / 2 {
                         self.queue_drained();
                     }
                     return true;
@@ -120,7 +122,8 @@ impl RedisAdapter {
         }
     }
 
-    /// The queue took a message again: the episode is over, logged with what it dropped.
+    /// The queue took a message again with half of it free: the episode is over, logged with
+    /// what it dropped.
     fn queue_drained(&self) {
         let since = self.full_since.swap(u64::MAX, Ordering::Relaxed);
         if since != u64::MAX {
@@ -799,8 +802,12 @@ mod tests {
         assert_eq!(a.full_since.load(Ordering::Relaxed), 1);
         assert!(!a.send(join()));
         assert_eq!(a.full_since.load(Ordering::Relaxed), 1, "one episode, however many drops");
+        // Room for one: taken, but the queue is full again, so the episode goes on.
+        assert!(p.rx.try_recv().is_ok());
+        assert!(a.send(join()));
+        assert_eq!(a.full_since.load(Ordering::Relaxed), 1);
         assert!(p.rx.try_recv().is_ok() && p.rx.try_recv().is_ok() && p.rx.try_recv().is_err());
-        // ... and ends when the queue takes a message again.
+        // ... and ends when the queue takes a message again with half of it free.
         assert!(a.send(join()));
         assert_eq!(a.full_since.load(Ordering::Relaxed), u64::MAX);
     }
