@@ -457,9 +457,9 @@ fn admin_connections_are_capped_and_timed_out() {
     let slow_body = |s: &mut TcpStream| {
         s.write_all(b"POST /api/emit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k\r\nContent-Length: 40\r\n\r\n{\"ev").unwrap();
     };
+    let held_since = Instant::now();
     let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
     held.iter_mut().for_each(slow_body);
-    let held_since = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let (status, _, body) = request(addr, "POST", "/api/emit", "Authorization: Bearer k\r\n", br#"{"event":"third"}"#);
@@ -472,10 +472,10 @@ fn admin_connections_are_capped_and_timed_out() {
     }
 
     // Silent and trickling connections, more than there are slots (the repro's 16 idle ones).
+    let opened = Instant::now();
     let silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut trickle = TcpStream::connect(addr).unwrap();
     trickle.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
-    let opened = Instant::now();
     // Meanwhile health and metrics answer.
     assert_eq!(get(addr, "/health"), (200, "ok\n".to_string()));
     let (status, head, _) = request(addr, "GET", "/metrics", "", b"");
