@@ -276,7 +276,8 @@ impl Reader {
             Next::Answer(resp) => self.answer(t, &resp),
             Next::Serve(head) => {
                 let metrics = head.method == "GET" && head.path == "/metrics";
-                if !metrics && !(head.method == "POST" && is_publish(&head.path)) {
+                let publish = head.method == "POST" && is_publish(&head.path);
+                if !metrics && !publish {
                     // `/health`, a wrong method, an unknown path: answered at once, without a
                     // slot.
                     let resp = route(&self.shared, &head);
@@ -285,7 +286,7 @@ impl Reader {
                 }
                 // A publish request is refused from its head, without a slot, before its body
                 // is read.
-                if head.method == "POST" && is_publish(&head.path) {
+                if publish {
                     if let Some(resp) = refuse_publish(&self.shared, &head) {
                         self.answer(t, &resp);
                         return;
