@@ -137,9 +137,13 @@ pub struct ServerOptions {
     #[arg(long, env = "SHARDCAST_RECOVERY_MAX_PACKETS", default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
     pub recovery_max_packets: usize,
     /// With --recovery-window: bytes of kept packets at most over the whole server (bytes, or
-    /// with a K/M/G suffix).
+    /// with a K/M/G suffix); the kept sockets' ids and room names have a budget of the same size.
     #[arg(long, env = "SHARDCAST_RECOVERY_MAX_BYTES", default_value = "64M", value_parser = parse_size)]
     pub recovery_max_bytes: usize,
+    /// With --recovery-window: disconnected sockets kept at most over the whole server (the
+    /// oldest are forgotten first).
+    #[arg(long, env = "SHARDCAST_RECOVERY_MAX_SOCKETS", default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
+    pub recovery_max_sockets: usize,
     /// A proxy (address or CIDR, repeatable) whose `Forwarded` / `X-Forwarded-For` headers
     /// give the client's address.
     #[arg(long = "trusted-proxy", env = "SHARDCAST_TRUSTED_PROXY", value_delimiter = ',', value_name = "CIDR", value_parser = parse_net)]
@@ -395,6 +399,7 @@ impl ServerOptions {
             window: Duration::from_millis(ms),
             max_packets: self.recovery_max_packets,
             max_bytes: self.recovery_max_bytes,
+            max_sockets: self.recovery_max_sockets,
         })
     }
 

@@ -446,8 +446,8 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
     if let Some((pid, id, nsp, rooms)) = keep {
         let data = core.sockets.get_mut(idx).and_then(|s| s.data.take());
         let kept = retain::Kept { id, nsp, rooms, data, at: ctx.now() };
-        if let Some(replaced) = core.store.as_mut().and_then(|st| st.keep(pid, kept)) {
-            guard::drop_quietly(replaced);
+        if let Some(st) = core.store.as_mut() {
+            retain::gone_quietly(st.keep(pid, kept));
         }
     }
     core.free_socket(idx);
@@ -742,6 +742,13 @@ impl Handler for SioWorker {
             "Kept packets dropped before their window ended, to stay within the caps.",
             &[],
             r.evicted_packets,
+        );
+        out.gauge("shardcast_recovery_kept_socket_bytes", "Bytes of the kept sockets' ids and room names.", &worker, r.kept_socket_bytes);
+        out.counter(
+            "shardcast_recovery_evicted_sockets_total",
+            "Kept sockets forgotten before their window ended, to stay within the caps.",
+            &[],
+            r.evicted_sockets,
         );
         out.counter("shardcast_recovery_total", "Reconnections asking to recover, by outcome.", &[("outcome", "recovered")], r.recovered);
         out.counter("shardcast_recovery_total", "Reconnections asking to recover, by outcome.", &[("outcome", "not_recovered")], r.not_recovered);
