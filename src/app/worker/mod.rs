@@ -95,8 +95,12 @@ pub struct WorkerCore {
     /// Connections waiting for a deferred middleware's verdict, by token.
     pending: rustc_hash::FxHashMap<u64, connect::PendingConnect>,
     next_token: u64,
-    /// Their deadlines (one delay for all: a FIFO).
+    /// Their deadlines (one delay for all: a FIFO). A settled connection's entry stays until
+    /// it comes due or is compacted away in `suspend`.
     decision_due: Fifo<u64>,
+    /// Bytes of the packets every waiting connection holds, against
+    /// `SocketLimits::max_worker_held_bytes`.
+    held_bytes: usize,
     stats: AppStats,
     /// Connection state recovery, when on.
     store: Option<retain::Store>,
@@ -162,6 +166,7 @@ impl SioWorker {
                 pending: Default::default(),
                 next_token: 0,
                 decision_due: Fifo::default(),
+                held_bytes: 0,
                 stats: AppStats::default(),
                 store: None,
                 broadcasts: 0,
@@ -733,6 +738,12 @@ impl Handler for SioWorker {
         ] {
             out.counter("shardcast_socket_cuts_total", CUT, &[("reason", reason)], n);
         }
+        out.gauge(
+            "shardcast_held_bytes",
+            "Bytes of packets held for connections waiting for a deferred connect middleware.",
+            &worker,
+            core.held_bytes as u64,
+        );
         let r = st.recovery;
         out.gauge("shardcast_recovery_kept_packets", "Packets kept for connection state recovery.", &worker, r.kept_packets);
         out.gauge("shardcast_recovery_kept_bytes", "Bytes of the packets kept for connection state recovery.", &worker, r.kept_bytes);
