@@ -738,12 +738,7 @@ impl Handler for SioWorker {
         ] {
             out.counter("shardcast_socket_cuts_total", CUT, &[("reason", reason)], n);
         }
-        out.gauge(
-            "shardcast_held_bytes",
-            "Bytes of packets held for connections waiting for a deferred connect middleware.",
-            &worker,
-            core.held_bytes as u64,
-        );
+        out.gauge("shardcast_held_bytes", "Bytes of packets held for connections waiting for a deferred connect middleware.", &worker, core.held_bytes as u64);
         let r = st.recovery;
         out.gauge("shardcast_recovery_kept_packets", "Packets kept for connection state recovery.", &worker, r.kept_packets);
         out.gauge("shardcast_recovery_kept_bytes", "Bytes of the packets kept for connection state recovery.", &worker, r.kept_bytes);
