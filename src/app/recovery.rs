@@ -18,8 +18,9 @@
 //!
 //! Where Node keeps this per process, shardcast keeps it per worker: the packets each worker
 //! delivered, and the sockets that left it. A client coming back on another worker is served
-//! there: the `pid` names the worker that kept its state (as session ids name theirs), which
-//! is asked by mail and answers with the state and the packets, removing them. Across nodes
+//! there: when its own store does not hold the `pid`, every other worker is asked by mail, and
+//! the one that kept the state answers with it and the packets, removing them (the others
+//! answer that they hold nothing; the connection waits for all of them, within a deadline). Across nodes
 //! (a cluster adapter) nothing is recovered: a client landing on another node gets a fresh
 //! socket, as with Node's in-memory adapter.
 //!
