@@ -213,6 +213,15 @@ pub struct ServerOptions {
     /// `RedisManager`.
     #[arg(long, env = "SHARDCAST_REDIS_FORMAT", value_enum, default_value = "node", requires = "redis")]
     pub redis_format: RedisFormatArg,
+    /// With `--redis-format bridge`: this node relays foreign broadcasts between the formats
+    /// (a Node node's or emitter's to the Python nodes, a Python node's or emitter's to the
+    /// Node nodes). Run it on exactly one bridge node of a cluster.
+    #[arg(long, env = "SHARDCAST_REDIS_RELAY")]
+    pub redis_relay: bool,
+    /// Redis 7 sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), as `@socket.io/redis-adapter`'s
+    /// `createShardedAdapter` (Node format only).
+    #[arg(long, env = "SHARDCAST_REDIS_SHARDED", requires = "redis")]
+    pub redis_sharded: bool,
 }
 
 /// `--redis-format`.
@@ -223,6 +232,9 @@ pub enum RedisFormatArg {
     Node,
     /// JSON on `socketio`, as python-socketio's `RedisManager` (5.14+).
     Python,
+    /// Both at once: a member of a Node cluster and of a python-socketio cluster on the same
+    /// Redis (see `--redis-relay`).
+    Bridge,
 }
 
 /// `--cookie-same-site`.
@@ -374,7 +386,10 @@ impl ServerOptions {
                 format: match self.redis_format {
                     RedisFormatArg::Node => RedisFormat::Node,
                     RedisFormatArg::Python => RedisFormat::Python,
+                    RedisFormatArg::Bridge => RedisFormat::Bridge,
                 },
+                relay: self.redis_relay,
+                sharded: self.redis_sharded,
                 ..RedisConfig::new(url)
             }),
         }

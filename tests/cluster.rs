@@ -151,7 +151,13 @@ fn wait_connected(h: &shardcast::app::ServerHandle) {
 }
 
 fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
+    shardcast_with(name, redis_url, format, &[])
+}
+
+/// A shardcast node with `extra` flags (`--redis-relay`, `--redis-sharded`).
+fn shardcast_with(name: &str, redis_url: &str, format: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    cmd.args(extra);
     // Heartbeats long enough that a client process stalled by a loaded CI machine is not
     // dropped in the middle of a check (the contract's 300/200 ms are for the contract suites).
     cmd.args(["--bind", "127.0.0.1:0", "--threads", "2", "--ping-interval", "2000", "--ping-timeout", "5000", "--redis", redis_url, "--redis-format", format]);
@@ -248,6 +254,46 @@ fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
     check(&nodes, "all", &url, "python");
     let _redis = outage_and_recovery(&mut redis, port, &nodes, "python", &[&a, &b], || wait_subscribed(port, "socketio", 3));
     for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
+
+/// Bridge mode (issue 12's "a bridge mode that speaks both"): two shardcast nodes in
+/// `--redis-format bridge` (one with `--redis-relay`), a Node socket.io 4.8 node with
+/// `@socket.io/redis-adapter` and a python-socketio node with its `RedisManager`, on one Redis.
+/// Clients of every node join one room; a to-room broadcast and a skip-sender broadcast from
+/// each node, an `@socket.io/redis-emitter` emit and a python write-only emitter emit reach
+/// every member exactly once (checked behind a fence, `cluster-check.js`): the Node node's and
+/// the Node emitter's reach the Python clients through the relay, the Python node's and the
+/// Python emitter's reach the Node clients through it, and no bridge node delivers a relayed
+/// copy or its own other-format copy.
+#[test]
+fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let (mut a, a_addr) = shardcast_with("shardcast-relay", &url, "bridge", &["--redis-relay"]);
+    let (mut b, b_addr) = shardcast("shardcast-bridge", &url, "bridge");
+    let mut reference = Command::new("node");
+    reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
+    let mut c = Proc::spawn("node-socket.io", &mut reference);
+    let c_addr = c.listening();
+    let mut pynode = Command::new(&python);
+    pynode.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
+    let mut d = Proc::spawn("python-socketio", &mut pynode);
+    let d_addr = d.listening();
+    // Both bridge nodes and the Node node on the Node request channel; both bridge nodes and
+    // the Python node on python-socketio's channel.
+    wait_subscribed(port, "socket.io-request#/#", 3);
+    wait_subscribed(port, "socketio", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr},http://{d_addr}|polling");
+    check(&nodes, "all", &url, "node+python");
+    for p in [&mut a, &mut b, &mut c, &mut d] {
         p.assert_alive();
     }
 }

@@ -98,24 +98,29 @@ pub fn encode_request(host_id: &str, out: &Outbound) -> Vec<Vec<u8>> {
 /// Decodes one message; `Ok(None)` for this node's own and for methods with nothing to do here
 /// (`callback`).
 pub fn decode(host_id: &str, payload: &[u8]) -> Result<Option<Inbound>, FormatError> {
+    Ok(decode_from(payload)?.and_then(|(from, i)| (from != host_id).then_some(i)))
+}
+
+/// Decodes one message with the `host_id` of its sender (empty when it has none); `Ok(None)`
+/// for methods with nothing to do here (`callback`).
+pub fn decode_from(payload: &[u8]) -> Result<Option<(String, Inbound)>, FormatError> {
     let msg: Value = serde_json::from_slice(payload).map_err(|e| FormatError::Decode(e.to_string()))?;
     if !msg.is_object() {
         return Err(FormatError::Shape("not an object"));
     }
-    if msg.get("host_id").and_then(Value::as_str) == Some(host_id) {
-        return Ok(None);
-    }
+    let from = msg.get("host_id").and_then(Value::as_str).unwrap_or_default().to_string();
     let nsp = msg.get("namespace").and_then(Value::as_str).unwrap_or("/").to_string();
     let one = |sid: Option<&Value>| Selector { nsp: nsp.clone(), rooms: strings(sid), ..Default::default() };
     let room = || strings(msg.get("room"));
-    Ok(match msg.get("method").and_then(Value::as_str) {
-        Some("emit") => Some(Inbound::Broadcast(decode_emit(&msg, &nsp)?)),
-        Some("disconnect") => Some(Inbound::Disconnect(one(msg.get("sid")), false)),
-        Some("enter_room") => Some(Inbound::Join(one(msg.get("sid")), room())),
-        Some("leave_room") => Some(Inbound::Leave(one(msg.get("sid")), room())),
-        Some("close_room") => Some(Inbound::Leave(one(msg.get("room")), room())),
-        _ => None,
-    })
+    let inbound = match msg.get("method").and_then(Value::as_str) {
+        Some("emit") => Inbound::Broadcast(decode_emit(&msg, &nsp)?),
+        Some("disconnect") => Inbound::Disconnect(one(msg.get("sid")), false),
+        Some("enter_room") => Inbound::Join(one(msg.get("sid")), room()),
+        Some("leave_room") => Inbound::Leave(one(msg.get("sid")), room()),
+        Some("close_room") => Inbound::Leave(one(msg.get("room")), room()),
+        _ => return Ok(None),
+    };
+    Ok(Some((from, inbound)))
 }
 
 fn decode_emit(msg: &Value, nsp: &str) -> Result<Broadcast, FormatError> {

@@ -44,6 +44,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most messages published in one pipeline.
 const BATCH: usize = 256;
+/// How a bridge node's uid / host_id begins (`--redis-format bridge`): its own messages, which
+/// it publishes in both formats.
+pub const BRIDGE_MARK: &str = "bridge~";
+/// How the uid / host_id of a relayed copy begins: a foreign broadcast the relaying bridge node
+/// republished in the other format.
+pub const RELAY_MARK: &str = "relay~";
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Settles what waits for the other nodes' answers to a message they will never get: a
 /// question is answered [`HandleError::TimedOut`], an acked broadcast is told that no other
@@ -129,6 +136,12 @@ impl Drop for RedisThread {
 /// Checks `cfg` (the URL) and makes the workers' side and the thread still to start.
 pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String> {
     let client = redis::Client::open(cfg.url.as_str()).map_err(|e| format!("--redis {}: {e}", cfg.url))?;
+    if cfg.relay && cfg.format != RedisFormat::Bridge {
+        return Err("--redis-relay needs --redis-format bridge".into());
+    }
+    if cfg.sharded && cfg.format != RedisFormat::Node {
+        return Err("--redis-sharded speaks the Node format only (--redis-format node)".into());
+    }
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let up = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
@@ -162,8 +175,15 @@ impl Pending {
 struct Node {
     client: redis::Client,
     cfg: RedisConfig,
-    /// This node's uid (Node format) or host_id (Python format).
+    /// This node's uid (Node format) or host_id (Python format); both in bridge mode, where it
+    /// starts with [`BRIDGE_MARK`].
     id: String,
+    /// In bridge mode, the uid / host_id of the copies this node relays ([`RELAY_MARK`]).
+    relay_id: Option<String>,
+    /// Relayed copies waiting to be published (bridge mode with `relay`), at most `queue`.
+    relays: Vec<(String, Vec<u8>)>,
+    /// Whether another relaying bridge node was seen (logged once).
+    other_relay_seen: bool,
     rx: mpsc::Receiver<Outbound>,
     up: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -196,9 +216,13 @@ struct Asking {
 }
 
 async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, stop: Arc<Notify>) {
-    let id = match p.cfg.format {
-        RedisFormat::Node => random_id(6, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
-        RedisFormat::Python => random_id(32, b"0123456789abcdef"),
+    let (id, relay_id) = match p.cfg.format {
+        RedisFormat::Node => (random_id(6, ALNUM), None),
+        RedisFormat::Python => (random_id(32, b"0123456789abcdef"), None),
+        RedisFormat::Bridge => {
+            let r = random_id(6, ALNUM);
+            (format!("{BRIDGE_MARK}{r}"), Some(format!("{RELAY_MARK}{r}")))
+        }
     };
     let local = ServerHandle::new(poster.clone(), None);
     let queue = p.cfg.queue;
@@ -206,6 +230,9 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         client: p.client,
         cfg: p.cfg,
         id,
+        relay_id,
+        relays: Vec::new(),
+        other_relay_seen: false,
         rx: p.rx,
         up: p.up,
         counters: p.counters,
@@ -270,18 +297,18 @@ async fn within<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) 
 async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::RedisResult<()> {
     let mut pubsub = within(n.client.get_async_pubsub()).await?;
     let prefix = n.cfg.channel().to_string();
-    match n.cfg.format {
-        RedisFormat::Node => {
-            within(pubsub.psubscribe(node::pattern(&prefix))).await?;
-            // Plain subscriptions (not a pattern), so that a Node node asking counts this one
-            // (`PUBSUB NUMSUB` of the request channel).
-            for nsp in &n.cfg.namespaces {
-                let response = node::response_channel(&prefix, nsp);
-                let specific = format!("{response}{}#", n.id);
-                within(pubsub.subscribe(&[node::request_channel(&prefix, nsp), response, specific])).await?;
-            }
+    if n.cfg.format.speaks_node() {
+        within(pubsub.psubscribe(node::pattern(&prefix))).await?;
+        // Plain subscriptions (not a pattern), so that a Node node asking counts this one
+        // (`PUBSUB NUMSUB` of the request channel).
+        for nsp in &n.cfg.namespaces {
+            let response = node::response_channel(&prefix, nsp);
+            let specific = format!("{response}{}#", n.id);
+            within(pubsub.subscribe(&[node::request_channel(&prefix, nsp), response, specific])).await?;
         }
-        RedisFormat::Python => within(pubsub.subscribe(&prefix)).await?,
+    }
+    if n.cfg.format.speaks_python() {
+        within(pubsub.subscribe(n.cfg.python_channel())).await?;
     }
     let mut conn = within(n.client.get_multiplexed_async_connection()).await?;
     n.up.store(true, Ordering::Relaxed);
@@ -304,6 +331,9 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                     return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
                 };
                 receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                if !n.relays.is_empty() {
+                    publish_relays(n, &mut conn).await?;
+                }
             }
             out = n.rx.recv() => {
                 let Some(out) = out else { return Ok(()) };
@@ -333,29 +363,36 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
 async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, batch: &[Outbound]) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     let mut count = 0u64;
+    let (node, python) = (n.cfg.format.speaks_node(), n.cfg.format.speaks_python());
+    let python_channel = n.cfg.python_channel();
     for out in batch {
-        match (out, n.cfg.format) {
-            (Outbound::Broadcast(b), _) if b.ack.is_some() => {} // acked broadcasts: local only for now
-            (Outbound::Broadcast(b), format) => {
+        match out {
+            Outbound::Broadcast(b) if b.ack.is_some() => {} // acked broadcasts: local only for now
+            Outbound::Broadcast(b) => {
                 let Some(ev) = event_of(b) else { continue };
-                let (channel, payload) = match format {
-                    RedisFormat::Node => (node::channel(prefix, &b.sel), node::encode_broadcast(&n.id, b, &ev)),
-                    RedisFormat::Python => (prefix.to_string(), python::encode_broadcast(&n.id, b, &ev)),
-                };
-                pipe.publish(channel, payload).ignore();
-                count += 1;
-            }
-            (Outbound::Ask(_) | Outbound::AckedBroadcast(..), _) => {} // asked one by one after the pipeline
-            (other, RedisFormat::Node) => {
-                if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
-                    pipe.publish(channel, payload).ignore();
+                // In bridge mode, once in each format.
+                if node {
+                    pipe.publish(node::channel(prefix, &b.sel), node::encode_broadcast(&n.id, b, &ev)).ignore();
+                    count += 1;
+                }
+                if python {
+                    pipe.publish(python_channel, python::encode_broadcast(&n.id, b, &ev)).ignore();
                     count += 1;
                 }
             }
-            (other, RedisFormat::Python) => {
-                for payload in python::encode_request(&n.id, other) {
-                    pipe.publish(prefix, payload).ignore();
-                    count += 1;
+            Outbound::Ask(_) | Outbound::AckedBroadcast(..) => {} // asked one by one after the pipeline
+            other => {
+                if node {
+                    if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
+                        pipe.publish(channel, payload).ignore();
+                        count += 1;
+                    }
+                }
+                if python {
+                    for payload in python::encode_request(&n.id, other) {
+                        pipe.publish(python_channel, payload).ignore();
+                        count += 1;
+                    }
                 }
             }
         }
@@ -378,7 +415,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
 /// Asks every other node `q` (Node format): as many answers are expected as the request
 /// channel has other subscribers.
 async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, q: Question) -> redis::RedisResult<()> {
-    if n.cfg.format == RedisFormat::Python {
+    if !n.cfg.format.speaks_node() {
         // python-socketio's managers have no questions between nodes: the answer is this
         // node's alone.
         (q.reply)(Ok(Vec::new()));
@@ -429,7 +466,7 @@ async fn ask_acks(
     timeout: Duration,
 ) -> redis::RedisResult<()> {
     let ev = match (n.cfg.format, event_of(b)) {
-        (RedisFormat::Node, Some(ev)) => ev,
+        (f, Some(ev)) if f.speaks_node() => ev,
         // python-socketio's format has no acked broadcasts between nodes.
         _ => {
             nodes_known(Some(&n.poster), &target, 0);
@@ -611,9 +648,11 @@ fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, pr
 }
 
 /// Decodes one message from Redis: a broadcast or request is posted to every worker, a
-/// question answered, an answer collected.
+/// question answered, an answer collected; in bridge mode a foreign broadcast may also be
+/// queued for relaying into the other format.
 fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection, channel: &str, payload: &[u8]) {
-    if n.cfg.format == RedisFormat::Node {
+    let from_python = n.cfg.format.speaks_python() && channel == n.cfg.python_channel();
+    if !from_python && n.cfg.format.speaks_node() {
         if node::nsp_of_response_channel(prefix, &n.id, channel).is_some() {
             return answered(n, payload);
         }
@@ -634,14 +673,15 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             }
         }
     }
-    let decoded = match n.cfg.format {
-        RedisFormat::Node if channel.starts_with(prefix) && channel[prefix.len()..].starts_with('#') => {
-            node::decode_broadcast(&n.id, payload).map(|b| b.map(Inbound::Broadcast))
-        }
-        RedisFormat::Node => node::decode_request(&n.id, prefix, channel, payload),
-        RedisFormat::Python => python::decode(&n.id, payload),
+    let decoded = if from_python {
+        python::decode_from(payload)
+    } else if channel.starts_with(prefix) && channel[prefix.len()..].starts_with('#') {
+        node::decode_broadcast_from(payload).map(|b| b.map(|(from, b)| (from, Inbound::Broadcast(b))))
+    } else {
+        // Requests: this node's own are dropped by the decoder; none are relayed.
+        node::decode_request(&n.id, prefix, channel, payload).map(|r| r.map(|i| (String::new(), i)))
     };
-    let inbound = match decoded {
+    let (from, inbound) = match decoded {
         Ok(Some(i)) => i,
         Ok(None) => return,
         Err(e) => {
@@ -649,6 +689,12 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             return;
         }
     };
+    let Some(relay) = hear(n, from_python, &from) else { return };
+    if relay {
+        if let Inbound::Broadcast(b) = &inbound {
+            queue_relay(n, prefix, from_python, b);
+        }
+    }
     if !n.inflight.admit() {
         Counters::add(&n.counters.inbound_dropped, 1);
         if !n.inflight.dropping {
@@ -662,6 +708,75 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
     tracing::trace!(channel, bytes = payload.len(), "message from Redis posted to the workers");
     let held = post_all(&n.poster, inbound);
     n.inflight.held.push_back(held);
+}
+
+/// Whether a message from `from` (a uid, or a python `host_id`) is for this node's sockets
+/// (`None`: it is not), and whether this node relays it into the other format.
+///
+/// In bridge mode every member must get every broadcast exactly once, whatever format it
+/// speaks. A bridge node publishes its own broadcasts in both formats (as `bridge~<id>`), so a
+/// bridge node hears each of them twice: it takes the Node copy and drops the Python one. The
+/// relaying bridge node republishes each foreign broadcast (a Node node's or emitter's, a
+/// Python node's or emitter's) in the other format as `relay~<id>`; every bridge node heard
+/// the original, so every bridge node drops relayed copies, and the relay never relays a
+/// bridge node's message or a relayed copy (no loops).
+fn hear(n: &mut Node, from_python: bool, from: &str) -> Option<bool> {
+    if from == n.id || n.relay_id.as_deref() == Some(from) {
+        return None;
+    }
+    if n.cfg.format != RedisFormat::Bridge {
+        return Some(false);
+    }
+    if from.starts_with(RELAY_MARK) {
+        if n.cfg.relay && !n.other_relay_seen {
+            n.other_relay_seen = true;
+            tracing::warn!(
+                other = from,
+                "another bridge node relays too: members of one format get the other format's broadcasts twice (run --redis-relay on exactly one node)"
+            );
+        }
+        return None;
+    }
+    if from_python && from.starts_with(BRIDGE_MARK) {
+        return None;
+    }
+    Some(n.cfg.relay && !from.starts_with(BRIDGE_MARK))
+}
+
+/// Queues the copy of a foreign broadcast in the other format (bridge mode, on the relaying
+/// node); past `queue` copies not yet published it is dropped and counted.
+fn queue_relay(n: &mut Node, prefix: &str, from_python: bool, b: &Broadcast) {
+    let Some(ev) = event_of(b) else { return };
+    let rid = n.relay_id.as_deref().unwrap_or_default();
+    let copy = if from_python {
+        (node::channel(prefix, &b.sel), node::encode_broadcast(rid, b, &ev))
+    } else {
+        (n.cfg.python_channel().to_string(), python::encode_broadcast(rid, b, &ev))
+    };
+    if n.relays.len() >= n.cfg.queue.max(1) {
+        Counters::add(&n.counters.not_delivered, 1);
+        return;
+    }
+    n.relays.push(copy);
+}
+
+/// Publishes the queued relayed copies as one pipeline, in the order they were heard.
+async fn publish_relays(n: &mut Node, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let count = n.relays.len() as u64;
+    for (channel, payload) in n.relays.drain(..) {
+        pipe.publish(channel, payload).ignore();
+    }
+    match within(pipe.query_async::<()>(conn)).await {
+        Ok(()) => {
+            Counters::add(&n.counters.published, count);
+            Ok(())
+        }
+        Err(e) => {
+            Counters::add(&n.counters.not_delivered, count);
+            Err(e)
+        }
+    }
 }
 
 /// The shared part of a message posted to the workers; the workers are done with it once this

@@ -5,8 +5,8 @@
 // PHASE=all: PER_NODE socket.io-client sockets on every node join one room; a `to-room` from
 //   one socket of each node, a `broadcast` (skip-sender) from each node, and an emit from an
 //   emitter (EMITTER=node: @socket.io/redis-emitter; EMITTER=python: python-socketio's
-//   write-only RedisManager run with $PYTHON) must reach every member on every node exactly
-//   once. Exactly once is checked behind a fence: after everything arrived, each node sends
+//   write-only RedisManager run with $PYTHON; EMITTER=node+python: both) must reach every
+//   member on every node exactly once. Exactly once is checked behind a fence: after everything arrived, each node sends
 //   one more `to-room`; a duplicate of an earlier message from that node would come before it
 //   on every path (Redis delivers one publisher's messages in order).
 // PHASE=local: Redis is down; every node still serves its own clients: a `to-room` reaches
@@ -87,18 +87,22 @@ async function main() {
     expectedRoom.push({ from: s.node });
     await s.socket.timeout(5000).emitWithAck("broadcast", { bfrom: s.node });
   }
-  if (process.env.EMITTER === "python") {
-    const code = "import os, socketio; socketio.RedisManager(os.environ['REDIS_URL'], write_only=True).emit('room-message', {'from': 'emitter'}, room=os.environ['ROOM'], namespace='/')";
-    await new Promise((resolve, reject) =>
-      execFile(process.env.PYTHON, ["-c", code], { env: { ...process.env, ROOM } }, (e, out, err) => (e ? reject(new Error(`python emitter: ${e.message} ${err}`)) : resolve())),
-    );
-  } else {
-    const redis = createClient({ url: process.env.REDIS_URL });
-    await redis.connect();
-    new Emitter(redis).to(ROOM).emit("room-message", { from: "emitter" });
-    await redis.quit();
+  // EMITTER: "node", "python", or both ("node+python"), each with its own message.
+  for (const emitter of (process.env.EMITTER || "node").split("+")) {
+    if (emitter === "python") {
+      const code = "import os, socketio; socketio.RedisManager(os.environ['REDIS_URL'], write_only=True).emit('room-message', {'from': 'py-emitter'}, room=os.environ['ROOM'], namespace='/')";
+      await new Promise((resolve, reject) =>
+        execFile(process.env.PYTHON, ["-c", code], { env: { ...process.env, ROOM } }, (e, out, err) => (e ? reject(new Error(`python emitter: ${e.message} ${err}`)) : resolve())),
+      );
+      expectedRoom.push({ from: "py-emitter" });
+    } else {
+      const redis = createClient({ url: process.env.REDIS_URL });
+      await redis.connect();
+      new Emitter(redis).to(ROOM).emit("room-message", { from: "emitter" });
+      await redis.quit();
+      expectedRoom.push({ from: "emitter" });
+    }
   }
-  expectedRoom.push({ from: "emitter" });
   const allArrived = () =>
     clients.every(
       (c) =>
