@@ -305,6 +305,17 @@ fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
 /// shardcast's `ServerHandle` act on every node.
 #[test]
 fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Node);
+}
+
+/// The same questions and operations asked by a bridge node (`RedisFormat::Bridge`): they keep
+/// working with the Node nodes.
+#[test]
+fn cluster_wide_operations_from_a_bridge_node_with_node_socket_io() {
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Bridge);
+}
+
+fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat) {
     use shardcast::app::adapter::RedisConfig;
     use shardcast::app::{contract, Server};
     use std::io::Write;
@@ -331,7 +342,7 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
         .threads(2)
         .pin(false)
         .io(support::test_io())
-        .redis(RedisConfig::new(&url))
+        .redis(RedisConfig { format, ..RedisConfig::new(&url) })
         .start()
         .expect("start the in-process shardcast node");
     let h = a.handle();

@@ -689,10 +689,20 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             return;
         }
     };
-    let Some(relay) = hear(n, from_python, &from) else { return };
-    if relay {
-        if let Inbound::Broadcast(b) = &inbound {
-            queue_relay(n, prefix, from_python, b);
+    match hear(&n.id, n.relay_id.as_deref(), n.cfg.format, n.cfg.relay, from_python, &from) {
+        Heard::Drop => return,
+        Heard::OtherRelay => {
+            if n.cfg.relay && !n.other_relay_seen {
+                n.other_relay_seen = true;
+                tracing::warn!(other = %from, "another bridge node relays too: members of one format get the other format's broadcasts twice (run --redis-relay on exactly one node)");
+            }
+            return;
+        }
+        Heard::Deliver => {}
+        Heard::DeliverAndRelay => {
+            if let Inbound::Broadcast(b) = &inbound {
+                queue_relay(n, prefix, from_python, b);
+            }
         }
     }
     if !n.inflight.admit() {
@@ -710,8 +720,21 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
     n.inflight.held.push_back(held);
 }
 
-/// Whether a message from `from` (a uid, or a python `host_id`) is for this node's sockets
-/// (`None`: it is not), and whether this node relays it into the other format.
+/// What a node does with a message heard from another sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// Not for this node's sockets.
+    Drop,
+    /// Posted to this node's workers.
+    Deliver,
+    /// Posted to this node's workers and relayed into the other format.
+    DeliverAndRelay,
+    /// A copy relayed by another bridge node: dropped (and, on a relaying node, a warning).
+    OtherRelay,
+}
+
+/// What this node (`me`, its relayed copies as `my_relay`) does with a message from `from` (a
+/// uid, or a python `host_id`) heard in python-socketio's format (`from_python`) or Node's.
 ///
 /// In bridge mode every member must get every broadcast exactly once, whatever format it
 /// speaks. A bridge node publishes its own broadcasts in both formats (as `bridge~<id>`), so a
@@ -720,27 +743,24 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
 /// Python node's or emitter's) in the other format as `relay~<id>`; every bridge node heard
 /// the original, so every bridge node drops relayed copies, and the relay never relays a
 /// bridge node's message or a relayed copy (no loops).
-fn hear(n: &mut Node, from_python: bool, from: &str) -> Option<bool> {
-    if from == n.id || n.relay_id.as_deref() == Some(from) {
-        return None;
+fn hear(me: &str, my_relay: Option<&str>, format: RedisFormat, relay: bool, from_python: bool, from: &str) -> Heard {
+    if from == me || my_relay == Some(from) {
+        return Heard::Drop;
     }
-    if n.cfg.format != RedisFormat::Bridge {
-        return Some(false);
+    if format != RedisFormat::Bridge {
+        return Heard::Deliver;
     }
     if from.starts_with(RELAY_MARK) {
-        if n.cfg.relay && !n.other_relay_seen {
-            n.other_relay_seen = true;
-            tracing::warn!(
-                other = from,
-                "another bridge node relays too: members of one format get the other format's broadcasts twice (run --redis-relay on exactly one node)"
-            );
-        }
-        return None;
+        return Heard::OtherRelay;
     }
     if from_python && from.starts_with(BRIDGE_MARK) {
-        return None;
+        return Heard::Drop;
     }
-    Some(n.cfg.relay && !from.starts_with(BRIDGE_MARK))
+    if relay && !from.starts_with(BRIDGE_MARK) {
+        Heard::DeliverAndRelay
+    } else {
+        Heard::Deliver
+    }
 }
 
 /// Queues the copy of a foreign broadcast in the other format (bridge mode, on the relaying
@@ -899,5 +919,42 @@ mod tests {
     #[test]
     fn a_bad_url_is_refused_at_start() {
         assert!(prepare(RedisConfig::new("http://nope")).is_err());
+        assert!(prepare(RedisConfig { relay: true, ..RedisConfig::new("redis://127.0.0.1/") }).is_err(), "a relay is a bridge node");
+        let py = RedisConfig { format: RedisFormat::Python, sharded: true, ..RedisConfig::new("redis://127.0.0.1/") };
+        assert!(prepare(py).is_err(), "sharded pub/sub is the Node format's");
+    }
+
+    /// Every member gets every broadcast exactly once: for each origin, which copies each kind
+    /// of bridge node delivers and relays.
+    #[test]
+    fn bridge_nodes_deliver_each_broadcast_once_and_never_relay_back() {
+        use Heard::*;
+        let bridge = |relay, from_python, from| hear("bridge~me", Some("relay~me"), RedisFormat::Bridge, relay, from_python, from);
+        // A Node node's (uid `abc123`) or the Node emitter's broadcast: heard once, in Node's
+        // format; the relay republishes it for the Python nodes.
+        for from in ["abc123", "emitter"] {
+            assert_eq!(bridge(false, false, from), Deliver);
+            assert_eq!(bridge(true, false, from), DeliverAndRelay);
+        }
+        // A Python node's or the Python emitter's (a random host_id): heard once, in Python's
+        // format; the relay republishes it for the Node nodes.
+        assert_eq!(bridge(false, true, "0f3c9a"), Deliver);
+        assert_eq!(bridge(true, true, "0f3c9a"), DeliverAndRelay);
+        // Another bridge node's own broadcast comes in both formats: the Node copy is taken,
+        // the Python copy dropped, neither relayed (the bridge node published both).
+        assert_eq!(bridge(true, false, "bridge~other"), Deliver);
+        assert_eq!(bridge(true, true, "bridge~other"), Drop);
+        // The relay's copies: every bridge node heard the original already.
+        assert_eq!(bridge(false, false, "relay~other"), OtherRelay);
+        assert_eq!(bridge(false, true, "relay~other"), OtherRelay);
+        // This node's own messages and relayed copies come back to it: dropped.
+        for from_python in [false, true] {
+            assert_eq!(bridge(true, from_python, "bridge~me"), Drop);
+            assert_eq!(bridge(true, from_python, "relay~me"), Drop);
+        }
+        // A single-format node takes a bridge node's and a relay's copies like any other.
+        assert_eq!(hear("me", None, RedisFormat::Python, false, true, "relay~x"), Deliver);
+        assert_eq!(hear("me", None, RedisFormat::Node, false, false, "bridge~x"), Deliver);
+        assert_eq!(hear("me", None, RedisFormat::Node, false, false, "me"), Drop);
     }
 }
