@@ -173,6 +173,11 @@ fn shardcast_with(name: &str, redis_url: &str, format: &str, extra: &[&str]) -> 
 
 /// Runs `cluster-check.js` against `nodes`.
 fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
+    check_with(nodes, phase, redis_url, emitter, &[]);
+}
+
+/// Runs `cluster-check.js` against `nodes`, with more environment (`ROOM_SUBSCRIBERS`).
+fn check_with(nodes: &str, phase: &str, redis_url: &str, emitter: &str, env: &[(&str, &str)]) {
     let js = interop_dir().join("js");
     assert!(js.join("node_modules/@socket.io/redis-emitter").exists(), "the JS interop packages are not installed: run `scripts/test`");
     let python = interop_dir().join("python/.venv/bin/python");
@@ -184,6 +189,7 @@ fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
         .env("REDIS_URL", redis_url)
         .env("EMITTER", emitter)
         .env("PYTHON", &python)
+        .envs(env.iter().copied())
         .output()
         .expect("run node cluster-check.js");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -295,6 +301,56 @@ fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
     check(&nodes, "all", &url, "node+python");
     for p in [&mut a, &mut b, &mut c, &mut d] {
         p.assert_alive();
+    }
+}
+
+/// Redis 7 sharded pub/sub (issue 12's optional part): two shardcast nodes with
+/// `--redis-sharded` and a Node socket.io 4.8 node with `createShardedAdapter` (subscription
+/// mode "dynamic": a room's broadcasts go on the room's own channel, which each node
+/// subscribes to while it has members in the room). Clients of every node join one room; a
+/// to-room broadcast (room channel) and a skip-sender broadcast (namespace channel) from each
+/// node reach every member exactly once. `@socket.io/redis-emitter` 5.1 has no sharded mode
+/// (it always `PUBLISH`es), so no emitter takes part.
+#[test]
+fn sharded_cluster_with_node_socket_io_sharded_adapter() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let (mut a, a_addr) = shardcast_with("shardcast-a", &url, "node", &["--redis-sharded"]);
+    let (mut b, b_addr) = shardcast_with("shardcast-b", &url, "node", &["--redis-sharded"]);
+    let mut reference = Command::new("node");
+    reference
+        .current_dir(&js)
+        .arg("reference-server.js")
+        .env("REDIS_URL", &url)
+        .env("REDIS_SHARDED", "1")
+        .env("PING_INTERVAL", "2000")
+        .env("PING_TIMEOUT", "5000");
+    let mut c = Proc::spawn("node-socket.io-sharded", &mut reference);
+    let c_addr = c.listening();
+    wait_shard_subscribed(port, "socket.io#/#", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
+    check_with(&nodes, "all", &url, "none", &[("ROOM_SUBSCRIBERS", "3")]);
+    for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
+
+/// Waits until `PUBSUB SHARDNUMSUB channel` is `want`.
+fn wait_shard_subscribed(port: u16, channel: &str, want: i64) {
+    let end = Instant::now() + READY;
+    loop {
+        let n = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut con| redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query::<(String, i64)>(&mut con))
+            .map_or(-1, |(_, n)| n);
+        if n == want {
+            return;
+        }
+        assert!(Instant::now() < end, "{channel} has {n} shard subscribers after {READY:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

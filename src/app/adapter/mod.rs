@@ -90,6 +90,16 @@ pub enum Outbound {
     /// Asks every other node; the answer goes to the question's reply. A question that cannot
     /// be sent is answered [`HandleError::Stopped`] at once.
     Ask(Question),
+    /// A worker's shard of room `room` in namespace `nsp` came to exist (`exists`) or ended
+    /// (sharded Redis: the adapter subscribes to the rooms this node has members in).
+    Room {
+        /// The namespace.
+        nsp: String,
+        /// The room.
+        room: String,
+        /// Whether the room now exists on that worker.
+        exists: bool,
+    },
 }
 
 /// What another node (or an emitter) asks of this node's sockets, decoded once on the adapter
@@ -132,6 +142,11 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// The adapter's counters.
     fn stats(&self) -> ClusterStats;
+
+    /// A worker's shard of `room` (joined through `join`, not a socket's own room) came to
+    /// exist or ended. Only adapters that subscribe per room (sharded Redis) care; it is called
+    /// on room creation and deletion only, never on a broadcast.
+    fn room_changed(&self, _nsp: &str, _room: &str, _exists: bool) {}
 }
 
 /// Which adapter a server uses.
