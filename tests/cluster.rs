@@ -200,6 +200,19 @@ fn check_with(nodes: &str, phase: &str, redis_url: &str, emitter: &str, env: &[(
 /// Kills redis-server, checks every node still serves its own clients, restarts it on the
 /// same port, waits for every node to resubscribe (`resubscribed`), and checks the cluster.
 fn outage_and_recovery(redis: &mut Proc, port: u16, nodes: &str, emitter: &str, shardcast: &[&Proc], resubscribed: impl Fn()) -> Proc {
+    outage_and_recovery_with(redis, port, nodes, emitter, &[], shardcast, resubscribed)
+}
+
+/// [`outage_and_recovery`] with more environment for the checks once Redis is back.
+fn outage_and_recovery_with(
+    redis: &mut Proc,
+    port: u16,
+    nodes: &str,
+    emitter: &str,
+    env: &[(&str, &str)],
+    shardcast: &[&Proc],
+    resubscribed: impl Fn(),
+) -> Proc {
     let url = format!("redis://127.0.0.1:{port}/");
     redis.kill();
     for n in shardcast {
@@ -211,7 +224,7 @@ fn outage_and_recovery(redis: &mut Proc, port: u16, nodes: &str, emitter: &str, 
         n.wait_for("Redis is reachable again");
     }
     resubscribed();
-    check(nodes, "all", &url, emitter);
+    check_with(nodes, "all", &url, emitter, env);
     fresh
 }
 
@@ -309,15 +322,16 @@ fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
 /// mode "dynamic": a room's broadcasts go on the room's own channel, which each node
 /// subscribes to while it has members in the room). Clients of every node join one room; a
 /// to-room broadcast (room channel) and a skip-sender broadcast (namespace channel) from each
-/// node reach every member exactly once. `@socket.io/redis-emitter` 5.1 has no sharded mode
-/// (it always `PUBLISH`es), so no emitter takes part.
+/// node reach every member exactly once; Redis is killed and restarted, and broadcasts cross
+/// nodes again. `@socket.io/redis-emitter` 5.1 has no sharded mode (it always `PUBLISH`es),
+/// so no emitter takes part.
 #[test]
 fn sharded_cluster_with_node_socket_io_sharded_adapter() {
     let js = interop_dir().join("js");
     assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let _redis = redis_server(port);
+    let mut redis = redis_server(port);
     let (mut a, a_addr) = shardcast_with("shardcast-a", &url, "node", &["--redis-sharded"]);
     let (mut b, b_addr) = shardcast_with("shardcast-b", &url, "node", &["--redis-sharded"]);
     let mut reference = Command::new("node");
@@ -332,7 +346,13 @@ fn sharded_cluster_with_node_socket_io_sharded_adapter() {
     let c_addr = c.listening();
     wait_shard_subscribed(port, "socket.io#/#", 3);
     let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
-    check_with(&nodes, "all", &url, "none", &[("ROOM_SUBSCRIBERS", "3")]);
+    let env = [("ROOM_SUBSCRIBERS", "3")];
+    check_with(&nodes, "all", &url, "none", &env);
+    // Redis killed and restarted: every node resubscribes (shardcast to its rooms as well).
+    let _redis = outage_and_recovery_with(&mut redis, port, &nodes, "none", &env, &[&a, &b], || {
+        c.wait_for("redis ready");
+        wait_shard_subscribed(port, "socket.io#/#", 3);
+    });
     for p in [&mut a, &mut b, &mut c] {
         p.assert_alive();
     }
