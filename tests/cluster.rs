@@ -381,17 +381,24 @@ fn wait_shard_subscribed(port: u16, channel: &str, want: i64) {
 /// shardcast's `ServerHandle` act on every node.
 #[test]
 fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
-    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Node);
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Node, false);
 }
 
 /// The same questions and operations asked by a bridge node (`RedisFormat::Bridge`): they keep
 /// working with the Node nodes.
 #[test]
 fn cluster_wide_operations_from_a_bridge_node_with_node_socket_io() {
-    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Bridge);
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Bridge, false);
 }
 
-fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat) {
+/// The same over sharded pub/sub, every node on the sharded adapter's messages (FETCH_SOCKETS
+/// for fetch, count and rooms; BROADCAST with a request id; SOCKETS_JOIN; DISCONNECT_SOCKETS).
+#[test]
+fn cluster_wide_operations_over_sharded_pub_sub_with_node_socket_io() {
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Node, true);
+}
+
+fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat, sharded: bool) {
     use shardcast::app::adapter::RedisConfig;
     use shardcast::app::{contract, Server};
     use std::io::Write;
@@ -401,7 +408,8 @@ fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat) {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let _redis = redis_server(port);
-    let (_b, b_addr) = shardcast("shardcast-b", &url, "node");
+    let extra: &[&str] = if sharded { &["--redis-sharded"] } else { &[] };
+    let (_b, b_addr) = shardcast_with("shardcast-b", &url, "node", extra);
     // The contract, plus "ask-room": an acked broadcast from a handler to the room, whose
     // answers (every node's recipients') go back to the asker as "acks".
     let ns = contract::namespace().on("ask-room", |s, ev| {
@@ -418,14 +426,21 @@ fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat) {
         .threads(2)
         .pin(false)
         .io(support::test_io())
-        .redis(RedisConfig { format, ..RedisConfig::new(&url) })
+        .redis(RedisConfig { format, sharded, ..RedisConfig::new(&url) })
         .start()
         .expect("start the in-process shardcast node");
     let h = a.handle();
     wait_connected(&h);
-    wait_subscribed(port, "socket.io-request#/#", 2);
+    if sharded {
+        wait_shard_subscribed(port, "socket.io#/#", 2);
+    } else {
+        wait_subscribed(port, "socket.io-request#/#", 2);
+    }
     let mut cmd = Command::new("node");
     cmd.current_dir(&js).arg("cluster-ops.js").env("NODES", format!("http://{},http://{b_addr}", a.local_addr())).env("REDIS_URL", &url).stdin(Stdio::piped());
+    if sharded {
+        cmd.env("REDIS_SHARDED", "1");
+    }
     let mut ops = Proc::spawn("cluster-ops", &mut cmd);
     let line = ops.wait_for("\"room\"");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
