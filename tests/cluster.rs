@@ -488,6 +488,17 @@ fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat, sharded
 /// each side's handler runs for the other's events, and with acks each gets the other's answer.
 #[test]
 fn server_side_events_between_shardcast_and_node_socket_io() {
+    server_side_events(false);
+}
+
+/// The same over sharded pub/sub (the sharded adapter's SERVER_SIDE_EMIT and its answers on
+/// the asker's own channel).
+#[test]
+fn server_side_events_over_sharded_pub_sub_with_node_socket_io() {
+    server_side_events(true);
+}
+
+fn server_side_events(sharded: bool) {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
@@ -514,16 +525,23 @@ fn server_side_events_between_shardcast_and_node_socket_io() {
         .threads(1)
         .pin(false)
         .io(support::test_io())
-        .redis(RedisConfig::new(&url))
+        .redis(RedisConfig { sharded, ..RedisConfig::new(&url) })
         .start()
         .unwrap();
     let h = a.handle();
     wait_connected(&h);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js).arg("cluster-sse.js").env("REDIS_URL", &url).stdin(Stdio::piped());
+    if sharded {
+        cmd.env("REDIS_SHARDED", "1");
+    }
     let mut sse = Proc::spawn("cluster-sse", &mut cmd);
     sse.wait_for("ready");
-    wait_subscribed(port, "socket.io-request#/#", 2);
+    if sharded {
+        wait_shard_subscribed(port, "socket.io#/#", 2);
+    } else {
+        wait_subscribed(port, "socket.io-request#/#", 2);
+    }
     let answers = h.of("/").server_side_emit_with_ack("sse-ping", &[serde_json::json!(3)]).wait_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(answers, vec![serde_json::json!({"from": "node", "x": 3})]);
     sse.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
