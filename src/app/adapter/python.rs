@@ -162,6 +162,15 @@ mod tests {
         assert_eq!(b.sel, Selector { nsp: "/".into(), rooms: vec!["r".into()], except_rooms: vec![], except_ids: vec!["s1".into()] });
         assert_eq!(&b.packet.packet_text()[..], br#"51-["ev",1,{"_placeholder":true,"num":0}]"#);
         assert!(decode("abc", wire).unwrap().is_none(), "own messages are dropped");
+        // Bridge mode tells senders apart by host_id: a bridge node's, a relayed copy, a
+        // python node's.
+        assert!(matches!(decode_from(wire).unwrap(), Some((from, Inbound::Broadcast(_))) if from == "abc"));
+        // A relayed copy of it, for the Node nodes: the skipped sid becomes an except room.
+        let copy = crate::app::adapter::node::encode_broadcast("relay~x", &b, &event_of(&b).unwrap());
+        let (from, back) = crate::app::adapter::node::decode_broadcast_from(&copy).unwrap().unwrap();
+        assert_eq!(from, "relay~x");
+        assert_eq!(back.sel.except_rooms, vec!["s1"]);
+        assert_eq!(back.packet.packet_text(), b.packet.packet_text());
         let plain = br#"{"method": "emit", "event": "ev", "data": [null], "binary": false, "namespace": "/custom", "room": null, "skip_sid": null, "callback": null, "host_id": "abc"}"#;
         let Some(Inbound::Broadcast(b)) = decode("me", plain).unwrap() else { panic!() };
         assert_eq!(&b.packet.packet_text()[..], br#"2/custom,["ev"]"#);

@@ -1199,6 +1199,18 @@ mod tests {
         assert!(prepare(py).is_err(), "sharded pub/sub is the Node format's");
     }
 
+    #[test]
+    fn a_room_channel_is_subscribed_while_any_worker_has_the_room() {
+        let mut rooms = HashMap::new();
+        assert_eq!(room_change(&mut rooms, "/", "r", true), Some(true), "the first worker's room: subscribe");
+        assert_eq!(room_change(&mut rooms, "/", "r", true), None, "a second worker's");
+        assert_eq!(room_change(&mut rooms, "/x", "r", true), Some(true), "another namespace's room");
+        assert_eq!(room_change(&mut rooms, "/", "r", false), None);
+        assert_eq!(room_change(&mut rooms, "/", "r", false), Some(false), "the last one ended: unsubscribe");
+        assert_eq!(room_change(&mut rooms, "/", "r", false), None, "an unknown room's end is ignored");
+        assert_eq!(rooms.len(), 1);
+    }
+
     /// Every member gets every broadcast exactly once: for each origin, which copies each kind
     /// of bridge node delivers and relays.
     #[test]

@@ -318,3 +318,135 @@ pub fn answer_items(kind: super::QuestionKind, data: &Value) -> Vec<Value> {
         QuestionKind::ServerSideEmit => vec![data.get("packet").cloned().unwrap_or(Value::Null)],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::adapter::event_of;
+    use crate::engine::SendFlags;
+    use crate::proto::sio::encode;
+
+    /// Captured from a real run: what Node's socket.io 4.8 with `createShardedAdapter`
+    /// (`@socket.io/redis-adapter` 8.3) `SPUBLISH`es for `io.to("room1").emit("room-message",
+    /// {a: 1})` (on `socket.io#/#room1#`), for `socket.broadcast.emit("broadcast-back", {b:
+    /// 2})` (on `socket.io#/#`), and for `io.to("room1").emit("room-message", Buffer.from([1, 2,
+    /// 3]))` (msgpack, on `socket.io#/#room1#`).
+    const TO_ROOM: &str = r#"{"type":3,"data":{"packet":{"type":2,"data":["room-message",{"a":1}]},"opts":{"rooms":["room1"],"except":[],"flags":{}}},"uid":"11e51575d9b8b431","nsp":"/"}"#;
+    const SKIP_SENDER: &str = r#"{"type":3,"data":{"packet":{"type":2,"data":["broadcast-back",{"b":2}]},"opts":{"rooms":[],"except":["2Qm7WFPXk1tAcXmWAAAA"],"flags":{}}},"uid":"11e51575d9b8b431","nsp":"/"}"#;
+    const BINARY_HEX: &str = "84a47479706503a46461746182a67061636b657482a47479706502a46461746192ac726f6f6d2d6d657373616765c403010203a46f70747383a5726f6f6d7391a5726f6f6d31a665786365707490a5666c61677380a3756964b031316535313537356439623862343331a36e7370a12f";
+
+    fn unhex(h: &str) -> Vec<u8> {
+        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn broadcast(m: Option<Message>) -> Broadcast {
+        match m {
+            Some(Message::Broadcast(b)) => b,
+            other => panic!("not a broadcast: {other:?}"),
+        }
+    }
+
+    /// The message less what differs between senders: the uid, and the packet's namespace
+    /// (Node leaves it out for `/`; shardcast always writes it).
+    fn comparable(payload: &[u8]) -> (Value, Vec<Bytes>) {
+        let (mut v, atts) = node::decode_body(payload).unwrap();
+        v.as_object_mut().unwrap().remove("uid");
+        v["data"]["packet"].as_object_mut().unwrap().remove("nsp");
+        (v, atts)
+    }
+
+    #[test]
+    fn decodes_what_node_s_sharded_adapter_publishes() {
+        let b = broadcast(decode("me", TO_ROOM.as_bytes()).unwrap());
+        assert_eq!(b.sel, Selector { nsp: "/".into(), rooms: vec!["room1".into()], ..Default::default() });
+        assert_eq!(&b.packet.packet_text()[..], br#"2["room-message",{"a":1}]"#);
+        let b = broadcast(decode("me", SKIP_SENDER.as_bytes()).unwrap());
+        assert!(b.sel.rooms.is_empty());
+        assert_eq!(b.sel.except_rooms, vec!["2Qm7WFPXk1tAcXmWAAAA"]);
+        let b = broadcast(decode("me", &unhex(BINARY_HEX)).unwrap());
+        assert_eq!(&b.packet.packet_text()[..], br#"51-["room-message",{"_placeholder":true,"num":0}]"#);
+        assert_eq!(b.packet.attachments.len(), 1);
+        assert!(decode("11e51575d9b8b431", TO_ROOM.as_bytes()).unwrap().is_none(), "a node drops its own messages");
+    }
+
+    #[test]
+    fn encodes_broadcasts_as_node_s_sharded_adapter_does() {
+        let room = Selector { nsp: "/".into(), rooms: vec!["room1".into()], ..Default::default() };
+        let b = Broadcast {
+            packet: encode::event("/", "room-message", &[json!({"a": 1})], None, Vec::new()),
+            sel: room.clone(),
+            flags: SendFlags::default(),
+            ack: None,
+            offset: None,
+        };
+        let (channel, wire) = encode_broadcast("me", "socket.io", &b, &event_of(&b).unwrap());
+        assert_eq!(channel, "socket.io#/#room1#");
+        assert_eq!(comparable(&wire), comparable(TO_ROOM.as_bytes()));
+        assert!(wire.starts_with(b"{"), "JSON without binary");
+        // A skip-sender broadcast: the namespace's channel, the sender in `except`.
+        let all = Selector { nsp: "/".into(), except_ids: vec!["2Qm7WFPXk1tAcXmWAAAA".into()], ..Default::default() };
+        let b = Broadcast {
+            packet: encode::event("/", "broadcast-back", &[json!({"b": 2})], None, Vec::new()),
+            sel: all,
+            flags: SendFlags::default(),
+            ack: None,
+            offset: None,
+        };
+        let (channel, wire) = encode_broadcast("me", "socket.io", &b, &event_of(&b).unwrap());
+        assert_eq!(channel, "socket.io#/#");
+        assert_eq!(comparable(&wire), comparable(SKIP_SENDER.as_bytes()));
+        // Binary: msgpack, the buffer as `bin`.
+        let args = [crate::proto::sio::packet::placeholder(0)];
+        let packet = encode::event("/", "room-message", &args, None, vec![Bytes::from_static(&[1, 2, 3])]);
+        let b = Broadcast { packet, sel: room, flags: SendFlags::default(), ack: None, offset: None };
+        let (_, wire) = encode_broadcast("me", "socket.io", &b, &event_of(&b).unwrap());
+        assert_eq!(wire[0], 0x84, "a msgpack map of four");
+        assert_eq!(comparable(&wire), comparable(&unhex(BINARY_HEX)));
+    }
+
+    #[test]
+    fn socket_ids_go_on_the_namespace_channel() {
+        let mut sel = Selector { nsp: "/custom".into(), rooms: vec!["2Qm7WFPXk1tAcXmWAAAA".into()], ..Default::default() };
+        assert_eq!(broadcast_channel("socket.io", &sel), "socket.io#/custom#", "a Node socket id");
+        sel.rooms = vec![crate::engine::sid::generate(3)];
+        assert_eq!(broadcast_channel("socket.io", &sel), "socket.io#/custom#", "a shardcast socket id");
+        sel.rooms = vec!["lobby".into()];
+        assert_eq!(broadcast_channel("socket.io", &sel), "socket.io#/custom#lobby#");
+        sel.rooms.push("other".into());
+        assert_eq!(broadcast_channel("socket.io", &sel), "socket.io#/custom#");
+        assert_eq!(answer_channel("socket.io", "/", "abc"), "socket.io#/#abc#");
+    }
+
+    #[test]
+    fn requests_questions_and_answers_round_trip() {
+        use crate::app::adapter::QuestionKind;
+        use std::sync::Arc;
+        let sel = Arc::new(Selector { nsp: "/".into(), rooms: vec!["r".into()], ..Default::default() });
+        let (ch, wire) = encode_request("a", "socket.io", &Outbound::Join(sel.clone(), Arc::new(vec!["x".into()]))).unwrap();
+        assert_eq!(ch, "socket.io#/#");
+        let v: Value = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(v, json!({"type": 4, "data": {"opts": {"rooms": ["r"], "except": [], "flags": {}}, "rooms": ["x"]}, "uid": "a", "nsp": "/"}));
+        assert!(matches!(decode("b", &wire).unwrap(), Some(Message::Join(s, r)) if s.rooms == ["r"] && r == ["x"]));
+        let (_, wire) = encode_fetch("a", "socket.io", "q1", &sel);
+        assert!(
+            matches!(decode("b", &wire).unwrap(), Some(Message::Fetch { from, request_id, sel }) if from == "a" && request_id == "q1" && sel.rooms == ["r"])
+        );
+        let sockets = vec![json!({"id": "s1", "rooms": ["s1", "r"]}), json!({"id": "s2", "rooms": ["s2", "r", "q"]})];
+        let wire = encode_fetch_response("b", "/", "q1", sockets);
+        let Some(Message::Answer { request_id, kind, data, .. }) = decode("a", &wire).unwrap() else { panic!() };
+        assert_eq!((request_id.as_str(), kind), ("q1", kind::FETCH_SOCKETS_RESPONSE));
+        assert_eq!(answer_items(QuestionKind::Sockets, &data), vec![json!("s1"), json!("s2")]);
+        assert_eq!(answer_items(QuestionKind::Rooms, &data), vec![json!("r"), json!("q")]);
+        let (_, wire) = encode_server_side_with_ack("a", "socket.io", "/", "q2", &[json!("ping"), json!(1)]);
+        assert!(
+            matches!(decode("b", &wire).unwrap(), Some(Message::ServerSide { request_id: Some(id), data, .. }) if id == "q2" && data == [json!("ping"), json!(1)])
+        );
+        let answers = encode_ack_answers("b", "/", "q3", &[(vec![json!({"ok": 1})], Vec::new())]);
+        assert_eq!(answers.len(), 2);
+        assert!(
+            matches!(decode("a", &answers[0]).unwrap(), Some(Message::Answer { kind: kind::BROADCAST_CLIENT_COUNT, data, .. }) if data["clientCount"] == 1)
+        );
+        assert!(decode("a", b"[1]").is_err());
+        assert!(decode("a", br#"{"uid":"b","nsp":"/","type":1}"#).unwrap().is_none(), "a heartbeat");
+    }
+}
