@@ -3,7 +3,7 @@
 // its own process and talks to this script over stdin/stdout, one JSON line at a time).
 //
 // NODES: comma-separated shardcast URLs; REDIS_URL (REDIS_SHARDED=1: every node on the
-// sharded adapter, whose allRooms() is not asked). This script starts its own Node node, puts
+// sharded adapter, which has no allRooms()). This script starts its own Node node, puts
 // two socket.io-client sockets on every node (its own included) in one room, prints
 // {"room", "ids"}; checks that its own fetchSockets(), allRooms() and an acked broadcast
 // (emitWithAck, from this node and from a handler on the first shardcast node) see every socket
@@ -35,7 +35,7 @@ async function main() {
   await Promise.all([pub.connect(), sub.connect()]);
   const http = createServer();
   const io = new Server(http, { pingInterval: 2000, pingTimeout: 5000 });
-  // REDIS_SHARDED=1: the sharded adapter (Redis 7 sharded pub/sub), whose allRooms() is local.
+  // REDIS_SHARDED=1: the sharded adapter (Redis 7 sharded pub/sub), which has no allRooms().
   const sharded = Boolean(process.env.REDIS_SHARDED);
   io.adapter(sharded ? createShardedAdapter(pub, sub) : createAdapter(pub, sub));
   io.on("connection", (s) => s.on("join", (room, cb) => { s.join(room); cb(true); }));
