@@ -438,13 +438,13 @@ type Messages = std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg>>>;
 async fn connect(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
     let mut pubsub = within(n.client.get_async_pubsub()).await?;
     if n.cfg.format.speaks_node() {
-        within(pubsub.psubscribe(node::pattern(&prefix))).await?;
+        within(pubsub.psubscribe(node::pattern(prefix))).await?;
         // Plain subscriptions (not a pattern), so that a Node node asking counts this one
         // (`PUBSUB NUMSUB` of the request channel).
         for nsp in &n.cfg.namespaces {
-            let response = node::response_channel(&prefix, nsp);
+            let response = node::response_channel(prefix, nsp);
             let specific = format!("{response}{}#", n.id);
-            within(pubsub.subscribe(&[node::request_channel(&prefix, nsp), response, specific])).await?;
+            within(pubsub.subscribe(&[node::request_channel(prefix, nsp), response, specific])).await?;
         }
     }
     if n.cfg.format.speaks_python() {
