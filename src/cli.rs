@@ -209,14 +209,14 @@ pub struct ServerOptions {
     /// node's clients (docs/cluster.md). Without it the server is a single node.
     #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter` or python-socketio's
-    /// `RedisManager`.
+    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter`, python-socketio's
+    /// `RedisManager`, or both (bridge).
     #[arg(long, env = "SHARDCAST_REDIS_FORMAT", value_enum, default_value = "node", requires = "redis")]
     pub redis_format: RedisFormatArg,
     /// With `--redis-format bridge`: this node relays foreign broadcasts between the formats
     /// (a Node node's or emitter's to the Python nodes, a Python node's or emitter's to the
     /// Node nodes). Run it on exactly one bridge node of a cluster.
-    #[arg(long, env = "SHARDCAST_REDIS_RELAY")]
+    #[arg(long, env = "SHARDCAST_REDIS_RELAY", requires = "redis")]
     pub redis_relay: bool,
     /// Redis 7 sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), as `@socket.io/redis-adapter`'s
     /// `createShardedAdapter` (Node format only).
@@ -442,6 +442,23 @@ mod tests {
         assert_eq!(normalize_path("/a/b"), "/a/b/");
         assert_eq!(normalize_path("/"), "/");
         assert!(parse_path("/x?y").is_err());
+    }
+
+    #[test]
+    fn the_bridge_and_sharded_flags_reach_the_redis_config() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            o: ServerOptions,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("shardcast").chain(args.iter().copied())).map(|c| c.o.adapter_config());
+        let AdapterConfig::Redis(cfg) = parse(&["--redis", "redis://r/", "--redis-format", "bridge", "--redis-relay"]).unwrap() else { panic!() };
+        assert_eq!((cfg.format, cfg.relay, cfg.sharded), (RedisFormat::Bridge, true, false));
+        let AdapterConfig::Redis(cfg) = parse(&["--redis", "redis://r/", "--redis-sharded"]).unwrap() else { panic!() };
+        assert_eq!((cfg.format, cfg.relay, cfg.sharded), (RedisFormat::Node, false, true));
+        assert!(parse(&["--redis-relay"]).is_err(), "--redis-relay needs --redis");
+        assert!(parse(&["--redis-sharded"]).is_err(), "--redis-sharded needs --redis");
     }
 
     #[test]
