@@ -285,7 +285,7 @@ fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
 /// every member exactly once (checked behind a fence, `cluster-check.js`): the Node node's and
 /// the Node emitter's reach the Python clients through the relay, the Python node's and the
 /// Python emitter's reach the Node clients through it, and no bridge node delivers a relayed
-/// copy or its own other-format copy.
+/// copy or its own other-format copy. Then Redis is killed and restarted mid-test.
 #[test]
 fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
     let js = interop_dir().join("js");
@@ -295,7 +295,7 @@ fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
     assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let _redis = redis_server(port);
+    let mut redis = redis_server(port);
     let (mut a, a_addr) = shardcast_with("shardcast-relay", &url, "bridge", &["--redis-relay"]);
     let (mut b, b_addr) = shardcast("shardcast-bridge", &url, "bridge");
     let mut reference = Command::new("node");
@@ -312,6 +312,13 @@ fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
     wait_subscribed(port, "socketio", 3);
     let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr},http://{d_addr}|polling");
     check(&nodes, "all", &url, "node+python");
+    // Redis killed and restarted: the bridge nodes resubscribe to both formats' channels and
+    // the relay carries broadcasts between the sides again.
+    let _redis = outage_and_recovery(&mut redis, port, &nodes, "node+python", &[&a, &b], || {
+        c.wait_for("redis ready");
+        wait_subscribed(port, "socket.io-request#/#", 3);
+        wait_subscribed(port, "socketio", 3);
+    });
     for p in [&mut a, &mut b, &mut c, &mut d] {
         p.assert_alive();
     }
