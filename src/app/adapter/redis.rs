@@ -12,6 +12,12 @@
 //! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
 //!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
 //!   meanwhile. The workers keep serving their clients throughout.
+//! - Bridge mode (`RedisFormat::Bridge`): both formats on one thread; each message's sender
+//!   decides whether it is delivered and whether the relaying node republishes it in the
+//!   other format ([`hear`]).
+//! - Sharded pub/sub (`RedisConfig::sharded`): one RESP3 connection `SPUBLISH`es and
+//!   `SSUBSCRIBE`s (the `redis` crate's async pub/sub has no sharded subscribe), with a
+//!   subscription per room this node has members in, kept from the workers' room changes.
 //!
 //! Must never: be called into from a worker except through [`RedisAdapter::send`], or queue
 //! without bound.
