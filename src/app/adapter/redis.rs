@@ -14,7 +14,7 @@
 //!   meanwhile. The workers keep serving their clients throughout.
 //! - Bridge mode (`RedisFormat::Bridge`): both formats on one thread; each message's sender
 //!   decides whether it is delivered and whether the relaying node republishes it in the
-//!   other format ([`hear`]).
+//!   other format (`hear`).
 //! - Sharded pub/sub (`RedisConfig::sharded`): one RESP3 connection `SPUBLISH`es and
 //!   `SSUBSCRIBE`s (the `redis` crate's async pub/sub has no sharded subscribe), with a
 //!   subscription per room this node has members in, kept from the workers' room changes.
