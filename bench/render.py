@@ -416,6 +416,32 @@ def cluster_table():
     return "\n".join(rows)
 
 
+CLUSTER_MODES = [
+    ("one-head-r1", "one shardcast node (--threads 2), no --redis", 1),
+    ("two-shardcast", "two shardcast nodes through Redis (Node format)", 2),
+    ("two-shardcast-sharded", "two shardcast nodes, --redis-sharded", 2),
+    ("two-shardcast-bridge", "two shardcast nodes, --redis-format bridge", 2),
+    ("two-node", "two Node socket.io 4.8 nodes with @socket.io/redis-adapter", 2),
+]
+
+
+def cluster_modes_table():
+    """The cluster's modes (bench/run-cluster.sh, two runs: bench/results/cluster/modes, modes2):
+    p50/p99 of each against one shardcast node of the same run."""
+    rows = ["| run | setup | nodes | deliveries/s | loss | p50 ms | p99 ms | p99 ÷ one node (same run) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run, d in [("1", "modes"), ("2", "modes2")]:
+        base = load(os.path.join(CLUSTER, d, "one-head-r1.json"))
+        for name, label, nodes in CLUSTER_MODES:
+            r = load(os.path.join(CLUSTER, d, f"{name}.json"))
+            if not r:
+                continue
+            lat = r["latency_us"]
+            rel = ratio(lat["p99"], base["latency_us"]["p99"]) if base else DASH
+            rows.append(f"| {run} | {label} | {nodes} | {r['rate']:,.0f} | {r['loss'] * 100:.2f}% | {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {rel} |")
+    return "\n".join(rows)
+
+
 def cluster_single_table():
     """The seam off: one node, this commit against the binary from before it, alternating rounds
     (bench/results/cluster and bench/results/cluster/single)."""
@@ -496,7 +522,7 @@ def main():
         "saturation_t1": saturation_table(1), "saturation_t2": saturation_table(2), "targets": targets_table(), "sendzc": sendzc(),
         "bounds_idle": bounds_idle_table(), "bounds_hostile": bounds_hostile_table(), "bounds_load": bounds_load_table(),
         "bounds_floor": bounds_floor_line(), "recovery_load": recovery_table(), "metrics": metrics_table(), "cluster": cluster_table(),
-        "cluster_single": cluster_single_table(),
+        "cluster_single": cluster_single_table(), "cluster_modes": cluster_modes_table(),
     }
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], tpl)
     # RENDER_OUT: write elsewhere (e.g. to take one section without the criterion results).

@@ -4,7 +4,8 @@
 #   - one shardcast node (--threads 2), this commit, and the binary in $BASELINE (a release
 #     build from before the adapter seam) — the seam must cost nothing when --redis is off;
 #   - two shardcast nodes (--threads 1 each) joined by Redis, subscribers split between them,
-#     the publisher on the first;
+#     the publisher on the first; the same with --redis-sharded (Redis 7 sharded pub/sub), and
+#     with --redis-format bridge (each broadcast published in both formats);
 #   - two Node socket.io 4.8 nodes with @socket.io/redis-adapter, split the same way;
 #   - one Node socket.io node, for scale.
 # Everything (servers, redis-server, load generator) shares cores 0-1; heartbeats are the
@@ -13,6 +14,7 @@
 #
 #   BASELINE=/path/to/old/shardcast bench/run-cluster.sh
 #   OUT=bench/results/cluster/single SINGLE_ONLY=1 ROUNDS=4 BASELINE=... bench/run-cluster.sh
+#   OUT=bench/results/cluster/modes ROUNDS=1 bench/run-cluster.sh   # no baseline binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -42,6 +44,8 @@ start() { # kind [--redis]; appends to PIDS, sets port
   case $1 in
     base) bin=$BASELINE ;;
     shardcast-node) threads=1; redis=(--redis "$URL") ;;
+    shardcast-sharded) threads=1; redis=(--redis "$URL" --redis-sharded) ;;
+    shardcast-bridge) threads=1; redis=(--redis "$URL" --redis-format bridge) ;;
   esac
   case $1 in
     node | node-cluster)
@@ -84,6 +88,8 @@ done
 # SINGLE_ONLY=1: only the seam-off comparison above.
 if [ -z "${SINGLE_ONLY:-}" ]; then
   run two-shardcast shardcast-node 2
+  run two-shardcast-sharded shardcast-sharded 2
+  run two-shardcast-bridge shardcast-bridge 2
   run two-node node-cluster 2
   run one-node node 1
 fi

@@ -137,9 +137,13 @@ pub struct ServerOptions {
     #[arg(long, env = "SHARDCAST_RECOVERY_MAX_PACKETS", default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
     pub recovery_max_packets: usize,
     /// With --recovery-window: bytes of kept packets at most over the whole server (bytes, or
-    /// with a K/M/G suffix).
+    /// with a K/M/G suffix); the kept sockets' ids and room names have a budget of the same size.
     #[arg(long, env = "SHARDCAST_RECOVERY_MAX_BYTES", default_value = "64M", value_parser = parse_size)]
     pub recovery_max_bytes: usize,
+    /// With --recovery-window: disconnected sockets kept at most over the whole server (the
+    /// oldest are forgotten first).
+    #[arg(long, env = "SHARDCAST_RECOVERY_MAX_SOCKETS", default_value_t = 100_000, value_parser = in_range::<usize>(1, 1 << 32))]
+    pub recovery_max_sockets: usize,
     /// A proxy (address or CIDR, repeatable) whose `Forwarded` / `X-Forwarded-For` headers
     /// give the client's address.
     #[arg(long = "trusted-proxy", env = "SHARDCAST_TRUSTED_PROXY", value_delimiter = ',', value_name = "CIDR", value_parser = parse_net)]
@@ -211,10 +215,19 @@ pub struct ServerOptions {
     /// node's clients (docs/cluster.md). Without it the server is a single node.
     #[arg(long, env = "SHARDCAST_REDIS", value_name = "URL")]
     pub redis: Option<String>,
-    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter` or python-socketio's
-    /// `RedisManager`.
+    /// The wire format spoken on Redis: Node's `@socket.io/redis-adapter`, python-socketio's
+    /// `RedisManager`, or both (bridge).
     #[arg(long, env = "SHARDCAST_REDIS_FORMAT", value_enum, default_value = "node", requires = "redis")]
     pub redis_format: RedisFormatArg,
+    /// With `--redis-format bridge`: this node relays foreign broadcasts between the formats
+    /// (a Node node's or emitter's to the Python nodes, a Python node's or emitter's to the
+    /// Node nodes). Run it on exactly one bridge node of a cluster.
+    #[arg(long, env = "SHARDCAST_REDIS_RELAY", requires = "redis")]
+    pub redis_relay: bool,
+    /// Redis 7 sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), as `@socket.io/redis-adapter`'s
+    /// `createShardedAdapter` (Node format only).
+    #[arg(long, env = "SHARDCAST_REDIS_SHARDED", requires = "redis")]
+    pub redis_sharded: bool,
 }
 
 /// `--redis-format`.
@@ -225,6 +238,9 @@ pub enum RedisFormatArg {
     Node,
     /// JSON on `socketio`, as python-socketio's `RedisManager` (5.14+).
     Python,
+    /// Both at once: a member of a Node cluster and of a python-socketio cluster on the same
+    /// Redis (see `--redis-relay`).
+    Bridge,
 }
 
 /// `--cookie-same-site`.
@@ -385,7 +401,10 @@ impl ServerOptions {
                 format: match self.redis_format {
                     RedisFormatArg::Node => RedisFormat::Node,
                     RedisFormatArg::Python => RedisFormat::Python,
+                    RedisFormatArg::Bridge => RedisFormat::Bridge,
                 },
+                relay: self.redis_relay,
+                sharded: self.redis_sharded,
                 ..RedisConfig::new(url)
             }),
         }
@@ -406,6 +425,7 @@ impl ServerOptions {
             window: Duration::from_millis(ms),
             max_packets: self.recovery_max_packets,
             max_bytes: self.recovery_max_bytes,
+            max_sockets: self.recovery_max_sockets,
         })
     }
 
@@ -438,6 +458,23 @@ mod tests {
         assert_eq!(normalize_path("/a/b"), "/a/b/");
         assert_eq!(normalize_path("/"), "/");
         assert!(parse_path("/x?y").is_err());
+    }
+
+    #[test]
+    fn the_bridge_and_sharded_flags_reach_the_redis_config() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            o: ServerOptions,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("shardcast").chain(args.iter().copied())).map(|c| c.o.adapter_config());
+        let AdapterConfig::Redis(cfg) = parse(&["--redis", "redis://r/", "--redis-format", "bridge", "--redis-relay"]).unwrap() else { panic!() };
+        assert_eq!((cfg.format, cfg.relay, cfg.sharded), (RedisFormat::Bridge, true, false));
+        let AdapterConfig::Redis(cfg) = parse(&["--redis", "redis://r/", "--redis-sharded"]).unwrap() else { panic!() };
+        assert_eq!((cfg.format, cfg.relay, cfg.sharded), (RedisFormat::Node, false, true));
+        assert!(parse(&["--redis-relay"]).is_err(), "--redis-relay needs --redis");
+        assert!(parse(&["--redis-sharded"]).is_err(), "--redis-sharded needs --redis");
     }
 
     #[test]

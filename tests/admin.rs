@@ -22,17 +22,25 @@ fn admin_addr(server: &Server) -> SocketAddr {
 
 /// One request to the admin endpoint: (status, head, body).
 fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("the admin endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    try_request(addr, method, path, headers, body).expect("a complete answer (the endpoint closes after it)")
+}
+
+/// [`request`], with the connection's error instead of a panic: a request sent while every
+/// admin connection is taken is answered 503 and closed unread, which the kernel may turn
+/// into a reset before the client reads the answer.
+fn try_request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let head = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: {}\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // The endpoint may answer and close before it reads the request: a failed write still
+    // leaves its answer to read.
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
     let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("a complete answer (the endpoint closes after it)");
+    s.read_to_end(&mut out)?;
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_string(), body.to_string())
+    Ok((status, head.to_string(), body.to_string()))
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -517,9 +525,10 @@ fn admin_connections_are_capped_and_timed_out() {
     let admitted = |method: &str, path: &str, headers: &str, body: &[u8]| {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let r = request(addr, method, path, headers, body);
-            if !(r.0 == 503 && r.2.contains("too many admin connections")) {
-                return r;
+            match try_request(addr, method, path, headers, body) {
+                Ok(r) if !(r.0 == 503 && r.2.contains("too many admin connections")) => return r,
+                // Refused while both slots were taken (the answer, or the reset that lost it).
+                _ => {}
             }
             assert!(Instant::now() < deadline, "a slot was never given back");
             std::thread::sleep(Duration::from_millis(5));

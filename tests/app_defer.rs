@@ -230,3 +230,63 @@ fn packets_held_past_the_limit_close_the_session() {
     assert!(again.recv_eio().starts_with("40{\"sid\""));
     server.shutdown();
 }
+
+#[test]
+fn packets_held_past_the_worker_budget_close_the_session_that_passes_it() {
+    // One worker whose connections may hold 30 bytes together (each of them 1 MiB): two
+    // clients each hold two 11-byte events; whichever comes second passes the budget with its
+    // second event and is closed, the other is served in full. Once its packets are handled,
+    // the budget is free again for a third client.
+    let (d, rx) = decisions();
+    let limits = SocketLimits { max_worker_held_bytes: 30, ..SocketLimits::default() };
+    let server = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .io(support::test_io())
+        .socket_limits(limits)
+        .namespace("/", gated(&d))
+        .start()
+        .expect("server starts");
+    let mut clients: Vec<Ws> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mut ws = open(&server);
+            ws.send_text(&format!(r#"40{{"who":"{name}"}}"#));
+            ws.send_text(r#"42["whoami"]"#);
+            ws.send_text(r#"42["whoami"]"#);
+            ws
+        })
+        .collect();
+    let decisions: Vec<_> = (0..2).map(|_| rx.recv_timeout(BOUND).expect("both middleware ran")).collect();
+    server.handle().flush().wait().unwrap(); // every held packet is in before the verdicts
+    for (auth, decision) in decisions {
+        decision.accept_with_data(auth.unwrap()["who"].as_str().unwrap().to_string());
+    }
+    // The one that passed the budget was closed (a close frame, its verdict came too late);
+    // the other is served in full.
+    let mut served = Vec::new();
+    for (ws, name) in clients.iter_mut().zip(["a", "b"]) {
+        let f = ws.recv().expect("a frame");
+        if f.opcode == 8 {
+            continue;
+        }
+        assert!(String::from_utf8_lossy(&f.payload).starts_with("40{\"sid\""), "{f:?}");
+        assert_eq!(ws.recv_eio(), format!(r#"42["me","{name}"]"#));
+        assert_eq!(ws.recv_eio(), format!(r#"42["me","{name}"]"#));
+        served.push(name);
+    }
+    assert_eq!(served.len(), 1, "exactly one client passed the worker's budget: served {served:?}");
+    // The budget came back: a third client holds as much and is served.
+    let mut c = open(&server);
+    c.send_text(r#"40{"who":"c"}"#);
+    c.send_text(r#"42["whoami"]"#);
+    c.send_text(r#"42["whoami"]"#);
+    let (_, decision) = rx.recv_timeout(BOUND).unwrap();
+    server.handle().flush().wait().unwrap();
+    decision.accept_with_data("c".to_string());
+    assert!(c.recv_eio().starts_with("40{\"sid\""));
+    assert_eq!(c.recv_eio(), r#"42["me","c"]"#);
+    assert_eq!(c.recv_eio(), r#"42["me","c"]"#);
+    server.shutdown();
+}

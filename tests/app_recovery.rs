@@ -61,7 +61,31 @@ fn offset(packet: &str) -> String {
 }
 
 fn config(window_ms: u64, max_packets: usize) -> RecoveryConfig {
-    RecoveryConfig { window: Duration::from_millis(window_ms), max_packets, max_bytes: 1 << 20 }
+    RecoveryConfig { window: Duration::from_millis(window_ms), max_packets, max_bytes: 1 << 20, max_sockets: 1000 }
+}
+
+#[test]
+fn a_client_cycling_connect_join_close_cannot_make_a_worker_keep_more_than_its_share() {
+    // 4 sockets per server: 2 per worker. A hostile client connects, joins rooms and cuts its
+    // connection 50 times within the window: the worker keeps its 2 newest, forgets the rest
+    // (counted), and the newest still recovers.
+    let mut s = server(RecoveryConfig { max_sockets: 4, ..config(60_000, 1000) });
+    let mut last = None;
+    for i in 0..50 {
+        let (c, got) = connect(&mut s, 0, "");
+        for r in 0..20 {
+            say(&mut s, c, &format!(r#"42["join","cycle-{i}-room-{r}"]"#));
+        }
+        last = Some((field(&got[0], "sid").to_string(), field(&got[0], "pid").to_string(), offset(&got[1])));
+        s.close(c);
+        s.run();
+    }
+    let stats = s.shard(0).service.handler().stats().recovery;
+    assert_eq!((stats.kept_sockets, stats.evicted_sockets), (2, 48), "{stats:?}");
+    assert!(stats.kept_socket_bytes > 0 && stats.kept_socket_bytes < 4096, "{stats:?}");
+    let (sid, pid, off) = last.unwrap();
+    let (_, got) = connect(&mut s, 1, &format!(r#"{{"pid":"{pid}","offset":"{off}"}}"#));
+    assert_eq!(field(&got[0], "sid"), sid, "the newest kept socket recovers: {got:?}");
 }
 
 #[test]

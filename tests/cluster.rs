@@ -151,7 +151,13 @@ fn wait_connected(h: &shardcast::app::ServerHandle) {
 }
 
 fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
+    shardcast_with(name, redis_url, format, &[])
+}
+
+/// A shardcast node with `extra` flags (`--redis-relay`, `--redis-sharded`).
+fn shardcast_with(name: &str, redis_url: &str, format: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    cmd.args(extra);
     // Heartbeats long enough that a client process stalled by a loaded CI machine is not
     // dropped in the middle of a check (the contract's 300/200 ms are for the contract suites).
     cmd.args(["--bind", "127.0.0.1:0", "--threads", "2", "--ping-interval", "2000", "--ping-timeout", "5000", "--redis", redis_url, "--redis-format", format]);
@@ -167,6 +173,11 @@ fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
 
 /// Runs `cluster-check.js` against `nodes`.
 fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
+    check_with(nodes, phase, redis_url, emitter, &[]);
+}
+
+/// Runs `cluster-check.js` against `nodes`, with more environment (`ROOM_SUBSCRIBERS`).
+fn check_with(nodes: &str, phase: &str, redis_url: &str, emitter: &str, env: &[(&str, &str)]) {
     let js = interop_dir().join("js");
     assert!(js.join("node_modules/@socket.io/redis-emitter").exists(), "the JS interop packages are not installed: run `scripts/test`");
     let python = interop_dir().join("python/.venv/bin/python");
@@ -178,6 +189,7 @@ fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
         .env("REDIS_URL", redis_url)
         .env("EMITTER", emitter)
         .env("PYTHON", &python)
+        .envs(env.iter().copied())
         .output()
         .expect("run node cluster-check.js");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -188,6 +200,19 @@ fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
 /// Kills redis-server, checks every node still serves its own clients, restarts it on the
 /// same port, waits for every node to resubscribe (`resubscribed`), and checks the cluster.
 fn outage_and_recovery(redis: &mut Proc, port: u16, nodes: &str, emitter: &str, shardcast: &[&Proc], resubscribed: impl Fn()) -> Proc {
+    outage_and_recovery_with(redis, port, nodes, emitter, &[], shardcast, resubscribed)
+}
+
+/// [`outage_and_recovery`] with more environment for the checks once Redis is back.
+fn outage_and_recovery_with(
+    redis: &mut Proc,
+    port: u16,
+    nodes: &str,
+    emitter: &str,
+    env: &[(&str, &str)],
+    shardcast: &[&Proc],
+    resubscribed: impl Fn(),
+) -> Proc {
     let url = format!("redis://127.0.0.1:{port}/");
     redis.kill();
     for n in shardcast {
@@ -199,7 +224,7 @@ fn outage_and_recovery(redis: &mut Proc, port: u16, nodes: &str, emitter: &str, 
         n.wait_for("Redis is reachable again");
     }
     resubscribed();
-    check(nodes, "all", &url, emitter);
+    check_with(nodes, "all", &url, emitter, env);
     fresh
 }
 
@@ -252,6 +277,110 @@ fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
     }
 }
 
+/// Bridge mode (issue 12's "a bridge mode that speaks both"): two shardcast nodes in
+/// `--redis-format bridge` (one with `--redis-relay`), a Node socket.io 4.8 node with
+/// `@socket.io/redis-adapter` and a python-socketio node with its `RedisManager`, on one Redis.
+/// Clients of every node join one room; a to-room broadcast and a skip-sender broadcast from
+/// each node, an `@socket.io/redis-emitter` emit and a python write-only emitter emit reach
+/// every member exactly once (checked behind a fence, `cluster-check.js`): the Node node's and
+/// the Node emitter's reach the Python clients through the relay, the Python node's and the
+/// Python emitter's reach the Node clients through it, and no bridge node delivers a relayed
+/// copy or its own other-format copy. Then Redis is killed and restarted mid-test.
+#[test]
+fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let py = interop_dir().join("python");
+    let python = py.join(".venv/bin/python");
+    assert!(python.exists(), "the python-socketio virtualenv is not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port);
+    let (mut a, a_addr) = shardcast_with("shardcast-relay", &url, "bridge", &["--redis-relay"]);
+    let (mut b, b_addr) = shardcast("shardcast-bridge", &url, "bridge");
+    let mut reference = Command::new("node");
+    reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
+    let mut c = Proc::spawn("node-socket.io", &mut reference);
+    let c_addr = c.listening();
+    let mut pynode = Command::new(&python);
+    pynode.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
+    let mut d = Proc::spawn("python-socketio", &mut pynode);
+    let d_addr = d.listening();
+    // Both bridge nodes and the Node node on the Node request channel; both bridge nodes and
+    // the Python node on python-socketio's channel.
+    wait_subscribed(port, "socket.io-request#/#", 3);
+    wait_subscribed(port, "socketio", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr},http://{d_addr}|polling");
+    check(&nodes, "all", &url, "node+python");
+    // Redis killed and restarted: the bridge nodes resubscribe to both formats' channels and
+    // the relay carries broadcasts between the sides again.
+    let _redis = outage_and_recovery(&mut redis, port, &nodes, "node+python", &[&a, &b], || {
+        c.wait_for("redis ready");
+        wait_subscribed(port, "socket.io-request#/#", 3);
+        wait_subscribed(port, "socketio", 3);
+    });
+    for p in [&mut a, &mut b, &mut c, &mut d] {
+        p.assert_alive();
+    }
+}
+
+/// Redis 7 sharded pub/sub (issue 12's optional part): two shardcast nodes with
+/// `--redis-sharded` and a Node socket.io 4.8 node with `createShardedAdapter` (subscription
+/// mode "dynamic": a room's broadcasts go on the room's own channel, which each node
+/// subscribes to while it has members in the room). Clients of every node join one room; a
+/// to-room broadcast (room channel) and a skip-sender broadcast (namespace channel) from each
+/// node reach every member exactly once; Redis is killed and restarted, and broadcasts cross
+/// nodes again. `@socket.io/redis-emitter` 5.1 has no sharded mode (it always `PUBLISH`es),
+/// so no emitter takes part.
+#[test]
+fn sharded_cluster_with_node_socket_io_sharded_adapter() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/@socket.io/redis-adapter").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port);
+    let (mut a, a_addr) = shardcast_with("shardcast-a", &url, "node", &["--redis-sharded"]);
+    let (mut b, b_addr) = shardcast_with("shardcast-b", &url, "node", &["--redis-sharded"]);
+    let mut reference = Command::new("node");
+    reference
+        .current_dir(&js)
+        .arg("reference-server.js")
+        .env("REDIS_URL", &url)
+        .env("REDIS_SHARDED", "1")
+        .env("PING_INTERVAL", "2000")
+        .env("PING_TIMEOUT", "5000");
+    let mut c = Proc::spawn("node-socket.io-sharded", &mut reference);
+    let c_addr = c.listening();
+    wait_shard_subscribed(port, "socket.io#/#", 3);
+    let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
+    let env = [("ROOM_SUBSCRIBERS", "3")];
+    check_with(&nodes, "all", &url, "none", &env);
+    // Redis killed and restarted: every node resubscribes (shardcast to its rooms as well).
+    let _redis = outage_and_recovery_with(&mut redis, port, &nodes, "none", &env, &[&a, &b], || {
+        c.wait_for("redis ready");
+        wait_shard_subscribed(port, "socket.io#/#", 3);
+    });
+    for p in [&mut a, &mut b, &mut c] {
+        p.assert_alive();
+    }
+}
+
+/// Waits until `PUBSUB SHARDNUMSUB channel` is `want`.
+fn wait_shard_subscribed(port: u16, channel: &str, want: i64) {
+    let end = Instant::now() + READY;
+    loop {
+        let n = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut con| redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query::<(String, i64)>(&mut con))
+            .map_or(-1, |(_, n)| n);
+        if n == want {
+            return;
+        }
+        assert!(Instant::now() < end, "{channel} has {n} shard subscribers after {READY:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Cluster-wide questions and operations (issue 12): a shardcast server in this process (its
 /// `ServerHandle` asks), a shardcast binary, and a Node socket.io node (`cluster-ops.js`),
 /// two clients each in one room. Both sides' `fetchSockets` / `count` / `rooms` and acked
@@ -259,6 +388,24 @@ fn python_format_cluster_with_python_socketio_and_its_write_only_emitter() {
 /// shardcast's `ServerHandle` act on every node.
 #[test]
 fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Node, false);
+}
+
+/// The same questions and operations asked by a bridge node (`RedisFormat::Bridge`): they keep
+/// working with the Node nodes.
+#[test]
+fn cluster_wide_operations_from_a_bridge_node_with_node_socket_io() {
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Bridge, false);
+}
+
+/// The same over sharded pub/sub, every node on the sharded adapter's messages (FETCH_SOCKETS
+/// for fetch, count and rooms; BROADCAST with a request id; SOCKETS_JOIN; DISCONNECT_SOCKETS).
+#[test]
+fn cluster_wide_operations_over_sharded_pub_sub_with_node_socket_io() {
+    cluster_wide_operations(shardcast::app::adapter::RedisFormat::Node, true);
+}
+
+fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat, sharded: bool) {
     use shardcast::app::adapter::RedisConfig;
     use shardcast::app::{contract, Server};
     use std::io::Write;
@@ -268,7 +415,8 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let _redis = redis_server(port);
-    let (_b, b_addr) = shardcast("shardcast-b", &url, "node");
+    let extra: &[&str] = if sharded { &["--redis-sharded"] } else { &[] };
+    let (_b, b_addr) = shardcast_with("shardcast-b", &url, "node", extra);
     // The contract, plus "ask-room": an acked broadcast from a handler to the room, whose
     // answers (every node's recipients') go back to the asker as "acks".
     let ns = contract::namespace().on("ask-room", |s, ev| {
@@ -285,14 +433,21 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
         .threads(2)
         .pin(false)
         .io(support::test_io())
-        .redis(RedisConfig::new(&url))
+        .redis(RedisConfig { format, sharded, ..RedisConfig::new(&url) })
         .start()
         .expect("start the in-process shardcast node");
     let h = a.handle();
     wait_connected(&h);
-    wait_subscribed(port, "socket.io-request#/#", 2);
+    if sharded {
+        wait_shard_subscribed(port, "socket.io#/#", 2);
+    } else {
+        wait_subscribed(port, "socket.io-request#/#", 2);
+    }
     let mut cmd = Command::new("node");
     cmd.current_dir(&js).arg("cluster-ops.js").env("NODES", format!("http://{},http://{b_addr}", a.local_addr())).env("REDIS_URL", &url).stdin(Stdio::piped());
+    if sharded {
+        cmd.env("REDIS_SHARDED", "1");
+    }
     let mut ops = Proc::spawn("cluster-ops", &mut cmd);
     let line = ops.wait_for("\"room\"");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -340,6 +495,17 @@ fn cluster_wide_fetch_count_rooms_join_and_disconnect_with_node_socket_io() {
 /// each side's handler runs for the other's events, and with acks each gets the other's answer.
 #[test]
 fn server_side_events_between_shardcast_and_node_socket_io() {
+    server_side_events(false);
+}
+
+/// The same over sharded pub/sub (the sharded adapter's SERVER_SIDE_EMIT and its answers on
+/// the asker's own channel).
+#[test]
+fn server_side_events_over_sharded_pub_sub_with_node_socket_io() {
+    server_side_events(true);
+}
+
+fn server_side_events(sharded: bool) {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
@@ -366,16 +532,23 @@ fn server_side_events_between_shardcast_and_node_socket_io() {
         .threads(1)
         .pin(false)
         .io(support::test_io())
-        .redis(RedisConfig::new(&url))
+        .redis(RedisConfig { sharded, ..RedisConfig::new(&url) })
         .start()
         .unwrap();
     let h = a.handle();
     wait_connected(&h);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js).arg("cluster-sse.js").env("REDIS_URL", &url).stdin(Stdio::piped());
+    if sharded {
+        cmd.env("REDIS_SHARDED", "1");
+    }
     let mut sse = Proc::spawn("cluster-sse", &mut cmd);
     sse.wait_for("ready");
-    wait_subscribed(port, "socket.io-request#/#", 2);
+    if sharded {
+        wait_shard_subscribed(port, "socket.io#/#", 2);
+    } else {
+        wait_subscribed(port, "socket.io-request#/#", 2);
+    }
     let answers = h.of("/").server_side_emit_with_ack("sse-ping", &[serde_json::json!(3)]).wait_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(answers, vec![serde_json::json!({"from": "node", "x": 3})]);
     sse.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();

@@ -24,6 +24,9 @@ pub struct SocketLimits {
     pub max_held_packets: usize,
     /// Bytes of such held packets, together.
     pub max_held_bytes: usize,
+    /// Bytes of held packets over every connection of one worker, together: past it the
+    /// session whose packet would pass it is closed, as past its own limits.
+    pub max_worker_held_bytes: usize,
     /// How long a deferred connect middleware may take; then the client is refused with
     /// CONNECT_ERROR `{"message":"Connection timed out"}`.
     pub connect_decision_timeout: std::time::Duration,
@@ -45,6 +48,7 @@ impl Default for SocketLimits {
             max_namespaces_per_client: 64,
             max_held_packets: 64,
             max_held_bytes: 1 << 20,
+            max_worker_held_bytes: 16 << 20,
             connect_decision_timeout: std::time::Duration::from_secs(10),
             max_event_rate: None,
             max_byte_rate: None,

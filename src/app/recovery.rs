@@ -18,14 +18,16 @@
 //!
 //! Where Node keeps this per process, shardcast keeps it per worker: the packets each worker
 //! delivered, and the sockets that left it. A client coming back on another worker is served
-//! there: the `pid` names the worker that kept its state (as session ids name theirs), which
-//! is asked by mail and answers with the state and the packets, removing them. Across nodes
+//! there: when its own store does not hold the `pid`, every other worker is asked by mail, and
+//! the one that kept the state answers with it and the packets, removing them (the others
+//! answer that they hold nothing; the connection waits for all of them, within a deadline). Across nodes
 //! (a cluster adapter) nothing is recovered: a client landing on another node gets a fresh
 //! socket, as with Node's in-memory adapter.
 //!
-//! Bounded: per server, at most `max_packets` packets and `max_bytes` bytes are kept (split
-//! evenly between the workers, the oldest dropped first; counted in the worker's stats), and
-//! nothing is kept longer than the window.
+//! Bounded: per server, at most `max_packets` packets and `max_bytes` bytes of them are kept,
+//! and at most `max_sockets` disconnected sockets with `max_bytes` bytes of ids and room names
+//! (each cap split evenly between the workers, the oldest dropped first; counted in the
+//! worker's stats), and nothing is kept longer than the window.
 //!
 //! Must never: deliver a gap (a client whose offset is no longer kept is not recovered), or
 //! keep anything past the window.
@@ -41,14 +43,17 @@ pub struct RecoveryConfig {
     pub window: Duration,
     /// Packets kept at most, over the whole server.
     pub max_packets: usize,
-    /// Bytes of kept packets at most, over the whole server.
+    /// Bytes of kept packets at most, over the whole server; the kept sockets' ids and room
+    /// names have a budget of the same size beside it.
     pub max_bytes: usize,
+    /// Disconnected sockets kept at most, over the whole server.
+    pub max_sockets: usize,
 }
 
 impl RecoveryConfig {
-    /// A window of `window`, with the default caps (100,000 packets, 64 MiB).
+    /// A window of `window`, with the default caps (100,000 packets, 64 MiB, 100,000 sockets).
     pub fn new(window: Duration) -> RecoveryConfig {
-        RecoveryConfig { window, max_packets: 100_000, max_bytes: 64 << 20 }
+        RecoveryConfig { window, max_packets: 100_000, max_bytes: 64 << 20, max_sockets: 100_000 }
     }
 }
 

@@ -16,6 +16,9 @@ pub struct Mailbox<M> {
     eventfd: RawFd,
     /// Set by the owner before it sleeps; senders only write the eventfd when it is set.
     sleeping: AtomicBool,
+    /// Set by the owner once it reads no more (it exited): what is posted after must be
+    /// disposed of by whoever posted it (see `rt::conn::hand_over`).
+    stopped: AtomicBool,
 }
 
 impl<M> Mailbox<M> {
@@ -25,7 +28,7 @@ impl<M> Mailbox<M> {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Arc::new(Mailbox { queue: SegQueue::new(), eventfd: fd, sleeping: AtomicBool::new(true) }))
+        Ok(Arc::new(Mailbox { queue: SegQueue::new(), eventfd: fd, sleeping: AtomicBool::new(true), stopped: AtomicBool::new(false) }))
     }
 
     pub fn eventfd(&self) -> RawFd {
@@ -44,6 +47,19 @@ impl<M> Mailbox<M> {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
         unsafe { libc::write(self.eventfd, (&one as *const u64).cast(), 8) };
+    }
+
+    /// The owner reads no more mail: call before its last drain. A sender that finds
+    /// [`Mailbox::stopped`] true after its post drains the queue itself (`take` is safe from
+    /// any thread), so nothing posted is left unread: a post either precedes this store and is
+    /// drained by the owner, or sees it.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the owner has stopped reading (see [`Mailbox::stop`]).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     /// Messages waiting (a snapshot: other threads may post meanwhile).

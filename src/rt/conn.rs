@@ -79,12 +79,23 @@ pub trait Service: 'static {
 /// to it is closed, and whoever waits for an answer to other mail learns none will come (the
 /// mail's drop tells them, see `app::pending`).
 pub(crate) fn drop_unread<M>(mailbox: &Mailbox<RtMail<M>>) {
+    mailbox.stop();
     while let Some(m) = mailbox.take() {
         if let RtMail::Adopt { fd, .. } = m {
             // SAFETY: the descriptor was handed to this worker, which never adopted it: it is
             // ours to close, once.
             unsafe { libc::close(fd) };
         }
+    }
+}
+
+/// Hands a connection (or other mail) to another worker; if that worker has already stopped
+/// reading its mail (a worker exits on its own once it has no connections during a shutdown),
+/// the mail is dropped here, its descriptor closed, instead of waiting unread.
+pub(crate) fn hand_over<M>(mailbox: &Mailbox<RtMail<M>>, m: RtMail<M>) {
+    mailbox.post(m);
+    if mailbox.stopped() {
+        drop_unread(mailbox);
     }
 }
 
@@ -943,7 +954,7 @@ impl<S: Service> Shard<S> {
                     self.io.set_charged(id, 0);
                     let c = self.io.conns.remove(id).expect("checked above");
                     self.io.counted -= 1;
-                    self.io.peers[target].post(RtMail::Adopt { fd: c.fd, data, tls: c.tls });
+                    hand_over(&self.io.peers[target], RtMail::Adopt { fd: c.fd, data, tls: c.tls });
                 }
                 continue;
             }
@@ -1089,5 +1100,52 @@ impl<S: Service> Shard<S> {
     fn check_counts(&self) {
         debug_assert_eq!(self.io.counted, self.io.conns.len(), "connection count drifted from the table");
         debug_assert_eq!(self.io.read_held, self.io.conns.iter().map(|(_, c)| c.rbuf.capacity() + c.charged).sum::<usize>(), "read_held drifted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe whose write end stands for a handed-over connection: (read end, write end).
+    fn pipe() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        (fds[0], fds[1])
+    }
+
+    /// Whether the write end of the pipe whose read end is `r` has been closed (EOF).
+    fn writer_closed(r: RawFd) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: reading at most one byte into a valid buffer from our own pipe.
+        let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+        n == 0
+    }
+
+    fn adopt(fd: RawFd) -> RtMail<()> {
+        RtMail::Adopt { fd, data: Vec::new(), tls: None }
+    }
+
+    #[test]
+    fn a_connection_handed_to_a_worker_that_stopped_reading_is_closed_not_leaked() {
+        let mailbox = Mailbox::<RtMail<()>>::new().unwrap();
+        // Handed over while the worker reads: it waits for the worker; the worker's last
+        // drain closes it if it never adopted it.
+        let (r1, w1) = pipe();
+        hand_over(&mailbox, adopt(w1));
+        assert!(!writer_closed(r1), "still the worker's to adopt");
+        drop_unread(&mailbox);
+        assert!(writer_closed(r1), "closed by the worker's last drain");
+        // Handed over after that drain: closed at once by the sender.
+        let (r2, w2) = pipe();
+        hand_over(&mailbox, adopt(w2));
+        assert!(writer_closed(r2), "closed by the sender");
+        assert!(mailbox.is_empty());
+        // SAFETY: closing the read ends we opened above, once.
+        unsafe {
+            libc::close(r1);
+            libc::close(r2);
+        }
     }
 }

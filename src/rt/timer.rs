@@ -50,6 +50,16 @@ impl<K> Fifo<K> {
         }
     }
 
+    /// Removes and returns the earliest entry, due or not (eviction before the deadline).
+    pub fn pop_front(&mut self) -> Option<(Instant, K)> {
+        self.q.pop_front()
+    }
+
+    /// Keeps only the entries `keep` accepts (dropping those whose owner went away early).
+    pub fn retain(&mut self, mut keep: impl FnMut(Instant, &K) -> bool) {
+        self.q.retain(|(t, k)| keep(*t, k));
+    }
+
     pub fn len(&self) -> usize {
         self.q.len()
     }

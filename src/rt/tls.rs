@@ -169,8 +169,9 @@ pub(super) struct Decrypted {
 }
 
 impl TlsConn {
-    /// Decrypts `input`, appending the plaintext to `plain` (which grows by at most
-    /// `input.len()`: a record's plaintext is never longer than the record).
+    /// Decrypts `input`, appending the plaintext to `plain`. What one call appends is bounded by
+    /// the records completed, which is at most `input.len()` plus the part of a record that an
+    /// earlier call buffered in rustls (a record's plaintext is never longer than the record).
     pub(super) fn decrypt(&mut self, mut input: &[u8], plain: &mut Vec<u8>) -> Decrypted {
         let was_handshaking = self.conn.is_handshaking();
         let mut error = None;

@@ -112,6 +112,9 @@ impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Each write leaves at once (no Nagle wait for the previous segment's ACK), so bytes
+        // a test wrote are in the server's receive queue before the test's next step.
+        stream.set_nodelay(true).unwrap();
         Http { stream, buf: Vec::new() }
     }
 

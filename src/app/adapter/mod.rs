@@ -17,6 +17,7 @@
 pub mod node;
 pub mod python;
 pub mod redis;
+pub mod sharded;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,6 +90,16 @@ pub enum Outbound {
     /// Asks every other node; the answer goes to the question's reply. A question that cannot
     /// be sent is answered [`HandleError::Stopped`] at once.
     Ask(Question),
+    /// A worker's shard of room `room` in namespace `nsp` came to exist (`exists`) or ended
+    /// (sharded Redis: the adapter subscribes to the rooms this node has members in).
+    Room {
+        /// The namespace.
+        nsp: String,
+        /// The room.
+        room: String,
+        /// Whether the room now exists on that worker.
+        exists: bool,
+    },
 }
 
 /// What another node (or an emitter) asks of this node's sockets, decoded once on the adapter
@@ -131,6 +142,11 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// The adapter's counters.
     fn stats(&self) -> ClusterStats;
+
+    /// A worker's shard of `room` (joined through `join`, not a socket's own room) came to
+    /// exist or ended. Only adapters that subscribe per room (sharded Redis) care; it is called
+    /// on room creation and deletion only, never on a broadcast.
+    fn room_changed(&self, _nsp: &str, _room: &str, _exists: bool) {}
 }
 
 /// Which adapter a server uses.
@@ -153,6 +169,23 @@ pub enum RedisFormat {
     /// python-socketio's `RedisManager` (and its write-only emitter): JSON messages on the
     /// `socketio` channel.
     Python,
+    /// Both at once: this node is a member of a Node cluster and of a python-socketio cluster
+    /// on the same Redis. Its own broadcasts are published in both formats and it hears both;
+    /// with [`RedisConfig::relay`] it also carries each format's foreign broadcasts into the
+    /// other (see [`redis`] and docs/cluster.md for how duplicates and loops are prevented).
+    Bridge,
+}
+
+impl RedisFormat {
+    /// Whether this node speaks the Node adapter's format.
+    pub fn speaks_node(self) -> bool {
+        matches!(self, RedisFormat::Node | RedisFormat::Bridge)
+    }
+
+    /// Whether this node speaks python-socketio's format.
+    pub fn speaks_python(self) -> bool {
+        matches!(self, RedisFormat::Python | RedisFormat::Bridge)
+    }
 }
 
 /// The Redis adapter's settings.
@@ -165,7 +198,15 @@ pub struct RedisConfig {
     pub format: RedisFormat,
     /// The channel prefix (`key` of the Node adapter, `socket.io` by default) or the channel
     /// (python-socketio's `channel`, `socketio` by default); `None` for the format's default.
+    /// In [`RedisFormat::Bridge`] it is the Node prefix; the Python channel is `socketio`.
     pub channel: Option<String>,
+    /// [`RedisFormat::Bridge`] only: this node relays foreign broadcasts between the formats
+    /// (a Node node's or emitter's into python-socketio's format, a Python node's or emitter's
+    /// into Node's). Exactly one bridge node of a cluster relays.
+    pub relay: bool,
+    /// Redis 7 sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), as `@socket.io/redis-adapter`'s
+    /// `createShardedAdapter` speaks it ([`sharded`]); Node format only.
+    pub sharded: bool,
     /// Messages waiting for the adapter thread, at most, and messages from other nodes the
     /// workers have not handled yet, at most; past either bound they are dropped and counted.
     pub queue: usize,
@@ -188,15 +229,25 @@ impl RedisConfig {
             queue: 4096,
             request_timeout: std::time::Duration::from_secs(5),
             namespaces: vec!["/".to_string()],
+            relay: false,
+            sharded: false,
         }
     }
 
-    /// The channel prefix (Node) or channel (Python) in use.
+    /// The channel prefix (Node, Bridge) or channel (Python) in use.
     pub fn channel(&self) -> &str {
         match (&self.channel, self.format) {
             (Some(c), _) => c,
-            (None, RedisFormat::Node) => "socket.io",
+            (None, RedisFormat::Node | RedisFormat::Bridge) => "socket.io",
             (None, RedisFormat::Python) => "socketio",
+        }
+    }
+
+    /// The python-socketio channel in use (Python, Bridge).
+    pub fn python_channel(&self) -> &str {
+        match self.format {
+            RedisFormat::Bridge => "socketio",
+            _ => self.channel(),
         }
     }
 }

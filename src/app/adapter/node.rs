@@ -147,6 +147,12 @@ pub fn encode_broadcast(uid: &str, b: &Broadcast, ev: &EventParts) -> Vec<u8> {
 /// Decodes a broadcast message; `Ok(None)` for this node's own (`uid`) or a packet that is not
 /// an event.
 pub fn decode_broadcast(uid: &str, payload: &[u8]) -> Result<Option<Broadcast>, FormatError> {
+    Ok(decode_broadcast_from(payload)?.and_then(|(from, b)| (from != uid).then_some(b)))
+}
+
+/// Decodes a broadcast message with the uid of its sender; `Ok(None)` for a packet that is not
+/// an event.
+pub fn decode_broadcast_from(payload: &[u8]) -> Result<Option<(String, Broadcast)>, FormatError> {
     let msg = rmpv::decode::read_value(&mut &payload[..]).map_err(|e| FormatError::Decode(e.to_string()))?;
     let Mp::Array(mut parts) = msg else { return Err(FormatError::Shape("not an array")) };
     if parts.len() < 3 {
@@ -154,13 +160,15 @@ pub fn decode_broadcast(uid: &str, payload: &[u8]) -> Result<Option<Broadcast>, 
     }
     let opts = parts.pop().unwrap_or(Mp::Nil);
     let packet = parts.pop().unwrap_or(Mp::Nil);
-    if parts[0].as_str() == Some(uid) {
-        return Ok(None);
+    let from = match &parts[0] {
+        Mp::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => other.to_string(),
+    };
+    match packet_to_broadcast(packet, &opts) {
+        Ok(b) => Ok(Some((from, b))),
+        Err(FormatError::Shape("not an event")) => Ok(None),
+        Err(e) => Err(e),
     }
-    packet_to_broadcast(packet, &opts).map(Some).or_else(|e| match e {
-        FormatError::Shape("not an event") => Ok(None),
-        e => Err(e),
-    })
 }
 
 /// A socket.io-parser packet object and adapter opts as a broadcast.
@@ -281,7 +289,7 @@ pub fn encode_request(uid: &str, prefix: &str, out: &super::Outbound) -> Option<
             let body = serde_json::json!({ "uid": uid, "type": request_type::SERVER_SIDE_EMIT, "data": data });
             return Some((request_channel(prefix, nsp), serde_json::to_vec(&body).expect("JSON into memory")));
         }
-        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) => return None,
+        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } => return None,
     };
     let mut body = body;
     body["opts"] = serde_json::json!({ "rooms": sel.rooms, "except": except_all(sel) });

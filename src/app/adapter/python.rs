@@ -74,7 +74,7 @@ pub fn encode_request(host_id: &str, out: &Outbound) -> Vec<Vec<u8>> {
     let mut msgs = Vec::new();
     let mut push = |v: Value| msgs.push(serde_json::to_vec(&v).expect("JSON into memory"));
     match out {
-        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::ServerSideEmit(..) => {}
+        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } | Outbound::ServerSideEmit(..) => {}
         Outbound::Leave(sel, rooms) if sel.rooms.len() == 1 && **rooms == sel.rooms && sel.except_rooms.is_empty() && sel.except_ids.is_empty() => {
             push(json!({"method": "close_room", "room": rooms[0], "namespace": sel.nsp, "host_id": host_id}))
         }
@@ -98,24 +98,29 @@ pub fn encode_request(host_id: &str, out: &Outbound) -> Vec<Vec<u8>> {
 /// Decodes one message; `Ok(None)` for this node's own and for methods with nothing to do here
 /// (`callback`).
 pub fn decode(host_id: &str, payload: &[u8]) -> Result<Option<Inbound>, FormatError> {
+    Ok(decode_from(payload)?.and_then(|(from, i)| (from != host_id).then_some(i)))
+}
+
+/// Decodes one message with the `host_id` of its sender (empty when it has none); `Ok(None)`
+/// for methods with nothing to do here (`callback`).
+pub fn decode_from(payload: &[u8]) -> Result<Option<(String, Inbound)>, FormatError> {
     let msg: Value = serde_json::from_slice(payload).map_err(|e| FormatError::Decode(e.to_string()))?;
     if !msg.is_object() {
         return Err(FormatError::Shape("not an object"));
     }
-    if msg.get("host_id").and_then(Value::as_str) == Some(host_id) {
-        return Ok(None);
-    }
+    let from = msg.get("host_id").and_then(Value::as_str).unwrap_or_default().to_string();
     let nsp = msg.get("namespace").and_then(Value::as_str).unwrap_or("/").to_string();
     let one = |sid: Option<&Value>| Selector { nsp: nsp.clone(), rooms: strings(sid), ..Default::default() };
     let room = || strings(msg.get("room"));
-    Ok(match msg.get("method").and_then(Value::as_str) {
-        Some("emit") => Some(Inbound::Broadcast(decode_emit(&msg, &nsp)?)),
-        Some("disconnect") => Some(Inbound::Disconnect(one(msg.get("sid")), false)),
-        Some("enter_room") => Some(Inbound::Join(one(msg.get("sid")), room())),
-        Some("leave_room") => Some(Inbound::Leave(one(msg.get("sid")), room())),
-        Some("close_room") => Some(Inbound::Leave(one(msg.get("room")), room())),
-        _ => None,
-    })
+    let inbound = match msg.get("method").and_then(Value::as_str) {
+        Some("emit") => Inbound::Broadcast(decode_emit(&msg, &nsp)?),
+        Some("disconnect") => Inbound::Disconnect(one(msg.get("sid")), false),
+        Some("enter_room") => Inbound::Join(one(msg.get("sid")), room()),
+        Some("leave_room") => Inbound::Leave(one(msg.get("sid")), room()),
+        Some("close_room") => Inbound::Leave(one(msg.get("room")), room()),
+        _ => return Ok(None),
+    };
+    Ok(Some((from, inbound)))
 }
 
 fn decode_emit(msg: &Value, nsp: &str) -> Result<Broadcast, FormatError> {
@@ -157,6 +162,15 @@ mod tests {
         assert_eq!(b.sel, Selector { nsp: "/".into(), rooms: vec!["r".into()], except_rooms: vec![], except_ids: vec!["s1".into()] });
         assert_eq!(&b.packet.packet_text()[..], br#"51-["ev",1,{"_placeholder":true,"num":0}]"#);
         assert!(decode("abc", wire).unwrap().is_none(), "own messages are dropped");
+        // Bridge mode tells senders apart by host_id: a bridge node's, a relayed copy, a
+        // python node's.
+        assert!(matches!(decode_from(wire).unwrap(), Some((from, Inbound::Broadcast(_))) if from == "abc"));
+        // A relayed copy of it, for the Node nodes: the skipped sid becomes an except room.
+        let copy = crate::app::adapter::node::encode_broadcast("relay~x", &b, &event_of(&b).unwrap());
+        let (from, back) = crate::app::adapter::node::decode_broadcast_from(&copy).unwrap().unwrap();
+        assert_eq!(from, "relay~x");
+        assert_eq!(back.sel.except_rooms, vec!["s1"]);
+        assert_eq!(back.packet.packet_text(), b.packet.packet_text());
         let plain = br#"{"method": "emit", "event": "ev", "data": [null], "binary": false, "namespace": "/custom", "room": null, "skip_sid": null, "callback": null, "host_id": "abc"}"#;
         let Some(Inbound::Broadcast(b)) = decode("me", plain).unwrap() else { panic!() };
         assert_eq!(&b.packet.packet_text()[..], br#"2/custom,["ev"]"#);

@@ -12,6 +12,12 @@
 //! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
 //!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
 //!   meanwhile. The workers keep serving their clients throughout.
+//! - Bridge mode (`RedisFormat::Bridge`): both formats on one thread; each message's sender
+//!   decides whether it is delivered and whether the relaying node republishes it in the
+//!   other format (`hear`).
+//! - Sharded pub/sub (`RedisConfig::sharded`): one RESP3 connection `SPUBLISH`es and
+//!   `SSUBSCRIBE`s (the `redis` crate's async pub/sub has no sharded subscribe), with a
+//!   subscription per room this node has members in, kept from the workers' room changes.
 //!
 //! Must never: be called into from a worker except through [`RedisAdapter::send`], or queue
 //! without bound.
@@ -30,7 +36,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::AckTarget;
-use super::{event_of, node, python, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
+use super::{event_of, node, python, sharded, Adapter, ClusterStats, Counters, Inbound, Outbound, Question, QuestionKind, RedisConfig, RedisFormat, Reply};
 use crate::app::handle::{HandleError, ServerHandle};
 use crate::app::namespace::Namespaces;
 use crate::app::worker::{Broadcast, Selector, SioMail};
@@ -44,6 +50,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most messages published in one pipeline.
 const BATCH: usize = 256;
+/// How a bridge node's uid / host_id begins (`--redis-format bridge`): its own messages, which
+/// it publishes in both formats.
+pub const BRIDGE_MARK: &str = "bridge~";
+/// How the uid / host_id of a relayed copy begins: a foreign broadcast the relaying bridge node
+/// republished in the other format.
+pub const RELAY_MARK: &str = "relay~";
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Settles what waits for the other nodes' answers to a message they will never get: a
 /// question is answered [`HandleError::TimedOut`], an acked broadcast is told that no other
@@ -76,6 +89,10 @@ pub struct RedisAdapter {
     /// Set while the queue is full (the episode was logged), with the not-delivered count when
     /// it began (`u64::MAX`: no episode).
     full_since: AtomicU64,
+    /// Sharded pub/sub: the thread subscribes to the rooms this node has members in.
+    sharded: bool,
+    /// A room change was dropped (the queue was full): logged once.
+    room_lost: AtomicBool,
 }
 
 impl Adapter for RedisAdapter {
@@ -107,6 +124,24 @@ impl Adapter for RedisAdapter {
 
     fn stats(&self) -> ClusterStats {
         ClusterStats { connected: self.up.load(Ordering::Relaxed), ..self.counters.snapshot() }
+    }
+
+    fn room_changed(&self, nsp: &str, room: &str, exists: bool) {
+        if !self.sharded {
+            return;
+        }
+        // Queued whether or not Redis is up: the thread keeps its room list through outages
+        // and subscribes to it when Redis is back.
+        if self.tx.try_send(Outbound::Room { nsp: nsp.to_string(), room: room.to_string(), exists }).is_err() {
+            Counters::add(&self.counters.not_delivered, 1);
+            if !self.room_lost.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    nsp,
+                    room,
+                    "the Redis adapter's queue is full: a room subscription change was lost; other nodes' broadcasts to such a room may not reach this node"
+                );
+            }
+        }
     }
 }
 
@@ -167,10 +202,23 @@ impl Drop for RedisThread {
 /// Checks `cfg` (the URL) and makes the workers' side and the thread still to start.
 pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String> {
     let client = redis::Client::open(cfg.url.as_str()).map_err(|e| format!("--redis {}: {e}", cfg.url))?;
+    if cfg.relay && cfg.format != RedisFormat::Bridge {
+        return Err("--redis-relay needs --redis-format bridge".into());
+    }
+    if cfg.sharded && cfg.format != RedisFormat::Node {
+        return Err("--redis-sharded speaks the Node format only (--redis-format node)".into());
+    }
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let up = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
-    let adapter = RedisAdapter { tx, up: up.clone(), counters: counters.clone(), full_since: AtomicU64::new(u64::MAX) };
+    let adapter = RedisAdapter {
+        tx,
+        up: up.clone(),
+        counters: counters.clone(),
+        full_since: AtomicU64::new(u64::MAX),
+        sharded: cfg.sharded,
+        room_lost: AtomicBool::new(false),
+    };
     Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters }))
 }
 
@@ -201,8 +249,15 @@ impl Pending {
 struct Node {
     client: redis::Client,
     cfg: RedisConfig,
-    /// This node's uid (Node format) or host_id (Python format).
+    /// This node's uid (Node format) or host_id (Python format); both in bridge mode, where it
+    /// starts with [`BRIDGE_MARK`].
     id: String,
+    /// In bridge mode, the uid / host_id of the copies this node relays ([`RELAY_MARK`]).
+    relay_id: Option<String>,
+    /// Relayed copies waiting to be published (bridge mode with `relay`), at most `queue`.
+    relays: Vec<(String, Vec<u8>)>,
+    /// Whether another relaying bridge node was seen (logged once).
+    other_relay_seen: bool,
     rx: mpsc::Receiver<Outbound>,
     up: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -223,10 +278,33 @@ struct Node {
     namespaces: Arc<Namespaces>,
     /// Messages from other nodes the workers still hold.
     inflight: Inflight,
+    /// Sharded pub/sub: the rooms this node has members in, with the number of workers that
+    /// have each (a room's channel is subscribed while it is here).
+    rooms: HashMap<(String, String), usize>,
+}
+
+/// A worker's room came to exist or ended: `Some(true)` when this node now has the room's
+/// channel to subscribe to, `Some(false)` when it has one to unsubscribe from.
+fn room_change(rooms: &mut HashMap<(String, String), usize>, nsp: &str, room: &str, exists: bool) -> Option<bool> {
+    let key = (nsp.to_string(), room.to_string());
+    if exists {
+        let c = rooms.entry(key).or_insert(0);
+        *c += 1;
+        return (*c == 1).then_some(true);
+    }
+    let c = rooms.get_mut(&key)?;
+    *c -= 1;
+    if *c == 0 {
+        rooms.remove(&key);
+        return Some(false);
+    }
+    None
 }
 
 /// One of this node's questions, collecting answers.
 struct Asking {
+    /// What was asked.
+    kind: QuestionKind,
     /// Answers still expected.
     missing: usize,
     items: Vec<Value>,
@@ -235,9 +313,13 @@ struct Asking {
 }
 
 async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, stop: Arc<Notify>) {
-    let id = match p.cfg.format {
-        RedisFormat::Node => random_id(6, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
-        RedisFormat::Python => random_id(32, b"0123456789abcdef"),
+    let (id, relay_id) = match p.cfg.format {
+        RedisFormat::Node => (random_id(6, ALNUM), None),
+        RedisFormat::Python => (random_id(32, b"0123456789abcdef"), None),
+        RedisFormat::Bridge => {
+            let r = random_id(6, ALNUM);
+            (format!("{BRIDGE_MARK}{r}"), Some(format!("{RELAY_MARK}{r}")))
+        }
     };
     let local = ServerHandle::new(poster.clone(), None);
     let queue = p.cfg.queue;
@@ -245,6 +327,9 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         client: p.client,
         cfg: p.cfg,
         id,
+        relay_id,
+        relays: Vec::new(),
+        other_relay_seen: false,
         rx: p.rx,
         up: p.up,
         counters: p.counters,
@@ -256,6 +341,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         acking: HashMap::new(),
         inflight: Inflight::new(queue),
         namespaces,
+        rooms: HashMap::new(),
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -278,8 +364,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         // its drops itself.
         let mut dropped = 0;
         while let Ok(out) = n.rx.try_recv() {
-            unheard(out, Some(&n.poster));
-            dropped += 1;
+            dropped += offline(&mut n, out);
         }
         Counters::add(&n.counters.not_delivered, dropped);
         if n.down.is_none() {
@@ -288,12 +373,35 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
             n.down = Some(nd.saturating_sub(dropped));
             tracing::warn!(url = %n.cfg.url, error = %err, "Redis is unreachable: serving local clients only; broadcasts are not delivered to other nodes until it is back (retrying)");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.notified() => return,
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = stop.notified() => return,
+                // Room changes keep the room list true; anything else is not delivered.
+                out = n.rx.recv() => match out {
+                    Some(out) => {
+                        let lost = offline(&mut n, out);
+                        Counters::add(&n.counters.not_delivered, lost);
+                    }
+                    None => return,
+                },
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// What the thread does with a worker's message while Redis is unreachable: a room change is
+/// kept in the room list; anything else is not delivered (1, for the count).
+fn offline(n: &mut Node, out: Outbound) -> u64 {
+    if let Outbound::Room { nsp, room, exists } = &out {
+        room_change(&mut n.rooms, nsp, room, *exists);
+        return 0;
+    }
+    unheard(out, Some(&n.poster));
+    1
 }
 
 fn timed_out() -> redis::RedisError {
@@ -307,31 +415,16 @@ async fn within<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) 
 /// One connection's life: subscribe, then publish and receive until Redis goes away (`Err`) or
 /// the server stops (`Ok`).
 async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::RedisResult<()> {
-    let mut pubsub = within(n.client.get_async_pubsub()).await?;
     let prefix = n.cfg.channel().to_string();
-    match n.cfg.format {
-        RedisFormat::Node => {
-            within(pubsub.psubscribe(node::pattern(&prefix))).await?;
-            // Plain subscriptions (not a pattern), so that a Node node asking counts this one
-            // (`PUBSUB NUMSUB` of the request channel).
-            for nsp in &n.cfg.namespaces {
-                let response = node::response_channel(&prefix, nsp);
-                let specific = format!("{response}{}#", n.id);
-                within(pubsub.subscribe(&[node::request_channel(&prefix, nsp), response, specific])).await?;
-            }
-        }
-        RedisFormat::Python => within(pubsub.subscribe(&prefix)).await?,
-    }
-    let mut conn = within(n.client.get_multiplexed_async_connection()).await?;
+    let (mut conn, mut stream) = if n.cfg.sharded { connect_sharded(n, &prefix).await? } else { connect(n, &prefix).await? };
     n.up.store(true, Ordering::Relaxed);
     *backoff = BACKOFF_MIN;
     if let Some(at) = n.down.take() {
         let lost = n.counters.snapshot().not_delivered.saturating_sub(at);
         tracing::warn!(url = %n.cfg.url, not_delivered = lost, "Redis is reachable again; resubscribed");
     } else {
-        tracing::info!(url = %n.cfg.url, format = ?n.cfg.format, "cluster adapter connected to Redis");
+        tracing::info!(url = %n.cfg.url, format = ?n.cfg.format, sharded = n.cfg.sharded, "cluster adapter connected to Redis");
     }
-    let mut stream = pubsub.into_on_message();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let next_deadline = n.asks.values().map(|a| a.deadline).chain(n.acking.values().map(|a| a.1)).min();
@@ -342,7 +435,14 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                 let Some(msg) = msg else {
                     return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
                 };
-                receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                if n.cfg.sharded {
+                    receive_sharded(n, &prefix, &conn, msg.get_payload_bytes());
+                } else {
+                    receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                if !n.relays.is_empty() {
+                    publish_relays(n, &mut conn).await?;
+                }
             }
             out = n.rx.recv() => {
                 let Some(out) = out else { return Ok(()) };
@@ -354,8 +454,21 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                     }
                 }
                 let r = publish(n, &prefix, &mut conn, &batch).await;
+                let mut subscriptions = Vec::new();
+                for o in &batch {
+                    if let Outbound::Room { nsp, room, exists } = o {
+                        if let Some(subscribe) = room_change(&mut n.rooms, nsp, room, *exists) {
+                            subscriptions.push((sharded::room_channel(&prefix, nsp, room), subscribe));
+                        }
+                    }
+                }
                 let asked: Vec<Outbound> = batch.drain(..).filter(|o| matches!(o, Outbound::Ask(_) | Outbound::AckedBroadcast(..))).collect();
                 r?;
+                // One channel per command: the connection pairs each with its confirmation.
+                for (channel, subscribe) in subscriptions {
+                    let command = if subscribe { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" };
+                    within(redis::cmd(command).arg(channel).exec_async(&mut conn)).await?;
+                }
                 for o in asked {
                     match o {
                         Outbound::Ask(q) => ask(n, &prefix, &mut conn, q).await?,
@@ -368,33 +481,121 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     }
 }
 
+/// What one session receives from Redis.
+type Messages = std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg>>>;
+
+/// The classic adapter's connections: a pub/sub connection subscribed to the channels of the
+/// format(s), and a multiplexed one to publish.
+async fn connect(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
+    let mut pubsub = within(n.client.get_async_pubsub()).await?;
+    if n.cfg.format.speaks_node() {
+        within(pubsub.psubscribe(node::pattern(prefix))).await?;
+        // Plain subscriptions (not a pattern), so that a Node node asking counts this one
+        // (`PUBSUB NUMSUB` of the request channel).
+        for nsp in &n.cfg.namespaces {
+            let response = node::response_channel(prefix, nsp);
+            let specific = format!("{response}{}#", n.id);
+            within(pubsub.subscribe(&[node::request_channel(prefix, nsp), response, specific])).await?;
+        }
+    }
+    if n.cfg.format.speaks_python() {
+        within(pubsub.subscribe(n.cfg.python_channel())).await?;
+    }
+    let conn = within(n.client.get_multiplexed_async_connection()).await?;
+    Ok((conn, Box::pin(pubsub.into_on_message())))
+}
+
+/// The sharded adapter's connection: one RESP3 multiplexed connection that publishes
+/// (`SPUBLISH`) and subscribes (`SSUBSCRIBE`: each fixed namespace's channel and this node's
+/// answer channel, and the channel of each room this node has members in); its pushes
+/// (`smessage`) come through a bounded queue, past which they are dropped and counted.
+async fn connect_sharded(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
+    let info = n.client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
+    let counters = n.counters.clone();
+    let push = move |p: redis::PushInfo| -> Result<(), std::convert::Infallible> {
+        if tx.try_send(p).is_err() {
+            Counters::add(&counters.inbound_dropped, 1);
+        }
+        Ok(())
+    };
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(push);
+    let mut conn = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
+    let mut channels = Vec::new();
+    for nsp in &n.cfg.namespaces {
+        channels.push(sharded::main_channel(prefix, nsp));
+        channels.push(sharded::answer_channel(prefix, nsp, &n.id));
+    }
+    channels.extend(n.rooms.keys().map(|(nsp, room)| sharded::room_channel(prefix, nsp, room)));
+    // One channel per command: the connection pairs each with its confirmation.
+    for c in channels {
+        within(redis::cmd("SSUBSCRIBE").arg(c).exec_async(&mut conn)).await?;
+    }
+    // The stream ends with the connection (the push sender is dropped, or says so).
+    let messages = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            let p = rx.recv().await?;
+            if p.kind == redis::PushKind::Disconnection {
+                return None;
+            }
+            if let Some(m) = redis::Msg::from_push_info(p) {
+                return Some((m, rx));
+            }
+        }
+    });
+    Ok((conn, Box::pin(messages)))
+}
+
 /// Encodes what the workers queued and publishes it as one pipeline.
 async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, batch: &[Outbound]) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     let mut count = 0u64;
-    for out in batch {
-        match (out, n.cfg.format) {
-            (Outbound::Broadcast(b), _) if b.ack.is_some() => {} // acked broadcasts: local only for now
-            (Outbound::Broadcast(b), format) => {
+    let (node, python) = (n.cfg.format.speaks_node(), n.cfg.format.speaks_python());
+    let python_channel = n.cfg.python_channel();
+    for out in batch.iter().filter(|_| n.cfg.sharded) {
+        let (channel, payload) = match out {
+            Outbound::Broadcast(b) if b.ack.is_none() => {
                 let Some(ev) = event_of(b) else { continue };
-                let (channel, payload) = match format {
-                    RedisFormat::Node => (node::channel(prefix, &b.sel), node::encode_broadcast(&n.id, b, &ev)),
-                    RedisFormat::Python => (prefix.to_string(), python::encode_broadcast(&n.id, b, &ev)),
-                };
-                pipe.publish(channel, payload).ignore();
-                count += 1;
+                sharded::encode_broadcast(&n.id, prefix, b, &ev)
             }
-            (Outbound::Ask(_) | Outbound::AckedBroadcast(..), _) => {} // asked one by one after the pipeline
-            (other, RedisFormat::Node) => {
-                if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
-                    pipe.publish(channel, payload).ignore();
+            other => match sharded::encode_request(&n.id, prefix, other) {
+                Some(m) => m,
+                None => continue,
+            },
+        };
+        pipe.cmd("SPUBLISH").arg(channel).arg(payload).ignore();
+        count += 1;
+    }
+    for out in batch.iter().filter(|_| !n.cfg.sharded) {
+        match out {
+            Outbound::Broadcast(b) if b.ack.is_some() => {} // acked broadcasts: local only for now
+            Outbound::Broadcast(b) => {
+                let Some(ev) = event_of(b) else { continue };
+                // In bridge mode, once in each format.
+                if node {
+                    pipe.publish(node::channel(prefix, &b.sel), node::encode_broadcast(&n.id, b, &ev)).ignore();
+                    count += 1;
+                }
+                if python {
+                    pipe.publish(python_channel, python::encode_broadcast(&n.id, b, &ev)).ignore();
                     count += 1;
                 }
             }
-            (other, RedisFormat::Python) => {
-                for payload in python::encode_request(&n.id, other) {
-                    pipe.publish(prefix, payload).ignore();
-                    count += 1;
+            Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } => {} // asked one by one after the pipeline
+            other => {
+                if node {
+                    if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
+                        pipe.publish(channel, payload).ignore();
+                        count += 1;
+                    }
+                }
+                if python {
+                    for payload in python::encode_request(&n.id, other) {
+                        pipe.publish(python_channel, payload).ignore();
+                        count += 1;
+                    }
                 }
             }
         }
@@ -417,7 +618,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
 /// Asks every other node `q` (Node format): as many answers are expected as the request
 /// channel has other subscribers.
 async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, q: Question) -> redis::RedisResult<()> {
-    if n.cfg.format == RedisFormat::Python {
+    if !n.cfg.format.speaks_node() {
         // python-socketio's managers have no questions between nodes: the answer is this
         // node's alone.
         (q.reply)(Ok(Vec::new()));
@@ -425,22 +626,29 @@ async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
     }
     n.next_request += 1;
     let request_id = format!("{}-{}", n.id, n.next_request);
-    let (channel, body) = node::encode_question(&n.id, prefix, &request_id, q.kind, &q.sel, &q.data);
-    let subs: Vec<(String, usize)> = match within(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(conn)).await {
-        Ok(s) => s,
+    let (channel, body) = if n.cfg.sharded {
+        // The sharded adapter's questions: FETCH_SOCKETS (counts and rooms come from the
+        // sockets it answers) and SERVER_SIDE_EMIT.
+        match q.kind {
+            QuestionKind::ServerSideEmit => sharded::encode_server_side_with_ack(&n.id, prefix, &q.sel.nsp, &request_id, &q.data),
+            _ => sharded::encode_fetch(&n.id, prefix, &request_id, &q.sel),
+        }
+    } else {
+        node::encode_question(&n.id, prefix, &request_id, q.kind, &q.sel, &q.data)
+    };
+    let missing = match other_nodes(n, conn, &channel, &q.sel.nsp).await {
+        Ok(m) => m,
         Err(e) => {
             (q.reply)(Err(HandleError::TimedOut));
             return Err(e);
         }
     };
-    let me = usize::from(n.cfg.namespaces.contains(&q.sel.nsp));
-    let missing = subs.first().map_or(0, |s| s.1).saturating_sub(me);
     if missing == 0 {
         (q.reply)(Ok(Vec::new()));
         return Ok(());
     }
-    n.asks.insert(request_id.clone(), Asking { missing, items: Vec::new(), deadline: Instant::now() + n.cfg.request_timeout, reply: q.reply });
-    if let Err(e) = within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(conn)).await {
+    n.asks.insert(request_id.clone(), Asking { kind: q.kind, missing, items: Vec::new(), deadline: Instant::now() + n.cfg.request_timeout, reply: q.reply });
+    if let Err(e) = within(redis::cmd(publish_command(n)).arg(&channel).arg(body).query_async::<()>(conn)).await {
         if let Some(a) = n.asks.remove(&request_id) {
             (a.reply)(Err(HandleError::TimedOut));
         }
@@ -450,9 +658,20 @@ async fn ask(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
     Ok(())
 }
 
-/// How many other nodes listen on request channel `channel` (`PUBSUB NUMSUB`, less this node).
+/// `PUBLISH`, or `SPUBLISH` with sharded pub/sub.
+fn publish_command(n: &Node) -> &'static str {
+    if n.cfg.sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
+}
+
+/// How many other nodes listen on request channel `channel` (`PUBSUB NUMSUB`, or `PUBSUB
+/// SHARDNUMSUB` of the namespace's channel with sharded pub/sub; less this node).
 async fn other_nodes(n: &Node, conn: &mut redis::aio::MultiplexedConnection, channel: &str, nsp: &str) -> redis::RedisResult<usize> {
-    let subs: Vec<(String, usize)> = within(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(conn)).await?;
+    let numsub = if n.cfg.sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+    let subs: Vec<(String, usize)> = within(redis::cmd("PUBSUB").arg(numsub).arg(channel).query_async(conn)).await?;
     let me = usize::from(n.cfg.namespaces.iter().any(|x| x == nsp));
     Ok(subs.first().map_or(0, |s| s.1).saturating_sub(me))
 }
@@ -468,14 +687,14 @@ async fn ask_acks(
     timeout: Duration,
 ) -> redis::RedisResult<()> {
     let ev = match (n.cfg.format, event_of(b)) {
-        (RedisFormat::Node, Some(ev)) => ev,
+        (f, Some(ev)) if f.speaks_node() => ev,
         // python-socketio's format has no acked broadcasts between nodes.
         _ => {
             nodes_known(Some(&n.poster), &target, 0);
             return Ok(());
         }
     };
-    let channel = node::request_channel(prefix, &b.sel.nsp);
+    let channel = if n.cfg.sharded { sharded::main_channel(prefix, &b.sel.nsp) } else { node::request_channel(prefix, &b.sel.nsp) };
     let remote = match other_nodes(n, conn, &channel, &b.sel.nsp).await {
         Ok(r) => r,
         Err(e) => {
@@ -489,9 +708,13 @@ async fn ask_acks(
     }
     n.next_request += 1;
     let request_id = format!("{}-{}", n.id, n.next_request);
-    let body = node::encode_acked_broadcast(&n.id, &request_id, b, &ev, timeout.as_millis() as u64);
+    let body = if n.cfg.sharded {
+        sharded::encode_acked_broadcast(&n.id, prefix, &request_id, b, &ev, timeout.as_millis() as u64).1
+    } else {
+        node::encode_acked_broadcast(&n.id, &request_id, b, &ev, timeout.as_millis() as u64)
+    };
     n.acking.insert(request_id.clone(), (target, Instant::now() + timeout));
-    within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(conn)).await?;
+    within(redis::cmd(publish_command(n)).arg(&channel).arg(body).query_async::<()>(conn)).await?;
     Counters::add(&n.counters.published, 1);
     Ok(())
 }
@@ -519,43 +742,94 @@ fn expire(n: &mut Node) {
     }
 }
 
+/// Another node's report on one of this node's acked broadcasts: its recipient count
+/// (`count`) or one ack (`data.packet`, binaries in `atts`); false when `request_id` is no
+/// acked broadcast of this node's.
+fn ack_report(n: &mut Node, request_id: &str, count: bool, data: &Value, atts: Vec<bytes::Bytes>) -> bool {
+    let Some((target, _)) = n.acking.get(request_id) else { return false };
+    let clients = data.get("clientCount").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let arg = || vec![data.get("packet").cloned().unwrap_or(Value::Null)];
+    match (count, target) {
+        (true, AckTarget::Sink(sink)) => sink.report(clients),
+        (false, AckTarget::Sink(sink)) => sink.answer(arg(), atts),
+        (true, AckTarget::Worker { worker, id }) => {
+            let _ = n.poster.post(*worker, SioMail::AckCount { id: *id, count: clients });
+        }
+        (false, AckTarget::Worker { worker, id }) => {
+            let _ = n.poster.post(*worker, SioMail::AckAnswer { id: *id, args: arg(), attachments: atts });
+        }
+    }
+    if matches!(target, AckTarget::Sink(sink) if sink.is_done()) {
+        n.acking.remove(request_id);
+    }
+    true
+}
+
+/// One node's answer to question `id`: its items; the reply goes out once every node answered.
+fn question_answered(n: &mut Node, id: &str, items: impl FnOnce(QuestionKind) -> Vec<Value>) {
+    let Some(a) = n.asks.get_mut(id) else { return };
+    a.items.extend(items(a.kind));
+    a.missing -= 1;
+    if a.missing == 0 {
+        let a = n.asks.remove(id).expect("just found");
+        (a.reply)(Ok(a.items));
+    }
+}
+
 /// An answer to one of this node's questions or acked broadcasts.
 fn answered(n: &mut Node, payload: &[u8]) {
     if let Ok((v, atts)) = node::decode_body(payload) {
-        if let Some((target, _)) = v.get("requestId").and_then(Value::as_str).and_then(|id| n.acking.get(id)) {
-            let count = || v.get("clientCount").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let arg = || vec![v.get("packet").cloned().unwrap_or(Value::Null)];
-            match (v.get("type").and_then(Value::as_u64), target) {
-                (Some(node::request_type::BROADCAST_CLIENT_COUNT), AckTarget::Sink(sink)) => sink.report(count()),
-                (Some(node::request_type::BROADCAST_ACK), AckTarget::Sink(sink)) => sink.answer(arg(), atts),
-                (Some(node::request_type::BROADCAST_CLIENT_COUNT), AckTarget::Worker { worker, id }) => {
-                    let _ = n.poster.post(*worker, SioMail::AckCount { id: *id, count: count() });
-                }
-                (Some(node::request_type::BROADCAST_ACK), AckTarget::Worker { worker, id }) => {
-                    let _ = n.poster.post(*worker, SioMail::AckAnswer { id: *id, args: arg(), attachments: atts });
-                }
-                _ => {}
-            }
-            if matches!(target, AckTarget::Sink(sink) if sink.is_done()) {
-                let id = v["requestId"].as_str().unwrap_or_default().to_string();
-                n.acking.remove(&id);
-            }
+        let kind = v.get("type").and_then(Value::as_u64);
+        if let Some(id) = v.get("requestId").and_then(Value::as_str).filter(|id| n.acking.contains_key(*id)) {
+            let id = id.to_string();
+            match kind {
+                Some(node::request_type::BROADCAST_CLIENT_COUNT) => ack_report(n, &id, true, &v, atts),
+                Some(node::request_type::BROADCAST_ACK) => ack_report(n, &id, false, &v, atts),
+                _ => false,
+            };
             return;
         }
     }
     let Some((id, items)) = node::decode_answer(payload) else { return };
-    let Some(a) = n.asks.get_mut(&id) else { return };
-    a.items.extend(items);
-    a.missing -= 1;
-    if a.missing == 0 {
-        let a = n.asks.remove(&id).expect("just found");
-        (a.reply)(Ok(a.items));
+    question_answered(n, &id, |_| items);
+}
+
+/// Where this node's answers to another node's request go.
+#[derive(Debug, Clone)]
+enum AnswerTo {
+    /// The classic adapter's response channel of the namespace (`PUBLISH`).
+    Classic(String),
+    /// The asking node's own channel (the sharded adapter: `SPUBLISH`), with the namespace the
+    /// answers carry.
+    Sharded {
+        /// `<key>#<nsp>#<asker uid>#`.
+        channel: String,
+        /// The namespace.
+        nsp: String,
+    },
+}
+
+impl AnswerTo {
+    fn classic(prefix: &str, nsp: &str) -> AnswerTo {
+        AnswerTo::Classic(node::response_channel(prefix, nsp))
+    }
+
+    /// Publishes `body`, counting it.
+    async fn send(&self, conn: &mut redis::aio::MultiplexedConnection, counters: &Counters, body: Vec<u8>) {
+        let (command, channel) = match self {
+            AnswerTo::Classic(c) => ("PUBLISH", c),
+            AnswerTo::Sharded { channel, .. } => ("SPUBLISH", channel),
+        };
+        match within(redis::cmd(command).arg(channel).arg(body).query_async::<()>(conn)).await {
+            Ok(()) => Counters::add(&counters.published, 1),
+            Err(_) => Counters::add(&counters.not_delivered, 1),
+        }
     }
 }
 
 /// Answers another node's question from this node's workers, on a task of its own (the
 /// workers answer through their mailboxes; nothing here waits for them).
-fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, request_id: String, kind: QuestionKind, sel: crate::app::worker::Selector) {
+fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo, request_id: String, kind: QuestionKind, sel: crate::app::worker::Selector) {
     let mut op = n.local.of(&sel.nsp);
     for r in &sel.rooms {
         op = op.to(r);
@@ -563,9 +837,9 @@ fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, requ
     for r in &sel.except_rooms {
         op = op.except(r);
     }
-    let channel = node::response_channel(prefix, &sel.nsp);
     let mut conn = conn.clone();
     let counters = n.counters.clone();
+    let uid = n.id.clone();
     tokio::spawn(async move {
         let items: Vec<Value> = match kind {
             QuestionKind::Rooms => match op.rooms().await {
@@ -582,17 +856,17 @@ fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, requ
             },
             QuestionKind::ServerSideEmit => return, // answered by `server_side`
         };
-        let body = node::encode_answer(&request_id, kind, items);
-        match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
-            Ok(()) => Counters::add(&counters.published, 1),
-            Err(_) => Counters::add(&counters.not_delivered, 1),
-        }
+        let body = match &to {
+            AnswerTo::Classic(_) => node::encode_answer(&request_id, kind, items),
+            AnswerTo::Sharded { nsp, .. } => sharded::encode_fetch_response(&uid, nsp, &request_id, items),
+        };
+        to.send(&mut conn, &counters, body).await;
     });
 }
 
 /// Runs the namespace's handler for another node's server-side event (user code, on this
 /// thread, under `catch_unwind`) and publishes its answer when one was asked for.
-fn server_side(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, nsp: &str, data: Vec<Value>, request_id: Option<String>) {
+fn server_side(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo, nsp: &str, data: Vec<Value>, request_id: Option<String>) {
     let Some(Value::String(event)) = data.first() else { return };
     let run = || n.namespaces.resolve(nsp).and_then(|ns| ns.server_side.get(event).cloned()).and_then(|h| h(&data[1..]));
     let answer = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
@@ -603,22 +877,19 @@ fn server_side(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str,
         }
     };
     let (Some(request_id), Some(answer)) = (request_id, answer) else { return };
-    let channel = node::response_channel(prefix, nsp);
-    let body = node::encode_server_side_answer(&request_id, &answer);
+    let body = match &to {
+        AnswerTo::Classic(_) => node::encode_server_side_answer(&request_id, &answer),
+        AnswerTo::Sharded { nsp, .. } => sharded::encode_server_side_response(&n.id, nsp, &request_id, &answer),
+    };
     let mut conn = conn.clone();
     let counters = n.counters.clone();
-    tokio::spawn(async move {
-        match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
-            Ok(()) => Counters::add(&counters.published, 1),
-            Err(_) => Counters::add(&counters.not_delivered, 1),
-        }
-    });
+    tokio::spawn(async move { to.send(&mut conn, &counters, body).await });
 }
 
 /// Delivers another node's acked broadcast to this node's sockets and, once their acks are in
 /// (or its timeout passed), answers with the recipient count and each ack, so the asking node
 /// counts this one's recipients and answers.
-fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, prefix: &str, b: node::AckedBroadcast) {
+fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo, b: node::AckedBroadcast) {
     let mut op = n.local.of(&b.sel.nsp);
     for r in &b.sel.rooms {
         op = op.to(r);
@@ -630,9 +901,9 @@ fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, pr
         op = op.volatile();
     }
     let pending = op.emit_binary_with_ack(&b.event.event, &b.event.args, b.event.attachments.clone(), Duration::from_millis(b.timeout_ms));
-    let channel = node::response_channel(prefix, &b.sel.nsp);
     let mut conn = conn.clone();
     let counters = n.counters.clone();
+    let uid = n.id.clone();
     tokio::spawn(async move {
         // Every ack that came, whether or not all did.
         let answers = match pending.await {
@@ -640,19 +911,22 @@ fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, pr
             Ok(Err(partial)) => partial.responses,
             Err(_) => return,
         };
-        for body in node::encode_ack_answers(&b.request_id, &answers) {
-            match within(redis::cmd("PUBLISH").arg(&channel).arg(body).query_async::<()>(&mut conn)).await {
-                Ok(()) => Counters::add(&counters.published, 1),
-                Err(_) => Counters::add(&counters.not_delivered, 1),
-            }
+        let bodies = match &to {
+            AnswerTo::Classic(_) => node::encode_ack_answers(&b.request_id, &answers),
+            AnswerTo::Sharded { nsp, .. } => sharded::encode_ack_answers(&uid, nsp, &b.request_id, &answers),
+        };
+        for body in bodies {
+            to.send(&mut conn, &counters, body).await;
         }
     });
 }
 
 /// Decodes one message from Redis: a broadcast or request is posted to every worker, a
-/// question answered, an answer collected.
+/// question answered, an answer collected; in bridge mode a foreign broadcast may also be
+/// queued for relaying into the other format.
 fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection, channel: &str, payload: &[u8]) {
-    if n.cfg.format == RedisFormat::Node {
+    let from_python = n.cfg.format.speaks_python() && channel == n.cfg.python_channel();
+    if !from_python && n.cfg.format.speaks_node() {
         if node::nsp_of_response_channel(prefix, &n.id, channel).is_some() {
             return answered(n, payload);
         }
@@ -660,27 +934,28 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             if let Ok((req, atts)) = node::decode_body(payload) {
                 if let Some((id, kind, sel)) = node::decode_question(&n.id, nsp, &req) {
                     Counters::add(&n.counters.received, 1);
-                    return answer(n, conn, prefix, id, kind, sel);
+                    return answer(n, conn, AnswerTo::classic(prefix, nsp), id, kind, sel);
                 }
                 if let Some((data, request_id)) = node::decode_server_side_emit(&n.id, &req) {
                     Counters::add(&n.counters.received, 1);
-                    return server_side(n, conn, prefix, nsp, data, request_id);
+                    return server_side(n, conn, AnswerTo::classic(prefix, nsp), nsp, data, request_id);
                 }
                 if let Some(b) = node::decode_acked_broadcast(&n.id, nsp, &req, &atts) {
                     Counters::add(&n.counters.received, 1);
-                    return answer_acked_broadcast(n, conn, prefix, b);
+                    return answer_acked_broadcast(n, conn, AnswerTo::classic(prefix, nsp), b);
                 }
             }
         }
     }
-    let decoded = match n.cfg.format {
-        RedisFormat::Node if channel.starts_with(prefix) && channel[prefix.len()..].starts_with('#') => {
-            node::decode_broadcast(&n.id, payload).map(|b| b.map(Inbound::Broadcast))
-        }
-        RedisFormat::Node => node::decode_request(&n.id, prefix, channel, payload),
-        RedisFormat::Python => python::decode(&n.id, payload),
+    let decoded = if from_python {
+        python::decode_from(payload)
+    } else if channel.starts_with(prefix) && channel[prefix.len()..].starts_with('#') {
+        node::decode_broadcast_from(payload).map(|b| b.map(|(from, b)| (from, Inbound::Broadcast(b))))
+    } else {
+        // Requests: this node's own are dropped by the decoder; none are relayed.
+        node::decode_request(&n.id, prefix, channel, payload).map(|r| r.map(|i| (String::new(), i)))
     };
-    let inbound = match decoded {
+    let (from, inbound) = match decoded {
         Ok(Some(i)) => i,
         Ok(None) => return,
         Err(e) => {
@@ -688,6 +963,29 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
             return;
         }
     };
+    match hear(&n.id, n.relay_id.as_deref(), n.cfg.format, n.cfg.relay, from_python, &from) {
+        Heard::Drop => return,
+        Heard::OtherRelay => {
+            if n.cfg.relay && !n.other_relay_seen {
+                n.other_relay_seen = true;
+                tracing::warn!(other = %from, "another bridge node relays too: members of one format get the other format's broadcasts twice (run --redis-relay on exactly one node)");
+            }
+            return;
+        }
+        Heard::Deliver => {}
+        Heard::DeliverAndRelay => {
+            if let Inbound::Broadcast(b) = &inbound {
+                queue_relay(n, prefix, from_python, b);
+            }
+        }
+    }
+    tracing::trace!(channel, bytes = payload.len(), "message from Redis");
+    deliver(n, inbound);
+}
+
+/// Posts a message from another node to every worker, unless the workers hold `queue` such
+/// messages not handled yet (then it is dropped and counted).
+fn deliver(n: &mut Node, inbound: Inbound) {
     if !n.inflight.admit() {
         Counters::add(&n.counters.inbound_dropped, 1);
         if !n.inflight.dropping {
@@ -698,9 +996,133 @@ fn receive(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection,
     }
     n.inflight.dropping = false;
     Counters::add(&n.counters.received, 1);
-    tracing::trace!(channel, bytes = payload.len(), "message from Redis posted to the workers");
     let held = post_all(&n.poster, inbound);
     n.inflight.held.push_back(held);
+}
+
+/// Decodes one message of the sharded adapter's format: a broadcast or request is posted to
+/// every worker, a question or acked broadcast answered on the asker's own channel, an answer
+/// collected.
+fn receive_sharded(n: &mut Node, prefix: &str, conn: &redis::aio::MultiplexedConnection, payload: &[u8]) {
+    use sharded::Message;
+    let msg = match sharded::decode(&n.id, payload) {
+        Ok(Some(m)) => m,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "dropped a malformed message from Redis");
+            return;
+        }
+    };
+    let to = |nsp: &str, from: &str| AnswerTo::Sharded { channel: sharded::answer_channel(prefix, nsp, from), nsp: nsp.to_string() };
+    match msg {
+        Message::Broadcast(b) => deliver(n, Inbound::Broadcast(b)),
+        Message::Join(sel, rooms) => deliver(n, Inbound::Join(sel, rooms)),
+        Message::Leave(sel, rooms) => deliver(n, Inbound::Leave(sel, rooms)),
+        Message::Disconnect(sel, close) => deliver(n, Inbound::Disconnect(sel, close)),
+        Message::AckedBroadcast { from, b } => {
+            Counters::add(&n.counters.received, 1);
+            let to = to(&b.sel.nsp, &from);
+            answer_acked_broadcast(n, conn, to, b);
+        }
+        Message::Fetch { from, request_id, sel } => {
+            Counters::add(&n.counters.received, 1);
+            let to = to(&sel.nsp, &from);
+            answer(n, conn, to, request_id, QuestionKind::Fetch, sel);
+        }
+        Message::ServerSide { from, nsp, data, request_id } => {
+            Counters::add(&n.counters.received, 1);
+            let to = to(&nsp, &from);
+            server_side(n, conn, to, &nsp, data, request_id);
+        }
+        Message::Answer { request_id, kind, data, attachments } => match kind {
+            sharded::kind::BROADCAST_CLIENT_COUNT => {
+                ack_report(n, &request_id, true, &data, attachments);
+            }
+            sharded::kind::BROADCAST_ACK => {
+                ack_report(n, &request_id, false, &data, attachments);
+            }
+            _ => question_answered(n, &request_id, |k| sharded::answer_items(k, &data)),
+        },
+    }
+}
+
+/// What a node does with a message heard from another sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// Not for this node's sockets.
+    Drop,
+    /// Posted to this node's workers.
+    Deliver,
+    /// Posted to this node's workers and relayed into the other format.
+    DeliverAndRelay,
+    /// A copy relayed by another bridge node: dropped (and, on a relaying node, a warning).
+    OtherRelay,
+}
+
+/// What this node (`me`, its relayed copies as `my_relay`) does with a message from `from` (a
+/// uid, or a python `host_id`) heard in python-socketio's format (`from_python`) or Node's.
+///
+/// In bridge mode every member must get every broadcast exactly once, whatever format it
+/// speaks. A bridge node publishes its own broadcasts in both formats (as `bridge~<id>`), so a
+/// bridge node hears each of them twice: it takes the Node copy and drops the Python one. The
+/// relaying bridge node republishes each foreign broadcast (a Node node's or emitter's, a
+/// Python node's or emitter's) in the other format as `relay~<id>`; every bridge node heard
+/// the original, so every bridge node drops relayed copies, and the relay never relays a
+/// bridge node's message or a relayed copy (no loops).
+fn hear(me: &str, my_relay: Option<&str>, format: RedisFormat, relay: bool, from_python: bool, from: &str) -> Heard {
+    if from == me || my_relay == Some(from) {
+        return Heard::Drop;
+    }
+    if format != RedisFormat::Bridge {
+        return Heard::Deliver;
+    }
+    if from.starts_with(RELAY_MARK) {
+        return Heard::OtherRelay;
+    }
+    if from_python && from.starts_with(BRIDGE_MARK) {
+        return Heard::Drop;
+    }
+    if relay && !from.starts_with(BRIDGE_MARK) {
+        Heard::DeliverAndRelay
+    } else {
+        Heard::Deliver
+    }
+}
+
+/// Queues the copy of a foreign broadcast in the other format (bridge mode, on the relaying
+/// node); past `queue` copies not yet published it is dropped and counted.
+fn queue_relay(n: &mut Node, prefix: &str, from_python: bool, b: &Broadcast) {
+    let Some(ev) = event_of(b) else { return };
+    let rid = n.relay_id.as_deref().unwrap_or_default();
+    let copy = if from_python {
+        (node::channel(prefix, &b.sel), node::encode_broadcast(rid, b, &ev))
+    } else {
+        (n.cfg.python_channel().to_string(), python::encode_broadcast(rid, b, &ev))
+    };
+    if n.relays.len() >= n.cfg.queue.max(1) {
+        Counters::add(&n.counters.not_delivered, 1);
+        return;
+    }
+    n.relays.push(copy);
+}
+
+/// Publishes the queued relayed copies as one pipeline, in the order they were heard.
+async fn publish_relays(n: &mut Node, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let count = n.relays.len() as u64;
+    for (channel, payload) in n.relays.drain(..) {
+        pipe.publish(channel, payload).ignore();
+    }
+    match within(pipe.query_async::<()>(conn)).await {
+        Ok(()) => {
+            Counters::add(&n.counters.published, count);
+            Ok(())
+        }
+        Err(e) => {
+            Counters::add(&n.counters.not_delivered, count);
+            Err(e)
+        }
+    }
 }
 
 /// The shared part of a message posted to the workers; the workers are done with it once this
@@ -833,5 +1255,54 @@ mod tests {
     #[test]
     fn a_bad_url_is_refused_at_start() {
         assert!(prepare(RedisConfig::new("http://nope")).is_err());
+        assert!(prepare(RedisConfig { relay: true, ..RedisConfig::new("redis://127.0.0.1/") }).is_err(), "a relay is a bridge node");
+        let py = RedisConfig { format: RedisFormat::Python, sharded: true, ..RedisConfig::new("redis://127.0.0.1/") };
+        assert!(prepare(py).is_err(), "sharded pub/sub is the Node format's");
+    }
+
+    #[test]
+    fn a_room_channel_is_subscribed_while_any_worker_has_the_room() {
+        let mut rooms = HashMap::new();
+        assert_eq!(room_change(&mut rooms, "/", "r", true), Some(true), "the first worker's room: subscribe");
+        assert_eq!(room_change(&mut rooms, "/", "r", true), None, "a second worker's");
+        assert_eq!(room_change(&mut rooms, "/x", "r", true), Some(true), "another namespace's room");
+        assert_eq!(room_change(&mut rooms, "/", "r", false), None);
+        assert_eq!(room_change(&mut rooms, "/", "r", false), Some(false), "the last one ended: unsubscribe");
+        assert_eq!(room_change(&mut rooms, "/", "r", false), None, "an unknown room's end is ignored");
+        assert_eq!(rooms.len(), 1);
+    }
+
+    /// Every member gets every broadcast exactly once: for each origin, which copies each kind
+    /// of bridge node delivers and relays.
+    #[test]
+    fn bridge_nodes_deliver_each_broadcast_once_and_never_relay_back() {
+        use Heard::*;
+        let bridge = |relay, from_python, from| hear("bridge~me", Some("relay~me"), RedisFormat::Bridge, relay, from_python, from);
+        // A Node node's (uid `abc123`) or the Node emitter's broadcast: heard once, in Node's
+        // format; the relay republishes it for the Python nodes.
+        for from in ["abc123", "emitter"] {
+            assert_eq!(bridge(false, false, from), Deliver);
+            assert_eq!(bridge(true, false, from), DeliverAndRelay);
+        }
+        // A Python node's or the Python emitter's (a random host_id): heard once, in Python's
+        // format; the relay republishes it for the Node nodes.
+        assert_eq!(bridge(false, true, "0f3c9a"), Deliver);
+        assert_eq!(bridge(true, true, "0f3c9a"), DeliverAndRelay);
+        // Another bridge node's own broadcast comes in both formats: the Node copy is taken,
+        // the Python copy dropped, neither relayed (the bridge node published both).
+        assert_eq!(bridge(true, false, "bridge~other"), Deliver);
+        assert_eq!(bridge(true, true, "bridge~other"), Drop);
+        // The relay's copies: every bridge node heard the original already.
+        assert_eq!(bridge(false, false, "relay~other"), OtherRelay);
+        assert_eq!(bridge(false, true, "relay~other"), OtherRelay);
+        // This node's own messages and relayed copies come back to it: dropped.
+        for from_python in [false, true] {
+            assert_eq!(bridge(true, from_python, "bridge~me"), Drop);
+            assert_eq!(bridge(true, from_python, "relay~me"), Drop);
+        }
+        // A single-format node takes a bridge node's and a relay's copies like any other.
+        assert_eq!(hear("me", None, RedisFormat::Python, false, true, "relay~x"), Deliver);
+        assert_eq!(hear("me", None, RedisFormat::Node, false, false, "bridge~x"), Deliver);
+        assert_eq!(hear("me", None, RedisFormat::Node, false, false, "me"), Drop);
     }
 }

@@ -4,8 +4,9 @@
 //! CONNECT, the connection handler, and the packets the client sent meanwhile, in order.
 //!
 //! A connection waiting for a verdict holds the client's packets for that namespace, within
-//! `SocketLimits::{max_held_packets, max_held_bytes}`; one more closes the session (Node closes
-//! a client that sends to a namespace it has not joined).
+//! `SocketLimits::{max_held_packets, max_held_bytes}`, and every connection of the worker
+//! within `max_worker_held_bytes` together; one more closes the session (Node closes a client
+//! that sends to a namespace it has not joined).
 //!
 //! Must never: run a middleware before the previous one accepted, keep a waiting connection
 //! past its deadline or its client, or hold more than the limits.
@@ -155,6 +156,13 @@ impl SioWorker {
             c.pending.push((Rc::from(pc.nsp.as_str()), token));
         }
         core.pending.insert(token, pc);
+        // Settled connections' entries wait for their deadline: compact them away once they
+        // outnumber the waiting ones, so the queue stays within twice the waiting connections
+        // however fast a client connects and leaves.
+        if core.decision_due.len() > 2 * core.pending.len() {
+            let pending = &core.pending;
+            core.decision_due.retain(|_, t| pending.contains_key(t));
+        }
         core.decision_due.push(ctx.now() + core.limits.connect_decision_timeout, token);
         token
     }
@@ -262,13 +270,17 @@ impl SioWorker {
         let Some(token) = self.core.pending_token(sid, &p.nsp) else { return Some(p) };
         let limits = self.core.limits;
         let pc = self.core.pending.get_mut(&token).expect("registered with its client");
-        if pc.held.len() >= limits.max_held_packets || pc.held_bytes + size > limits.max_held_bytes {
+        if pc.held.len() >= limits.max_held_packets
+            || pc.held_bytes + size > limits.max_held_bytes
+            || self.core.held_bytes + size > limits.max_worker_held_bytes
+        {
             self.core.stats.held_overflow += 1;
             self.fail(ctx, sid, &"too many packets for a namespace still connecting");
             return None;
         }
         pc.held_bytes += size;
         pc.held.push_back((p, size));
+        self.core.held_bytes += size;
         None
     }
 
@@ -298,6 +310,7 @@ impl super::WorkerCore {
     /// Takes a waiting connection out of the table and its client's list.
     pub(super) fn take_pending(&mut self, token: u64) -> Option<PendingConnect> {
         let pc = self.pending.remove(&token)?;
+        self.held_bytes -= pc.held_bytes;
         if let Some(c) = self.sockets.clients.get_mut(&pc.client) {
             c.pending.retain(|(_, t)| *t != token);
         }

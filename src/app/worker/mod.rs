@@ -95,8 +95,12 @@ pub struct WorkerCore {
     /// Connections waiting for a deferred middleware's verdict, by token.
     pending: rustc_hash::FxHashMap<u64, connect::PendingConnect>,
     next_token: u64,
-    /// Their deadlines (one delay for all: a FIFO).
+    /// Their deadlines (one delay for all: a FIFO). A settled connection's entry stays until
+    /// it comes due or is compacted away in `suspend`.
     decision_due: Fifo<u64>,
+    /// Bytes of the packets every waiting connection holds, against
+    /// `SocketLimits::max_worker_held_bytes`.
+    held_bytes: usize,
     stats: AppStats,
     /// Connection state recovery, when on.
     store: Option<retain::Store>,
@@ -162,6 +166,7 @@ impl SioWorker {
                 pending: Default::default(),
                 next_token: 0,
                 decision_due: Fifo::default(),
+                held_bytes: 0,
                 stats: AppStats::default(),
                 store: None,
                 broadcasts: 0,
@@ -446,8 +451,8 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
     if let Some((pid, id, nsp, rooms)) = keep {
         let data = core.sockets.get_mut(idx).and_then(|s| s.data.take());
         let kept = retain::Kept { id, nsp, rooms, data, at: ctx.now() };
-        if let Some(replaced) = core.store.as_mut().and_then(|st| st.keep(pid, kept)) {
-            guard::drop_quietly(replaced);
+        if let Some(st) = core.store.as_mut() {
+            retain::gone_quietly(st.keep(pid, kept));
         }
     }
     core.free_socket(idx);
@@ -733,6 +738,7 @@ impl Handler for SioWorker {
         ] {
             out.counter("shardcast_socket_cuts_total", CUT, &[("reason", reason)], n);
         }
+        out.gauge("shardcast_held_bytes", "Bytes of packets held for connections waiting for a deferred connect middleware.", &worker, core.held_bytes as u64);
         let r = st.recovery;
         out.gauge("shardcast_recovery_kept_packets", "Packets kept for connection state recovery.", &worker, r.kept_packets);
         out.gauge("shardcast_recovery_kept_bytes", "Bytes of the packets kept for connection state recovery.", &worker, r.kept_bytes);
@@ -742,6 +748,13 @@ impl Handler for SioWorker {
             "Kept packets dropped before their window ended, to stay within the caps.",
             &[],
             r.evicted_packets,
+        );
+        out.gauge("shardcast_recovery_kept_socket_bytes", "Bytes of the kept sockets' ids and room names.", &worker, r.kept_socket_bytes);
+        out.counter(
+            "shardcast_recovery_evicted_sockets_total",
+            "Kept sockets forgotten before their window ended, to stay within the caps.",
+            &[],
+            r.evicted_sockets,
         );
         out.counter("shardcast_recovery_total", "Reconnections asking to recover, by outcome.", &[("outcome", "recovered")], r.recovered);
         out.counter("shardcast_recovery_total", "Reconnections asking to recover, by outcome.", &[("outcome", "not_recovered")], r.not_recovered);

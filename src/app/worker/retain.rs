@@ -4,8 +4,11 @@
 //! client that came back here or on another worker (which asks by mail).
 //!
 //! Bounded: the log holds at most this worker's share of the server's packet and byte caps
-//! (the oldest go first) and nothing older than the window; a kept socket holds what it held
-//! connected (rooms within `SocketLimits`, its data), for the window.
+//! (the oldest go first) and nothing older than the window. The kept sockets, for the window,
+//! are at most this worker's share of the server's socket cap, and their ids and room names at
+//! most its share of the byte cap (a budget of their own beside the log's, so neither starves
+//! the other): past either the oldest is forgotten, counted. A kept socket's data is the
+//! application's value and is not measured.
 //!
 //! Must never: call user code (a kept socket's data is dropped under the guard by the caller),
 //! answer a restore with packets after a gap, or touch another worker's store.
@@ -64,6 +67,10 @@ pub struct RecoveryStats {
     pub kept_sockets: u64,
     /// Packets dropped before the window ended, to stay within the caps.
     pub evicted_packets: u64,
+    /// Bytes of the kept sockets' ids and room names.
+    pub kept_socket_bytes: u64,
+    /// Kept sockets forgotten before the window ended, to stay within the caps.
+    pub evicted_sockets: u64,
     /// Clients recovered (served by this worker's store).
     pub recovered: u64,
     /// Clients that came to this worker asking to recover and could not (unknown or expired
@@ -76,6 +83,7 @@ pub(crate) struct Store {
     pub(crate) shared: Arc<Recovery>,
     max_packets: usize,
     max_bytes: usize,
+    max_sockets: usize,
     log: VecDeque<Entry>,
     /// Offset to its position: `seq - first_seq` indexes `log`.
     seqs: FxHashMap<u64, u64>,
@@ -83,7 +91,10 @@ pub(crate) struct Store {
     bytes: usize,
     /// Kept sockets by pid (a string the client sends back: keyed hashing).
     kept: KeyedMap<String, Kept>,
+    /// When each kept socket expires, oldest first. An entry whose socket was restored (or
+    /// kept again) stays until it comes due or is compacted away in [`Store::keep`].
     kept_due: Fifo<String>,
+    kept_bytes: usize,
     pub(crate) stats: RecoveryStats,
 }
 
@@ -95,12 +106,14 @@ impl Store {
             shared,
             max_packets: (cfg.max_packets / workers).max(1),
             max_bytes: (cfg.max_bytes / workers).max(1),
+            max_sockets: (cfg.max_sockets / workers).max(1),
             log: VecDeque::new(),
             seqs: FxHashMap::default(),
             first_seq: 0,
             bytes: 0,
             kept: KeyedMap::default(),
             kept_due: Fifo::default(),
+            kept_bytes: 0,
             stats: RecoveryStats::default(),
         }
     }
@@ -132,6 +145,19 @@ impl Store {
         self.stats.kept_packets = self.log.len() as u64;
         self.stats.kept_bytes = self.bytes as u64;
         self.stats.kept_sockets = self.kept.len() as u64;
+        self.stats.kept_socket_bytes = self.kept_bytes as u64;
+    }
+
+    /// Forgets the kept socket under `pid`, returning it.
+    fn forget(&mut self, pid: &str) -> Option<Kept> {
+        let k = self.kept.remove(pid)?;
+        self.kept_bytes -= k.bytes();
+        Some(k)
+    }
+
+    /// Whether a `kept_due` entry is the live deadline of the socket kept under `pid`.
+    fn is_live(&self, due: Instant, pid: &str) -> bool {
+        self.kept.get(pid).is_some_and(|k| k.at + self.shared.cfg.window == due)
     }
 
     /// Drops the packets and sockets older than the window; returns the sockets dropped (their
@@ -145,7 +171,7 @@ impl Store {
         while let Some(pid) = self.kept_due.pop_due(now) {
             // The same pid may have been restored and kept again since: check its own time.
             if self.kept.get(&pid).is_some_and(|k| k.at + window <= now) {
-                gone.extend(self.kept.remove(&pid));
+                gone.extend(self.forget(&pid));
             }
         }
         self.count();
@@ -160,13 +186,29 @@ impl Store {
         [self.log.front().map(|e| e.at + window), self.kept_due.next()].into_iter().flatten().min().map(|t| t + EXPIRY_SLACK)
     }
 
-    /// Keeps a socket that left; gives back one it replaced (same pid), whose data is user
-    /// code to drop.
-    pub(crate) fn keep(&mut self, pid: String, k: Kept) -> Option<Kept> {
+    /// Keeps a socket that left, forgetting the oldest kept ones past the caps; gives back the
+    /// sockets it replaced (same pid) or forgot, whose data is user code to drop.
+    pub(crate) fn keep(&mut self, pid: String, k: Kept) -> Vec<Kept> {
+        let mut gone: Vec<Kept> = self.forget(&pid).into_iter().collect();
+        let bytes = k.bytes();
+        while !self.kept.is_empty() && (self.kept.len() + 1 > self.max_sockets || self.kept_bytes + bytes > self.max_bytes) {
+            let Some((due, old)) = self.kept_due.pop_front() else { break };
+            if self.is_live(due, &old) {
+                gone.extend(self.forget(&old));
+                self.stats.evicted_sockets += 1;
+            }
+        }
+        // Entries of restored sockets wait for their deadline: compact them away once they
+        // outnumber the live ones, so the queue stays within twice the kept sockets.
+        if self.kept_due.len() > 2 * (self.kept.len() + 1) {
+            let (kept, window) = (&self.kept, self.shared.cfg.window);
+            self.kept_due.retain(|due, pid| kept.get(pid).is_some_and(|k| k.at + window == due));
+        }
         self.kept_due.push(k.at + self.shared.cfg.window, pid.clone());
-        let old = self.kept.insert(pid, k);
+        self.kept_bytes += bytes;
+        self.kept.insert(pid, k);
         self.count();
-        old
+        gone
     }
 
     /// Takes the socket kept under `pid` with every packet after `offset` its rooms select,
@@ -175,7 +217,7 @@ impl Store {
     pub(crate) fn restore(&mut self, now: Instant, pid: &str, nsp: &str, offset: &str) -> Result<Restored, Option<Kept>> {
         gone_quietly(self.expire(now));
         // Unknown here: the caller asks the other workers, and counts a miss once.
-        let Some(k) = self.kept.remove(pid) else { return Err(None) };
+        let Some(k) = self.forget(pid) else { return Err(None) };
         self.count();
         let pos = parse_offset(offset).and_then(|o| self.seqs.get(&o)).map(|seq| (seq - self.first_seq) as usize);
         let Some(pos) = pos.filter(|_| k.nsp == nsp) else { return Err(Some(k)) };
@@ -185,8 +227,17 @@ impl Store {
     }
 }
 
+impl Kept {
+    /// What this socket is charged against the byte cap: its id and room names (the pid is
+    /// one more id), with a small fixed cost per room for the string it lives in.
+    fn bytes(&self) -> usize {
+        const PER_STRING: usize = 24;
+        2 * self.id.len() + self.nsp.len() + self.rooms.iter().map(|r| r.len() + PER_STRING).sum::<usize>() + 3 * PER_STRING
+    }
+}
+
 /// Sockets whose data must be dropped under the guard (user values).
-fn gone_quietly(gone: Vec<Kept>) {
+pub(crate) fn gone_quietly(gone: Vec<Kept>) {
     if !gone.is_empty() {
         super::guard::drop_quietly(gone);
     }
@@ -209,7 +260,7 @@ mod tests {
     use std::time::Duration;
 
     fn store(max_packets: usize) -> Store {
-        let cfg = RecoveryConfig { window: Duration::from_secs(10), max_packets, max_bytes: 1 << 20 };
+        let cfg = RecoveryConfig { window: Duration::from_secs(10), max_packets, max_bytes: 1 << 20, max_sockets: 3 };
         Store::new(Arc::new(Recovery::new(cfg)), 1)
     }
 
@@ -256,5 +307,53 @@ mod tests {
         assert!(matches!(s.restore(later, "q", "/", "3"), Err(None)), "past the window: forgotten");
         assert_eq!((s.stats.kept_packets, s.stats.kept_sockets), (0, 0), "packets expire with the window too");
         assert_eq!(s.stats.not_recovered, 0, "misses are counted by the worker the client came to");
+    }
+
+    #[test]
+    fn kept_sockets_stay_within_the_socket_and_byte_caps_the_oldest_forgotten_first() {
+        let t = Instant::now();
+        let mut s = store(10);
+        let kept_as = |id: &str, rooms: usize, at: Instant| Kept {
+            id: id.into(),
+            nsp: "/".into(),
+            rooms: (0..rooms).map(|i| format!("{id}-room-{i}")).collect(),
+            data: None,
+            at,
+        };
+        // The socket cap (3 per worker here): a fourth forgets the oldest.
+        for (i, pid) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let gone = s.keep(pid.into(), kept_as(pid, 1, t + Duration::from_millis(i as u64)));
+            assert_eq!(gone.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), if pid == "d" { vec!["a"] } else { vec![] });
+        }
+        assert_eq!((s.stats.kept_sockets, s.stats.evicted_sockets), (3, 1));
+        assert!(matches!(s.restore(t, "a", "/", "0"), Err(None)), "the oldest was forgotten");
+        // A restored socket's deadline entry does not count as one to evict.
+        assert!(s.restore(t, "b", "/", "0").is_err(), "no offset kept: not recovered, forgotten");
+        s.keep("e".into(), kept_as("e", 1, t + Duration::from_millis(5)));
+        assert_eq!((s.stats.kept_sockets, s.stats.evicted_sockets), (3, 1), "c, d, e: nothing evicted");
+        // The byte cap (1 MiB per worker here): a socket with rooms worth most of it forgets
+        // the others (the socket cap first forgets c), and the bytes come back when it goes.
+        let big = kept_as("big", 15_000, t + Duration::from_millis(6));
+        assert!(big.bytes() > (1 << 20) / 2);
+        let gone = s.keep("big".into(), big);
+        assert_eq!(gone.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["c"]);
+        let gone = s.keep("big2".into(), kept_as("big2", 15_000, t + Duration::from_millis(7)));
+        assert_eq!(gone.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["d", "e", "big"]);
+        assert_eq!(s.stats.evicted_sockets, 5);
+        assert_eq!(s.stats.kept_sockets, 1);
+        assert!(s.stats.kept_socket_bytes <= 1 << 20);
+        let _ = s.restore(t, "big2", "/", "0");
+        assert_eq!((s.stats.kept_sockets, s.stats.kept_socket_bytes), (0, 0));
+    }
+
+    #[test]
+    fn the_deadline_queue_stays_within_twice_the_kept_sockets_however_often_clients_cycle() {
+        let t = Instant::now();
+        let mut s = store(10);
+        for i in 0..10_000u64 {
+            s.keep("p".into(), kept(t + Duration::from_micros(i)));
+            let _ = s.restore(t, "p", "/", "0");
+        }
+        assert!(s.kept_due.len() <= 4, "{}", s.kept_due.len());
     }
 }

@@ -70,7 +70,15 @@ impl WorkerCore {
         let room: Rc<str> = Rc::from(room);
         s.rooms.insert(room.clone());
         let ns = self.rooms.nsps.entry(s.nsp.clone()).or_default();
-        ns.rooms.entry(room).or_default().insert(idx);
+        let members = ns.rooms.entry(room.clone()).or_default();
+        let created = members.is_empty();
+        members.insert(idx);
+        if created {
+            // A cluster adapter that subscribes per room hears of it (never on a broadcast).
+            if let Some(c) = &self.cluster {
+                c.room_changed(&s.nsp, &room, true);
+            }
+        }
         Ok(())
     }
 
@@ -85,6 +93,10 @@ impl WorkerCore {
                 set.remove(&idx);
                 if set.is_empty() {
                     ns.rooms.remove(room);
+                    // A socket's own room was never announced (it is not joined through `join`).
+                    if let (Some(c), false) = (&self.cluster, *s.id == *room) {
+                        c.room_changed(&s.nsp, room, false);
+                    }
                 }
             }
         }

@@ -5,8 +5,9 @@
 // PHASE=all: PER_NODE socket.io-client sockets on every node join one room; a `to-room` from
 //   one socket of each node, a `broadcast` (skip-sender) from each node, and an emit from an
 //   emitter (EMITTER=node: @socket.io/redis-emitter; EMITTER=python: python-socketio's
-//   write-only RedisManager run with $PYTHON) must reach every member on every node exactly
-//   once. Exactly once is checked behind a fence: after everything arrived, each node sends
+//   write-only RedisManager run with $PYTHON; EMITTER=node+python: both) must reach every
+//   member on every node exactly once (EMITTER=none: no emitter). With ROOM_SUBSCRIBERS=N
+//   (sharded pub/sub), the broadcasts wait until N nodes subscribe to the room's channel. Exactly once is checked behind a fence: after everything arrived, each node sends
 //   one more `to-room`; a duplicate of an earlier message from that node would come before it
 //   on every path (Redis delivers one publisher's messages in order).
 // PHASE=local: Redis is down; every node still serves its own clients: a `to-room` reaches
@@ -76,6 +77,19 @@ async function main() {
     if (ok !== true) fail(`join answered ${ok}`);
   }
   const senders = nodes.map((_, n) => clients.find((c) => c.node === n && c.i === 0));
+  // ROOM_SUBSCRIBERS=N (sharded pub/sub): every node subscribes to the room's own channel
+  // when the room comes to exist there; wait until N nodes have (PUBSUB SHARDNUMSUB).
+  if (process.env.ROOM_SUBSCRIBERS) {
+    const want = Number(process.env.ROOM_SUBSCRIBERS);
+    const redis = createClient({ url: process.env.REDIS_URL });
+    await redis.connect();
+    for (;;) {
+      const got = await redis.sendCommand(["PUBSUB", "SHARDNUMSUB", `socket.io#/#${ROOM}#`]);
+      if (Number(got[1]) === want) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await redis.quit();
+  }
   if (PHASE === "local") {
     for (const s of senders) await s.socket.timeout(5000).emitWithAck("to-room", ROOM, { local: s.node });
     await waitFor(() => clients.every((c) => count(c.room, { local: c.node }) >= 1), "local deliveries");
@@ -87,18 +101,22 @@ async function main() {
     expectedRoom.push({ from: s.node });
     await s.socket.timeout(5000).emitWithAck("broadcast", { bfrom: s.node });
   }
-  if (process.env.EMITTER === "python") {
-    const code = "import os, socketio; socketio.RedisManager(os.environ['REDIS_URL'], write_only=True).emit('room-message', {'from': 'emitter'}, room=os.environ['ROOM'], namespace='/')";
-    await new Promise((resolve, reject) =>
-      execFile(process.env.PYTHON, ["-c", code], { env: { ...process.env, ROOM } }, (e, out, err) => (e ? reject(new Error(`python emitter: ${e.message} ${err}`)) : resolve())),
-    );
-  } else {
-    const redis = createClient({ url: process.env.REDIS_URL });
-    await redis.connect();
-    new Emitter(redis).to(ROOM).emit("room-message", { from: "emitter" });
-    await redis.quit();
+  // EMITTER: "node", "python", both ("node+python"), each with its own message, or "none".
+  for (const emitter of (process.env.EMITTER || "node").split("+").filter((e) => e !== "none")) {
+    if (emitter === "python") {
+      const code = "import os, socketio; socketio.RedisManager(os.environ['REDIS_URL'], write_only=True).emit('room-message', {'from': 'py-emitter'}, room=os.environ['ROOM'], namespace='/')";
+      await new Promise((resolve, reject) =>
+        execFile(process.env.PYTHON, ["-c", code], { env: { ...process.env, ROOM } }, (e, out, err) => (e ? reject(new Error(`python emitter: ${e.message} ${err}`)) : resolve())),
+      );
+      expectedRoom.push({ from: "py-emitter" });
+    } else {
+      const redis = createClient({ url: process.env.REDIS_URL });
+      await redis.connect();
+      new Emitter(redis).to(ROOM).emit("room-message", { from: "emitter" });
+      await redis.quit();
+      expectedRoom.push({ from: "emitter" });
+    }
   }
-  expectedRoom.push({ from: "emitter" });
   const allArrived = () =>
     clients.every(
       (c) =>

@@ -6,7 +6,7 @@
 "use strict";
 const { Server } = require("socket.io");
 const { createClient } = require("redis");
-const { createAdapter } = require("@socket.io/redis-adapter");
+const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
 
 const deadline = setTimeout(() => fail("deadline passed"), 20000);
 function fail(why) {
@@ -20,7 +20,8 @@ async function main() {
   for (const c of [pub, sub]) c.on("error", (e) => console.error(`redis client: ${e.message}`));
   await Promise.all([pub.connect(), sub.connect()]);
   const io = new Server();
-  io.adapter(createAdapter(pub, sub));
+  // REDIS_SHARDED=1: the sharded adapter (Redis 7 sharded pub/sub).
+  io.adapter(process.env.REDIS_SHARDED ? createShardedAdapter(pub, sub) : createAdapter(pub, sub));
   io.on("sse-ping", (x, cb) => cb({ from: "node", x }));
   // The adapter subscribes without waiting; a PING on the subscriber connection comes back
   // after its SUBSCRIBE was handled.

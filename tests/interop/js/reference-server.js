@@ -1,7 +1,8 @@
 // shared/CONTRACT.md on Node's own socket.io 4.8: the reference the interop suite is checked
 // against (`node reference-server.js [port]` prints "listening on 127.0.0.1:PORT").
 // With REDIS_URL set it joins a cluster through @socket.io/redis-adapter (the cluster tests and
-// benchmark), and prints "redis ready" each time its Redis clients (re)connect.
+// benchmark; REDIS_SHARDED=1 for its sharded adapter), and prints "redis ready" each time its
+// Redis clients (re)connect.
 "use strict";
 const { createServer } = require("node:http");
 const { Server } = require("socket.io");
@@ -48,7 +49,7 @@ contract(io.of("/custom"));
 
 async function withRedis() {
   const { createClient } = require("redis");
-  const { createAdapter } = require("@socket.io/redis-adapter");
+  const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
   const pub = createClient({ url: process.env.REDIS_URL });
   const sub = pub.duplicate();
   for (const c of [pub, sub]) {
@@ -58,7 +59,9 @@ async function withRedis() {
   let ready = 0;
   sub.on("ready", () => { if (++ready > 1) console.log("redis ready"); });
   await Promise.all([pub.connect(), sub.connect()]);
-  io.adapter(createAdapter(pub, sub));
+  // REDIS_SHARDED=1: Redis 7 sharded pub/sub (`createShardedAdapter`, subscriptionMode
+  // "dynamic", its default).
+  io.adapter(process.env.REDIS_SHARDED ? createShardedAdapter(pub, sub) : createAdapter(pub, sub));
 }
 
 (process.env.REDIS_URL ? withRedis() : Promise.resolve()).then(() => {
