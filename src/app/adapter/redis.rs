@@ -8,7 +8,9 @@
 //!   the message and counts it as not delivered.
 //! - In: each message from Redis is decoded once, into the same encode-once `Broadcast` (or
 //!   room / disconnect mail) the workers already handle, and posted to every worker through
-//!   its mailbox (`Poster`). Messages carrying this node's own uid are dropped.
+//!   its mailbox (`Poster`). Messages carrying this node's own uid are dropped. The workers
+//!   hold at most `queue` such messages, and at most `queue` answers to other nodes'
+//!   requests are in progress (`Tasks`); past either, what comes is dropped and counted.
 //! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
 //!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
 //!   meanwhile. The workers keep serving their clients throughout.
@@ -278,6 +280,8 @@ struct Node {
     namespaces: Arc<Namespaces>,
     /// Messages from other nodes the workers still hold.
     inflight: Inflight,
+    /// Answers to other nodes' questions and acked broadcasts still being made.
+    tasks: Tasks,
     /// Sharded pub/sub: the rooms this node has members in, with the number of workers that
     /// have each (a room's channel is subscribed while it is here).
     rooms: HashMap<(String, String), usize>,
@@ -340,6 +344,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         next_request: 0,
         acking: HashMap::new(),
         inflight: Inflight::new(queue),
+        tasks: Tasks::new(queue),
         namespaces,
         rooms: HashMap::new(),
     };
@@ -830,6 +835,7 @@ impl AnswerTo {
 /// Answers another node's question from this node's workers, on a task of its own (the
 /// workers answer through their mailboxes; nothing here waits for them).
 fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo, request_id: String, kind: QuestionKind, sel: crate::app::worker::Selector) {
+    let Some(task) = n.tasks.start(&n.counters) else { return };
     let mut op = n.local.of(&sel.nsp);
     for r in &sel.rooms {
         op = op.to(r);
@@ -841,6 +847,7 @@ fn answer(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo, requ
     let counters = n.counters.clone();
     let uid = n.id.clone();
     tokio::spawn(async move {
+        let _task = task;
         let items: Vec<Value> = match kind {
             QuestionKind::Rooms => match op.rooms().await {
                 Ok(r) => r.into_iter().map(Value::String).collect(),
@@ -877,19 +884,24 @@ fn server_side(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo,
         }
     };
     let (Some(request_id), Some(answer)) = (request_id, answer) else { return };
+    let Some(task) = n.tasks.start(&n.counters) else { return };
     let body = match &to {
         AnswerTo::Classic(_) => node::encode_server_side_answer(&request_id, &answer),
         AnswerTo::Sharded { nsp, .. } => sharded::encode_server_side_response(&n.id, nsp, &request_id, &answer),
     };
     let mut conn = conn.clone();
     let counters = n.counters.clone();
-    tokio::spawn(async move { to.send(&mut conn, &counters, body).await });
+    tokio::spawn(async move {
+        let _task = task;
+        to.send(&mut conn, &counters, body).await
+    });
 }
 
 /// Delivers another node's acked broadcast to this node's sockets and, once their acks are in
 /// (or its timeout passed), answers with the recipient count and each ack, so the asking node
 /// counts this one's recipients and answers.
 fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, to: AnswerTo, b: node::AckedBroadcast) {
+    let Some(task) = n.tasks.start(&n.counters) else { return };
     let mut op = n.local.of(&b.sel.nsp);
     for r in &b.sel.rooms {
         op = op.to(r);
@@ -900,11 +912,15 @@ fn answer_acked_broadcast(n: &Node, conn: &redis::aio::MultiplexedConnection, to
     if b.volatile {
         op = op.volatile();
     }
-    let pending = op.emit_binary_with_ack(&b.event.event, &b.event.args, b.event.attachments.clone(), Duration::from_millis(b.timeout_ms));
+    // The asking node's timeout, within this node's own request timeout: another node cannot
+    // make this one's sockets hold an ack longer than its own questions may take.
+    let timeout = Duration::from_millis(b.timeout_ms).min(n.cfg.request_timeout);
+    let pending = op.emit_binary_with_ack(&b.event.event, &b.event.args, b.event.attachments.clone(), timeout);
     let mut conn = conn.clone();
     let counters = n.counters.clone();
     let uid = n.id.clone();
     tokio::spawn(async move {
+        let _task = task;
         // Every ack that came, whether or not all did.
         let answers = match pending.await {
             Ok(Ok(r)) => r,
@@ -1166,6 +1182,45 @@ impl Inflight {
     }
 }
 
+/// The answers this node is making to other nodes' questions and acked broadcasts (each a task
+/// that asks every worker, waits, and publishes), at most `limit` at once: past it a request
+/// is dropped, counted with the inbound drops and logged once per episode, so another node
+/// cannot make this one hold work without bound.
+struct Tasks {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+    dropping: AtomicBool,
+}
+
+/// One running answer; dropping it (when its task ends) frees its place.
+struct Task(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Tasks {
+    fn new(limit: usize) -> Tasks {
+        Tasks { running: Arc::default(), limit: limit.max(1), dropping: AtomicBool::new(false) }
+    }
+
+    /// A place for one more answer, or `None` (counted, logged once) when `limit` run.
+    fn start(&self, counters: &Counters) -> Option<Task> {
+        if self.running.load(Ordering::Acquire) >= self.limit {
+            Counters::add(&counters.inbound_dropped, 1);
+            if !self.dropping.swap(true, Ordering::Relaxed) {
+                tracing::warn!(limit = self.limit, "other nodes ask faster than this node answers: dropping their requests until it catches up");
+            }
+            return None;
+        }
+        self.dropping.store(false, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Some(Task(self.running.clone()))
+    }
+}
+
 /// Posts one decoded message to every worker: one shared `Arc`, decoded and encoded once.
 /// Returns that `Arc`, to know when the workers are done with it.
 fn post_all(poster: &Poster<SioMail>, inbound: Inbound) -> Held {
@@ -1206,6 +1261,20 @@ mod tests {
 
     fn join() -> Outbound {
         Outbound::Join(Arc::new(Selector::default()), Arc::new(vec!["r".into()]))
+    }
+
+    #[test]
+    fn answers_to_other_nodes_are_bounded_and_their_places_come_back() {
+        let counters = Counters::default();
+        let tasks = Tasks::new(2);
+        let (a, b) = (tasks.start(&counters).unwrap(), tasks.start(&counters).unwrap());
+        assert!(tasks.start(&counters).is_none(), "a third answer while two run is dropped");
+        assert!(tasks.start(&counters).is_none());
+        assert_eq!(counters.snapshot().inbound_dropped, 2);
+        drop(a);
+        let c = tasks.start(&counters).expect("a place came back");
+        drop((b, c));
+        assert_eq!(tasks.running.load(Ordering::Acquire), 0);
     }
 
     #[test]
