@@ -603,3 +603,101 @@ fn python_format_handle_requests_reach_python_socketio() {
     js.wait_for("py_ops");
     a.shutdown();
 }
+
+/// Another node's acked broadcasts hold this node's answers open until their acks come or
+/// their timeout passes: at most `queue` are in progress, the rest are dropped and counted, and
+/// a timeout longer than this node's request timeout is cut to it (so the places come back).
+#[test]
+fn acked_broadcasts_from_another_node_are_bounded_and_their_timeouts_clamped() {
+    use shardcast::app::adapter::{node, RedisConfig};
+    use shardcast::app::{contract, Server};
+
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let server = contract::app(Server::builder())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .io(support::test_io())
+        .redis(RedisConfig { queue: 4, request_timeout: Duration::from_secs(1), ..RedisConfig::new(&url) })
+        .start()
+        .expect("start the node");
+    let h = server.handle();
+    wait_connected(&h);
+    // A member of room r that never answers an ack.
+    let mut ws = support::Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    assert!(ws.recv_text().starts_with("0{"));
+    ws.send_text("40");
+    assert!(ws.recv_eio().starts_with("40{"));
+    let _auth = ws.recv_eio();
+    ws.send_text(r#"421["join","r"]"#);
+    assert_eq!(ws.recv_eio(), "431[true]");
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut answers = client.get_connection().unwrap();
+    answers.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answers = answers.as_pubsub();
+    answers.subscribe(node::response_channel("socket.io", "/")).unwrap();
+    let mut publisher = client.get_connection().unwrap();
+    // Ten acked broadcasts from a node "other", each asking 60 s for its acks.
+    let publish = |con: &mut redis::Connection, i: usize| {
+        let msg = rmpv::Value::Map(vec![
+            ("uid".into(), "other".into()),
+            ("requestId".into(), format!("q{i}").into()),
+            ("type".into(), 7.into()),
+            (
+                "packet".into(),
+                rmpv::Value::Map(vec![
+                    ("type".into(), 2.into()),
+                    ("data".into(), rmpv::Value::Array(vec!["ask".into(), (i as u64).into()])),
+                    ("nsp".into(), "/".into()),
+                ]),
+            ),
+            (
+                "opts".into(),
+                rmpv::Value::Map(vec![
+                    ("rooms".into(), rmpv::Value::Array(vec!["r".into()])),
+                    ("except".into(), rmpv::Value::Array(vec![])),
+                    ("flags".into(), rmpv::Value::Map(vec![("timeout".into(), 60_000.into())])),
+                ]),
+            ),
+        ]);
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, &msg).unwrap();
+        let _: i64 = redis::cmd("PUBLISH").arg(node::request_channel("socket.io", "/")).arg(body).query(con).unwrap();
+    };
+    for i in 0..10 {
+        publish(&mut publisher, i);
+    }
+    let end = Instant::now() + READY;
+    while h.cluster_stats().unwrap().received < 10 {
+        assert!(Instant::now() < end, "the node did not hear the ten requests");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(h.cluster_stats().unwrap().inbound_dropped, 6, "four in progress at once, six dropped");
+    // The member got exactly the four (a fence: the next frame answers its own ack).
+    let got: Vec<String> = (0..4).map(|_| ws.recv_eio()).collect();
+    for (i, g) in got.iter().enumerate() {
+        assert!(g.starts_with("42") && g.ends_with(&format!(r#"["ask",{i}]"#)), "{got:?}");
+    }
+    ws.send_text(r#"422["join","fence"]"#);
+    assert_eq!(ws.recv_eio(), "432[true]");
+    // Each answer is published after this node's 1 s, not the asked 60 s (the read times out
+    // after 10 s): for q0..q3, the count of acks that follow (none: the member never answered).
+    let mut counted = std::collections::BTreeSet::new();
+    while counted.len() < 4 {
+        let msg = answers.get_message().expect("an answer within 10 s: the timeout was clamped");
+        let payload: Vec<u8> = msg.get_payload().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload).or_else(|_| node::decode_body(&payload).map(|(v, _)| v)).unwrap();
+        if v["type"] == 8 {
+            assert_eq!(v["clientCount"], 0, "{v}");
+            counted.insert(v["requestId"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(counted.into_iter().collect::<Vec<_>>(), ["q0", "q1", "q2", "q3"]);
+    // The places came back: one more is delivered.
+    publish(&mut publisher, 10);
+    assert!(ws.recv_eio().ends_with(r#"["ask",10]"#));
+    server.shutdown();
+}
