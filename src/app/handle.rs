@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::admin_ui::tap::{AdminMail, NamespaceCounts};
 use super::adapter::{node, AckTarget, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
@@ -147,6 +148,16 @@ impl ServerHandle {
     /// [`Pending::then`] there.
     pub fn flush(&self) -> Pending<()> {
         ask(&self.poster, |part| SioMail::Flush { part })
+    }
+
+    /// Every socket of this node, as the admin UI shows them (its development mode).
+    pub(crate) fn admin_sockets(&self) -> Pending<Vec<Value>> {
+        ask(&self.poster, |part| SioMail::Admin(AdminMail::Sockets { part }))
+    }
+
+    /// The sockets per namespace of this node (the admin UI's `server_stats`).
+    pub(crate) fn admin_namespaces(&self) -> Pending<NamespaceCounts> {
+        ask(&self.poster, |part| SioMail::Admin(AdminMail::Namespaces { part }))
     }
 
     /// Removes every socket of `nsp` from `room`.
