@@ -140,6 +140,19 @@ async function development(url) {
   out.adminSockets = stats.namespaces.find((n) => n.name === "/admin").socketsCount;
   out.transcript = normalize(a.log, names);
 
+  // A client on long-polling that upgrades: connected as "polling", then updated.
+  const p = io(url, { reconnection: false, forceNew: true });
+  await once(p, "connect");
+  const updated = () => a.log.find((e) => e[0] === "socket_updated" && e[1].id === p.id);
+  await until(updated, "socket_updated on upgrade");
+  out.upgrade = {
+    connected: a.log.find((e) => e[0] === "socket_connected" && e[1].id === p.id)[1].transport,
+    updated: normalize(updated().slice(1), new Map([[p.id, "<polling client>"]])),
+    query: Object.keys(a.log.find((e) => e[0] === "socket_connected" && e[1].id === p.id)[1].handshake.query).sort(),
+  };
+  p.close();
+  await until(() => a.has("socket_disconnected", "/", p.id), "the polling client's socket_disconnected");
+
   // Many clients at once (on every worker): the admin sees each connect and leave.
   const many = await Promise.all(Array.from({ length: 16 }, async () => {
     const s = io(url, opts());
@@ -228,6 +241,9 @@ test("admin UI, development mode: shardcast gives Node's transcript", async () =
   assert.equal(node.adminSockets, 1);
   assert.equal(ours.adminSockets, node.adminSockets);
   assert.deepEqual(ours.manyReasons, node.manyReasons);
+  assert.deepEqual(node.upgrade.connected, "polling");
+  assert.deepEqual(node.upgrade.updated, [{ id: "<polling client>", nsp: "/", transport: "websocket" }]);
+  assert.deepEqual(ours.upgrade, node.upgrade);
   assert.deepEqual(node.eventTypes, ["bytesIn", "bytesOut", "packetsIn", "packetsOut", "rawConnection", "rawDisconnection"]);
   assert.deepEqual(ours.eventTypes, node.eventTypes);
   if (WORKERS > 1) {
