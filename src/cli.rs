@@ -218,7 +218,7 @@ pub struct ServerOptions {
     /// `htpasswd -nbBC 10 "" PASSWORD | tr -d ':\n'` or any bcrypt tool), or `none` for no
     /// login at all (anyone who reaches the port can watch and disconnect every socket; a
     /// warning is logged). The UI runs in a browser on another origin: allow it with
-    /// --cors-origin (docs/operations.md, "Admin UI").
+    /// --cors-origin and --cors-credentials (docs/deploy.md, "The admin UI").
     #[arg(long, env = "SHARDCAST_ADMIN_UI_AUTH", value_name = "USER:HASH|none", value_parser = parse_admin_auth, hide_env_values = true)]
     pub admin_ui_auth: Option<crate::app::AdminAuth>,
     /// `production`: the UI gets the server stats only (nothing is done per socket or per

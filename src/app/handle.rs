@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::admin_ui::tap::{AdminMail, NamespaceCounts};
 use super::adapter::{node, AckTarget, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
+use super::admin_ui::tap::{AdminMail, NamespaceCounts};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
 use super::recovery::Recovery;

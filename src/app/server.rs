@@ -4,8 +4,8 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::admin_ui::{self, AdminUi};
 use super::adapter::{redis, Adapter, AdapterConfig, RedisConfig};
+use super::admin_ui::{self, AdminUi};
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};

@@ -164,7 +164,10 @@ impl Prepared {
     pub(crate) fn new(cfg: AdminUi, namespaces: &mut Namespaces, secure: bool, path: &str) -> Prepared {
         let auth = match &cfg.auth {
             AdminAuth::Disabled => {
-                tracing::warn!(namespace = cfg.namespace, "admin UI authentication is disabled: anyone who reaches the server can watch and disconnect every socket");
+                tracing::warn!(
+                    namespace = cfg.namespace,
+                    "admin UI authentication is disabled: anyone who reaches the server can watch and disconnect every socket"
+                );
                 None
             }
             AdminAuth::Basic { username, password_hash } => Some(auth::AuthThread::spawn(username.clone(), password_hash.clone())),

@@ -158,16 +158,9 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The host name (Node's `os.hostname()`).
+/// The host name (Node's `os.hostname()`), as the kernel holds it.
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: `buf` is writable for its whole length, which is what we pass.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return "localhost".to_string();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
@@ -206,10 +199,7 @@ mod tests {
                 {"timestamp": 5000, "type": "rawDisconnection", "subType": "transport close", "count": 1},
             ])
         );
-        assert_eq!(
-            first["namespaces"],
-            json!([{"name": "/", "socketsCount": 0}, {"name": "/admin", "socketsCount": 1}, {"name": "/dyn", "socketsCount": 2}])
-        );
+        assert_eq!(first["namespaces"], json!([{"name": "/", "socketsCount": 0}, {"name": "/admin", "socketsCount": 1}, {"name": "/dyn", "socketsCount": 2}]));
         let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["serverId", "hostname", "pid", "uptime", "clientsCount", "pollingClientsCount", "aggregatedEvents", "namespaces"]);
         // Nothing moved: no events.
