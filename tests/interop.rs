@@ -224,7 +224,7 @@ fn reference_server(js: &Path, env: &[(&str, &str)]) -> (KillOnDrop, String) {
 /// The admin UI's server side (`admin-ui.test.js`): socket.io-client does what the hosted
 /// `@socket.io/admin-ui` app does against Node's socket.io 4.8 with `instrument()` and against
 /// shardcast with `--admin-ui-auth` (2 workers, so the admin sees sockets of the other one), in
-/// development and production mode, and the transcripts must match. Both servers get the same
+/// development and production mode, and without a login, and the transcripts must match. Both servers get the same
 /// bcrypt hash (`$2a$`, cost 4 to keep the test fast).
 #[test]
 fn admin_ui_matches_node_instrument() {
@@ -234,9 +234,11 @@ fn admin_ui_matches_node_instrument() {
     let hash = bcrypt::hash_with_result(password, 4).expect("hash").format_for_version(bcrypt::Version::TwoA);
     let (_dev_ref, dev_ref) = reference_server(&js, &[("ADMIN_UI", "development"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]);
     let (_prod_ref, prod_ref) = reference_server(&js, &[("ADMIN_UI", "production"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]);
+    let (_open_ref, open_ref) = reference_server(&js, &[("ADMIN_UI", "production"), ("ADMIN_HASH", "none")]);
     let auth = format!("admin:{hash}");
     let dev = Server::start(&["--threads", "2", "--admin-ui-auth", &auth, "--admin-ui-mode", "development"]);
     let prod = Server::start_env(&["--threads", "2"], &[("SHARDCAST_ADMIN_UI_AUTH", &auth), ("SHARDCAST_ADMIN_UI_MODE", "production")]);
+    let open = Server::start(&["--threads", "1", "--admin-ui-auth", "none"]);
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
         .args(["--test", "--test-force-exit", "--test-reporter=spec", "admin-ui.test.js"])
@@ -244,6 +246,8 @@ fn admin_ui_matches_node_instrument() {
         .env("REFERENCE_PROD_URL", format!("http://{prod_ref}"))
         .env("SHARDCAST_URL", format!("http://{}", dev.addr))
         .env("SHARDCAST_PROD_URL", format!("http://{}", prod.addr))
+        .env("REFERENCE_OPEN_URL", format!("http://{open_ref}"))
+        .env("SHARDCAST_OPEN_URL", format!("http://{}", open.addr))
         .env("SHARDCAST_WORKERS", "2")
         .env("ADMIN_PASSWORD", password);
     run(cmd, "the admin UI comparison");

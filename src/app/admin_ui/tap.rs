@@ -11,6 +11,7 @@
 //! Must never: be called per packet when the admin UI is off or in production mode, or tell the
 //! admin namespace about its own sockets' events (Node does not either).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -68,13 +69,16 @@ pub(crate) fn answer(core: &WorkerCore, ctx: &Ctx<'_, SioMail>, m: AdminMail) {
     }
 }
 
-/// The development mode's per-worker settings.
+/// The development mode's settings, shared by every worker.
 #[derive(Debug)]
 pub struct Tap {
     /// The admin namespace.
     pub(crate) nsp: String,
     secure: bool,
     path: String,
+    /// Sockets connected to the admin namespace, on every worker. With none (and no other
+    /// node to tell), nothing is encoded or posted.
+    watchers: AtomicUsize,
 }
 
 fn now_ms() -> u64 {
@@ -83,7 +87,25 @@ fn now_ms() -> u64 {
 
 impl Tap {
     pub(crate) fn new(nsp: &str, secure: bool, path: &str) -> Tap {
-        Tap { nsp: nsp.to_string(), secure, path: path.to_string() }
+        Tap { nsp: nsp.to_string(), secure, path: path.to_string(), watchers: AtomicUsize::new(0) }
+    }
+
+    /// A socket joins (`+1`) or leaves (`-1`) namespace `nsp`: counted when it is the admin
+    /// namespace.
+    pub(crate) fn watch(&self, nsp: &str, joined: bool) {
+        if nsp == self.nsp {
+            if joined {
+                self.watchers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.watchers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether anyone may hear: an admin socket on some worker, or other nodes of a cluster
+    /// (whose admin sockets this node cannot count).
+    fn heard(&self, core: &WorkerCore) -> bool {
+        core.cluster.is_some() || self.watchers.load(Ordering::Relaxed) > 0
     }
 
     fn emit(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, event: &str, args: &[Value], attachments: Vec<Bytes>) {
@@ -94,6 +116,9 @@ impl Tap {
 
     /// `room_joined` (nsp, room, id, date).
     pub(crate) fn joined(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, room: &str) {
+        if !self.heard(core) {
+            return;
+        }
         let s = core.sockets.at(idx);
         let args = [json!(&*s.nsp), json!(room), json!(&*s.id), iso_date(now_ms())];
         self.emit(core, ctx, "room_joined", &args, Vec::new());
@@ -101,24 +126,36 @@ impl Tap {
 
     /// `room_left` (nsp, room, id, date).
     pub(crate) fn left(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, nsp: &str, room: &str, id: &str) {
+        if !self.heard(core) {
+            return;
+        }
         let args = [json!(nsp), json!(room), json!(id), iso_date(now_ms())];
         self.emit(core, ctx, "room_left", &args, Vec::new());
     }
 
     /// `socket_connected` (serialized socket, date).
     pub(crate) fn connected(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32) {
+        if !self.heard(core) {
+            return;
+        }
         let args = [self.serialize(core, ctx, idx), iso_date(now_ms())];
         self.emit(core, ctx, "socket_connected", &args, Vec::new());
     }
 
     /// `socket_disconnected` (nsp, id, reason, date).
     pub(crate) fn disconnected(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, nsp: &str, id: &str, reason: &str) {
+        if !self.heard(core) {
+            return;
+        }
         let args = [json!(nsp), json!(id), json!(reason), iso_date(now_ms())];
         self.emit(core, ctx, "socket_disconnected", &args, Vec::new());
     }
 
     /// `socket_updated` with `fields` besides `id` and `nsp`.
     pub(crate) fn updated(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, field: &str, value: Value) {
+        if !self.heard(core) {
+            return;
+        }
         let s = core.sockets.at(idx);
         let args = [json!({ "id": &*s.id, "nsp": &*s.nsp, field: value })];
         self.emit(core, ctx, "socket_updated", &args, Vec::new());
@@ -127,6 +164,9 @@ impl Tap {
     /// `event_received` (nsp, id, [event, ...args], date); binary arguments travel as
     /// attachments, as Node sends them.
     pub(crate) fn received(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, ev: &Event) {
+        if !self.heard(core) {
+            return;
+        }
         let s = core.sockets.at(idx);
         if *s.nsp == *self.nsp {
             return;
@@ -141,6 +181,9 @@ impl Tap {
     /// `event_sent` (nsp, id, [event, ...args], date). The hook sees binary arguments as
     /// placeholders without their bytes: they are sent as `null`.
     pub(crate) fn sent(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, event: &str, args: &[Value]) {
+        if !self.heard(core) {
+            return;
+        }
         let s = core.sockets.at(idx);
         if *s.nsp == *self.nsp {
             return;

@@ -229,6 +229,7 @@ impl SioWorker {
         let idx = core.new_socket(pc.client, &pc.nsp, pc.ns.clone(), pc.hs, ctx.worker(), identity);
         let tap = core.admin.clone();
         if let Some(tap) = &tap {
+            tap.watch(&pc.nsp, true);
             // Node's adapter tells `room_joined` for the socket's own room before the CONNECT.
             let id = core.sockets.at(idx).id.clone();
             tap.joined(core, ctx, idx, &id);

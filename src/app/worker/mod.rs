@@ -525,6 +525,7 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
         for room in rooms {
             tap.left(core, ctx, nsp, room, id);
         }
+        tap.watch(nsp, false);
     }
     if let Some((pid, id, nsp, rooms)) = keep {
         let data = core.sockets.get_mut(idx).and_then(|s| s.data.take());

@@ -15,8 +15,8 @@ const { io } = require("socket.io-client");
 
 const PASSWORD = process.env.ADMIN_PASSWORD;
 const TARGETS = {
-  node: { url: process.env.REFERENCE_URL, prod: process.env.REFERENCE_PROD_URL },
-  shardcast: { url: process.env.SHARDCAST_URL, prod: process.env.SHARDCAST_PROD_URL },
+  node: { url: process.env.REFERENCE_URL, prod: process.env.REFERENCE_PROD_URL, open: process.env.REFERENCE_OPEN_URL },
+  shardcast: { url: process.env.SHARDCAST_URL, prod: process.env.SHARDCAST_PROD_URL, open: process.env.SHARDCAST_OPEN_URL },
 };
 const WORKERS = Number(process.env.SHARDCAST_WORKERS || 1);
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
@@ -138,6 +138,7 @@ async function development(url) {
   const stats = a.stats[a.stats.length - 1];
   out.statsShape = statsShape(stats);
   out.adminSockets = stats.namespaces.find((n) => n.name === "/admin").socketsCount;
+  out.server = { serverId: stats.serverId, hostname: stats.hostname };
   out.transcript = normalize(a.log, names);
 
   // A client on long-polling that upgrades: connected as "polling", then updated.
@@ -241,6 +242,8 @@ test("admin UI, development mode: shardcast gives Node's transcript", async () =
   assert.equal(node.adminSockets, 1);
   assert.equal(ours.adminSockets, node.adminSockets);
   assert.deepEqual(ours.manyReasons, node.manyReasons);
+  // Same machine, so the same host name (Node's default serverId).
+  assert.deepEqual(ours.server, node.server);
   assert.deepEqual(node.upgrade.connected, "polling");
   assert.deepEqual(node.upgrade.updated, [{ id: "<polling client>", nsp: "/", transport: "websocket" }]);
   assert.deepEqual(ours.upgrade, node.upgrade);
@@ -261,4 +264,16 @@ test("admin UI, production mode: config and stats only, actions still work", asy
   ]);
   assert.deepEqual(ours.transcript, node.transcript);
   assert.deepEqual(ours.statsShape, node.statsShape);
+});
+
+test("admin UI without authentication (auth: false, --admin-ui-auth none): no login, no session", async () => {
+  const transcripts = [];
+  for (const url of [TARGETS.node.open, TARGETS.shardcast.open]) {
+    const a = admin(url, undefined);
+    await until(() => a.has("config"), "config");
+    transcripts.push(normalize(a.log, new Map([[a.id, "<admin>"]])));
+    a.close();
+  }
+  assert.deepEqual(transcripts[0], [["connect"], ["config", { supportedFeatures: ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT", "AGGREGATED_EVENTS"] }]]);
+  assert.deepEqual(transcripts[1], transcripts[0]);
 });
