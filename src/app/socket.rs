@@ -277,9 +277,11 @@ impl<'a, 'c> Socket<'a, 'c> {
     /// Sets the data [`Socket::shared_data`] returns.
     pub fn set_shared_data(&mut self, value: Value) {
         let (idx, gen) = (self.idx, self.gen);
-        if let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) {
-            s.shared = Some(value.clone());
-            if let Some(tap) = self.core.admin.clone() {
+        let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) else { return };
+        match self.core.admin.clone() {
+            None => s.shared = Some(value),
+            Some(tap) => {
+                s.shared = Some(value.clone());
                 tap.updated(self.core, self.ctx, idx, "data", value);
             }
         }
