@@ -232,6 +232,10 @@ pub struct ServerOptions {
     /// The admin UI's namespace (the UI's "Admin namespace" setting).
     #[arg(long, env = "SHARDCAST_ADMIN_UI_NAMESPACE", default_value = "/admin", requires = "admin_ui_auth")]
     pub admin_ui_namespace: String,
+    /// The name of this server in the admin UI's `server_stats` (default: the host name, as
+    /// Node): give each node of a cluster its own when several run on one host.
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_SERVER_ID", value_name = "NAME", requires = "admin_ui_auth")]
+    pub admin_ui_server_id: Option<String>,
 }
 
 /// `--admin-ui-mode`.
@@ -443,6 +447,7 @@ impl ServerOptions {
         let mut cfg = crate::app::AdminUi::new(auth).mode(mode);
         cfg.readonly = self.admin_ui_readonly;
         cfg.namespace = self.admin_ui_namespace.clone();
+        cfg.server_id = self.admin_ui_server_id.clone();
         Some(cfg)
     }
 

@@ -23,7 +23,8 @@
 //! Across a Redis cluster (as Node with `@socket.io/redis-adapter`): the broadcasts to the admin
 //! namespace and the actions reach every node, so an admin client sees every node's
 //! `server_stats` (one `serverId` each) and, in development mode, every node's socket events;
-//! `all_sockets` lists this node's sockets only.
+//! `all_sockets` lists this node's sockets only (`tests/cluster.rs`,
+//! `admin_ui_across_a_node_format_cluster`).
 //!
 //! Must never: cost anything per packet when off (nothing is installed: no check is added to
 //! the packet path; in production mode nothing per packet either), run bcrypt or wait on a
