@@ -5,16 +5,16 @@
 //! - The admin namespace (`/admin` by default) is an ordinary namespace added to the server: its
 //!   clients count against the same limits (slow consumer, send buffer, rate limits) as any.
 //! - `auth`: the UI's `{ type: "basic", username, password }` is checked against a bcrypt hash
-//!   on one thread of its own ([`auth`]), never on a worker; a success answers `session` with an
-//!   id the UI may reconnect with (at most [`auth::MAX_SESSIONS`] kept, the oldest forgotten).
+//!   on one thread of its own (`auth`), never on a worker; a success answers `session` with an
+//!   id the UI may reconnect with (at most 1,024 kept, the oldest forgotten).
 //!   A failure is Node's CONNECT_ERROR `{"message":"invalid credentials"}`.
 //! - On connect: `config` (`supportedFeatures`), and in development mode `all_sockets`.
-//! - `server_stats` every 2 s (as Node) from one thread ([`stats`]) that scrapes the workers'
+//! - `server_stats` every 2 s (as Node) from one thread (`stats`) that scrapes the workers'
 //!   own counters (the `/metrics` scrape: `rt::threads::Scraper`) and asks each worker for its
 //!   namespaces' socket counts (one mail per worker).
 //! - Development mode only (as Node): `socket_connected`, `socket_updated`, `room_joined`,
 //!   `room_left`, `socket_disconnected`, `event_received`, `event_sent`, emitted by the worker
-//!   that owns the socket ([`tap`]) as ordinary broadcasts to the admin namespace: encoded once,
+//!   that owns the socket (`tap`) as ordinary broadcasts to the admin namespace: encoded once,
 //!   posted to the other workers' mailboxes, so an admin client on worker 0 sees a socket of
 //!   worker 1.
 //! - The actions `emit`, `join`, `leave`, `_disconnect` (unless `readonly`) go through the
