@@ -18,7 +18,7 @@
 //!   posted to the other workers' mailboxes, so an admin client on worker 0 sees a socket of
 //!   worker 1.
 //! - The actions `emit`, `join`, `leave`, `_disconnect` (unless `readonly`) go through the
-//!   [`ServerHandle`](super::ServerHandle) (mailbox messages).
+//!   [`ServerHandle`] (mailbox messages).
 //!
 //! Across a Redis cluster (as Node with `@socket.io/redis-adapter`): the broadcasts to the admin
 //! namespace and the actions reach every node, so an admin client sees every node's
