@@ -186,7 +186,9 @@ impl Prepared {
             }
         }
         let admin = admin_namespace(&cfg, auth.as_ref().map(|a| a.sender()));
-        namespaces.fixed.insert(cfg.namespace.clone(), Arc::new(admin));
+        if namespaces.fixed.insert(cfg.namespace.clone(), Arc::new(admin)).is_some() {
+            tracing::warn!(namespace = cfg.namespace, "the admin UI's namespace replaces the application's namespace of the same name");
+        }
         Prepared { cfg, auth, tap }
     }
 
