@@ -10,6 +10,11 @@
 //! default window): each broadcast also gets an offset and is kept by both workers (the log
 //! reaches its cap of 100,000 packets and then drops its oldest), measured in the same run.
 //!
+//! And with the admin UI on (`--admin-ui-auth none`), in production mode (nothing per socket or
+//! per packet: the figure must match the plain one) and in development mode with no admin
+//! client watching (each recipient's `on_any_outgoing` hook runs, and the tap finds nobody to
+//! tell), in the same run.
+//!
 //! `cargo bench --bench broadcast`
 
 use std::io::{Read, Write};
@@ -18,7 +23,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use shardcast::app::{contract, RecoveryConfig, Server};
+use shardcast::app::{contract, AdminAuth, AdminMode, AdminUi, RecoveryConfig, Server};
 use shardcast::engine::EngineConfig;
 use shardcast::proto::eio::SessionConfig;
 use shardcast::proto::sio::encode;
@@ -64,7 +69,7 @@ fn connect_sockets(addr: SocketAddr) {
 }
 
 /// A server of 10,000 polling sockets, all in room `bench`.
-fn start_server(recovery: bool) -> shardcast::app::RunningServer {
+fn start_server(recovery: bool, admin: Option<AdminMode>) -> shardcast::app::RunningServer {
     let engine = EngineConfig {
         session: SessionConfig { ping_interval: Duration::from_secs(3600), ping_timeout: Duration::from_secs(3600), ..Default::default() },
         max_send_buffer: 1 << 30,
@@ -78,6 +83,10 @@ fn start_server(recovery: bool) -> shardcast::app::RunningServer {
         .backlog(1024)
         .worker(WorkerConfig { max_send_buffer: 1 << 30, ..Default::default() });
     let builder = if recovery { builder.recovery(RecoveryConfig::new(Duration::from_secs(120))) } else { builder };
+    let builder = match admin {
+        Some(mode) => builder.admin_ui(AdminUi::new(AdminAuth::Disabled).mode(mode)),
+        None => builder,
+    };
     let server = contract::app(builder).start().unwrap();
     connect_sockets(server.local_addr());
     let handle = server.handle();
@@ -89,8 +98,12 @@ fn start_server(recovery: bool) -> shardcast::app::RunningServer {
 }
 
 fn bench(c: &mut Criterion) {
-    let server = start_server(false);
-    let kept = start_server(true);
+    let server = start_server(false, None);
+    let kept = start_server(true, None);
+    let prod = start_server(false, Some(AdminMode::Production));
+    let dev = start_server(false, Some(AdminMode::Development));
+    let (prod_handle, prod_room) = (prod.handle(), prod.handle().of("/").to("bench"));
+    let (dev_handle, dev_room) = (dev.handle(), dev.handle().of("/").to("bench"));
     let handle = server.handle();
     let room = handle.of("/").to("bench");
     let (kept_handle, kept_room) = (kept.handle(), kept.handle().of("/").to("bench"));
@@ -112,6 +125,18 @@ fn bench(c: &mut Criterion) {
             kept_handle.flush().wait().unwrap()
         })
     });
+    g.bench_function("encode_once_and_deliver_admin_ui_production", |b| {
+        b.iter(|| {
+            prod_room.emit("tick", &payload).unwrap();
+            prod_handle.flush().wait().unwrap()
+        })
+    });
+    g.bench_function("encode_once_and_deliver_admin_ui_development_unwatched", |b| {
+        b.iter(|| {
+            dev_room.emit("tick", &payload).unwrap();
+            dev_handle.flush().wait().unwrap()
+        })
+    });
     g.bench_function("encode_only_10k_times", |b| {
         b.iter(|| {
             for _ in 0..SOCKETS {
@@ -122,6 +147,8 @@ fn bench(c: &mut Criterion) {
     g.finish();
     server.shutdown();
     kept.shutdown();
+    prod.shutdown();
+    dev.shutdown();
 }
 
 criterion_group!(benches, bench);

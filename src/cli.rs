@@ -228,6 +228,45 @@ pub struct ServerOptions {
     /// `createShardedAdapter` (Node format only).
     #[arg(long, env = "SHARDCAST_REDIS_SHARDED", requires = "redis")]
     pub redis_sharded: bool,
+    /// Serve `@socket.io/admin-ui` (the hosted UI, or a self-hosted copy) on its namespace, as
+    /// Node's `instrument()`: `USER:BCRYPT_HASH` (quote it: the hash holds `$`; make one with
+    /// `htpasswd -nbBC 10 "" PASSWORD | tr -d ':\n'` or any bcrypt tool), or `none` for no
+    /// login at all (anyone who reaches the port can watch and disconnect every socket; a
+    /// warning is logged). The UI runs in a browser on another origin: allow it with
+    /// --cors-origin and --cors-credentials (docs/deploy.md, "The admin UI").
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_AUTH", value_name = "USER:HASH|none", value_parser = parse_admin_auth, hide_env_values = true)]
+    pub admin_ui_auth: Option<crate::app::AdminAuth>,
+    /// `production`: the UI gets the server stats only (nothing is done per socket or per
+    /// packet); `development`: also every socket, its rooms and every event in and out (one
+    /// broadcast to the admin namespace each).
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_MODE", value_enum, default_value = "production", requires = "admin_ui_auth")]
+    pub admin_ui_mode: AdminUiModeArg,
+    /// The admin UI may only watch: no emit, join, leave or disconnect actions.
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_READONLY", requires = "admin_ui_auth")]
+    pub admin_ui_readonly: bool,
+    /// The admin UI's namespace (the UI's "Admin namespace" setting).
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_NAMESPACE", default_value = "/admin", requires = "admin_ui_auth")]
+    pub admin_ui_namespace: String,
+    /// The name of this server in the admin UI's `server_stats` (default: the host name, as
+    /// Node): give each node of a cluster its own when several run on one host.
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_SERVER_ID", value_name = "NAME", requires = "admin_ui_auth")]
+    pub admin_ui_server_id: Option<String>,
+}
+
+/// `--admin-ui-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdminUiModeArg {
+    Production,
+    Development,
+}
+
+/// `--admin-ui-auth`: `none`, or `USER:BCRYPT_HASH`.
+pub fn parse_admin_auth(s: &str) -> Result<crate::app::AdminAuth, String> {
+    if s == "none" {
+        return Ok(crate::app::AdminAuth::Disabled);
+    }
+    let (user, hash) = s.split_once(':').ok_or("expected USER:BCRYPT_HASH or none")?;
+    crate::app::AdminAuth::basic(user, hash).map_err(|e| e.to_string())
 }
 
 /// `--redis-format`.
@@ -427,6 +466,20 @@ impl ServerOptions {
             max_bytes: self.recovery_max_bytes,
             max_sockets: self.recovery_max_sockets,
         })
+    }
+
+    /// The admin UI, when `--admin-ui-auth` is set.
+    pub fn admin_ui(&self) -> Option<crate::app::AdminUi> {
+        let auth = self.admin_ui_auth.clone()?;
+        let mode = match self.admin_ui_mode {
+            AdminUiModeArg::Production => crate::app::AdminMode::Production,
+            AdminUiModeArg::Development => crate::app::AdminMode::Development,
+        };
+        let mut cfg = crate::app::AdminUi::new(auth).mode(mode);
+        cfg.readonly = self.admin_ui_readonly;
+        cfg.namespace = self.admin_ui_namespace.clone();
+        cfg.server_id = self.admin_ui_server_id.clone();
+        Some(cfg)
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {

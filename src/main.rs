@@ -214,6 +214,9 @@ fn serve_app(opts: &ServerOptions) -> ExitCode {
     }
     builder = builder.connect_timeout(std::time::Duration::from_millis(opts.connect_timeout)).socket_limits(opts.socket_limits());
     builder = builder.adapter(opts.adapter_config());
+    if let Some(cfg) = opts.admin_ui() {
+        builder = builder.admin_ui(cfg);
+    }
     let server = match contract::app(builder).start() {
         Ok(s) => s,
         Err(e) => {

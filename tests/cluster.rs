@@ -154,7 +154,7 @@ fn shardcast(name: &str, redis_url: &str, format: &str) -> (Proc, SocketAddr) {
     shardcast_with(name, redis_url, format, &[])
 }
 
-/// A shardcast node with `extra` flags (`--redis-relay`, `--redis-sharded`).
+/// A shardcast node with `extra` flags (`--redis-relay`, `--redis-sharded`, `--admin-ui-auth`).
 fn shardcast_with(name: &str, redis_url: &str, format: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
     cmd.args(extra);
@@ -700,4 +700,73 @@ fn acked_broadcasts_from_another_node_are_bounded_and_their_timeouts_clamped() {
     publish(&mut publisher, 10);
     assert!(ws.recv_eio().ends_with(r#"["ask",10]"#));
     server.shutdown();
+}
+
+/// The admin UI across a cluster, as Node's `instrument()` with `@socket.io/redis-adapter`: what
+/// a node emits to the admin namespace goes through Redis, so an admin client on node A gets
+/// both nodes' `server_stats` (each with its own `serverId`) and sees a socket connect to node
+/// B; its `_disconnect` action reaches that socket on B.
+#[test]
+fn admin_ui_across_a_node_format_cluster() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let admin_flags = |id: &'static str| ["--admin-ui-auth", "none", "--admin-ui-mode", "development", "--admin-ui-server-id", id];
+    let (_a, a_addr) = shardcast_with("shardcast-a", &url, "node", &admin_flags("node-a"));
+    let (_b, b_addr) = shardcast_with("shardcast-b", &url, "node", &admin_flags("node-b"));
+    wait_subscribed(port, "socket.io-request#/admin#", 2);
+    let open = |addr: SocketAddr| {
+        let mut ws = support::Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket", "");
+        ws.set_timeout(Duration::from_secs(5));
+        assert!(ws.recv_text().starts_with("0{"));
+        ws
+    };
+    let mut admin = open(a_addr);
+    admin.send_text("40/admin,");
+    let parse = |m: &str| -> (String, Vec<serde_json::Value>) {
+        let Some(at) = m.find('[') else { return (String::new(), Vec::new()) };
+        let Ok(serde_json::Value::Array(mut all)) = serde_json::from_str(&m[at..]) else { return (String::new(), Vec::new()) };
+        (all.remove(0).as_str().unwrap_or_default().to_string(), all)
+    };
+    // Both nodes' stats arrive (every 2 s each).
+    let mut servers = std::collections::BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while servers.len() < 2 {
+        assert!(Instant::now() < end, "server_stats seen from {servers:?} only");
+        let (name, args) = parse(&admin.recv_eio());
+        if name == "server_stats" {
+            servers.insert(args[0]["serverId"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(servers.into_iter().collect::<Vec<_>>(), ["node-a", "node-b"]);
+    // A socket connects to node B: the admin on node A sees it.
+    let mut client = open(b_addr);
+    client.send_text("40");
+    let connect = client.recv_eio();
+    let id = connect.split("\"sid\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let until = |admin: &mut support::Ws, want: &str, id: &str| {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < end, "no {want} for {id}");
+            let (name, args) = parse(&admin.recv_eio());
+            let about =
+                if name == "socket_connected" { args[0]["id"].as_str().map(str::to_string) } else { args.get(1).and_then(|v| v.as_str()).map(str::to_string) };
+            if name == want && about.as_deref() == Some(id) {
+                return args;
+            }
+        }
+    };
+    let connected = until(&mut admin, "socket_connected", &id);
+    assert_eq!(connected[0]["nsp"], "/");
+    // The admin's action, sent to node A, disconnects the socket on node B.
+    admin.send_text(&format!(r#"42/admin,["_disconnect","/",false,"{id}"]"#));
+    loop {
+        let m = client.recv_eio();
+        if m == "41" {
+            break;
+        }
+        assert!(m.starts_with("42"), "unexpected {m}");
+    }
+    let gone = until(&mut admin, "socket_disconnected", &id);
+    assert_eq!(gone[2], "server namespace disconnect");
 }

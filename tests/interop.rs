@@ -1,7 +1,8 @@
 //! The official clients against the real binary: `socket.io-client` 4.8 (Node) and
 //! `python-socketio` (Python), every CONTRACT row in three transport modes, 500 clients at
 //! once, rooms across 2 workers; and a packet-for-packet comparison with Node's own socket.io
-//! server running the same contract. The clients are installed by `scripts/test`; a missing
+//! server running the same contract, and the admin UI's protocol against Node's `instrument()`.
+//! The clients are installed by `scripts/test`; a missing
 //! one fails these tests, it never skips them.
 
 mod support;
@@ -204,4 +205,50 @@ fn recovery_packets_match_node_socket_io() {
         .env("REFERENCE_URL", format!("http://{ref_addr}"))
         .env("SHARDCAST_URL", format!("http://{}", s.addr));
     run(cmd, "the recovery wire comparison");
+}
+
+/// Starts Node's reference server with `env` and returns it with its address.
+fn reference_server(js: &Path, env: &[(&str, &str)]) -> (KillOnDrop, String) {
+    let mut child = Command::new("node")
+        .current_dir(js)
+        .arg("reference-server.js")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the reference server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    (KillOnDrop(child), line.trim().trim_start_matches("listening on ").to_string())
+}
+
+/// The admin UI's server side (`admin-ui.test.js`): socket.io-client does what the hosted
+/// `@socket.io/admin-ui` app does against Node's socket.io 4.8 with `instrument()` and against
+/// shardcast with `--admin-ui-auth` (2 workers, so the admin sees sockets of the other one), in
+/// development and production mode, and without a login, and the transcripts must match. Both servers get the same
+/// bcrypt hash (`$2a$`, cost 4 to keep the test fast).
+#[test]
+fn admin_ui_matches_node_instrument() {
+    let js = interop_dir().join("js");
+    require(&js.join("node_modules/@socket.io/admin-ui"), "@socket.io/admin-ui (Node's instrument())");
+    let password = "pw-of-the-admin";
+    let hash = bcrypt::hash_with_result(password, 4).expect("hash").format_for_version(bcrypt::Version::TwoA);
+    let (_dev_ref, dev_ref) = reference_server(&js, &[("ADMIN_UI", "development"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]);
+    let (_prod_ref, prod_ref) = reference_server(&js, &[("ADMIN_UI", "production"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]);
+    let (_open_ref, open_ref) = reference_server(&js, &[("ADMIN_UI", "production"), ("ADMIN_HASH", "none")]);
+    let auth = format!("admin:{hash}");
+    let dev = Server::start(&["--threads", "2", "--admin-ui-auth", &auth, "--admin-ui-mode", "development"]);
+    let prod = Server::start_env(&["--threads", "2"], &[("SHARDCAST_ADMIN_UI_AUTH", &auth), ("SHARDCAST_ADMIN_UI_MODE", "production")]);
+    let open = Server::start(&["--threads", "1", "--admin-ui-auth", "none"]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", "admin-ui.test.js"])
+        .env("REFERENCE_URL", format!("http://{dev_ref}"))
+        .env("REFERENCE_PROD_URL", format!("http://{prod_ref}"))
+        .env("SHARDCAST_URL", format!("http://{}", dev.addr))
+        .env("SHARDCAST_PROD_URL", format!("http://{}", prod.addr))
+        .env("REFERENCE_OPEN_URL", format!("http://{open_ref}"))
+        .env("SHARDCAST_OPEN_URL", format!("http://{}", open.addr))
+        .env("SHARDCAST_WORKERS", "2")
+        .env("ADMIN_PASSWORD", password);
+    run(cmd, "the admin UI comparison");
 }

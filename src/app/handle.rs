@@ -19,6 +19,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::adapter::{node, AckTarget, Adapter, ClusterStats, Outbound, Question, QuestionKind, Reply};
+use super::admin_ui::tap::{AdminMail, NamespaceCounts};
 use super::namespace::{Handshake, PartialResponses, Responses};
 use super::pending::{self, AckSink, Merge, Part, Pending, RoomNames};
 use super::recovery::Recovery;
@@ -158,6 +159,16 @@ impl ServerHandle {
     /// [`Pending::then`] there.
     pub fn flush(&self) -> Pending<()> {
         ask(&self.poster, |part| SioMail::Flush { part })
+    }
+
+    /// Every socket of this node, as the admin UI shows them (its development mode).
+    pub(crate) fn admin_sockets(&self) -> Pending<Vec<Value>> {
+        ask(&self.poster, |part| SioMail::Admin(AdminMail::Sockets { part }))
+    }
+
+    /// The sockets per namespace of this node (the admin UI's `server_stats`).
+    pub(crate) fn admin_namespaces(&self) -> Pending<NamespaceCounts> {
+        ask(&self.poster, |part| SioMail::Admin(AdminMail::Namespaces { part }))
     }
 
     /// Removes every socket of `nsp` from `room`.

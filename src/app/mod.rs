@@ -16,6 +16,8 @@
 //! - [`signal`]: waiting for SIGINT or SIGTERM in a library user's program.
 //! - [`adapter`]: the seam to the other nodes of a cluster (in-process by default; Redis in the
 //!   Node.js or python-socketio format).
+//! - [`admin_ui`]: the server side of `@socket.io/admin-ui` (opt-in): its namespace, login,
+//!   stats, and in development mode every socket's life told to it.
 //! - [`contract`]: the default application of `shared/CONTRACT.md`.
 //!
 //! Must never: see io_uring or raw bytes; it works through `engine::Ctx` and `proto::sio`.
@@ -23,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod admin_ui;
 pub mod contract;
 pub mod defer;
 pub mod handle;
@@ -35,6 +38,7 @@ pub mod signal;
 pub mod socket;
 pub mod worker;
 
+pub use admin_ui::{AdminAuth, AdminMode, AdminUi};
 pub use defer::{AckReply, ConnectDecision};
 pub use handle::{Emitted, HandleError, ServerHandle, SocketInfo};
 pub use limits::{JoinError, SocketLimits};

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::adapter::{redis, Adapter, AdapterConfig, RedisConfig};
+use super::admin_ui::{self, AdminUi};
 use super::handle::ServerHandle;
 use super::limits::SocketLimits;
 use super::namespace::{Namespace, Namespaces};
@@ -46,6 +47,7 @@ impl Server {
             allow_request: None,
             origin_predicate: None,
             connect_timeout: None,
+            admin_ui: None,
         }
     }
 }
@@ -67,6 +69,7 @@ pub struct ServerBuilder {
     allow_request: Option<crate::engine::AllowRequest>,
     origin_predicate: Option<crate::proto::http::OriginPredicate>,
     connect_timeout: Option<std::time::Duration>,
+    admin_ui: Option<AdminUi>,
 }
 
 impl ServerBuilder {
@@ -182,6 +185,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves `@socket.io/admin-ui` (its namespace, login, `server_stats`, and in development
+    /// mode every socket's life): what Node's `instrument(io, {...})` does. Off by default, and
+    /// nothing of it runs when off. See [`super::admin_ui`].
+    pub fn admin_ui(mut self, cfg: AdminUi) -> Self {
+        self.admin_ui = Some(cfg);
+        self
+    }
+
     /// Adds a namespace.
     pub fn namespace(mut self, name: &str, ns: Namespace) -> Self {
         self.namespaces.fixed.insert(name.to_string(), Arc::new(ns));
@@ -207,8 +218,11 @@ impl ServerBuilder {
         self.runtime.worker.max_read_buffer = crate::rt::WorkerConfig::read_buffer_for(self.engine.max_payload);
         let mut limits = self.limits;
         limits.max_packet_size = limits.max_packet_size.min(self.engine.max_payload);
+        let mut namespaces = self.namespaces;
+        let admin = self.admin_ui.map(|cfg| admin_ui::Prepared::new(cfg, &mut namespaces, self.runtime.worker.tls.is_some(), &self.engine.path));
+        let tap = admin.as_ref().and_then(admin_ui::Prepared::tap);
         let engine = Arc::new(self.engine);
-        let namespaces = Arc::new(self.namespaces);
+        let namespaces = Arc::new(namespaces);
         let socket_limits = self.socket_limits;
         let tls = self.runtime.worker.tls.clone();
         let (cluster, pending): (Option<Arc<dyn Adapter>>, _) = match self.adapter {
@@ -233,16 +247,20 @@ impl ServerBuilder {
             let worker = SioWorker::with_socket_limits(namespaces.clone(), limits, socket_limits)
                 .with_recovery(shared.clone(), workers)
                 .with_handle(handle)
-                .with_cluster(workers_cluster.clone());
+                .with_cluster(workers_cluster.clone())
+                .with_admin_ui(tap.clone());
             let worker = match connect_timeout {
                 Some(d) => worker.with_connect_timeout(d),
                 None => worker,
             };
             EioServer::new(Rc::new((*engine).clone()), worker)
         })?;
+        let mut fixed: Vec<String> = adapter_namespaces.fixed.keys().cloned().collect();
+        fixed.sort_unstable();
         let adapter_thread = pending.map(|p| p.spawn(rt.poster(), adapter_namespaces));
         let handle = ServerHandle::new(rt.poster(), cluster).with_recovery(recovery);
-        Ok(RunningServer { rt, handle, adapter_thread, tls })
+        let admin_ui = admin.map(|a| a.start(rt.scraper(), handle.clone(), fixed));
+        Ok(RunningServer { rt, handle, adapter_thread, tls, admin_ui })
     }
 }
 
@@ -261,6 +279,7 @@ pub struct RunningServer {
     handle: ServerHandle,
     adapter_thread: Option<redis::RedisThread>,
     tls: Option<Tls>,
+    admin_ui: Option<admin_ui::Running>,
 }
 
 impl RunningServer {
@@ -303,6 +322,9 @@ impl RunningServer {
 
     /// Closes every session politely and waits for the workers to exit.
     pub fn shutdown(mut self) {
+        if let Some(a) = self.admin_ui.take() {
+            a.stop();
+        }
         if let Some(mut t) = self.adapter_thread.take() {
             t.stop();
         }

@@ -99,7 +99,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return;
         }
-        self.core.outgoing(self.idx, event, args);
+        self.core.outgoing(self.ctx, self.idx, event, args);
         // With connection state recovery, an emit to one socket is kept and carries an offset
         // too (Node sends it through the adapter to the socket's own room).
         if let Some(offset) = self.core.stamp(flags) {
@@ -150,7 +150,7 @@ impl<'a, 'c> Socket<'a, 'c> {
         let deadline = self.ctx.now() + timeout;
         match self.core.add_ack(self.idx, deadline, Box::new(cb)) {
             Ok(id) => {
-                self.core.outgoing(self.idx, event, args);
+                self.core.outgoing(self.ctx, self.idx, event, args);
                 let enc = encode::event(self.nsp(), event, args, Some(id), attachments);
                 self.core.send_to(self.ctx, self.idx, &enc, SendFlags::default());
             }
@@ -207,13 +207,13 @@ impl<'a, 'c> Socket<'a, 'c> {
         if !self.alive() {
             return Err(JoinError::NotConnected);
         }
-        self.core.join(self.idx, room)
+        self.core.join_noted(self.ctx, self.idx, room)
     }
 
     /// Leaves a room.
     pub fn leave(&mut self, room: &str) {
         if self.alive() {
-            self.core.leave(self.idx, room);
+            self.core.leave_noted(self.ctx, self.idx, room);
         }
     }
 
@@ -277,8 +277,20 @@ impl<'a, 'c> Socket<'a, 'c> {
     /// Sets the data [`Socket::shared_data`] returns.
     pub fn set_shared_data(&mut self, value: Value) {
         let (idx, gen) = (self.idx, self.gen);
-        if let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) {
-            s.shared = Some(value);
+        let Some(s) = self.core.sockets.get_mut(idx).filter(|s| s.gen == gen) else { return };
+        match self.core.admin.clone() {
+            None => s.shared = Some(value),
+            Some(tap) => {
+                s.shared = Some(value.clone());
+                tap.updated(self.core, self.ctx, idx, "data", value);
+            }
+        }
+    }
+
+    /// Tells the admin UI (development mode) about an incoming event: its namespace hook.
+    pub(crate) fn admin_received(&mut self, ev: &super::namespace::Event) {
+        if let Some(tap) = self.core.admin.clone() {
+            tap.received(self.core, self.ctx, self.idx, ev);
         }
     }
 

@@ -256,6 +256,8 @@ pub trait Handler: 'static {
     }
     /// The server is shutting down.
     fn on_shutdown(&mut self, _ctx: &mut Ctx<'_, Self::Mail>) {}
+    /// A polling session finished its upgrade: WebSocket is its transport from now on.
+    fn on_upgrade(&mut self, _ctx: &mut Ctx<'_, Self::Mail>, _session: SessionId) {}
     /// A scrape: add the handler's counters and gauges (the engine's are already in `out`).
     fn metrics(&self, _out: &mut crate::rt::metrics::WorkerMetrics) {}
     /// Whether a WebSocket upgrade on `path` (any path but the Engine.IO one) is served as a

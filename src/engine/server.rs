@@ -160,6 +160,10 @@ impl<H: Handler> EioServer<H> {
                 if let Some(poll) = parked {
                     self.answer_poll(io, poll, vec![noop().clone()]);
                 }
+                self.core.rearm(h);
+                let mut ctx = Self::ctx(&mut self.core, io);
+                self.handler.on_upgrade(&mut ctx, h);
+                return;
             }
             Action::AbortUpgrade => {
                 // The reference closes the probe with `ws.close()`: a close frame without a

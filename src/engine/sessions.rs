@@ -279,6 +279,11 @@ impl<M> Ctx<'_, M> {
         self.core.sessions.get(session).map(|e| &e.sid)
     }
 
+    /// The current transport of a session of this worker.
+    pub fn transport(&self, session: SessionId) -> Option<crate::proto::eio::Transport> {
+        self.core.sessions.get(session).map(|e| e.session.transport())
+    }
+
     /// Sends one packet to a session.
     pub fn send(&mut self, session: SessionId, p: &SharedPacket, flags: SendFlags) -> Result<(), SendFailure> {
         self.core.send(self.io, session, p, flags)?;

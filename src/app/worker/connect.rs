@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::retain::Restored;
 use super::{guard, guarded, now_ms, refuse, RecoveryMail, SioMail, SioWorker};
+use crate::app::admin_ui::auth::EmitFirst;
 use crate::app::defer::{ConnectDecision, Verdict};
 use crate::app::namespace::{Gate, Handshake, Namespace};
 use crate::engine::{Ctx, SendFlags, SessionId};
@@ -225,9 +226,24 @@ impl SioWorker {
             data = r.data.or(data);
             identity = Some((r.id, r.pid));
         }
+        // What the admin UI's login emits before the CONNECT (its `session`), as Node's
+        // middleware does.
+        if let Some(first) = data.as_ref().and_then(|d| d.downcast_ref::<EmitFirst>()) {
+            for p in encode::event(&pc.nsp, first.event, &first.args, None, Vec::new()).packets() {
+                let _ = ctx.send(pc.client, p, SendFlags::default());
+            }
+            data = None;
+        }
         let idx = core.new_socket(pc.client, &pc.nsp, pc.ns.clone(), pc.hs, ctx.worker(), identity);
+        let tap = core.admin.clone();
+        if let Some(tap) = &tap {
+            tap.watch(&pc.nsp, true);
+            // Node's adapter tells `room_joined` for the socket's own room before the CONNECT.
+            let id = core.sockets.at(idx).id.clone();
+            tap.joined(core, ctx, idx, &id);
+        }
         for room in &rooms {
-            if let Err(e) = core.join(idx, room) {
+            if let Err(e) = core.join_noted(ctx, idx, room) {
                 tracing::debug!(room, error = %e, "a recovered room was refused");
             }
         }
@@ -240,6 +256,9 @@ impl SioWorker {
             None => encode::connect(&pc.nsp, &s.id),
         };
         core.send_to(ctx, idx, &enc, SendFlags::default());
+        if let Some(tap) = &tap {
+            tap.connected(core, ctx, idx);
+        }
         if let Some(h) = pc.ns.on_connection.clone() {
             guarded(core, ctx, idx, "connection handler", |s| h(s));
         }

@@ -146,6 +146,8 @@ pub enum SioMail {
     Deferred(crate::app::defer::DeferredMail),
     /// Connection state recovery between workers: a client came back on another worker.
     Recovery(RecoveryMail),
+    /// A question of the admin UI (`admin_ui`).
+    Admin(crate::app::admin_ui::tap::AdminMail),
     /// To a broadcast's origin: one recipient's answer.
     AckAnswer {
         /// The broadcast's ack id.
@@ -198,7 +200,7 @@ impl WorkerCore {
             if self.sockets.at(first).ns.any_outgoing.is_some() {
                 if let Some((event, args)) = decode_event(&b.packet) {
                     for &idx in &targets {
-                        self.outgoing(idx, &event, &args);
+                        self.outgoing(ctx, idx, &event, &args);
                     }
                 }
             }
@@ -332,7 +334,7 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
         SioMail::Join { sel, rooms } => {
             for idx in core.select(&sel) {
                 for r in rooms.iter() {
-                    if let Err(e) = core.join(idx, r) {
+                    if let Err(e) = core.join_noted(ctx, idx, r) {
                         tracing::debug!(room = %r, error = %e, "a server-side join was refused");
                     }
                 }
@@ -341,7 +343,7 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
         SioMail::Leave { sel, rooms } => {
             for idx in core.select(&sel) {
                 for r in rooms.iter() {
-                    core.leave(idx, r);
+                    core.leave_noted(ctx, idx, r);
                 }
             }
         }
@@ -356,7 +358,7 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
                 }
             }
         }
-        SioMail::Deferred(_) | SioMail::Recovery(_) => unreachable!("handled by the worker before apply"),
+        SioMail::Deferred(_) | SioMail::Recovery(_) | SioMail::Admin(_) => unreachable!("handled by the worker before apply"),
         SioMail::Flush { part } => part.answer(()),
         SioMail::Count { sel, part } => part.answer(core.select(&sel).len()),
         SioMail::Fetch { sel, part } => {

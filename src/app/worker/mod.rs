@@ -42,7 +42,7 @@ pub(crate) use acks::next_handle_broadcast_id;
 
 use super::adapter::Adapter;
 use super::handle::{ServerHandle, SocketInfo};
-use super::limits::{self, SocketLimits};
+use super::limits::{self, JoinError, SocketLimits};
 use super::namespace::{AckCallback, AckTimeout, DisconnectReason, Event, Handshake, Namespaces, PartialResponses};
 use super::socket::Socket;
 use acks::{Acks, HandleAcks, PendingAck};
@@ -111,7 +111,22 @@ pub struct WorkerCore {
     /// this worker handed one to: plain integers, read when the worker is scraped.
     pub(crate) broadcasts: u64,
     pub(crate) deliveries: u64,
+    /// Engine.IO sessions opened and closed (by reason, in [`CLOSE_REASONS`] order) here.
+    sessions_opened: u64,
+    sessions_closed: [u64; 6],
+    /// The admin UI in development mode: told about every socket's life (`admin_ui::tap`).
+    pub(crate) admin: Option<Arc<crate::app::admin_ui::Tap>>,
 }
+
+/// The Engine.IO close reasons, in the order `WorkerCore::sessions_closed` counts them.
+const CLOSE_REASONS: [CloseReason; 6] = [
+    CloseReason::TransportClose,
+    CloseReason::PingTimeout,
+    CloseReason::TransportError,
+    CloseReason::ForcedClose,
+    CloseReason::ParseError,
+    CloseReason::ServerShutdown,
+];
 
 /// Counters of what this worker's Socket.IO layer refused or cut.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +186,9 @@ impl SioWorker {
                 store: None,
                 broadcasts: 0,
                 deliveries: 0,
+                sessions_opened: 0,
+                sessions_closed: [0; 6],
+                admin: None,
             },
         }
     }
@@ -184,6 +202,12 @@ impl SioWorker {
     /// With connection state recovery (`Some`), shared by the `workers` workers of a server.
     pub fn with_recovery(mut self, recovery: Option<Arc<super::recovery::Recovery>>, workers: usize) -> SioWorker {
         self.core.store = recovery.map(|r| retain::Store::new(r, workers));
+        self
+    }
+
+    /// Tells the admin UI's namespace about every socket's life (development mode).
+    pub fn with_admin_ui(mut self, tap: Option<Arc<crate::app::admin_ui::Tap>>) -> SioWorker {
+        self.core.admin = tap;
         self
     }
 
@@ -247,13 +271,55 @@ impl WorkerCore {
         self.store.as_ref().filter(|_| !flags.volatile).map(|s| s.shared.offset())
     }
 
-    /// Tells the namespace's `on_any_outgoing` hook, if any, about an event for socket `idx`.
-    pub(crate) fn outgoing(&self, idx: u32, event: &str, args: &[Value]) {
+    /// Tells the namespace's `on_any_outgoing` hook, if any, about an event for socket `idx`
+    /// (and, in the admin UI's development mode, which installs such a hook, the admin
+    /// namespace).
+    pub(crate) fn outgoing(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, event: &str, args: &[Value]) {
         let s = self.sockets.at(idx);
         if let Some(hook) = &s.ns.any_outgoing {
             let o = super::namespace::Outgoing { socket: &s.id, nsp: &s.nsp, event, args };
             let _ = guard::catch("outgoing hook", &s.id, || hook(&o));
+            if let Some(tap) = self.admin.clone() {
+                tap.sent(self, ctx, idx, event, args);
+            }
         }
+    }
+
+    /// [`join`](Self::join), told to the admin UI (development mode) when the socket was not
+    /// in the room.
+    pub(crate) fn join_noted(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, room: &str) -> Result<(), JoinError> {
+        let Some(tap) = self.admin.clone() else { return self.join(idx, room) };
+        let new = !self.sockets.at(idx).rooms.contains(room);
+        self.join(idx, room)?;
+        if new {
+            tap.joined(self, ctx, idx, room);
+        }
+        Ok(())
+    }
+
+    /// [`leave`](Self::leave), told to the admin UI (development mode) when the socket was in
+    /// the room.
+    pub(crate) fn leave_noted(&mut self, ctx: &mut Ctx<'_, SioMail>, idx: u32, room: &str) {
+        let Some(tap) = self.admin.clone() else { return self.leave(idx, room) };
+        let was = self.sockets.at(idx).rooms.contains(room);
+        self.leave(idx, room);
+        if was {
+            let s = self.sockets.at(idx);
+            let (nsp, id) = (s.nsp.clone(), s.id.clone());
+            tap.left(self, ctx, &nsp, room, &id);
+        }
+    }
+
+    /// The connected sockets of this worker (the admin UI's `all_sockets`).
+    pub(crate) fn connected_slots(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.rooms.nsps.values().flat_map(|ns| ns.members.iter().copied()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Each namespace with a socket here, and how many.
+    pub(crate) fn namespace_sizes(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.rooms.nsps.iter().map(|(n, ns)| (&**n, ns.members.len()))
     }
 
     /// Charges one incoming event of `size` bytes to socket `idx`'s rate limits; false (and
@@ -444,9 +510,27 @@ pub(crate) fn remove_socket(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, i
         }
         _ => None,
     };
+    // The admin UI hears `socket_disconnected` before the disconnect handler runs, then
+    // `room_left` for each room, its own first (Node's order).
+    let admin = core.admin.clone().map(|tap| {
+        let s = core.sockets.at(idx);
+        let mut rooms: Vec<String> = s.rooms.iter().filter(|r| ***r != *s.id).map(|r| r.to_string()).collect();
+        rooms.sort_unstable();
+        rooms.insert(0, s.id.to_string());
+        (tap, s.nsp.to_string(), s.id.to_string(), rooms)
+    });
     core.detach(idx);
+    if let Some((tap, nsp, id, _)) = &admin {
+        tap.disconnected(core, ctx, nsp, id, reason.as_str());
+    }
     if let Some(h) = core.sockets.at(idx).ns.on_disconnect.clone() {
         guarded(core, ctx, idx, "disconnect handler", |s| h(s, reason));
+    }
+    if let Some((tap, nsp, id, rooms)) = &admin {
+        for room in rooms {
+            tap.left(core, ctx, nsp, room, id);
+        }
+        tap.watch(nsp, false);
     }
     if let Some((pid, id, nsp, rooms)) = keep {
         let data = core.sockets.get_mut(idx).and_then(|s| s.data.take());
@@ -646,6 +730,7 @@ impl Handler for SioWorker {
         );
         let deadline = ctx.now() + self.core.connect_timeout;
         self.core.connect_due.push(deadline, sid);
+        self.core.sessions_opened += 1;
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, text: &mut [u8]) {
@@ -683,6 +768,9 @@ impl Handler for SioWorker {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, reason: CloseReason) {
+        if let Some(i) = CLOSE_REASONS.iter().position(|&r| r == reason) {
+            self.core.sessions_closed[i] += 1;
+        }
         let Some(client) = self.core.sockets.clients.get(&sid) else { return };
         let reason = client.closing_reason.unwrap_or(match reason {
             CloseReason::TransportClose => DisconnectReason::TransportClose,
@@ -703,12 +791,25 @@ impl Handler for SioWorker {
         match mail {
             SioMail::Deferred(d) => self.deferred(ctx, d.0),
             SioMail::Recovery(m) => self.recovery_mail(ctx, m),
+            SioMail::Admin(m) => crate::app::admin_ui::tap::answer(&self.core, ctx, m),
             mail => mail::apply(&mut self.core, ctx, mail),
+        }
+    }
+
+    fn on_upgrade(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId) {
+        if let Some(tap) = self.core.admin.clone() {
+            for idx in self.core.sockets.of_client(sid) {
+                tap.updated(&mut self.core, ctx, idx, "transport", Value::from("websocket"));
+            }
         }
     }
 
     fn metrics(&self, out: &mut crate::rt::metrics::WorkerMetrics) {
         let core = &self.core;
+        out.counter("shardcast_sessions_opened_total", "Engine.IO sessions opened.", &[], core.sessions_opened);
+        for (reason, n) in CLOSE_REASONS.iter().zip(core.sessions_closed) {
+            out.counter("shardcast_sessions_closed_total", "Engine.IO sessions closed, by reason.", &[("reason", reason.as_str())], n);
+        }
         let w = out.worker.to_string();
         let worker = [("worker", w.as_str())];
         out.gauge("shardcast_namespaces", "Namespaces with at least one socket on this worker.", &worker, core.rooms.nsps.len() as u64);

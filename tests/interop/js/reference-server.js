@@ -1,5 +1,6 @@
 // shared/CONTRACT.md on Node's own socket.io 4.8: the reference the interop suite is checked
 // against (`node reference-server.js [port]` prints "listening on 127.0.0.1:PORT").
+// With ADMIN_UI set it serves @socket.io/admin-ui (below).
 // With REDIS_URL set it joins a cluster through @socket.io/redis-adapter (the cluster tests and
 // benchmark; REDIS_SHARDED=1 for its sharded adapter), and prints "redis ready" each time its
 // Redis clients (re)connect.
@@ -46,6 +47,16 @@ function contract(nsp) {
 }
 contract(io.of("/"));
 contract(io.of("/custom"));
+
+// ADMIN_UI=production|development serves @socket.io/admin-ui as `--admin-ui-mode` does, with
+// ADMIN_USER and ADMIN_HASH (a bcrypt hash) as `--admin-ui-auth USER:HASH`, or ADMIN_HASH=none.
+if (process.env.ADMIN_UI) {
+  const { instrument } = require("@socket.io/admin-ui");
+  instrument(io, {
+    auth: process.env.ADMIN_HASH === "none" ? false : { type: "basic", username: process.env.ADMIN_USER, password: process.env.ADMIN_HASH },
+    mode: process.env.ADMIN_UI,
+  });
+}
 
 async function withRedis() {
   const { createClient } = require("redis");

@@ -1,0 +1,111 @@
+//! The admin UI's development mode against the library server on the wire (raw WebSockets):
+//! the user's own `on_any` and `on_any_outgoing` hooks keep running beside the admin UI's, data
+//! a handler shares is told as `socket_updated`, and a binary event reaches the admin client as
+//! a binary `event_received` with its attachment. (`tests/interop.rs`,
+//! `admin_ui_matches_node_instrument`, compares the whole protocol with Node's.)
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardcast::app::{AdminAuth, AdminMode, AdminUi, Namespace, RunningServer, Server};
+use support::Ws;
+
+fn start(ns: Namespace) -> RunningServer {
+    Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(false)
+        .io(support::test_io())
+        .namespace("/", ns)
+        .admin_ui(AdminUi::new(AdminAuth::Disabled).mode(AdminMode::Development))
+        .start()
+        .expect("server starts")
+}
+
+fn open(server: &RunningServer) -> Ws {
+    let mut ws = Ws::connect(server.local_addr(), "/socket.io/?EIO=4&transport=websocket", "");
+    ws.set_timeout(Duration::from_secs(5));
+    assert!(ws.recv_text().starts_with("0{"));
+    ws
+}
+
+/// The admin client's next text message that is not `server_stats` (emitted every 2 s).
+fn next_admin(admin: &mut Ws) -> String {
+    loop {
+        let m = admin.recv_eio();
+        if !m.contains("\"server_stats\"") {
+            return m;
+        }
+    }
+}
+
+/// The event name and arguments of `42/admin,[...]` (or `451-/admin,[...]`).
+fn event(m: &str) -> (String, Vec<Value>) {
+    let json = &m[m.find('[').unwrap_or_else(|| panic!("no event in {m:?}"))..];
+    let Value::Array(mut all) = serde_json::from_str(json).unwrap() else { panic!("{m}") };
+    let name = all.remove(0).as_str().unwrap().to_string();
+    (name, all)
+}
+
+#[test]
+fn user_hooks_keep_running_shared_data_is_told_and_binary_events_keep_their_bytes() {
+    let seen_in = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_out = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (i, o) = (seen_in.clone(), seen_out.clone());
+    let ns = Namespace::new()
+        .on_connection(|s| s.set_shared_data(json!({ "user": "u1" })))
+        .on_any(move |_, ev| i.lock().unwrap().push(ev.name.clone()))
+        .on_any_outgoing(move |out| o.lock().unwrap().push(out.event.to_string()))
+        .on("hello", |s, ev| s.emit("back", &ev.args));
+    let server = start(ns);
+
+    let mut admin = open(&server);
+    admin.send_text("40/admin,");
+    let mut names = Vec::new();
+    while names.last().map(String::as_str) != Some("all_sockets") {
+        let m = next_admin(&mut admin);
+        names.push(if m.starts_with("40/admin,") { "CONNECT".to_string() } else { event(&m).0 });
+    }
+    assert_eq!(names, ["room_joined", "CONNECT", "socket_connected", "config", "all_sockets"]);
+
+    let mut client = open(&server);
+    client.send_text("40");
+    let sid = client.recv_eio();
+    let id = sid.split("\"sid\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let (e, args) = event(&next_admin(&mut admin));
+    assert_eq!((e.as_str(), &args[..2]), ("room_joined", &[json!("/"), json!(id)][..]));
+    let (e, args) = event(&next_admin(&mut admin));
+    assert_eq!(e, "socket_connected");
+    assert_eq!((&args[0]["id"], &args[0]["data"], &args[0]["rooms"]), (&json!(id), &json!({}), &json!([id])));
+    let (e, args) = event(&next_admin(&mut admin));
+    assert_eq!((e.as_str(), &args[0]), ("socket_updated", &json!({ "id": id, "nsp": "/", "data": { "user": "u1" } })));
+
+    client.send_text(r#"42["hello","x"]"#);
+    assert_eq!(client.recv_eio(), r#"42["back","x"]"#);
+    let (e, args) = event(&next_admin(&mut admin));
+    assert_eq!((e.as_str(), &args[..3]), ("event_received", &[json!("/"), json!(id), json!(["hello", "x"])][..]));
+    let (e, args) = event(&next_admin(&mut admin));
+    assert_eq!((e.as_str(), &args[..3]), ("event_sent", &[json!("/"), json!(id), json!(["back", "x"])][..]));
+
+    // A binary event: the admin gets it with the same bytes, as a binary packet of its own.
+    client.send_text(r#"451-["bin",{"_placeholder":true,"num":0}]"#);
+    client.send_binary(&[1, 2, 3]);
+    let head = next_admin(&mut admin);
+    assert!(head.starts_with("451-/admin,"), "{head}");
+    let (e, args) = event(&head);
+    assert_eq!((e.as_str(), &args[2]), ("event_received", &json!(["bin", {"_placeholder": true, "num": 0}])));
+    let bytes = admin.recv().expect("the attachment");
+    assert_eq!((bytes.opcode, bytes.payload), (2, vec![1, 2, 3]), "the attachment, a binary message");
+
+    // The user's hooks saw what they see without the admin UI (the admin client may hear of
+    // `bin` before the client's worker has run the user's hook: one more round trip on the
+    // client orders them).
+    client.send_text(r#"42["hello","y"]"#);
+    assert_eq!(client.recv_eio(), r#"42["back","y"]"#);
+    assert_eq!(seen_in.lock().unwrap().clone(), ["hello", "bin", "hello"]);
+    assert_eq!(seen_out.lock().unwrap().clone(), ["back", "back"]);
+    server.shutdown();
+}
