@@ -1,9 +1,9 @@
 # Shared by the bench/ scripts (sourced, not run).
 
-# Waits up to 10 s for a server to accept connections on 127.0.0.1:$1; $2 names it if it does
-# not.
+# Waits up to $3 tenths of a second (default 100: 10 s) for a server to accept connections on
+# 127.0.0.1:$1; $2 names it if it does not.
 wait_listening() {
-  for _ in $(seq 100); do
+  for _ in $(seq "${3:-100}"); do
     (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
     sleep 0.1
   done

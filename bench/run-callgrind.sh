@@ -15,15 +15,7 @@ LT=target/release/shardcast-loadtest
 [ -x "$LT" ] || cargo build --release -p shardcast-loadtest
 mkdir -p "$OUT"
 ulimit -n 20000
-
-wait_listening() {
-  for _ in $(seq 600); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "server on $1 did not start" >&2
-  return 1
-}
+. bench/common.sh
 
 # run SCENARIO WHICH(a|b) ROUND MSGS(load|zero)
 run() {
@@ -34,7 +26,7 @@ run() {
   taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.cg" "$bin" --bind 127.0.0.1:$port --threads 1 --no-pin \
     --ping-interval 25000 --ping-timeout 20000 >"$OUT/$name.server.log" 2>&1 &
   pid=$!
-  wait_listening $port
+  wait_listening $port "$bin under valgrind" 600
   case $scen in
     fanout-1k)
       rate=10; [ "$msgs" = zero ] && rate=0

@@ -608,16 +608,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
     if count == 0 {
         return Ok(());
     }
-    match within(pipe.query_async::<()>(conn)).await {
-        Ok(()) => {
-            Counters::add(&n.counters.published, count);
-            Ok(())
-        }
-        Err(e) => {
-            Counters::add(&n.counters.not_delivered, count);
-            Err(e)
-        }
-    }
+    send_counted(pipe, conn, &n.counters, count).await
 }
 
 /// Asks every other node `q` (Node format): as many answers are expected as the request
@@ -1122,6 +1113,13 @@ fn queue_relay(n: &mut Node, prefix: &str, from_python: bool, b: &Broadcast) {
     n.relays.push(copy);
 }
 
+/// Sends a pipeline of `count` messages, counting them published or not delivered.
+async fn send_counted(pipe: redis::Pipeline, conn: &mut redis::aio::MultiplexedConnection, counters: &Counters, count: u64) -> redis::RedisResult<()> {
+    let result = within(pipe.query_async::<()>(conn)).await;
+    Counters::add(if result.is_ok() { &counters.published } else { &counters.not_delivered }, count);
+    result
+}
+
 /// Publishes the queued relayed copies as one pipeline, in the order they were heard.
 async fn publish_relays(n: &mut Node, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
@@ -1129,16 +1127,7 @@ async fn publish_relays(n: &mut Node, conn: &mut redis::aio::MultiplexedConnecti
     for (channel, payload) in n.relays.drain(..) {
         pipe.publish(channel, payload).ignore();
     }
-    match within(pipe.query_async::<()>(conn)).await {
-        Ok(()) => {
-            Counters::add(&n.counters.published, count);
-            Ok(())
-        }
-        Err(e) => {
-            Counters::add(&n.counters.not_delivered, count);
-            Err(e)
-        }
-    }
+    send_counted(pipe, conn, &n.counters, count).await
 }
 
 /// The shared part of a message posted to the workers; the workers are done with it once this
