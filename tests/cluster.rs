@@ -605,7 +605,7 @@ fn python_format_handle_requests_reach_python_socketio() {
 }
 
 /// Another node's acked broadcasts hold this node's answers open until their acks come or
-/// their timeout passes: at most `queue` are in progress, the rest are dropped and counted, and
+/// their timeout passes: at most `max_answers` are in progress, the rest are dropped and counted, and
 /// a timeout longer than this node's request timeout is cut to it (so the places come back).
 #[test]
 fn acked_broadcasts_from_another_node_are_bounded_and_their_timeouts_clamped() {
@@ -620,7 +620,7 @@ fn acked_broadcasts_from_another_node_are_bounded_and_their_timeouts_clamped() {
         .threads(1)
         .pin(false)
         .io(support::test_io())
-        .redis(RedisConfig { queue: 4, request_timeout: Duration::from_secs(1), ..RedisConfig::new(&url) })
+        .redis(RedisConfig { max_answers: 4, request_timeout: Duration::from_secs(1), ..RedisConfig::new(&url) })
         .start()
         .expect("start the node");
     let h = server.handle();

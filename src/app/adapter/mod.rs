@@ -210,6 +210,10 @@ pub struct RedisConfig {
     /// Messages waiting for the adapter thread, at most, and messages from other nodes the
     /// workers have not handled yet, at most; past either bound they are dropped and counted.
     pub queue: usize,
+    /// Answers to other nodes' questions, acked broadcasts and server-side events in progress
+    /// at once, at most (each may hold a whole `fetch_sockets` answer, or this node's sockets'
+    /// acks until the timeout); past it a request is dropped and counted.
+    pub max_answers: usize,
     /// How long a question to the other nodes (`fetch_sockets`, `count`, `rooms`) waits for
     /// every answer (the Node adapter's `requestsTimeout`, 5 s).
     pub request_timeout: std::time::Duration,
@@ -227,6 +231,7 @@ impl RedisConfig {
             format: RedisFormat::Node,
             channel: None,
             queue: 4096,
+            max_answers: 64,
             request_timeout: std::time::Duration::from_secs(5),
             namespaces: vec!["/".to_string()],
             relay: false,

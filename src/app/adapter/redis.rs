@@ -9,7 +9,7 @@
 //! - In: each message from Redis is decoded once, into the same encode-once `Broadcast` (or
 //!   room / disconnect mail) the workers already handle, and posted to every worker through
 //!   its mailbox (`Poster`). Messages carrying this node's own uid are dropped. The workers
-//!   hold at most `queue` such messages, and at most `queue` answers to other nodes'
+//!   hold at most `queue` such messages, and at most `max_answers` answers to other nodes'
 //!   requests are in progress (`Tasks`); past either, what comes is dropped and counted.
 //! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
 //!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
@@ -326,7 +326,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         }
     };
     let local = ServerHandle::new(poster.clone(), None);
-    let queue = p.cfg.queue;
+    let (queue, max_answers) = (p.cfg.queue, p.cfg.max_answers);
     let mut n = Node {
         client: p.client,
         cfg: p.cfg,
@@ -344,7 +344,7 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         next_request: 0,
         acking: HashMap::new(),
         inflight: Inflight::new(queue),
-        tasks: Tasks::new(queue),
+        tasks: Tasks::new(max_answers),
         namespaces,
         rooms: HashMap::new(),
     };
