@@ -290,3 +290,40 @@ fn packets_held_past_the_worker_budget_close_the_session_that_passes_it() {
     assert_eq!(c.recv_eio(), r#"42["me","c"]"#);
     server.shutdown();
 }
+
+#[test]
+fn past_the_worker_budget_the_largest_holder_is_closed_not_the_next_client() {
+    // One worker, 60 bytes of held packets together: client a holds five 11-byte events, then
+    // client b's first event passes the budget. a, the connection that filled it, is closed;
+    // b is served.
+    let (d, rx) = decisions();
+    let limits = SocketLimits { max_worker_held_bytes: 60, ..SocketLimits::default() };
+    let server = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .pin(false)
+        .io(support::test_io())
+        .socket_limits(limits)
+        .namespace("/", gated(&d))
+        .start()
+        .expect("server starts");
+    let mut a = open(&server);
+    a.send_text(r#"40{"who":"a"}"#);
+    for _ in 0..5 {
+        a.send_text(r#"42["whoami"]"#);
+    }
+    let (_, a_decision) = rx.recv_timeout(BOUND).unwrap();
+    server.handle().flush().wait().unwrap(); // a's five are held
+    let mut b = open(&server);
+    b.send_text(r#"40{"who":"b"}"#);
+    b.send_text(r#"42["whoami"]"#);
+    let (_, b_decision) = rx.recv_timeout(BOUND).unwrap();
+    server.handle().flush().wait().unwrap();
+    a_decision.accept_with_data("a".to_string()); // too late: a was closed
+    b_decision.accept_with_data("b".to_string());
+    let f = a.recv().expect("a close frame");
+    assert_eq!(f.opcode, 8, "the largest holder is closed: {f:?}");
+    assert!(b.recv_eio().starts_with("40{\"sid\""));
+    assert_eq!(b.recv_eio(), r#"42["me","b"]"#);
+    server.shutdown();
+}

@@ -25,7 +25,8 @@ pub struct SocketLimits {
     /// Bytes of such held packets, together.
     pub max_held_bytes: usize,
     /// Bytes of held packets over every connection of one worker, together: past it the
-    /// session whose packet would pass it is closed, as past its own limits.
+    /// sessions holding the most are closed (the one whose packet would pass it when none
+    /// holds more), as past their own limits.
     pub max_worker_held_bytes: usize,
     /// How long a deferred connect middleware may take; then the client is refused with
     /// CONNECT_ERROR `{"message":"Connection timed out"}`.

@@ -4,9 +4,9 @@
 //! CONNECT, the connection handler, and the packets the client sent meanwhile, in order.
 //!
 //! A connection waiting for a verdict holds the client's packets for that namespace, within
-//! `SocketLimits::{max_held_packets, max_held_bytes}`, and every connection of the worker
-//! within `max_worker_held_bytes` together; one more closes the session (Node closes a client
-//! that sends to a namespace it has not joined).
+//! `SocketLimits::{max_held_packets, max_held_bytes}`; one more closes the session (Node closes
+//! a client that sends to a namespace it has not joined). Every connection of the worker holds
+//! within `max_worker_held_bytes` together: past it the largest holders are closed first.
 //!
 //! Must never: run a middleware before the previous one accepted, keep a waiting connection
 //! past its deadline or its client, or hold more than the limits.
@@ -286,17 +286,35 @@ impl SioWorker {
     /// Holds a packet for a namespace whose connection waits for a verdict; gives the packet
     /// back when there is no such connection. Past the limits the session is closed.
     pub(super) fn hold(&mut self, ctx: &mut Ctx<'_, SioMail>, sid: SessionId, p: Packet, size: usize) -> Option<Packet> {
+        const WHY: &str = "too many packets for a namespace still connecting";
         let Some(token) = self.core.pending_token(sid, &p.nsp) else { return Some(p) };
         let limits = self.core.limits;
-        let pc = self.core.pending.get_mut(&token).expect("registered with its client");
-        if pc.held.len() >= limits.max_held_packets
-            || pc.held_bytes + size > limits.max_held_bytes
-            || self.core.held_bytes + size > limits.max_worker_held_bytes
-        {
+        let pc = &self.core.pending[&token];
+        let mine = pc.held_bytes + size;
+        if pc.held.len() >= limits.max_held_packets || mine > limits.max_held_bytes {
             self.core.stats.held_overflow += 1;
-            self.fail(ctx, sid, &"too many packets for a namespace still connecting");
+            self.fail(ctx, sid, &WHY);
             return None;
         }
+        // Past the worker's budget the largest holders go, this connection included when none
+        // holds more: the connections that filled it, not the one that came next.
+        while self.core.held_bytes + size > limits.max_worker_held_bytes {
+            let largest = self.core.pending.iter().filter(|(t, _)| **t != token).max_by_key(|(_, pc)| pc.held_bytes).map(|(t, pc)| (*t, pc.held_bytes));
+            self.core.stats.held_overflow += 1;
+            match largest {
+                Some((victim, held)) if held > mine => {
+                    let pc = self.core.take_pending(victim).expect("found above");
+                    let client = pc.client;
+                    guard::drop_quietly(pc);
+                    self.fail(ctx, client, &WHY);
+                }
+                _ => {
+                    self.fail(ctx, sid, &WHY);
+                    return None;
+                }
+            }
+        }
+        let pc = self.core.pending.get_mut(&token).expect("registered with its client");
         pc.held_bytes += size;
         pc.held.push_back((p, size));
         self.core.held_bytes += size;
