@@ -91,10 +91,8 @@ pub struct RedisAdapter {
     /// Set while the queue is full (the episode was logged), with the not-delivered count when
     /// it began (`u64::MAX`: no episode).
     full_since: AtomicU64,
-    /// Sharded pub/sub: the thread subscribes to the rooms this node has members in.
-    sharded: bool,
-    /// A room change was dropped (the queue was full): logged once.
-    room_lost: AtomicBool,
+    /// Sharded pub/sub: the rooms this node has members in, which the thread subscribes to.
+    rooms: Option<Arc<RoomTable>>,
 }
 
 impl Adapter for RedisAdapter {
@@ -129,22 +127,82 @@ impl Adapter for RedisAdapter {
     }
 
     fn room_changed(&self, nsp: &str, room: &str, exists: bool) {
-        if !self.sharded {
-            return;
-        }
-        // Queued whether or not Redis is up: the thread keeps its room list through outages
-        // and subscribes to it when Redis is back.
-        if self.tx.try_send(Outbound::Room { nsp: nsp.to_string(), room: room.to_string(), exists }).is_err() {
-            Counters::add(&self.counters.not_delivered, 1);
-            if !self.room_lost.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    nsp,
-                    room,
-                    "the Redis adapter's queue is full: a room subscription change was lost; other nodes' broadcasts to such a room may not reach this node"
-                );
-            }
+        // Kept in the table whether or not Redis is up: the thread subscribes to what it holds
+        // when Redis is back.
+        if let Some(t) = &self.rooms {
+            t.change(nsp, room, exists);
         }
     }
+}
+
+/// How often, at most, the thread brings its room subscriptions in line with [`RoomTable`]
+/// (sharded pub/sub): rooms made and ended within one interval cost no command at all.
+const ROOM_SYNC: Duration = Duration::from_millis(100);
+/// Most `SSUBSCRIBE` / `SUNSUBSCRIBE` commands in one pipeline.
+const SUB_BATCH: usize = 1024;
+
+/// A room of a namespace: `(nsp, room)`.
+type RoomKey = (String, String);
+
+/// The rooms this node has members in (sharded pub/sub), shared by the workers and the
+/// adapter thread: per `(nsp, room)`, how many workers have a shard of it. A worker updates it
+/// only when its shard of a room is created or deleted (never per packet or broadcast), under a
+/// mutex, and raises `changed`; the thread diffs it against what it has subscribed (at most
+/// every [`ROOM_SYNC`]) and sends the differences. Nothing is queued, so no change can be lost:
+/// the subscriptions follow the table, whatever happened in between. It holds one entry per
+/// room that exists on this node, no more.
+#[derive(Default)]
+pub struct RoomTable {
+    rooms: std::sync::Mutex<HashMap<RoomKey, usize>>,
+    changed: AtomicBool,
+}
+
+impl RoomTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, usize>> {
+        self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A worker's shard of `room` came to exist (`exists`) or ended. An end the table never
+    /// saw begin is ignored.
+    fn change(&self, nsp: &str, room: &str, exists: bool) {
+        let key = (nsp.to_string(), room.to_string());
+        let mut t = self.lock();
+        if exists {
+            *t.entry(key).or_insert(0) += 1;
+        } else if let Some(c) = t.get_mut(&key) {
+            *c -= 1;
+            if *c == 0 {
+                t.remove(&key);
+            }
+        }
+        drop(t);
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// Whether the table changed since the last call (and clears it): the diff that follows
+    /// sees at least every change made before.
+    fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// What to subscribe to (rooms in the table, not in `subscribed`) and unsubscribe from
+    /// (the other way round).
+    fn diff(&self, subscribed: &std::collections::HashSet<RoomKey>) -> (Vec<RoomKey>, Vec<RoomKey>) {
+        room_diff(&self.lock(), subscribed)
+    }
+
+    /// How many rooms the table holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The rooms of `have` missing from `subscribed`, and those of `subscribed` no longer in `have`.
+fn room_diff(have: &HashMap<RoomKey, usize>, subscribed: &std::collections::HashSet<RoomKey>) -> (Vec<RoomKey>, Vec<RoomKey>) {
+    let add = have.keys().filter(|k| !subscribed.contains(*k)).cloned().collect();
+    let remove = subscribed.iter().filter(|k| !have.contains_key(*k)).cloned().collect();
+    (add, remove)
 }
 
 impl RedisAdapter {
@@ -177,6 +235,7 @@ pub struct Pending {
     rx: mpsc::Receiver<Outbound>,
     up: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    rooms: Arc<RoomTable>,
 }
 
 /// The running adapter thread.
@@ -213,15 +272,15 @@ pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String>
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let up = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
+    let rooms = Arc::new(RoomTable::default());
     let adapter = RedisAdapter {
         tx,
         up: up.clone(),
         counters: counters.clone(),
         full_since: AtomicU64::new(u64::MAX),
-        sharded: cfg.sharded,
-        room_lost: AtomicBool::new(false),
+        rooms: cfg.sharded.then(|| rooms.clone()),
     };
-    Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters }))
+    Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters, rooms }))
 }
 
 /// A random id: `len` characters of `alphabet`.
@@ -282,27 +341,11 @@ struct Node {
     inflight: Inflight,
     /// Answers to other nodes' questions and acked broadcasts still being made.
     tasks: Tasks,
-    /// Sharded pub/sub: the rooms this node has members in, with the number of workers that
-    /// have each (a room's channel is subscribed while it is here).
-    rooms: HashMap<(String, String), usize>,
-}
-
-/// A worker's room came to exist or ended: `Some(true)` when this node now has the room's
-/// channel to subscribe to, `Some(false)` when it has one to unsubscribe from.
-fn room_change(rooms: &mut HashMap<(String, String), usize>, nsp: &str, room: &str, exists: bool) -> Option<bool> {
-    let key = (nsp.to_string(), room.to_string());
-    if exists {
-        let c = rooms.entry(key).or_insert(0);
-        *c += 1;
-        return (*c == 1).then_some(true);
-    }
-    let c = rooms.get_mut(&key)?;
-    *c -= 1;
-    if *c == 0 {
-        rooms.remove(&key);
-        return Some(false);
-    }
-    None
+    /// Sharded pub/sub: the rooms this node has members in (the workers').
+    rooms: Arc<RoomTable>,
+    /// Sharded pub/sub: the rooms whose channels this session has subscribed (emptied with
+    /// each new connection).
+    subscribed: std::collections::HashSet<RoomKey>,
 }
 
 /// One of this node's questions, collecting answers.
@@ -346,7 +389,8 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         inflight: Inflight::new(queue),
         tasks: Tasks::new(max_answers),
         namespaces,
-        rooms: HashMap::new(),
+        rooms: p.rooms,
+        subscribed: std::collections::HashSet::new(),
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -384,7 +428,6 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
             tokio::select! {
                 _ = &mut pause => break,
                 _ = stop.notified() => return,
-                // Room changes keep the room list true; anything else is not delivered.
                 out = n.rx.recv() => match out {
                     Some(out) => {
                         let lost = offline(&mut n, out);
@@ -398,13 +441,9 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
     }
 }
 
-/// What the thread does with a worker's message while Redis is unreachable: a room change is
-/// kept in the room list; anything else is not delivered (1, for the count).
+/// What the thread does with a worker's message while Redis is unreachable: it is not
+/// delivered (1, for the count). (Room changes are not messages: see [`RoomTable`].)
 fn offline(n: &mut Node, out: Outbound) -> u64 {
-    if let Outbound::Room { nsp, room, exists } = &out {
-        room_change(&mut n.rooms, nsp, room, *exists);
-        return 0;
-    }
     unheard(out, Some(&n.poster));
     1
 }
@@ -430,20 +469,47 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     } else {
         tracing::info!(url = %n.cfg.url, format = ?n.cfg.format, sharded = n.cfg.sharded, "cluster adapter connected to Redis");
     }
+    if n.cfg.sharded {
+        // Every room this node has, on the new connection.
+        n.subscribed.clear();
+        n.rooms.take_changed();
+        sync_rooms(n, &prefix, &mut conn).await?;
+    }
+    let mut room_sync = tokio::time::interval(ROOM_SYNC);
+    room_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let next_deadline = n.asks.values().map(|a| a.deadline).chain(n.acking.values().map(|a| a.1)).min();
         tokio::select! {
             _ = stop.notified() => return Ok(()),
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()), if next_deadline.is_some() => expire(n),
+            _ = room_sync.tick(), if n.cfg.sharded => {
+                if n.rooms.take_changed() {
+                    sync_rooms(n, &prefix, &mut conn).await?;
+                }
+            }
             msg = stream.next() => {
-                let Some(msg) = msg else {
+                let Some(mut msg) = msg else {
                     return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
                 };
-                if n.cfg.sharded {
-                    receive_sharded(n, &prefix, &conn, msg.get_payload_bytes());
-                } else {
-                    receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                // What the stream has ready (up to a batch) is handled before one pipeline of
+                // relayed copies: the relay keeps up with what it relays.
+                for _ in 0..BATCH {
+                    if n.cfg.sharded {
+                        receive_sharded(n, &prefix, &conn, msg.get_payload_bytes());
+                    } else {
+                        receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                    }
+                    match futures_util::FutureExt::now_or_never(stream.next()) {
+                        Some(Some(m)) => msg = m,
+                        Some(None) => {
+                            if !n.relays.is_empty() {
+                                publish_relays(n, &mut conn).await?;
+                            }
+                            return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
+                        }
+                        None => break,
+                    }
                 }
                 if !n.relays.is_empty() {
                     publish_relays(n, &mut conn).await?;
@@ -459,21 +525,8 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                     }
                 }
                 let r = publish(n, &prefix, &mut conn, &batch).await;
-                let mut subscriptions = Vec::new();
-                for o in &batch {
-                    if let Outbound::Room { nsp, room, exists } = o {
-                        if let Some(subscribe) = room_change(&mut n.rooms, nsp, room, *exists) {
-                            subscriptions.push((sharded::room_channel(&prefix, nsp, room), subscribe));
-                        }
-                    }
-                }
                 let asked: Vec<Outbound> = batch.drain(..).filter(|o| matches!(o, Outbound::Ask(_) | Outbound::AckedBroadcast(..))).collect();
                 r?;
-                // One channel per command: the connection pairs each with its confirmation.
-                for (channel, subscribe) in subscriptions {
-                    let command = if subscribe { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" };
-                    within(redis::cmd(command).arg(channel).exec_async(&mut conn)).await?;
-                }
                 for o in asked {
                     match o {
                         Outbound::Ask(q) => ask(n, &prefix, &mut conn, q).await?,
@@ -484,6 +537,31 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
             }
         }
     }
+}
+
+/// Brings the room channels subscribed in line with [`RoomTable`]: the differences, in
+/// pipelines of at most [`SUB_BATCH`] commands (one channel per command: the connection pairs
+/// each with its confirmation).
+async fn sync_rooms(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+    let (add, remove) = n.rooms.diff(&n.subscribed);
+    for (rooms, command) in [(add, "SSUBSCRIBE"), (remove, "SUNSUBSCRIBE")] {
+        for chunk in rooms.chunks(SUB_BATCH) {
+            let mut pipe = redis::pipe();
+            for (nsp, room) in chunk {
+                pipe.cmd(command).arg(sharded::room_channel(prefix, nsp, room)).ignore();
+            }
+            within(pipe.exec_async(conn)).await?;
+            for key in chunk {
+                if command == "SSUBSCRIBE" {
+                    n.subscribed.insert(key.clone());
+                } else {
+                    n.subscribed.remove(key);
+                }
+            }
+        }
+    }
+    tracing::trace!(rooms = n.subscribed.len(), "room subscriptions in line with this node's rooms");
+    Ok(())
 }
 
 /// What one session receives from Redis.
@@ -521,6 +599,11 @@ async fn connect_sharded(n: &Node, prefix: &str) -> redis::RedisResult<(redis::a
     let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
     let counters = n.counters.clone();
     let push = move |p: redis::PushInfo| -> Result<(), std::convert::Infallible> {
+        // Only messages (and the end of the connection) take a place: the confirmations of
+        // (un)subscribing are answers the connection pairs with their commands.
+        if !matches!(p.kind, redis::PushKind::SMessage | redis::PushKind::Disconnection) {
+            return Ok(());
+        }
         if tx.try_send(p).is_err() {
             Counters::add(&counters.inbound_dropped, 1);
         }
@@ -533,10 +616,14 @@ async fn connect_sharded(n: &Node, prefix: &str) -> redis::RedisResult<(redis::a
         channels.push(sharded::main_channel(prefix, nsp));
         channels.push(sharded::answer_channel(prefix, nsp, &n.id));
     }
-    channels.extend(n.rooms.keys().map(|(nsp, room)| sharded::room_channel(prefix, nsp, room)));
-    // One channel per command: the connection pairs each with its confirmation.
-    for c in channels {
-        within(redis::cmd("SSUBSCRIBE").arg(c).exec_async(&mut conn)).await?;
+    // One channel per command: the connection pairs each with its confirmation. (The rooms'
+    // channels follow, from `sync_rooms`.)
+    if !channels.is_empty() {
+        let mut pipe = redis::pipe();
+        for c in channels {
+            pipe.cmd("SSUBSCRIBE").arg(c).ignore();
+        }
+        within(pipe.exec_async(&mut conn)).await?;
     }
     // The stream ends with the connection (the push sender is dropped, or says so).
     let messages = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -588,7 +675,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
                     count += 1;
                 }
             }
-            Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } => {} // asked one by one after the pipeline
+            Outbound::Ask(_) | Outbound::AckedBroadcast(..) => {} // asked one by one after the pipeline
             other => {
                 if node {
                     if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
@@ -1318,16 +1405,60 @@ mod tests {
         assert!(prepare(py).is_err(), "sharded pub/sub is the Node format's");
     }
 
+    fn keys(v: &[(&str, &str)]) -> std::collections::HashSet<RoomKey> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
     #[test]
-    fn a_room_channel_is_subscribed_while_any_worker_has_the_room() {
-        let mut rooms = HashMap::new();
-        assert_eq!(room_change(&mut rooms, "/", "r", true), Some(true), "the first worker's room: subscribe");
-        assert_eq!(room_change(&mut rooms, "/", "r", true), None, "a second worker's");
-        assert_eq!(room_change(&mut rooms, "/x", "r", true), Some(true), "another namespace's room");
-        assert_eq!(room_change(&mut rooms, "/", "r", false), None);
-        assert_eq!(room_change(&mut rooms, "/", "r", false), Some(false), "the last one ended: unsubscribe");
-        assert_eq!(room_change(&mut rooms, "/", "r", false), None, "an unknown room's end is ignored");
-        assert_eq!(rooms.len(), 1);
+    fn a_room_channel_is_wanted_while_any_worker_has_the_room() {
+        let t = RoomTable::default();
+        assert!(!t.take_changed());
+        t.change("/", "r", true);
+        t.change("/", "r", true); // a second worker's shard
+        t.change("/x", "r", true); // another namespace's room
+        assert!(t.take_changed() && !t.take_changed(), "one wake-up for any number of changes");
+        let (mut add, remove) = t.diff(&keys(&[]));
+        add.sort();
+        assert_eq!((add, remove), (vec![("/".into(), "r".into()), ("/x".into(), "r".into())], vec![]));
+        t.change("/", "r", false);
+        assert_eq!(t.diff(&keys(&[("/", "r"), ("/x", "r")])), (vec![], vec![]), "one worker still has it");
+        t.change("/", "r", false);
+        assert_eq!(t.diff(&keys(&[("/", "r"), ("/x", "r")])), (vec![], vec![("/".into(), "r".into())]), "the last one ended");
+        t.change("/", "gone", false);
+        assert_eq!(t.len(), 1, "an unknown room's end is ignored; ended rooms leave the table");
+    }
+
+    #[test]
+    fn churn_within_one_interval_costs_no_command_and_nothing_lingers() {
+        let t = RoomTable::default();
+        let mut subscribed = keys(&[("/", "keep"), ("/", "old")]);
+        t.change("/", "keep", true);
+        // Two workers' rooms made and ended between two syncs, in any interleaving.
+        for i in 0..1000 {
+            let room = format!("r{i}");
+            t.change("/", &room, true);
+            t.change("/", &room, true);
+            t.change("/", &room, false);
+            t.change("/", &room, false);
+        }
+        assert!(t.take_changed());
+        let (add, remove) = t.diff(&subscribed);
+        assert!(add.is_empty(), "{add:?}");
+        assert_eq!(remove, vec![("/".to_string(), "old".to_string())]);
+        subscribed.remove(&remove[0]);
+        assert_eq!(t.diff(&subscribed), (vec![], vec![]));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn only_a_sharded_adapter_keeps_rooms() {
+        let (a, p) = prepare(RedisConfig::new("redis://127.0.0.1:1/")).unwrap();
+        a.room_changed("/", "r", true);
+        assert_eq!(p.rooms.len(), 0);
+        let (a, p) = prepare(RedisConfig { sharded: true, ..RedisConfig::new("redis://127.0.0.1:1/") }).unwrap();
+        a.room_changed("/", "r", true);
+        assert_eq!(p.rooms.len(), 1);
+        assert!(p.rx.is_empty(), "a room change is no message: it cannot take a place in the queue or be lost");
     }
 
     /// Every member gets every broadcast exactly once: for each origin, which copies each kind
