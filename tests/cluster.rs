@@ -396,6 +396,57 @@ fn sharded_room_subscriptions_follow_the_rooms_in_use_under_churn() {
     }
 }
 
+/// Redis cutting a node's subscriber connection (as its `client-output-buffer-limit pubsub`
+/// does to a slow reader; here `CLIENT KILL TYPE pubsub`) is an outage: counted, logged, and
+/// followed by reconnecting and resubscribing. Classic and sharded alike.
+#[test]
+fn a_subscription_cut_by_redis_is_an_outage_and_the_node_resubscribes() {
+    use shardcast::app::adapter::RedisConfig;
+    use shardcast::app::{contract, Server};
+
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    for sharded in [false, true] {
+        let a = contract::app(Server::builder())
+            .bind("127.0.0.1:0".parse().unwrap())
+            .threads(2)
+            .pin(false)
+            .io(support::test_io())
+            .redis(RedisConfig { sharded, ..RedisConfig::new(&url) })
+            .start()
+            .expect("start the in-process shardcast node");
+        let h = a.handle();
+        wait_connected(&h);
+        let resubscribed = || {
+            if sharded {
+                wait_shard_subscribed(port, "socket.io#/#", 1);
+            } else {
+                wait_subscribed(port, "socket.io-request#/#", 1);
+            }
+        };
+        resubscribed();
+        assert_eq!(h.cluster_stats().unwrap().outages, 0);
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut con).unwrap();
+        assert_eq!(killed, 1, "the node's one subscriber connection");
+        let end = Instant::now() + READY;
+        while h.cluster_stats().unwrap().outages != 1 {
+            assert!(Instant::now() < end, "the cut was not counted as an outage within {READY:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wait_connected(&h);
+        resubscribed();
+        assert_eq!(h.cluster_stats().unwrap().outages, 1);
+        drop(a);
+        if sharded {
+            wait_shard_subscribed(port, "socket.io#/#", 0);
+        } else {
+            wait_subscribed(port, "socket.io-request#/#", 0);
+        }
+    }
+}
+
 /// Waits until `PUBSUB SHARDNUMSUB channel` is `want`.
 fn wait_shard_subscribed(port: u16, channel: &str, want: i64) {
     let end = Instant::now() + READY;

@@ -567,57 +567,38 @@ async fn sync_rooms(n: &mut Node, prefix: &str, conn: &mut redis::aio::Multiplex
 /// What one session receives from Redis.
 type Messages = std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg>>>;
 
-/// The classic adapter's connections: a pub/sub connection subscribed to the channels of the
-/// format(s), and a multiplexed one to publish.
+/// The classic adapter's connection: one RESP3 connection that publishes and is subscribed to
+/// the channels of the format(s); the messages come through [`push_connection`]'s bounded
+/// queue.
 async fn connect(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
-    let mut pubsub = within(n.client.get_async_pubsub()).await?;
+    let (mut conn, messages) = push_connection(n, &[redis::PushKind::Message, redis::PushKind::PMessage]).await?;
     if n.cfg.format.speaks_node() {
-        within(pubsub.psubscribe(node::pattern(prefix))).await?;
+        within(conn.psubscribe(node::pattern(prefix))).await?;
         // Plain subscriptions (not a pattern), so that a Node node asking counts this one
         // (`PUBSUB NUMSUB` of the request channel).
         for nsp in &n.cfg.namespaces {
             let response = node::response_channel(prefix, nsp);
             let specific = format!("{response}{}#", n.id);
-            within(pubsub.subscribe(&[node::request_channel(prefix, nsp), response, specific])).await?;
+            within(conn.subscribe(&[node::request_channel(prefix, nsp), response, specific])).await?;
         }
     }
     if n.cfg.format.speaks_python() {
-        within(pubsub.subscribe(n.cfg.python_channel())).await?;
+        within(conn.subscribe(n.cfg.python_channel())).await?;
     }
-    let conn = within(n.client.get_multiplexed_async_connection()).await?;
-    Ok((conn, Box::pin(pubsub.into_on_message())))
+    Ok((conn, messages))
 }
 
-/// The sharded adapter's connection: one RESP3 multiplexed connection that publishes
-/// (`SPUBLISH`) and subscribes (`SSUBSCRIBE`: each fixed namespace's channel and this node's
-/// answer channel, and the channel of each room this node has members in); its pushes
-/// (`smessage`) come through a bounded queue, past which they are dropped and counted.
+/// The sharded adapter's connection: one RESP3 connection that publishes (`SPUBLISH`) and
+/// subscribes (`SSUBSCRIBE`: each fixed namespace's channel and this node's answer channel
+/// here, the channel of each room this node has members in from [`sync_rooms`]).
 async fn connect_sharded(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
-    let info = n.client.get_connection_info().clone();
-    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
-    let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
-    let counters = n.counters.clone();
-    let push = move |p: redis::PushInfo| -> Result<(), std::convert::Infallible> {
-        // Only messages (and the end of the connection) take a place: the confirmations of
-        // (un)subscribing are answers the connection pairs with their commands.
-        if !matches!(p.kind, redis::PushKind::SMessage | redis::PushKind::Disconnection) {
-            return Ok(());
-        }
-        if tx.try_send(p).is_err() {
-            Counters::add(&counters.inbound_dropped, 1);
-        }
-        Ok(())
-    };
-    let config = redis::AsyncConnectionConfig::new().set_push_sender(push);
-    let mut conn = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
+    let (mut conn, messages) = push_connection(n, &[redis::PushKind::SMessage]).await?;
     let mut channels = Vec::new();
     for nsp in &n.cfg.namespaces {
         channels.push(sharded::main_channel(prefix, nsp));
         channels.push(sharded::answer_channel(prefix, nsp, &n.id));
     }
-    // One channel per command: the connection pairs each with its confirmation. (The rooms'
-    // channels follow, from `sync_rooms`.)
+    // One channel per command: the connection pairs each with its confirmation.
     if !channels.is_empty() {
         let mut pipe = redis::pipe();
         for c in channels {
@@ -625,15 +606,43 @@ async fn connect_sharded(n: &Node, prefix: &str) -> redis::RedisResult<(redis::a
         }
         within(pipe.exec_async(&mut conn)).await?;
     }
-    // The stream ends with the connection (the push sender is dropped, or says so).
-    let messages = futures_util::stream::unfold(rx, |mut rx| async move {
+    Ok((conn, messages))
+}
+
+/// A RESP3 multiplexed connection whose pushes of the kinds `wanted` (messages) come through a
+/// bounded queue of `queue` places, past which they are dropped and counted (never held
+/// without bound: Redis may bring messages faster than this thread decodes them). The
+/// confirmations of (un)subscribing take no place: the connection pairs them with their
+/// commands. The stream ends with the connection (the push sender is dropped, or says so).
+async fn push_connection(n: &Node, wanted: &'static [redis::PushKind]) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
+    let info = n.client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
+    // The end of the connection takes no place either: it is told even when the queue is full.
+    let closed = Arc::new(Notify::new());
+    let counters = n.counters.clone();
+    let closing = closed.clone();
+    let push = move |p: redis::PushInfo| -> Result<(), std::convert::Infallible> {
+        if p.kind == redis::PushKind::Disconnection {
+            closing.notify_one();
+        } else if wanted.contains(&p.kind) && tx.try_send(p).is_err() {
+            Counters::add(&counters.inbound_dropped, 1);
+        }
+        Ok(())
+    };
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(push);
+    let conn = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
+    // What came before the end is handled first.
+    let messages = futures_util::stream::unfold((rx, closed), |(mut rx, closed)| async move {
         loop {
-            let p = rx.recv().await?;
-            if p.kind == redis::PushKind::Disconnection {
-                return None;
-            }
+            let p = tokio::select! {
+                biased;
+                p = rx.recv() => p?,
+                _ = closed.notified() => return None,
+            };
             if let Some(m) = redis::Msg::from_push_info(p) {
-                return Some((m, rx));
+                return Some((m, (rx, closed)));
             }
         }
     });
