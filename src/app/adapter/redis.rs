@@ -621,16 +621,7 @@ async fn push_connection(n: &Node, wanted: &'static [redis::PushKind]) -> redis:
     let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
     // The end of the connection takes no place either: it is told even when the queue is full.
     let closed = Arc::new(Notify::new());
-    let counters = n.counters.clone();
-    let closing = closed.clone();
-    let push = move |p: redis::PushInfo| -> Result<(), std::convert::Infallible> {
-        if p.kind == redis::PushKind::Disconnection {
-            closing.notify_one();
-        } else if wanted.contains(&p.kind) && tx.try_send(p).is_err() {
-            Counters::add(&counters.inbound_dropped, 1);
-        }
-        Ok(())
-    };
+    let push = push_sender(tx, closed.clone(), n.counters.clone(), wanted);
     let config = redis::AsyncConnectionConfig::new().set_push_sender(push);
     let conn = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
     // What came before the end is handled first.
@@ -647,6 +638,25 @@ async fn push_connection(n: &Node, wanted: &'static [redis::PushKind]) -> redis:
         }
     });
     Ok((conn, Box::pin(messages)))
+}
+
+/// What the connection calls with each push: a message of the kinds `wanted` takes a place in
+/// `tx` (none free: dropped and counted as an inbound drop); the end of the connection wakes
+/// `closed`; anything else (the confirmations of subscribing) is ignored.
+fn push_sender(
+    tx: mpsc::Sender<redis::PushInfo>,
+    closed: Arc<Notify>,
+    counters: Arc<Counters>,
+    wanted: &'static [redis::PushKind],
+) -> impl Fn(redis::PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+    move |p: redis::PushInfo| {
+        if p.kind == redis::PushKind::Disconnection {
+            closed.notify_one();
+        } else if wanted.contains(&p.kind) && tx.try_send(p).is_err() {
+            Counters::add(&counters.inbound_dropped, 1);
+        }
+        Ok(())
+    }
 }
 
 /// Encodes what the workers queued and publishes it as one pipeline.
@@ -1412,6 +1422,34 @@ mod tests {
         assert!(prepare(RedisConfig { relay: true, ..RedisConfig::new("redis://127.0.0.1/") }).is_err(), "a relay is a bridge node");
         let py = RedisConfig { format: RedisFormat::Python, sharded: true, ..RedisConfig::new("redis://127.0.0.1/") };
         assert!(prepare(py).is_err(), "sharded pub/sub is the Node format's");
+    }
+
+    #[test]
+    fn pushes_are_bounded_and_only_messages_take_a_place() {
+        use redis::{PushInfo, PushKind, Value as V};
+        let (tx, mut rx) = mpsc::channel(2);
+        let closed = Arc::new(Notify::new());
+        let counters = Arc::new(Counters::default());
+        let push = push_sender(tx, closed.clone(), counters.clone(), &[PushKind::SMessage]);
+        let p = |kind| PushInfo { kind, data: vec![V::BulkString(b"ch".to_vec()), V::Int(1)] };
+        // Confirmations, however many, take no place.
+        for _ in 0..10 {
+            push(p(PushKind::SSubscribe)).unwrap();
+            push(p(PushKind::SUnsubscribe)).unwrap();
+        }
+        assert!(rx.is_empty());
+        // Messages: up to the bound, then dropped and counted.
+        for _ in 0..5 {
+            push(p(PushKind::SMessage)).unwrap();
+        }
+        assert_eq!(rx.len(), 2);
+        assert_eq!(counters.snapshot().inbound_dropped, 3);
+        // The end of the connection is told though the queue is full.
+        push(PushInfo { kind: PushKind::Disconnection, data: vec![] }).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), closed.notified()).await }).expect("told");
+        assert_eq!(rx.len(), 2);
+        assert!(rx.try_recv().is_ok());
     }
 
     fn keys(v: &[(&str, &str)]) -> std::collections::HashSet<RoomKey> {
