@@ -1,28 +1,33 @@
 //! The Redis adapter: one dedicated thread (a single-threaded tokio runtime driving the `redis`
-//! crate's async pub/sub and a multiplexed connection for publishing) between the workers and
-//! Redis.
+//! crate's RESP3 multiplexed connection, which both subscribes and publishes) between the
+//! workers and Redis.
 //!
 //! - Out: a worker (or a `ServerHandle`) hands each message to [`RedisAdapter::send`], a
 //!   `try_send` on a bounded queue that never blocks; the thread publishes what it finds queued
 //!   as one pipeline (one round trip for a burst). A full queue, or Redis being down, drops
 //!   the message and counts it as not delivered.
-//! - In: each message from Redis is decoded once, into the same encode-once `Broadcast` (or
+//! - In: the connection's messages (RESP3 pushes) come through a bounded queue of `queue`
+//!   places (past it: dropped, counted in `inbound_dropped`); confirmations of subscribing take
+//!   no place. Each message is decoded once, into the same encode-once `Broadcast` (or
 //!   room / disconnect mail) the workers already handle, and posted to every worker through
 //!   its mailbox (`Poster`). Messages carrying this node's own uid are dropped. The workers
 //!   hold at most `queue` such messages, and at most `max_answers` answers to other nodes'
 //!   requests are in progress (`Tasks`); past either, what comes is dropped and counted.
-//! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
-//!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
-//!   meanwhile. The workers keep serving their clients throughout.
+//! - Outage (Redis unreachable, or closing the connection itself, e.g. its output buffer limit
+//!   for a slow subscriber): the thread counts and logs the loss once, keeps retrying with
+//!   back-off (100 ms doubling to 5 s), resubscribes, and logs the recovery with the count of
+//!   messages not delivered meanwhile. The workers keep serving their clients throughout.
 //! - Bridge mode (`RedisFormat::Bridge`): both formats on one thread; each message's sender
 //!   decides whether it is delivered and whether the relaying node republishes it in the
-//!   other format (`hear`).
-//! - Sharded pub/sub (`RedisConfig::sharded`): one RESP3 connection `SPUBLISH`es and
-//!   `SSUBSCRIBE`s (the `redis` crate's async pub/sub has no sharded subscribe), with a
-//!   subscription per room this node has members in, kept from the workers' room changes.
+//!   other format (`hear`); the relayed copies of what the connection had ready (up to
+//!   `BATCH`) go out as one pipeline.
+//! - Sharded pub/sub (`RedisConfig::sharded`): `SPUBLISH` / `SSUBSCRIBE` (the `redis` crate has
+//!   no sharded subscribe without its cluster feature: raw commands, one channel each), with a
+//!   subscription per room this node has members in, reconciled with [`RoomTable`] (the
+//!   workers' rooms) at most every `ROOM_SYNC`, in pipelines; never from queued events.
 //!
-//! Must never: be called into from a worker except through [`RedisAdapter::send`], or queue
-//! without bound.
+//! Must never: be called into from a worker except through [`RedisAdapter::send`] and
+//! [`Adapter::room_changed`] (a mutex held for one map update), or queue without bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -150,15 +155,29 @@ type RoomKey = (String, String);
 /// mutex, and raises `changed`; the thread diffs it against what it has subscribed (at most
 /// every [`ROOM_SYNC`]) and sends the differences. Nothing is queued, so no change can be lost:
 /// the subscriptions follow the table, whatever happened in between. It holds one entry per
-/// room that exists on this node, no more.
+/// room that exists on this node, and the rooms that came to exist or ended on the node since
+/// the thread last looked (`touched`, each once), so that a diff holds the mutex for the
+/// changes only, not for every room.
 #[derive(Default)]
 pub struct RoomTable {
-    rooms: std::sync::Mutex<HashMap<RoomKey, usize>>,
+    rooms: std::sync::Mutex<Rooms>,
     changed: AtomicBool,
 }
 
+#[derive(Default)]
+struct Rooms {
+    /// Workers with a shard of each room.
+    count: HashMap<RoomKey, usize>,
+    /// Rooms created or ended on this node since the last diff: at most as many as `count`
+    /// holds (or [`SUB_BATCH`]); past that (churn while Redis is down), they are forgotten and
+    /// the next diff compares every room (`all`).
+    touched: std::collections::HashSet<RoomKey>,
+    /// The next diff compares every room.
+    all: bool,
+}
+
 impl RoomTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -167,16 +186,30 @@ impl RoomTable {
     fn change(&self, nsp: &str, room: &str, exists: bool) {
         let key = (nsp.to_string(), room.to_string());
         let mut t = self.lock();
-        if exists {
-            *t.entry(key).or_insert(0) += 1;
-        } else if let Some(c) = t.get_mut(&key) {
+        let node_level = if exists {
+            let c = t.count.entry(key.clone()).or_insert(0);
+            *c += 1;
+            *c == 1
+        } else if let Some(c) = t.count.get_mut(&key) {
             *c -= 1;
-            if *c == 0 {
-                t.remove(&key);
+            let ended = *c == 0;
+            if ended {
+                t.count.remove(&key);
             }
+            ended
+        } else {
+            false
+        };
+        if node_level {
+            if t.all || t.touched.len() >= t.count.len().max(SUB_BATCH) {
+                t.touched.clear();
+                t.all = true;
+            } else {
+                t.touched.insert(key);
+            }
+            drop(t);
+            self.changed.store(true, Ordering::Release);
         }
-        drop(t);
-        self.changed.store(true, Ordering::Release);
     }
 
     /// Whether the table changed since the last call (and clears it): the diff that follows
@@ -186,15 +219,31 @@ impl RoomTable {
     }
 
     /// What to subscribe to (rooms in the table, not in `subscribed`) and unsubscribe from
-    /// (the other way round).
-    fn diff(&self, subscribed: &std::collections::HashSet<RoomKey>) -> (Vec<RoomKey>, Vec<RoomKey>) {
-        room_diff(&self.lock(), subscribed)
+    /// (the other way round): among the rooms touched since the last diff, or among all of
+    /// them (`all`: after a reconnection).
+    fn diff(&self, subscribed: &std::collections::HashSet<RoomKey>, all: bool) -> (Vec<RoomKey>, Vec<RoomKey>) {
+        let mut t = self.lock();
+        let touched = std::mem::take(&mut t.touched);
+        if all || std::mem::take(&mut t.all) {
+            t.all = false;
+            return room_diff(&t.count, subscribed);
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for key in touched {
+            match (t.count.contains_key(&key), subscribed.contains(&key)) {
+                (true, false) => add.push(key),
+                (false, true) => remove.push(key),
+                _ => {}
+            }
+        }
+        (add, remove)
     }
 
-    /// How many rooms the table holds.
+    /// How many rooms the table holds, and how many it holds as touched.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().len()
+    fn len(&self) -> (usize, usize) {
+        let t = self.lock();
+        (t.count.len(), t.touched.len())
     }
 }
 
@@ -473,7 +522,7 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
         // Every room this node has, on the new connection.
         n.subscribed.clear();
         n.rooms.take_changed();
-        sync_rooms(n, &prefix, &mut conn).await?;
+        sync_rooms(n, &prefix, &mut conn, true).await?;
     }
     let mut room_sync = tokio::time::interval(ROOM_SYNC);
     room_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -485,7 +534,7 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()), if next_deadline.is_some() => expire(n),
             _ = room_sync.tick(), if n.cfg.sharded => {
                 if n.rooms.take_changed() {
-                    sync_rooms(n, &prefix, &mut conn).await?;
+                    sync_rooms(n, &prefix, &mut conn, false).await?;
                 }
             }
             msg = stream.next() => {
@@ -542,8 +591,8 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
 /// Brings the room channels subscribed in line with [`RoomTable`]: the differences, in
 /// pipelines of at most [`SUB_BATCH`] commands (one channel per command: the connection pairs
 /// each with its confirmation).
-async fn sync_rooms(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
-    let (add, remove) = n.rooms.diff(&n.subscribed);
+async fn sync_rooms(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, all: bool) -> redis::RedisResult<()> {
+    let (add, remove) = n.rooms.diff(&n.subscribed, all);
     for (rooms, command) in [(add, "SSUBSCRIBE"), (remove, "SUNSUBSCRIBE")] {
         for chunk in rooms.chunks(SUB_BATCH) {
             let mut pipe = redis::pipe();
@@ -1464,15 +1513,19 @@ mod tests {
         t.change("/", "r", true); // a second worker's shard
         t.change("/x", "r", true); // another namespace's room
         assert!(t.take_changed() && !t.take_changed(), "one wake-up for any number of changes");
-        let (mut add, remove) = t.diff(&keys(&[]));
+        let (mut add, remove) = t.diff(&keys(&[]), false);
         add.sort();
         assert_eq!((add, remove), (vec![("/".into(), "r".into()), ("/x".into(), "r".into())], vec![]));
+        let subscribed = keys(&[("/", "r"), ("/x", "r")]);
         t.change("/", "r", false);
-        assert_eq!(t.diff(&keys(&[("/", "r"), ("/x", "r")])), (vec![], vec![]), "one worker still has it");
+        assert!(!t.take_changed(), "one worker still has it: no wake-up");
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![]));
         t.change("/", "r", false);
-        assert_eq!(t.diff(&keys(&[("/", "r"), ("/x", "r")])), (vec![], vec![("/".into(), "r".into())]), "the last one ended");
+        assert!(t.take_changed());
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![("/".into(), "r".into())]), "the last one ended");
         t.change("/", "gone", false);
-        assert_eq!(t.len(), 1, "an unknown room's end is ignored; ended rooms leave the table");
+        assert!(!t.take_changed());
+        assert_eq!(t.len(), (1, 0), "an unknown room's end is ignored; ended rooms leave the table");
     }
 
     #[test]
@@ -1480,7 +1533,7 @@ mod tests {
         let t = RoomTable::default();
         let mut subscribed = keys(&[("/", "keep"), ("/", "old")]);
         t.change("/", "keep", true);
-        // Two workers' rooms made and ended between two syncs, in any interleaving.
+        // Two workers' rooms made and ended between two diffs, in any interleaving.
         for i in 0..1000 {
             let room = format!("r{i}");
             t.change("/", &room, true);
@@ -1489,22 +1542,45 @@ mod tests {
             t.change("/", &room, false);
         }
         assert!(t.take_changed());
-        let (add, remove) = t.diff(&subscribed);
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![]), "only touched rooms are looked at");
+        assert_eq!(t.len(), (1, 0), "the touched rooms are forgotten with the diff");
+        // After a reconnection every room is compared: "old" ended while nobody looked.
+        let (add, remove) = t.diff(&subscribed, true);
         assert!(add.is_empty(), "{add:?}");
         assert_eq!(remove, vec![("/".to_string(), "old".to_string())]);
         subscribed.remove(&remove[0]);
-        assert_eq!(t.diff(&subscribed), (vec![], vec![]));
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.diff(&subscribed, true), (vec![], vec![]));
+        assert_eq!(t.diff(&keys(&[]), true).0, vec![("/".to_string(), "keep".to_string())], "a new connection subscribes to all");
+    }
+
+    #[test]
+    fn the_touched_rooms_are_bounded_and_past_the_bound_every_room_is_compared() {
+        let t = RoomTable::default();
+        let mut subscribed = keys(&[("/", "old")]);
+        // Churn while nobody diffs (Redis down): more rooms than SUB_BATCH made and ended.
+        for i in 0..3 * SUB_BATCH {
+            let room = format!("r{i}");
+            t.change("/", &room, true);
+            t.change("/", &room, false);
+            assert!(t.len().1 <= SUB_BATCH);
+        }
+        t.change("/", "new", true);
+        assert_eq!(t.len(), (1, 0), "the touched rooms were forgotten for a full comparison");
+        let (add, remove) = t.diff(&subscribed, false);
+        assert_eq!((add.clone(), remove.clone()), (vec![("/".to_string(), "new".to_string())], vec![("/".to_string(), "old".to_string())]));
+        subscribed.extend(add);
+        subscribed.remove(&remove[0]);
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![]));
     }
 
     #[test]
     fn only_a_sharded_adapter_keeps_rooms() {
         let (a, p) = prepare(RedisConfig::new("redis://127.0.0.1:1/")).unwrap();
         a.room_changed("/", "r", true);
-        assert_eq!(p.rooms.len(), 0);
+        assert_eq!(p.rooms.len(), (0, 0));
         let (a, p) = prepare(RedisConfig { sharded: true, ..RedisConfig::new("redis://127.0.0.1:1/") }).unwrap();
         a.room_changed("/", "r", true);
-        assert_eq!(p.rooms.len(), 1);
+        assert_eq!(p.rooms.len(), (1, 1));
         assert!(p.rx.is_empty(), "a room change is no message: it cannot take a place in the queue or be lost");
     }
 
