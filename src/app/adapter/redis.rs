@@ -322,13 +322,8 @@ pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String>
     let up = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
     let rooms = Arc::new(RoomTable::default());
-    let adapter = RedisAdapter {
-        tx,
-        up: up.clone(),
-        counters: counters.clone(),
-        full_since: AtomicU64::new(u64::MAX),
-        rooms: cfg.sharded.then(|| rooms.clone()),
-    };
+    let adapter =
+        RedisAdapter { tx, up: up.clone(), counters: counters.clone(), full_since: AtomicU64::new(u64::MAX), rooms: cfg.sharded.then(|| rooms.clone()) };
     Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters, rooms }))
 }
 
