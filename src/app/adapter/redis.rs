@@ -693,11 +693,20 @@ fn push_sender(
     counters: Arc<Counters>,
     wanted: &'static [redis::PushKind],
 ) -> impl Fn(redis::PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+    // Dropping since the last message that found a place (logged once per episode).
+    let dropping = AtomicBool::new(false);
     move |p: redis::PushInfo| {
         if p.kind == redis::PushKind::Disconnection {
             closed.notify_one();
-        } else if wanted.contains(&p.kind) && tx.try_send(p).is_err() {
-            Counters::add(&counters.inbound_dropped, 1);
+        } else if wanted.contains(&p.kind) {
+            if tx.try_send(p).is_ok() {
+                dropping.store(false, Ordering::Relaxed);
+            } else {
+                Counters::add(&counters.inbound_dropped, 1);
+                if !dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(queue = tx.max_capacity(), "Redis brings messages faster than this node decodes them: dropping them until it catches up");
+                }
+            }
         }
         Ok(())
     }
