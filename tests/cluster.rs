@@ -556,6 +556,11 @@ fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat, sharded
     assert!(answers.iter().all(|(args, _)| args[0]["x"] == 9));
     ops.wait_for("node_checks");
 
+    if sharded {
+        // A one-room broadcast goes on the room's channel: every node (this one, the binary,
+        // Node's) subscribes to it once the room exists there, one round trip or so later.
+        wait_shard_subscribed(port, &format!("socket.io#/#{room}#"), 3);
+    }
     h.of("/").to(&room).emit("handle-news", &[serde_json::json!({"n": 1})]).unwrap();
     h.of("/").to(&room).sockets_join(&["joined"]).unwrap();
     let end = Instant::now() + READY;

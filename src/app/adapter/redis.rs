@@ -24,7 +24,8 @@
 //! - Sharded pub/sub (`RedisConfig::sharded`): `SPUBLISH` / `SSUBSCRIBE` (the `redis` crate has
 //!   no sharded subscribe without its cluster feature: raw commands, one channel each), with a
 //!   subscription per room this node has members in, reconciled with [`RoomTable`] (the
-//!   workers' rooms) at most every `ROOM_SYNC`, in pipelines; never from queued events.
+//!   workers' rooms) when woken, at most once per `ROOM_SYNC`, in pipelines; never from
+//!   queued events.
 //!
 //! Must never: be called into from a worker except through [`RedisAdapter::send`] and
 //! [`Adapter::room_changed`] (a mutex held for one map update), or queue without bound.
@@ -141,7 +142,9 @@ impl Adapter for RedisAdapter {
 }
 
 /// How often, at most, the thread brings its room subscriptions in line with [`RoomTable`]
-/// (sharded pub/sub): rooms made and ended within one interval cost no command at all.
+/// (sharded pub/sub): a change after a quiet interval is sent at once (one round trip, as
+/// Node's adapter does), changes within an interval of the last sync wait for its end, and
+/// rooms made and ended meanwhile cost no command at all.
 const ROOM_SYNC: Duration = Duration::from_millis(100);
 /// Most `SSUBSCRIBE` / `SUNSUBSCRIBE` commands in one pipeline.
 const SUB_BATCH: usize = 1024;
@@ -152,8 +155,9 @@ type RoomKey = (String, String);
 /// The rooms this node has members in (sharded pub/sub), shared by the workers and the
 /// adapter thread: per `(nsp, room)`, how many workers have a shard of it. A worker updates it
 /// only when its shard of a room is created or deleted (never per packet or broadcast), under a
-/// mutex, and raises `changed`; the thread diffs it against what it has subscribed (at most
-/// every [`ROOM_SYNC`]) and sends the differences. Nothing is queued, so no change can be lost:
+/// mutex, and raises `changed` (waking the thread once until it takes it); the thread diffs
+/// it against what it has subscribed (at most once per [`ROOM_SYNC`]) and sends the
+/// differences. Nothing is queued, so no change can be lost:
 /// the subscriptions follow the table, whatever happened in between. It holds one entry per
 /// room that exists on this node, and the rooms that came to exist or ended on the node since
 /// the thread last looked (`touched`, each once), so that a diff holds the mutex for the
@@ -162,6 +166,8 @@ type RoomKey = (String, String);
 pub struct RoomTable {
     rooms: std::sync::Mutex<Rooms>,
     changed: AtomicBool,
+    /// Wakes the thread: raised with `changed` (once until the thread takes it).
+    wake: Notify,
 }
 
 #[derive(Default)]
@@ -208,7 +214,9 @@ impl RoomTable {
                 t.touched.insert(key);
             }
             drop(t);
-            self.changed.store(true, Ordering::Release);
+            if !self.changed.swap(true, Ordering::AcqRel) {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -519,15 +527,20 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
         n.rooms.take_changed();
         sync_rooms(n, &prefix, &mut conn, true).await?;
     }
-    let mut room_sync = tokio::time::interval(ROOM_SYNC);
-    room_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Room subscriptions: when the last sync was, and when the next one is due (once woken).
+    let (mut synced_at, mut sync_at): (Instant, Option<Instant>) = (Instant::now(), None);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let next_deadline = n.asks.values().map(|a| a.deadline).chain(n.acking.values().map(|a| a.1)).min();
         tokio::select! {
             _ = stop.notified() => return Ok(()),
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()), if next_deadline.is_some() => expire(n),
-            _ = room_sync.tick(), if n.cfg.sharded => {
+            _ = n.rooms.wake.notified(), if n.cfg.sharded && sync_at.is_none() => {
+                sync_at = Some((synced_at + ROOM_SYNC).max(Instant::now()));
+            }
+            _ = tokio::time::sleep_until(sync_at.unwrap_or_else(Instant::now).into()), if sync_at.is_some() => {
+                sync_at = None;
+                synced_at = Instant::now();
                 if n.rooms.take_changed() {
                     sync_rooms(n, &prefix, &mut conn, false).await?;
                 }
