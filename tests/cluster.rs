@@ -365,6 +365,88 @@ fn sharded_cluster_with_node_socket_io_sharded_adapter() {
     }
 }
 
+/// Sharded pub/sub under room churn: sockets on node A join and leave fresh rooms as fast as
+/// A acks (`room-churn.js`) while a socket on node B sends 1,000 messages to a room A's
+/// listener is in. Every one of them arrives exactly once (behind a fence), and afterwards
+/// `PUBSUB SHARDCHANNELS` holds exactly the rooms still in use (none once everyone left): A's
+/// subscriptions follow its rooms by reconciliation, so neither churn nor a full queue can
+/// lose or leak one.
+#[test]
+fn sharded_room_subscriptions_follow_the_rooms_in_use_under_churn() {
+    let js = interop_dir().join("js");
+    assert!(js.join("node_modules/redis").exists(), "the JS interop packages are not installed: run `scripts/test`");
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    let (mut a, a_addr) = shardcast_with("shardcast-a", &url, "node", &["--redis-sharded"]);
+    let (mut b, b_addr) = shardcast_with("shardcast-b", &url, "node", &["--redis-sharded"]);
+    let out = Command::new("node")
+        .current_dir(&js)
+        .arg("room-churn.js")
+        .env("A", format!("http://{a_addr}"))
+        .env("B", format!("http://{b_addr}"))
+        .env("REDIS_URL", &url)
+        .output()
+        .expect("run node room-churn.js");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success() && text.contains("room churn check ok"), "room churn check failed:\n{text}");
+    for p in [&mut a, &mut b] {
+        p.assert_alive();
+    }
+}
+
+/// Redis cutting a node's subscriber connection (as its `client-output-buffer-limit pubsub`
+/// does to a slow reader; here `CLIENT KILL TYPE pubsub`) is an outage: counted, logged, and
+/// followed by reconnecting and resubscribing. Classic and sharded alike.
+#[test]
+fn a_subscription_cut_by_redis_is_an_outage_and_the_node_resubscribes() {
+    use shardcast::app::adapter::RedisConfig;
+    use shardcast::app::{contract, Server};
+
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    for sharded in [false, true] {
+        let a = contract::app(Server::builder())
+            .bind("127.0.0.1:0".parse().unwrap())
+            .threads(2)
+            .pin(false)
+            .io(support::test_io())
+            .redis(RedisConfig { sharded, ..RedisConfig::new(&url) })
+            .start()
+            .expect("start the in-process shardcast node");
+        let h = a.handle();
+        wait_connected(&h);
+        let resubscribed = || {
+            if sharded {
+                wait_shard_subscribed(port, "socket.io#/#", 1);
+            } else {
+                wait_subscribed(port, "socket.io-request#/#", 1);
+            }
+        };
+        resubscribed();
+        assert_eq!(h.cluster_stats().unwrap().outages, 0);
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut con).unwrap();
+        assert_eq!(killed, 1, "the node's one subscriber connection");
+        let end = Instant::now() + READY;
+        while h.cluster_stats().unwrap().outages != 1 {
+            assert!(Instant::now() < end, "the cut was not counted as an outage within {READY:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wait_connected(&h);
+        resubscribed();
+        assert_eq!(h.cluster_stats().unwrap().outages, 1);
+        drop(a);
+        if sharded {
+            wait_shard_subscribed(port, "socket.io#/#", 0);
+        } else {
+            wait_subscribed(port, "socket.io-request#/#", 0);
+        }
+    }
+}
+
 /// Waits until `PUBSUB SHARDNUMSUB channel` is `want`.
 fn wait_shard_subscribed(port: u16, channel: &str, want: i64) {
     let end = Instant::now() + READY;
@@ -474,6 +556,11 @@ fn cluster_wide_operations(format: shardcast::app::adapter::RedisFormat, sharded
     assert!(answers.iter().all(|(args, _)| args[0]["x"] == 9));
     ops.wait_for("node_checks");
 
+    if sharded {
+        // A one-room broadcast goes on the room's channel: every node (this one, the binary,
+        // Node's) subscribes to it once the room exists there, one round trip or so later.
+        wait_shard_subscribed(port, &format!("socket.io#/#{room}#"), 3);
+    }
     h.of("/").to(&room).emit("handle-news", &[serde_json::json!({"n": 1})]).unwrap();
     h.of("/").to(&room).sockets_join(&["joined"]).unwrap();
     let end = Instant::now() + READY;

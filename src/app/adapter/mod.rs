@@ -90,16 +90,6 @@ pub enum Outbound {
     /// Asks every other node; the answer goes to the question's reply. A question that cannot
     /// be sent is answered [`HandleError::Stopped`] at once.
     Ask(Question),
-    /// A worker's shard of room `room` in namespace `nsp` came to exist (`exists`) or ended
-    /// (sharded Redis: the adapter subscribes to the rooms this node has members in).
-    Room {
-        /// The namespace.
-        nsp: String,
-        /// The room.
-        room: String,
-        /// Whether the room now exists on that worker.
-        exists: bool,
-    },
 }
 
 /// What another node (or an emitter) asks of this node's sockets, decoded once on the adapter

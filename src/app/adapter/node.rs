@@ -289,7 +289,7 @@ pub fn encode_request(uid: &str, prefix: &str, out: &super::Outbound) -> Option<
             let body = serde_json::json!({ "uid": uid, "type": request_type::SERVER_SIDE_EMIT, "data": data });
             return Some((request_channel(prefix, nsp), serde_json::to_vec(&body).expect("JSON into memory")));
         }
-        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } => return None,
+        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) => return None,
     };
     let mut body = body;
     body["opts"] = serde_json::json!({ "rooms": sel.rooms, "except": except_all(sel) });

@@ -74,7 +74,7 @@ pub fn encode_request(host_id: &str, out: &Outbound) -> Vec<Vec<u8>> {
     let mut msgs = Vec::new();
     let mut push = |v: Value| msgs.push(serde_json::to_vec(&v).expect("JSON into memory"));
     match out {
-        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } | Outbound::ServerSideEmit(..) => {}
+        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::ServerSideEmit(..) => {}
         Outbound::Leave(sel, rooms) if sel.rooms.len() == 1 && **rooms == sel.rooms && sel.except_rooms.is_empty() && sel.except_ids.is_empty() => {
             push(json!({"method": "close_room", "room": rooms[0], "namespace": sel.nsp, "host_id": host_id}))
         }

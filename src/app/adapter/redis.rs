@@ -1,28 +1,34 @@
 //! The Redis adapter: one dedicated thread (a single-threaded tokio runtime driving the `redis`
-//! crate's async pub/sub and a multiplexed connection for publishing) between the workers and
-//! Redis.
+//! crate's RESP3 multiplexed connection, which both subscribes and publishes) between the
+//! workers and Redis.
 //!
 //! - Out: a worker (or a `ServerHandle`) hands each message to [`RedisAdapter::send`], a
 //!   `try_send` on a bounded queue that never blocks; the thread publishes what it finds queued
 //!   as one pipeline (one round trip for a burst). A full queue, or Redis being down, drops
 //!   the message and counts it as not delivered.
-//! - In: each message from Redis is decoded once, into the same encode-once `Broadcast` (or
+//! - In: the connection's messages (RESP3 pushes) come through a bounded queue of `queue`
+//!   places (past it: dropped, counted in `inbound_dropped`); confirmations of subscribing take
+//!   no place. Each message is decoded once, into the same encode-once `Broadcast` (or
 //!   room / disconnect mail) the workers already handle, and posted to every worker through
 //!   its mailbox (`Poster`). Messages carrying this node's own uid are dropped. The workers
 //!   hold at most `queue` such messages, and at most `max_answers` answers to other nodes'
 //!   requests are in progress (`Tasks`); past either, what comes is dropped and counted.
-//! - Outage: the thread logs the loss once, keeps retrying with back-off (100 ms doubling to
-//!   5 s), resubscribes, and logs the recovery with the count of messages not delivered
-//!   meanwhile. The workers keep serving their clients throughout.
+//! - Outage (Redis unreachable, or closing the connection itself, e.g. its output buffer limit
+//!   for a slow subscriber): the thread counts and logs the loss once, keeps retrying with
+//!   back-off (100 ms doubling to 5 s), resubscribes, and logs the recovery with the count of
+//!   messages not delivered meanwhile. The workers keep serving their clients throughout.
 //! - Bridge mode (`RedisFormat::Bridge`): both formats on one thread; each message's sender
 //!   decides whether it is delivered and whether the relaying node republishes it in the
-//!   other format (`hear`).
-//! - Sharded pub/sub (`RedisConfig::sharded`): one RESP3 connection `SPUBLISH`es and
-//!   `SSUBSCRIBE`s (the `redis` crate's async pub/sub has no sharded subscribe), with a
-//!   subscription per room this node has members in, kept from the workers' room changes.
+//!   other format (`hear`); the relayed copies of what the connection had ready (up to
+//!   `BATCH`) go out as one pipeline.
+//! - Sharded pub/sub (`RedisConfig::sharded`): `SPUBLISH` / `SSUBSCRIBE` (the `redis` crate has
+//!   no sharded subscribe without its cluster feature: raw commands, one channel each), with a
+//!   subscription per room this node has members in, reconciled with [`RoomTable`] (the
+//!   workers' rooms) when woken, at most once per `ROOM_SYNC`, in pipelines; never from
+//!   queued events.
 //!
-//! Must never: be called into from a worker except through [`RedisAdapter::send`], or queue
-//! without bound.
+//! Must never: be called into from a worker except through [`RedisAdapter::send`] and
+//! [`Adapter::room_changed`] (a mutex held for one map update), or queue without bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,10 +97,8 @@ pub struct RedisAdapter {
     /// Set while the queue is full (the episode was logged), with the not-delivered count when
     /// it began (`u64::MAX`: no episode).
     full_since: AtomicU64,
-    /// Sharded pub/sub: the thread subscribes to the rooms this node has members in.
-    sharded: bool,
-    /// A room change was dropped (the queue was full): logged once.
-    room_lost: AtomicBool,
+    /// Sharded pub/sub: the rooms this node has members in, which the thread subscribes to.
+    rooms: Option<Arc<RoomTable>>,
 }
 
 impl Adapter for RedisAdapter {
@@ -129,22 +133,133 @@ impl Adapter for RedisAdapter {
     }
 
     fn room_changed(&self, nsp: &str, room: &str, exists: bool) {
-        if !self.sharded {
-            return;
+        // Kept in the table whether or not Redis is up: the thread subscribes to what it holds
+        // when Redis is back.
+        if let Some(t) = &self.rooms {
+            t.change(nsp, room, exists);
         }
-        // Queued whether or not Redis is up: the thread keeps its room list through outages
-        // and subscribes to it when Redis is back.
-        if self.tx.try_send(Outbound::Room { nsp: nsp.to_string(), room: room.to_string(), exists }).is_err() {
-            Counters::add(&self.counters.not_delivered, 1);
-            if !self.room_lost.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    nsp,
-                    room,
-                    "the Redis adapter's queue is full: a room subscription change was lost; other nodes' broadcasts to such a room may not reach this node"
-                );
+    }
+}
+
+/// How often, at most, the thread brings its room subscriptions in line with [`RoomTable`]
+/// (sharded pub/sub): a change after a quiet interval is sent at once (one round trip, as
+/// Node's adapter does), changes within an interval of the last sync wait for its end, and
+/// rooms made and ended meanwhile cost no command at all.
+const ROOM_SYNC: Duration = Duration::from_millis(100);
+/// Most `SSUBSCRIBE` / `SUNSUBSCRIBE` commands in one pipeline.
+const SUB_BATCH: usize = 1024;
+
+/// A room of a namespace: `(nsp, room)`.
+type RoomKey = (String, String);
+
+/// The rooms this node has members in (sharded pub/sub), shared by the workers and the
+/// adapter thread: per `(nsp, room)`, how many workers have a shard of it. A worker updates it
+/// only when its shard of a room is created or deleted (never per packet or broadcast), under a
+/// mutex, and raises `changed` (waking the thread once until it takes it); the thread diffs
+/// it against what it has subscribed (at most once per [`ROOM_SYNC`]) and sends the
+/// differences. Nothing is queued, so no change can be lost:
+/// the subscriptions follow the table, whatever happened in between. It holds one entry per
+/// room that exists on this node, and the rooms that came to exist or ended on the node since
+/// the thread last looked (`touched`, each once), so that a diff holds the mutex for the
+/// changes only, not for every room.
+#[derive(Default)]
+pub struct RoomTable {
+    rooms: std::sync::Mutex<Rooms>,
+    changed: AtomicBool,
+    /// Wakes the thread: raised with `changed` (once until the thread takes it).
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Rooms {
+    /// Workers with a shard of each room.
+    count: HashMap<RoomKey, usize>,
+    /// Rooms created or ended on this node since the last diff: at most as many as `count`
+    /// holds (or [`SUB_BATCH`]); past that (churn while Redis is down), they are forgotten and
+    /// the next diff compares every room (`all`).
+    touched: std::collections::HashSet<RoomKey>,
+    /// The next diff compares every room.
+    all: bool,
+}
+
+impl RoomTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A worker's shard of `room` came to exist (`exists`) or ended. An end the table never
+    /// saw begin is ignored.
+    fn change(&self, nsp: &str, room: &str, exists: bool) {
+        let key = (nsp.to_string(), room.to_string());
+        let mut t = self.lock();
+        let node_level = if exists {
+            let c = t.count.entry(key.clone()).or_insert(0);
+            *c += 1;
+            *c == 1
+        } else if let Some(c) = t.count.get_mut(&key) {
+            *c -= 1;
+            let ended = *c == 0;
+            if ended {
+                t.count.remove(&key);
+            }
+            ended
+        } else {
+            false
+        };
+        if node_level {
+            if t.all || t.touched.len() >= t.count.len().max(SUB_BATCH) {
+                t.touched.clear();
+                t.all = true;
+            } else {
+                t.touched.insert(key);
+            }
+            drop(t);
+            if !self.changed.swap(true, Ordering::AcqRel) {
+                self.wake.notify_one();
             }
         }
     }
+
+    /// Whether the table changed since the last call (and clears it): the diff that follows
+    /// sees at least every change made before.
+    fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// What to subscribe to (rooms in the table, not in `subscribed`) and unsubscribe from
+    /// (the other way round): among the rooms touched since the last diff, or among all of
+    /// them (`all`: after a reconnection).
+    fn diff(&self, subscribed: &std::collections::HashSet<RoomKey>, all: bool) -> (Vec<RoomKey>, Vec<RoomKey>) {
+        let mut t = self.lock();
+        let touched = std::mem::take(&mut t.touched);
+        if all || std::mem::take(&mut t.all) {
+            t.all = false;
+            return room_diff(&t.count, subscribed);
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for key in touched {
+            match (t.count.contains_key(&key), subscribed.contains(&key)) {
+                (true, false) => add.push(key),
+                (false, true) => remove.push(key),
+                _ => {}
+            }
+        }
+        (add, remove)
+    }
+
+    /// How many rooms the table holds, and how many it holds as touched.
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
+        let t = self.lock();
+        (t.count.len(), t.touched.len())
+    }
+}
+
+/// The rooms of `have` missing from `subscribed`, and those of `subscribed` no longer in `have`.
+fn room_diff(have: &HashMap<RoomKey, usize>, subscribed: &std::collections::HashSet<RoomKey>) -> (Vec<RoomKey>, Vec<RoomKey>) {
+    let add = have.keys().filter(|k| !subscribed.contains(*k)).cloned().collect();
+    let remove = subscribed.iter().filter(|k| !have.contains_key(*k)).cloned().collect();
+    (add, remove)
 }
 
 impl RedisAdapter {
@@ -177,6 +292,7 @@ pub struct Pending {
     rx: mpsc::Receiver<Outbound>,
     up: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    rooms: Arc<RoomTable>,
 }
 
 /// The running adapter thread.
@@ -213,15 +329,10 @@ pub fn prepare(cfg: RedisConfig) -> Result<(Arc<RedisAdapter>, Pending), String>
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let up = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
-    let adapter = RedisAdapter {
-        tx,
-        up: up.clone(),
-        counters: counters.clone(),
-        full_since: AtomicU64::new(u64::MAX),
-        sharded: cfg.sharded,
-        room_lost: AtomicBool::new(false),
-    };
-    Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters }))
+    let rooms = Arc::new(RoomTable::default());
+    let adapter =
+        RedisAdapter { tx, up: up.clone(), counters: counters.clone(), full_since: AtomicU64::new(u64::MAX), rooms: cfg.sharded.then(|| rooms.clone()) };
+    Ok((Arc::new(adapter), Pending { client, cfg, rx, up, counters, rooms }))
 }
 
 /// A random id: `len` characters of `alphabet`.
@@ -282,27 +393,11 @@ struct Node {
     inflight: Inflight,
     /// Answers to other nodes' questions and acked broadcasts still being made.
     tasks: Tasks,
-    /// Sharded pub/sub: the rooms this node has members in, with the number of workers that
-    /// have each (a room's channel is subscribed while it is here).
-    rooms: HashMap<(String, String), usize>,
-}
-
-/// A worker's room came to exist or ended: `Some(true)` when this node now has the room's
-/// channel to subscribe to, `Some(false)` when it has one to unsubscribe from.
-fn room_change(rooms: &mut HashMap<(String, String), usize>, nsp: &str, room: &str, exists: bool) -> Option<bool> {
-    let key = (nsp.to_string(), room.to_string());
-    if exists {
-        let c = rooms.entry(key).or_insert(0);
-        *c += 1;
-        return (*c == 1).then_some(true);
-    }
-    let c = rooms.get_mut(&key)?;
-    *c -= 1;
-    if *c == 0 {
-        rooms.remove(&key);
-        return Some(false);
-    }
-    None
+    /// Sharded pub/sub: the rooms this node has members in (the workers').
+    rooms: Arc<RoomTable>,
+    /// Sharded pub/sub: the rooms whose channels this session has subscribed (emptied with
+    /// each new connection).
+    subscribed: std::collections::HashSet<RoomKey>,
 }
 
 /// One of this node's questions, collecting answers.
@@ -346,7 +441,8 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
         inflight: Inflight::new(queue),
         tasks: Tasks::new(max_answers),
         namespaces,
-        rooms: HashMap::new(),
+        rooms: p.rooms,
+        subscribed: std::collections::HashSet::new(),
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -384,7 +480,6 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
             tokio::select! {
                 _ = &mut pause => break,
                 _ = stop.notified() => return,
-                // Room changes keep the room list true; anything else is not delivered.
                 out = n.rx.recv() => match out {
                     Some(out) => {
                         let lost = offline(&mut n, out);
@@ -398,13 +493,9 @@ async fn run(p: Pending, poster: Poster<SioMail>, namespaces: Arc<Namespaces>, s
     }
 }
 
-/// What the thread does with a worker's message while Redis is unreachable: a room change is
-/// kept in the room list; anything else is not delivered (1, for the count).
+/// What the thread does with a worker's message while Redis is unreachable: it is not
+/// delivered (1, for the count). (Room changes are not messages: see [`RoomTable`].)
 fn offline(n: &mut Node, out: Outbound) -> u64 {
-    if let Outbound::Room { nsp, room, exists } = &out {
-        room_change(&mut n.rooms, nsp, room, *exists);
-        return 0;
-    }
     unheard(out, Some(&n.poster));
     1
 }
@@ -430,20 +521,52 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     } else {
         tracing::info!(url = %n.cfg.url, format = ?n.cfg.format, sharded = n.cfg.sharded, "cluster adapter connected to Redis");
     }
+    if n.cfg.sharded {
+        // Every room this node has, on the new connection.
+        n.subscribed.clear();
+        n.rooms.take_changed();
+        sync_rooms(n, &prefix, &mut conn, true).await?;
+    }
+    // Room subscriptions: when the last sync was, and when the next one is due (once woken).
+    let (mut synced_at, mut sync_at): (Instant, Option<Instant>) = (Instant::now(), None);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let next_deadline = n.asks.values().map(|a| a.deadline).chain(n.acking.values().map(|a| a.1)).min();
         tokio::select! {
             _ = stop.notified() => return Ok(()),
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()), if next_deadline.is_some() => expire(n),
+            _ = n.rooms.wake.notified(), if n.cfg.sharded && sync_at.is_none() => {
+                sync_at = Some((synced_at + ROOM_SYNC).max(Instant::now()));
+            }
+            _ = tokio::time::sleep_until(sync_at.unwrap_or_else(Instant::now).into()), if sync_at.is_some() => {
+                sync_at = None;
+                synced_at = Instant::now();
+                if n.rooms.take_changed() {
+                    sync_rooms(n, &prefix, &mut conn, false).await?;
+                }
+            }
             msg = stream.next() => {
-                let Some(msg) = msg else {
+                let Some(mut msg) = msg else {
                     return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
                 };
-                if n.cfg.sharded {
-                    receive_sharded(n, &prefix, &conn, msg.get_payload_bytes());
-                } else {
-                    receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                // What the stream has ready (up to a batch) is handled before one pipeline of
+                // relayed copies: the relay keeps up with what it relays.
+                for _ in 0..BATCH {
+                    if n.cfg.sharded {
+                        receive_sharded(n, &prefix, &conn, msg.get_payload_bytes());
+                    } else {
+                        receive(n, &prefix, &conn, msg.get_channel_name(), msg.get_payload_bytes());
+                    }
+                    match futures_util::FutureExt::now_or_never(stream.next()) {
+                        Some(Some(m)) => msg = m,
+                        Some(None) => {
+                            if !n.relays.is_empty() {
+                                publish_relays(n, &mut conn).await?;
+                            }
+                            return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the subscription connection closed")));
+                        }
+                        None => break,
+                    }
                 }
                 if !n.relays.is_empty() {
                     publish_relays(n, &mut conn).await?;
@@ -459,21 +582,8 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
                     }
                 }
                 let r = publish(n, &prefix, &mut conn, &batch).await;
-                let mut subscriptions = Vec::new();
-                for o in &batch {
-                    if let Outbound::Room { nsp, room, exists } = o {
-                        if let Some(subscribe) = room_change(&mut n.rooms, nsp, room, *exists) {
-                            subscriptions.push((sharded::room_channel(&prefix, nsp, room), subscribe));
-                        }
-                    }
-                }
                 let asked: Vec<Outbound> = batch.drain(..).filter(|o| matches!(o, Outbound::Ask(_) | Outbound::AckedBroadcast(..))).collect();
                 r?;
-                // One channel per command: the connection pairs each with its confirmation.
-                for (channel, subscribe) in subscriptions {
-                    let command = if subscribe { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" };
-                    within(redis::cmd(command).arg(channel).exec_async(&mut conn)).await?;
-                }
                 for o in asked {
                     match o {
                         Outbound::Ask(q) => ask(n, &prefix, &mut conn, q).await?,
@@ -486,71 +596,133 @@ async fn session(n: &mut Node, stop: &Notify, backoff: &mut Duration) -> redis::
     }
 }
 
+/// Brings the room channels subscribed in line with [`RoomTable`]: the differences, in
+/// pipelines of at most [`SUB_BATCH`] commands (one channel per command: the connection pairs
+/// each with its confirmation).
+async fn sync_rooms(n: &mut Node, prefix: &str, conn: &mut redis::aio::MultiplexedConnection, all: bool) -> redis::RedisResult<()> {
+    let (add, remove) = n.rooms.diff(&n.subscribed, all);
+    for (rooms, command) in [(add, "SSUBSCRIBE"), (remove, "SUNSUBSCRIBE")] {
+        for chunk in rooms.chunks(SUB_BATCH) {
+            let mut pipe = redis::pipe();
+            for (nsp, room) in chunk {
+                pipe.cmd(command).arg(sharded::room_channel(prefix, nsp, room)).ignore();
+            }
+            within(pipe.exec_async(conn)).await?;
+            for key in chunk {
+                if command == "SSUBSCRIBE" {
+                    n.subscribed.insert(key.clone());
+                } else {
+                    n.subscribed.remove(key);
+                }
+            }
+        }
+    }
+    tracing::trace!(rooms = n.subscribed.len(), "room subscriptions in line with this node's rooms");
+    Ok(())
+}
+
 /// What one session receives from Redis.
 type Messages = std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg>>>;
 
-/// The classic adapter's connections: a pub/sub connection subscribed to the channels of the
-/// format(s), and a multiplexed one to publish.
+/// The classic adapter's connection: one RESP3 connection that publishes and is subscribed to
+/// the channels of the format(s); the messages come through [`push_connection`]'s bounded
+/// queue.
 async fn connect(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
-    let mut pubsub = within(n.client.get_async_pubsub()).await?;
+    let (mut conn, messages) = push_connection(n, &[redis::PushKind::Message, redis::PushKind::PMessage]).await?;
     if n.cfg.format.speaks_node() {
-        within(pubsub.psubscribe(node::pattern(prefix))).await?;
+        within(conn.psubscribe(node::pattern(prefix))).await?;
         // Plain subscriptions (not a pattern), so that a Node node asking counts this one
         // (`PUBSUB NUMSUB` of the request channel).
         for nsp in &n.cfg.namespaces {
             let response = node::response_channel(prefix, nsp);
             let specific = format!("{response}{}#", n.id);
-            within(pubsub.subscribe(&[node::request_channel(prefix, nsp), response, specific])).await?;
+            within(conn.subscribe(&[node::request_channel(prefix, nsp), response, specific])).await?;
         }
     }
     if n.cfg.format.speaks_python() {
-        within(pubsub.subscribe(n.cfg.python_channel())).await?;
+        within(conn.subscribe(n.cfg.python_channel())).await?;
     }
-    let conn = within(n.client.get_multiplexed_async_connection()).await?;
-    Ok((conn, Box::pin(pubsub.into_on_message())))
+    Ok((conn, messages))
 }
 
-/// The sharded adapter's connection: one RESP3 multiplexed connection that publishes
-/// (`SPUBLISH`) and subscribes (`SSUBSCRIBE`: each fixed namespace's channel and this node's
-/// answer channel, and the channel of each room this node has members in); its pushes
-/// (`smessage`) come through a bounded queue, past which they are dropped and counted.
+/// The sharded adapter's connection: one RESP3 connection that publishes (`SPUBLISH`) and
+/// subscribes (`SSUBSCRIBE`: each fixed namespace's channel and this node's answer channel
+/// here, the channel of each room this node has members in from [`sync_rooms`]).
 async fn connect_sharded(n: &Node, prefix: &str) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
-    let info = n.client.get_connection_info().clone();
-    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
-    let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
-    let counters = n.counters.clone();
-    let push = move |p: redis::PushInfo| -> Result<(), std::convert::Infallible> {
-        if tx.try_send(p).is_err() {
-            Counters::add(&counters.inbound_dropped, 1);
-        }
-        Ok(())
-    };
-    let config = redis::AsyncConnectionConfig::new().set_push_sender(push);
-    let mut conn = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
+    let (mut conn, messages) = push_connection(n, &[redis::PushKind::SMessage]).await?;
     let mut channels = Vec::new();
     for nsp in &n.cfg.namespaces {
         channels.push(sharded::main_channel(prefix, nsp));
         channels.push(sharded::answer_channel(prefix, nsp, &n.id));
     }
-    channels.extend(n.rooms.keys().map(|(nsp, room)| sharded::room_channel(prefix, nsp, room)));
     // One channel per command: the connection pairs each with its confirmation.
-    for c in channels {
-        within(redis::cmd("SSUBSCRIBE").arg(c).exec_async(&mut conn)).await?;
+    if !channels.is_empty() {
+        let mut pipe = redis::pipe();
+        for c in channels {
+            pipe.cmd("SSUBSCRIBE").arg(c).ignore();
+        }
+        within(pipe.exec_async(&mut conn)).await?;
     }
-    // The stream ends with the connection (the push sender is dropped, or says so).
-    let messages = futures_util::stream::unfold(rx, |mut rx| async move {
+    Ok((conn, messages))
+}
+
+/// A RESP3 multiplexed connection whose pushes of the kinds `wanted` (messages) come through a
+/// bounded queue of `queue` places, past which they are dropped and counted (never held
+/// without bound: Redis may bring messages faster than this thread decodes them). The
+/// confirmations of (un)subscribing take no place: the connection pairs them with their
+/// commands. The stream ends with the connection (the push sender is dropped, or says so).
+async fn push_connection(n: &Node, wanted: &'static [redis::PushKind]) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Messages)> {
+    let info = n.client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let (tx, rx) = mpsc::channel::<redis::PushInfo>(n.cfg.queue.max(1));
+    // The end of the connection takes no place either: it is told even when the queue is full.
+    let closed = Arc::new(Notify::new());
+    let push = push_sender(tx, closed.clone(), n.counters.clone(), wanted);
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(push);
+    let conn = within(client.get_multiplexed_async_connection_with_config(&config)).await?;
+    // What came before the end is handled first.
+    let messages = futures_util::stream::unfold((rx, closed), |(mut rx, closed)| async move {
         loop {
-            let p = rx.recv().await?;
-            if p.kind == redis::PushKind::Disconnection {
-                return None;
-            }
+            let p = tokio::select! {
+                biased;
+                p = rx.recv() => p?,
+                _ = closed.notified() => return None,
+            };
             if let Some(m) = redis::Msg::from_push_info(p) {
-                return Some((m, rx));
+                return Some((m, (rx, closed)));
             }
         }
     });
     Ok((conn, Box::pin(messages)))
+}
+
+/// What the connection calls with each push: a message of the kinds `wanted` takes a place in
+/// `tx` (none free: dropped and counted as an inbound drop); the end of the connection wakes
+/// `closed`; anything else (the confirmations of subscribing) is ignored.
+fn push_sender(
+    tx: mpsc::Sender<redis::PushInfo>,
+    closed: Arc<Notify>,
+    counters: Arc<Counters>,
+    wanted: &'static [redis::PushKind],
+) -> impl Fn(redis::PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+    // Dropping since the last message that found a place (logged once per episode).
+    let dropping = AtomicBool::new(false);
+    move |p: redis::PushInfo| {
+        if p.kind == redis::PushKind::Disconnection {
+            closed.notify_one();
+        } else if wanted.contains(&p.kind) {
+            if tx.try_send(p).is_ok() {
+                dropping.store(false, Ordering::Relaxed);
+            } else {
+                Counters::add(&counters.inbound_dropped, 1);
+                if !dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(queue = tx.max_capacity(), "Redis brings messages faster than this node decodes them: dropping them until it catches up");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Encodes what the workers queued and publishes it as one pipeline.
@@ -588,7 +760,7 @@ async fn publish(n: &Node, prefix: &str, conn: &mut redis::aio::MultiplexedConne
                     count += 1;
                 }
             }
-            Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } => {} // asked one by one after the pipeline
+            Outbound::Ask(_) | Outbound::AckedBroadcast(..) => {} // asked one by one after the pipeline
             other => {
                 if node {
                     if let Some((channel, payload)) = node::encode_request(&n.id, prefix, other) {
@@ -1319,15 +1491,114 @@ mod tests {
     }
 
     #[test]
-    fn a_room_channel_is_subscribed_while_any_worker_has_the_room() {
-        let mut rooms = HashMap::new();
-        assert_eq!(room_change(&mut rooms, "/", "r", true), Some(true), "the first worker's room: subscribe");
-        assert_eq!(room_change(&mut rooms, "/", "r", true), None, "a second worker's");
-        assert_eq!(room_change(&mut rooms, "/x", "r", true), Some(true), "another namespace's room");
-        assert_eq!(room_change(&mut rooms, "/", "r", false), None);
-        assert_eq!(room_change(&mut rooms, "/", "r", false), Some(false), "the last one ended: unsubscribe");
-        assert_eq!(room_change(&mut rooms, "/", "r", false), None, "an unknown room's end is ignored");
-        assert_eq!(rooms.len(), 1);
+    fn pushes_are_bounded_and_only_messages_take_a_place() {
+        use redis::{PushInfo, PushKind, Value as V};
+        let (tx, mut rx) = mpsc::channel(2);
+        let closed = Arc::new(Notify::new());
+        let counters = Arc::new(Counters::default());
+        let push = push_sender(tx, closed.clone(), counters.clone(), &[PushKind::SMessage]);
+        let p = |kind| PushInfo { kind, data: vec![V::BulkString(b"ch".to_vec()), V::Int(1)] };
+        // Confirmations, however many, take no place.
+        for _ in 0..10 {
+            push(p(PushKind::SSubscribe)).unwrap();
+            push(p(PushKind::SUnsubscribe)).unwrap();
+        }
+        assert!(rx.is_empty());
+        // Messages: up to the bound, then dropped and counted.
+        for _ in 0..5 {
+            push(p(PushKind::SMessage)).unwrap();
+        }
+        assert_eq!(rx.len(), 2);
+        assert_eq!(counters.snapshot().inbound_dropped, 3);
+        // The end of the connection is told though the queue is full.
+        push(PushInfo { kind: PushKind::Disconnection, data: vec![] }).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), closed.notified()).await }).expect("told");
+        assert_eq!(rx.len(), 2);
+        assert!(rx.try_recv().is_ok());
+    }
+
+    fn keys(v: &[(&str, &str)]) -> std::collections::HashSet<RoomKey> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn a_room_channel_is_wanted_while_any_worker_has_the_room() {
+        let t = RoomTable::default();
+        assert!(!t.take_changed());
+        t.change("/", "r", true);
+        t.change("/", "r", true); // a second worker's shard
+        t.change("/x", "r", true); // another namespace's room
+        assert!(t.take_changed() && !t.take_changed(), "one wake-up for any number of changes");
+        let (mut add, remove) = t.diff(&keys(&[]), false);
+        add.sort();
+        assert_eq!((add, remove), (vec![("/".into(), "r".into()), ("/x".into(), "r".into())], vec![]));
+        let subscribed = keys(&[("/", "r"), ("/x", "r")]);
+        t.change("/", "r", false);
+        assert!(!t.take_changed(), "one worker still has it: no wake-up");
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![]));
+        t.change("/", "r", false);
+        assert!(t.take_changed());
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![("/".into(), "r".into())]), "the last one ended");
+        t.change("/", "gone", false);
+        assert!(!t.take_changed());
+        assert_eq!(t.len(), (1, 0), "an unknown room's end is ignored; ended rooms leave the table");
+    }
+
+    #[test]
+    fn churn_within_one_interval_costs_no_command_and_nothing_lingers() {
+        let t = RoomTable::default();
+        let mut subscribed = keys(&[("/", "keep"), ("/", "old")]);
+        t.change("/", "keep", true);
+        // Two workers' rooms made and ended between two diffs, in any interleaving.
+        for i in 0..1000 {
+            let room = format!("r{i}");
+            t.change("/", &room, true);
+            t.change("/", &room, true);
+            t.change("/", &room, false);
+            t.change("/", &room, false);
+        }
+        assert!(t.take_changed());
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![]), "only touched rooms are looked at");
+        assert_eq!(t.len(), (1, 0), "the touched rooms are forgotten with the diff");
+        // After a reconnection every room is compared: "old" ended while nobody looked.
+        let (add, remove) = t.diff(&subscribed, true);
+        assert!(add.is_empty(), "{add:?}");
+        assert_eq!(remove, vec![("/".to_string(), "old".to_string())]);
+        subscribed.remove(&remove[0]);
+        assert_eq!(t.diff(&subscribed, true), (vec![], vec![]));
+        assert_eq!(t.diff(&keys(&[]), true).0, vec![("/".to_string(), "keep".to_string())], "a new connection subscribes to all");
+    }
+
+    #[test]
+    fn the_touched_rooms_are_bounded_and_past_the_bound_every_room_is_compared() {
+        let t = RoomTable::default();
+        let mut subscribed = keys(&[("/", "old")]);
+        // Churn while nobody diffs (Redis down): more rooms than SUB_BATCH made and ended.
+        for i in 0..3 * SUB_BATCH {
+            let room = format!("r{i}");
+            t.change("/", &room, true);
+            t.change("/", &room, false);
+            assert!(t.len().1 <= SUB_BATCH);
+        }
+        t.change("/", "new", true);
+        assert_eq!(t.len(), (1, 0), "the touched rooms were forgotten for a full comparison");
+        let (add, remove) = t.diff(&subscribed, false);
+        assert_eq!((add.clone(), remove.clone()), (vec![("/".to_string(), "new".to_string())], vec![("/".to_string(), "old".to_string())]));
+        subscribed.extend(add);
+        subscribed.remove(&remove[0]);
+        assert_eq!(t.diff(&subscribed, false), (vec![], vec![]));
+    }
+
+    #[test]
+    fn only_a_sharded_adapter_keeps_rooms() {
+        let (a, p) = prepare(RedisConfig::new("redis://127.0.0.1:1/")).unwrap();
+        a.room_changed("/", "r", true);
+        assert_eq!(p.rooms.len(), (0, 0));
+        let (a, p) = prepare(RedisConfig { sharded: true, ..RedisConfig::new("redis://127.0.0.1:1/") }).unwrap();
+        a.room_changed("/", "r", true);
+        assert_eq!(p.rooms.len(), (1, 1));
+        assert!(p.rx.is_empty(), "a room change is no message: it cannot take a place in the queue or be lost");
     }
 
     /// Every member gets every broadcast exactly once: for each origin, which copies each kind

@@ -133,7 +133,7 @@ pub fn encode_request(uid: &str, prefix: &str, out: &Outbound) -> Option<(String
         Outbound::Leave(sel, rooms) => (&sel.nsp, kind::SOCKETS_LEAVE, json!({ "opts": opts(sel, json!({})), "rooms": &**rooms })),
         Outbound::Disconnect(sel, close) => (&sel.nsp, kind::DISCONNECT_SOCKETS, json!({ "opts": opts(sel, json!({})), "close": close })),
         Outbound::ServerSideEmit(nsp, data) => (nsp, kind::SERVER_SIDE_EMIT, json!({ "packet": data })),
-        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) | Outbound::Room { .. } => return None,
+        Outbound::Broadcast(_) | Outbound::Ask(_) | Outbound::AckedBroadcast(..) => return None,
     };
     Some((main_channel(prefix, nsp), message(uid, nsp, kind, data, &[])))
 }
@@ -304,11 +304,15 @@ pub fn answer_items(kind: super::QuestionKind, data: &Value) -> Vec<Value> {
         QuestionKind::Fetch => sockets,
         QuestionKind::Sockets => sockets.iter().filter_map(|s| s.get("id").cloned()).collect(),
         QuestionKind::Rooms => {
+            // Each room once, in the order first seen (a set: another node's answer may name
+            // many sockets and rooms).
+            let mut seen = std::collections::HashSet::new();
             let mut rooms: Vec<Value> = Vec::new();
             for s in &sockets {
                 let id = s.get("id").and_then(Value::as_str).unwrap_or_default();
                 for r in strings(s.get("rooms")) {
-                    if r != id && !rooms.iter().any(|x| x.as_str() == Some(&r)) {
+                    if r != id && !seen.contains(&r) {
+                        seen.insert(r.clone());
                         rooms.push(Value::String(r));
                     }
                 }
