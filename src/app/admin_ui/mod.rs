@@ -69,16 +69,22 @@ impl std::fmt::Debug for AdminAuth {
     }
 }
 
+/// The lowest bcrypt cost accepted (bcrypt's own minimum).
+pub const MIN_COST: u32 = 4;
+/// The highest bcrypt cost accepted: cost 14 is about a second of CPU per check on one core,
+/// already enough for the login thread's queue to take minutes to drain.
+pub const MAX_COST: u32 = 14;
+
 /// A bcrypt hash that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the admin UI password must be a valid bcrypt hash ($2a$, $2b$ or $2y$, cost 4-31): {0}")]
+#[error("--admin-ui-auth: the admin UI password must be a valid bcrypt hash ($2a$, $2b$ or $2y$, cost 4-14; a higher cost lets a few logins hold the login thread for seconds): {0}")]
 pub struct InvalidHash(String);
 
 impl AdminAuth {
     /// Basic authentication; the hash is checked now (Node checks it in `instrument`).
     pub fn basic(username: &str, password_hash: &str) -> Result<AdminAuth, InvalidHash> {
         let parts: bcrypt::HashParts = password_hash.parse().map_err(|e: bcrypt::BcryptError| InvalidHash(e.to_string()))?;
-        if !(4..=31).contains(&parts.get_cost()) {
+        if !(MIN_COST..=MAX_COST).contains(&parts.get_cost()) {
             return Err(InvalidHash(format!("cost {}", parts.get_cost())));
         }
         Ok(AdminAuth::Basic { username: username.to_string(), password_hash: password_hash.to_string() })
@@ -238,7 +244,7 @@ fn admin_namespace(cfg: &AdminUi, logins: Option<auth::Sender>) -> Namespace {
     let admin = cfg.namespace.clone();
     let mut ns = Namespace::new();
     if let Some(logins) = logins {
-        ns = ns.use_deferred_middleware(move |hs, decision| logins.submit(hs.auth.as_ref(), decision));
+        ns = ns.use_deferred_middleware(move |hs, decision| logins.submit(hs.auth.as_ref(), hs.address, decision));
     }
     ns = ns.on_connection(move |s| {
         s.emit("config", std::slice::from_ref(&config));
@@ -296,5 +302,8 @@ mod tests {
         assert!(AdminAuth::basic("admin", "secret").is_err());
         assert!(AdminAuth::basic("admin", "$2a$03$abcdefghijklmnopqrstuuK1yIHzRlgM5.9v4ChdWb7/Z5.y0wW2S").is_err());
         assert!(AdminAuth::basic("admin", &bcrypt::hash("secret", 4).unwrap()).is_ok());
+        // A cost beyond 14 would let a few logins hold the login thread for minutes.
+        let e = AdminAuth::basic("admin", "$2b$15$abcdefghijklmnopqrstuuK1yIHzRlgM5.9v4ChdWb7/Z5.y0wW2S").unwrap_err();
+        assert!(e.to_string().contains("--admin-ui-auth") && e.to_string().contains("cost 15"), "{e}");
     }
 }
