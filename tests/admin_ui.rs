@@ -161,3 +161,66 @@ fn a_login_flood_from_one_address_does_not_lock_another_out() {
     assert!(again.recv_eio().starts_with("40/admin,{\"sid\":"));
     server.shutdown();
 }
+
+/// The admin events of the workers found in a scrape, dropped for the budget.
+fn dropped(server: &RunningServer) -> u64 {
+    let workers = server.scraper().scrape(Duration::from_secs(5)).expect("scrape");
+    workers.iter().flat_map(|w| &w.samples).filter(|s| s.name == "shardcast_admin_ui_events_dropped_total").map(|s| s.value).sum()
+}
+
+/// Development mode: a few broadcasts to many sockets (one `event_sent` per recipient) go past
+/// the workers' budget of admin events: the rest are dropped and counted, and the admin client
+/// gets exactly the events that were not dropped and stays connected.
+#[test]
+fn admin_events_past_the_budget_are_dropped_and_counted_and_the_admin_stays() {
+    const CLIENTS: usize = 50;
+    const BROADCASTS: usize = 4;
+    let ns = Namespace::new().on("all", |s, ev| {
+        let _ = s.handle().of("/").emit("news", &ev.args);
+    });
+    let server = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .pin(false)
+        .io(support::test_io())
+        .namespace("/", ns)
+        .admin_ui(AdminUi::new(AdminAuth::Disabled).mode(AdminMode::Development).events_per_second(20))
+        .start()
+        .expect("server starts");
+    let mut admin = open(&server);
+    admin.send_text("40/admin,");
+    // Connected and watching (its own room_joined and socket_connected came before).
+    while !next_admin(&mut admin).contains("\"all_sockets\"") {}
+    let mut clients: Vec<Ws> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = open(&server);
+            c.send_text("40");
+            assert!(c.recv_eio().starts_with("40{\"sid\""));
+            c
+        })
+        .collect();
+    for _ in 0..BROADCASTS {
+        clients[0].send_text(r#"42["all",1]"#);
+    }
+    for c in &mut clients {
+        for _ in 0..BROADCASTS {
+            assert_eq!(c.recv_eio(), r#"42["news",1]"#);
+        }
+    }
+    // Every event the tap produced is produced by now (`event_sent` before the packet left):
+    // each client's room_joined and socket_connected, one event_received per `all` and one
+    // event_sent per recipient of each broadcast (and the admin's own two, within the budget).
+    let produced = 2 * CLIENTS + BROADCASTS * (1 + CLIENTS);
+    let dropped = dropped(&server) as usize;
+    assert!(dropped > 0 && dropped < produced, "{dropped} of {produced} dropped");
+    let mut told = 0;
+    while told < produced - dropped {
+        let (e, _) = event(&next_admin(&mut admin));
+        assert!(["room_joined", "socket_connected", "event_received", "event_sent"].contains(&e.as_str()), "{e}");
+        told += 1;
+    }
+    // Still connected: its action reaches the clients.
+    admin.send_text(r#"42/admin,["emit","/",null,"hi"]"#);
+    assert_eq!(clients[1].recv_eio(), r#"42["hi"]"#);
+    server.shutdown();
+}

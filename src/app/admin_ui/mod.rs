@@ -45,6 +45,9 @@ use super::ServerHandle;
 
 pub use tap::Tap;
 
+/// The default of [`AdminUi::events_per_second`].
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 1000;
+
 /// How the admin UI logs in.
 #[derive(Clone)]
 pub enum AdminAuth {
@@ -116,12 +119,30 @@ pub struct AdminUi {
     pub server_id: Option<String>,
     /// How often `server_stats` is emitted (Node: 2 s).
     pub stats_interval: Duration,
+    /// Development mode: the admin events (`socket_connected`, `event_sent`, ...) each worker
+    /// emits per second, at most; the rest are dropped and counted
+    /// (`shardcast_admin_ui_events_dropped_total`). Node has no such bound (it buffers).
+    pub events_per_second: u32,
 }
 
 impl AdminUi {
     /// The admin UI with `auth`, in production mode, on `/admin`, stats every 2 s.
     pub fn new(auth: AdminAuth) -> AdminUi {
-        AdminUi { auth, mode: AdminMode::Production, namespace: "/admin".to_string(), readonly: false, server_id: None, stats_interval: Duration::from_secs(2) }
+        AdminUi {
+            auth,
+            mode: AdminMode::Production,
+            namespace: "/admin".to_string(),
+            readonly: false,
+            server_id: None,
+            stats_interval: Duration::from_secs(2),
+            events_per_second: DEFAULT_EVENTS_PER_SECOND,
+        }
+    }
+
+    /// The development mode's budget of admin events per second and worker.
+    pub fn events_per_second(mut self, n: u32) -> Self {
+        self.events_per_second = n;
+        self
     }
 
     /// Production or development mode.
@@ -180,7 +201,7 @@ impl Prepared {
             AdminAuth::Basic { username, password_hash } => Some(auth::AuthThread::spawn(username.clone(), password_hash.clone())),
         };
         let dev = cfg.mode == AdminMode::Development;
-        let tap = dev.then(|| Arc::new(Tap::new(&cfg.namespace, secure, path)));
+        let tap = dev.then(|| Arc::new(Tap::new(&cfg.namespace, secure, path, cfg.events_per_second)));
         if dev {
             for (name, ns) in namespaces.fixed.iter_mut() {
                 if *name != cfg.namespace {

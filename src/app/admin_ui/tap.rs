@@ -12,7 +12,7 @@
 //! admin namespace about its own sockets' events (Node does not either).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -79,6 +79,37 @@ pub struct Tap {
     /// Sockets connected to the admin namespace, on every worker. With none (and no other
     /// node to tell), nothing is encoded or posted.
     watchers: AtomicUsize,
+    /// Admin events each worker may emit per second (`AdminUi::events_per_second`).
+    per_second: u32,
+}
+
+/// A worker's admin events in the current second: past the budget, events are dropped and
+/// counted (`shardcast_admin_ui_events_dropped_total`), so that a few broadcasts to many
+/// sockets (one `event_sent` per recipient) cannot flood the admin clients.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    window: Option<Instant>,
+    used: u32,
+    /// Events dropped for the budget since the start.
+    pub(crate) dropped: u64,
+}
+
+impl Budget {
+    /// Takes one event from the budget of the second `now` falls in; false (and counted) when
+    /// it is spent.
+    fn take(&mut self, now: Instant, per_second: u32) -> bool {
+        if self.window.is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1)) {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used < per_second {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -86,8 +117,8 @@ fn now_ms() -> u64 {
 }
 
 impl Tap {
-    pub(crate) fn new(nsp: &str, secure: bool, path: &str) -> Tap {
-        Tap { nsp: nsp.to_string(), secure, path: path.to_string(), watchers: AtomicUsize::new(0) }
+    pub(crate) fn new(nsp: &str, secure: bool, path: &str, per_second: u32) -> Tap {
+        Tap { nsp: nsp.to_string(), secure, path: path.to_string(), watchers: AtomicUsize::new(0), per_second }
     }
 
     /// A socket joins (`+1`) or leaves (`-1`) namespace `nsp`: counted when it is the admin
@@ -103,9 +134,10 @@ impl Tap {
     }
 
     /// Whether anyone may hear: an admin socket on some worker, or other nodes of a cluster
-    /// (whose admin sockets this node cannot count).
-    fn heard(&self, core: &WorkerCore) -> bool {
-        core.cluster.is_some() || self.watchers.load(Ordering::Relaxed) > 0
+    /// (whose admin sockets this node cannot count); and whether this worker's budget of
+    /// events for this second has room (else the event is dropped and counted).
+    fn heard(&self, core: &mut WorkerCore, ctx: &Ctx<'_, SioMail>) -> bool {
+        (core.cluster.is_some() || self.watchers.load(Ordering::Relaxed) > 0) && core.admin_budget.take(ctx.now(), self.per_second)
     }
 
     fn emit(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, event: &str, args: &[Value], attachments: Vec<Bytes>) {
@@ -116,7 +148,7 @@ impl Tap {
 
     /// `room_joined` (nsp, room, id, date).
     pub(crate) fn joined(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, room: &str) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
@@ -126,7 +158,7 @@ impl Tap {
 
     /// `room_left` (nsp, room, id, date).
     pub(crate) fn left(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, nsp: &str, room: &str, id: &str) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let args = [json!(nsp), json!(room), json!(id), iso_date(now_ms())];
@@ -135,7 +167,7 @@ impl Tap {
 
     /// `socket_connected` (serialized socket, date).
     pub(crate) fn connected(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let args = [self.serialize(core, ctx, idx), iso_date(now_ms())];
@@ -144,7 +176,7 @@ impl Tap {
 
     /// `socket_disconnected` (nsp, id, reason, date).
     pub(crate) fn disconnected(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, nsp: &str, id: &str, reason: &str) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let args = [json!(nsp), json!(id), json!(reason), iso_date(now_ms())];
@@ -153,7 +185,7 @@ impl Tap {
 
     /// `socket_updated` with `fields` besides `id` and `nsp`.
     pub(crate) fn updated(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, field: &str, value: Value) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
@@ -164,13 +196,10 @@ impl Tap {
     /// `event_received` (nsp, id, [event, ...args], date); binary arguments travel as
     /// attachments, as Node sends them.
     pub(crate) fn received(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, ev: &Event) {
-        if !self.heard(core) {
+        if *core.sockets.at(idx).nsp == *self.nsp || !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
-        if *s.nsp == *self.nsp {
-            return;
-        }
         let mut all = Vec::with_capacity(ev.args.len() + 1);
         all.push(json!(ev.name));
         all.extend(ev.args.iter().cloned());
@@ -181,13 +210,10 @@ impl Tap {
     /// `event_sent` (nsp, id, [event, ...args], date). The hook sees binary arguments as
     /// placeholders without their bytes: they are sent as `null`.
     pub(crate) fn sent(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, event: &str, args: &[Value]) {
-        if !self.heard(core) {
+        if *core.sockets.at(idx).nsp == *self.nsp || !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
-        if *s.nsp == *self.nsp {
-            return;
-        }
         let mut all = Vec::with_capacity(args.len() + 1);
         all.push(json!(event));
         all.extend(args.iter().map(|a| if crate::proto::sio::packet::placeholder_num(a).is_some() { Value::Null } else { a.clone() }));
