@@ -201,7 +201,7 @@ impl Prepared {
             AdminAuth::Basic { username, password_hash } => Some(auth::AuthThread::spawn(username.clone(), password_hash.clone())),
         };
         let dev = cfg.mode == AdminMode::Development;
-        let tap = dev.then(|| Arc::new(Tap::new(&cfg.namespace, secure, path, cfg.events_per_second)));
+        let tap = dev.then(|| Arc::new(Tap::new(&cfg.namespace, secure, path, cfg.events_per_second, cfg.stats_interval * 3)));
         if dev {
             for (name, ns) in namespaces.fixed.iter_mut() {
                 if *name != cfg.namespace {
@@ -226,7 +226,7 @@ impl Prepared {
 
     /// Starts the stats thread once the workers run.
     pub(crate) fn start(self, scraper: crate::rt::threads::Scraper, handle: ServerHandle, fixed: Vec<String>) -> Running {
-        let stats = stats::StatsThread::spawn(&self.cfg, scraper, handle, fixed);
+        let stats = stats::StatsThread::spawn(&self.cfg, scraper, handle, fixed, self.tap);
         Running { auth: self.auth, stats }
     }
 }

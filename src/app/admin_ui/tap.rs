@@ -11,7 +11,7 @@
 //! Must never: be called per packet when the admin UI is off or in production mode, or tell the
 //! admin namespace about its own sockets' events (Node does not either).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -81,7 +81,20 @@ pub struct Tap {
     watchers: AtomicUsize,
     /// Admin events each worker may emit per second (`AdminUi::events_per_second`).
     per_second: u32,
+    /// When a node of the cluster last said it has an admin socket (a broadcast to
+    /// [`WATCHING_ROOM`]), in milliseconds since `epoch`; `u64::MAX`: never.
+    epoch: Instant,
+    heard_watching: AtomicU64,
+    /// How long such a heartbeat counts (three stats intervals: each node sends one per
+    /// interval while it has an admin socket).
+    watch_ttl: Duration,
 }
+
+/// The room of the admin namespace a node broadcasts to, once per stats interval and when an
+/// admin socket connects, while it has admin sockets: the heartbeat that tells the other nodes
+/// of a cluster to publish their admin events. Nobody joins it, so no admin client (nor a Node
+/// server's) gets it.
+pub(crate) const WATCHING_ROOM: &str = "shardcast#admin-ui-watching";
 
 /// A worker's admin events in the current second: past the budget, events are dropped and
 /// counted (`shardcast_admin_ui_events_dropped_total`), so that a few broadcasts to many
@@ -92,6 +105,8 @@ pub(crate) struct Budget {
     used: u32,
     /// Events dropped for the budget since the start.
     pub(crate) dropped: u64,
+    /// Admin events the cluster adapter refused (its queue half full, or not delivered).
+    pub(crate) not_published: u64,
 }
 
 impl Budget {
@@ -117,8 +132,17 @@ fn now_ms() -> u64 {
 }
 
 impl Tap {
-    pub(crate) fn new(nsp: &str, secure: bool, path: &str, per_second: u32) -> Tap {
-        Tap { nsp: nsp.to_string(), secure, path: path.to_string(), watchers: AtomicUsize::new(0), per_second }
+    pub(crate) fn new(nsp: &str, secure: bool, path: &str, per_second: u32, watch_ttl: Duration) -> Tap {
+        Tap {
+            nsp: nsp.to_string(),
+            secure,
+            path: path.to_string(),
+            watchers: AtomicUsize::new(0),
+            per_second,
+            epoch: Instant::now(),
+            heard_watching: AtomicU64::new(u64::MAX),
+            watch_ttl,
+        }
     }
 
     /// A socket joins (`+1`) or leaves (`-1`) namespace `nsp`: counted when it is the admin
@@ -133,11 +157,43 @@ impl Tap {
         }
     }
 
-    /// Whether anyone may hear: an admin socket on some worker, or other nodes of a cluster
-    /// (whose admin sockets this node cannot count); and whether this worker's budget of
-    /// events for this second has room (else the event is dropped and counted).
+    /// Whether this node has an admin socket (on any worker).
+    pub(crate) fn watched_here(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 0
+    }
+
+    /// A broadcast reached this worker: when it is a heartbeat ([`WATCHING_ROOM`]), some node
+    /// of the cluster has an admin socket now.
+    pub(crate) fn note(&self, sel: &Selector, now: Instant) {
+        if sel.nsp == self.nsp && sel.rooms.iter().any(|r| r == WATCHING_ROOM) {
+            let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            self.heard_watching.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a node of the cluster said it had an admin socket within the last `watch_ttl`.
+    fn watched_elsewhere(&self, now: Instant) -> bool {
+        let at = self.heard_watching.load(Ordering::Relaxed);
+        at != u64::MAX && (now.saturating_duration_since(self.epoch).as_millis() as u64).saturating_sub(at) <= self.watch_ttl.as_millis() as u64
+    }
+
+    /// Tells the other nodes of a cluster that this node has an admin socket (an admin socket
+    /// just connected here; the stats thread repeats it every interval).
+    pub(crate) fn announce(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
+        if core.cluster.is_some() {
+            let packet = encode::event(&self.nsp, "watching", &[], None, Vec::new());
+            let sel = Selector { nsp: self.nsp.clone(), rooms: vec![WATCHING_ROOM.to_string()], ..Default::default() };
+            core.broadcast(ctx, Broadcast { sel, packet, flags: SendFlags::default(), ack: None, offset: None });
+        }
+    }
+
+    /// Whether anyone may hear: an admin socket on some worker of this node, or, in a
+    /// cluster, a recent heartbeat from a node that has one (with none anywhere, nothing is
+    /// encoded or published); and whether this worker's budget of events for this second has
+    /// room (else the event is dropped and counted).
     fn heard(&self, core: &mut WorkerCore, ctx: &Ctx<'_, SioMail>) -> bool {
-        (core.cluster.is_some() || self.watchers.load(Ordering::Relaxed) > 0) && core.admin_budget.take(ctx.now(), self.per_second)
+        let now = ctx.now();
+        (self.watched_here() || (core.cluster.is_some() && self.watched_elsewhere(now))) && core.admin_budget.take(now, self.per_second)
     }
 
     fn emit(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, event: &str, args: &[Value], attachments: Vec<Bytes>) {

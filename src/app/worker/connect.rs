@@ -244,6 +244,9 @@ impl SioWorker {
         let tap = core.admin.clone();
         if let Some(tap) = &tap {
             tap.watch(&pc.nsp, true);
+            if pc.nsp == tap.nsp {
+                tap.announce(core, ctx);
+            }
             // Node's adapter tells `room_joined` for the socket's own room before the CONNECT.
             let id = core.sockets.at(idx).id.clone();
             tap.joined(core, ctx, idx, &id);

@@ -839,6 +839,14 @@ impl Handler for SioWorker {
                 &[],
                 core.admin_budget.dropped,
             );
+            if core.cluster.is_some() {
+                out.counter(
+                    "shardcast_admin_ui_events_not_published_total",
+                    "Admin UI events not published to the other nodes: the cluster adapter's queue was half full (they never crowd out the application's broadcasts) or the backend was unreachable.",
+                    &[],
+                    core.admin_budget.not_published,
+                );
+            }
         }
         let st = self.stats();
         const CUT: &str = "Sockets (or sessions) the Socket.IO layer disconnected for passing a limit, by reason: event_rate and byte_rate (--max-event-rate, --max-byte-rate), held_overflow (packets held for an undecided deferred middleware), connect_decision_timeout.";
