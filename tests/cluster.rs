@@ -813,7 +813,9 @@ fn admin_ui_beside_broadcasts(watched: bool) {
         // Node A heard node B's heartbeat once A's own sockets' events reach B's admin.
         let probe = open(a_addr);
         drop(probe);
+        let end = Instant::now() + Duration::from_secs(10);
         loop {
+            assert!(Instant::now() < end, "node A's socket events never reached node B's admin");
             let m = ws.recv_eio();
             if m.contains("\"socket_connected\"") && m.contains(r#""nsp":"/""#) {
                 break;
@@ -827,7 +829,10 @@ fn admin_ui_beside_broadcasts(watched: bool) {
     for i in 0..BROADCASTS {
         sender.send_text(&format!(r#"42["broadcast",{i}]"#));
     }
+    // (recv_eio answers the pings, which never stop: a deadline of its own.)
+    let end = Instant::now() + Duration::from_secs(30);
     for i in 0..BROADCASTS {
+        assert!(Instant::now() < end, "node B's listener got {i} of {BROADCASTS} broadcasts (watched: {watched})");
         assert_eq!(listener.recv_eio(), format!(r#"42["broadcast-back",{i}]"#), "node B's listener, broadcast {i} of {BROADCASTS} (watched: {watched})");
     }
     drop(admin);
