@@ -810,18 +810,21 @@ fn admin_ui_beside_broadcasts(watched: bool) {
         ws.set_timeout(Duration::from_secs(10));
         assert!(ws.recv_text().starts_with("0{"));
         ws.send_text("40/admin,");
-        // Node A heard node B's heartbeat once A's own sockets' events reach B's admin.
-        let probe = open(a_addr);
-        drop(probe);
         let end = Instant::now() + Duration::from_secs(10);
+        while !ws.recv_eio().starts_with("40/admin,") {
+            assert!(Instant::now() < end, "no CONNECT for the admin");
+        }
+        // The admin's heartbeat went to Redis before its CONNECT was sent; its `emit` action,
+        // published after it, reaching a socket of node A means node A heard the heartbeat.
+        let mut probe = open(a_addr);
+        ws.send_text(r#"42/admin,["emit","/",null,"ready"]"#);
         loop {
-            assert!(Instant::now() < end, "node A's socket events never reached node B's admin");
-            let m = ws.recv_eio();
-            if m.contains("\"socket_connected\"") && m.contains(r#""nsp":"/""#) {
+            assert!(Instant::now() < end, "the admin's action never reached node A");
+            if probe.recv_eio() == r#"42["ready"]"# {
                 break;
             }
         }
-        admin = Some(ws);
+        admin = Some((ws, probe));
     }
     let _passive: Vec<support::Ws> = (0..PASSIVE).map(|_| open(a_addr)).collect();
     let mut listener = open(b_addr);
