@@ -24,7 +24,10 @@
 //! namespace and the actions reach every node, so an admin client sees every node's
 //! `server_stats` (one `serverId` each) and, in development mode, every node's socket events;
 //! `all_sockets` lists this node's sockets only (`tests/cluster.rs`,
-//! `admin_ui_across_a_node_format_cluster`).
+//! `admin_ui_across_a_node_format_cluster`). In development mode a node publishes its sockets'
+//! events only while some node has an admin socket (`tap::WATCHING_ROOM`, a heartbeat), at a
+//! lower priority than the application's broadcasts (`Adapter::send_low`), and each worker
+//! emits at most `events_per_second` of them (`tap::Budget`; a difference from Node).
 //!
 //! Must never: cost anything per packet when off (nothing is installed: no check is added to
 //! the packet path; in production mode nothing per packet either), run bcrypt or wait on a

@@ -8,6 +8,10 @@
 //! connection, room change, disconnection, and per event only through the namespace hooks the
 //! development mode installs.
 //!
+//! Bounded: each worker emits at most `events_per_second` admin events per second (the rest
+//! are dropped and counted), and with no admin socket on this node nor a recent heartbeat from
+//! another node ([`WATCHING_ROOM`]) nothing is encoded or published.
+//!
 //! Must never: be called per packet when the admin UI is off or in production mode, or tell the
 //! admin namespace about its own sockets' events (Node does not either).
 
