@@ -251,6 +251,11 @@ pub struct ServerOptions {
     /// Node): give each node of a cluster its own when several run on one host.
     #[arg(long, env = "SHARDCAST_ADMIN_UI_SERVER_ID", value_name = "NAME", requires = "admin_ui_auth")]
     pub admin_ui_server_id: Option<String>,
+    /// Development mode: the admin events (socket_connected, event_sent, ...) each worker emits
+    /// per second at most; the rest are dropped and counted
+    /// (shardcast_admin_ui_events_dropped_total). Node buffers them instead.
+    #[arg(long, env = "SHARDCAST_ADMIN_UI_EVENTS_PER_SECOND", default_value_t = crate::app::admin_ui::DEFAULT_EVENTS_PER_SECOND, value_name = "N", requires = "admin_ui_auth")]
+    pub admin_ui_events_per_second: u32,
 }
 
 /// `--admin-ui-mode`.
@@ -479,6 +484,7 @@ impl ServerOptions {
         cfg.readonly = self.admin_ui_readonly;
         cfg.namespace = self.admin_ui_namespace.clone();
         cfg.server_id = self.admin_ui_server_id.clone();
+        cfg.events_per_second = self.admin_ui_events_per_second;
         Some(cfg)
     }
 

@@ -857,3 +857,80 @@ fn admin_ui_across_a_node_format_cluster() {
     let gone = until(&mut admin, "socket_disconnected", &id);
     assert_eq!(gone[2], "server namespace disconnect");
 }
+
+/// The admin UI's development mode in a cluster does not crowd out the application: node A
+/// (its admin UI in development mode, 200 sockets) relays every one of 1,000 broadcasts of one
+/// client to node B's listener, with nobody watching anywhere (A then publishes no admin event
+/// at all) and with an admin client watching on node B (A's admin events, one `event_sent` per
+/// recipient, are refused by its adapter while the queue is half full). Before, every
+/// recipient's `event_sent` went to Redis through the same bounded queue as the application's
+/// broadcasts, even with nobody watching, and B got about a tenth of them.
+#[test]
+fn development_admin_ui_does_not_crowd_out_broadcasts_across_the_cluster() {
+    for watched in [false, true] {
+        admin_ui_beside_broadcasts(watched);
+    }
+}
+
+fn admin_ui_beside_broadcasts(watched: bool) {
+    const PASSIVE: usize = 200;
+    const BROADCASTS: usize = 1000;
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = redis_server(port);
+    // No budget worth the name on A: only the adapter's priority keeps its admin events (200
+    // per broadcast) from crowding out the broadcasts.
+    let (_a, a_addr) = shardcast_with(
+        "shardcast-a",
+        &url,
+        "node",
+        &["--admin-ui-auth", "none", "--admin-ui-mode", "development", "--admin-ui-events-per-second", "100000000"],
+    );
+    let b_flags: &[&str] = if watched { &["--admin-ui-auth", "none", "--admin-ui-mode", "development"] } else { &[] };
+    let (_b, b_addr) = shardcast_with("shardcast-b", &url, "node", b_flags);
+    wait_subscribed(port, "socket.io-request#/#", 2);
+    let open = |addr: SocketAddr| {
+        let mut ws = support::Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket", "");
+        ws.set_timeout(Duration::from_secs(10));
+        assert!(ws.recv_text().starts_with("0{"));
+        ws.send_text("40");
+        assert!(ws.recv_eio().starts_with("40{"));
+        assert_eq!(ws.recv_eio(), r#"42["auth",{}]"#, "the contract's greeting");
+        ws
+    };
+    let mut admin = None;
+    if watched {
+        let mut ws = support::Ws::connect(b_addr, "/socket.io/?EIO=4&transport=websocket", "");
+        ws.set_timeout(Duration::from_secs(10));
+        assert!(ws.recv_text().starts_with("0{"));
+        ws.send_text("40/admin,");
+        let end = Instant::now() + Duration::from_secs(10);
+        while !ws.recv_eio().starts_with("40/admin,") {
+            assert!(Instant::now() < end, "no CONNECT for the admin");
+        }
+        // The admin's heartbeat went to Redis before its CONNECT was sent; its `emit` action,
+        // published after it, reaching a socket of node A means node A heard the heartbeat.
+        let mut probe = open(a_addr);
+        ws.send_text(r#"42/admin,["emit","/",null,"ready"]"#);
+        loop {
+            assert!(Instant::now() < end, "the admin's action never reached node A");
+            if probe.recv_eio() == r#"42["ready"]"# {
+                break;
+            }
+        }
+        admin = Some((ws, probe));
+    }
+    let _passive: Vec<support::Ws> = (0..PASSIVE).map(|_| open(a_addr)).collect();
+    let mut listener = open(b_addr);
+    let mut sender = open(a_addr);
+    for i in 0..BROADCASTS {
+        sender.send_text(&format!(r#"42["broadcast",{i}]"#));
+    }
+    // (recv_eio answers the pings, which never stop: a deadline of its own.)
+    let end = Instant::now() + Duration::from_secs(30);
+    for i in 0..BROADCASTS {
+        assert!(Instant::now() < end, "node B's listener got {i} of {BROADCASTS} broadcasts (watched: {watched})");
+        assert_eq!(listener.recv_eio(), format!(r#"42["broadcast-back",{i}]"#), "node B's listener, broadcast {i} of {BROADCASTS} (watched: {watched})");
+    }
+    drop(admin);
+}

@@ -13,6 +13,8 @@
 //! mailbox), block, or panic when the socket is gone or the value is settled twice.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -110,11 +112,38 @@ pub struct ConnectDecision {
     remote: Remote<SioMail>,
     token: u64,
     settled: bool,
+    waiting: Arc<AtomicBool>,
+}
+
+/// Held by the waiting connection: dropped (the connection settled, timed out, or its client
+/// left), the decision's [`ConnectDecision::is_waiting`] turns false.
+pub(crate) struct Waiting(Arc<AtomicBool>);
+
+impl Waiting {
+    pub(crate) fn new() -> Waiting {
+        Waiting(Arc::new(AtomicBool::new(true)))
+    }
+
+    pub(crate) fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl ConnectDecision {
-    pub(crate) fn new(remote: Remote<SioMail>, token: u64) -> ConnectDecision {
-        ConnectDecision { remote, token, settled: false }
+    pub(crate) fn new(remote: Remote<SioMail>, token: u64, waiting: Arc<AtomicBool>) -> ConnectDecision {
+        ConnectDecision { remote, token, settled: false, waiting }
+    }
+
+    /// Whether the connection still waits for this verdict: false once its client left or its
+    /// deadline passed (a verdict then does nothing, so costly work for it can be skipped).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
     }
 
     fn settle(mut self, verdict: Verdict) {

@@ -130,6 +130,13 @@ pub trait Adapter: Send + Sync + 'static {
     /// [`AckTarget::Worker`] is the caller's to settle, on its own worker).
     fn send(&self, out: Outbound) -> bool;
 
+    /// [`send`](Self::send) of lower priority (the admin UI's events): an adapter with a
+    /// queue refuses it at once, uncounted in [`ClusterStats`] (the caller counts it), while
+    /// that queue is half full, so that it never takes the room of the application's messages.
+    fn send_low(&self, out: Outbound) -> bool {
+        self.send(out)
+    }
+
     /// The adapter's counters.
     fn stats(&self) -> ClusterStats;
 

@@ -128,6 +128,13 @@ impl Adapter for RedisAdapter {
         false
     }
 
+    fn send_low(&self, out: Outbound) -> bool {
+        if self.tx.capacity() < self.tx.max_capacity() / 2 {
+            return false;
+        }
+        self.send(out)
+    }
+
     fn stats(&self) -> ClusterStats {
         ClusterStats { connected: self.up.load(Ordering::Relaxed), ..self.counters.snapshot() }
     }

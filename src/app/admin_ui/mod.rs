@@ -24,7 +24,10 @@
 //! namespace and the actions reach every node, so an admin client sees every node's
 //! `server_stats` (one `serverId` each) and, in development mode, every node's socket events;
 //! `all_sockets` lists this node's sockets only (`tests/cluster.rs`,
-//! `admin_ui_across_a_node_format_cluster`).
+//! `admin_ui_across_a_node_format_cluster`). In development mode a node publishes its sockets'
+//! events only while some node has an admin socket (`tap::WATCHING_ROOM`, a heartbeat), at a
+//! lower priority than the application's broadcasts (`Adapter::send_low`), and each worker
+//! emits at most `events_per_second` of them (`tap::Budget`; a difference from Node).
 //!
 //! Must never: cost anything per packet when off (nothing is installed: no check is added to
 //! the packet path; in production mode nothing per packet either), run bcrypt or wait on a
@@ -44,6 +47,9 @@ use super::socket::Socket;
 use super::ServerHandle;
 
 pub use tap::Tap;
+
+/// The default of [`AdminUi::events_per_second`].
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 1000;
 
 /// How the admin UI logs in.
 #[derive(Clone)]
@@ -69,16 +75,22 @@ impl std::fmt::Debug for AdminAuth {
     }
 }
 
+/// The lowest bcrypt cost accepted (bcrypt's own minimum).
+pub const MIN_COST: u32 = 4;
+/// The highest bcrypt cost accepted: cost 14 is about a second of CPU per check on one core,
+/// already enough for the login thread's queue to take minutes to drain.
+pub const MAX_COST: u32 = 14;
+
 /// A bcrypt hash that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the admin UI password must be a valid bcrypt hash ($2a$, $2b$ or $2y$, cost 4-31): {0}")]
+#[error("--admin-ui-auth: the admin UI password must be a valid bcrypt hash ($2a$, $2b$ or $2y$, cost 4-14; a higher cost lets a few logins hold the login thread for seconds): {0}")]
 pub struct InvalidHash(String);
 
 impl AdminAuth {
     /// Basic authentication; the hash is checked now (Node checks it in `instrument`).
     pub fn basic(username: &str, password_hash: &str) -> Result<AdminAuth, InvalidHash> {
         let parts: bcrypt::HashParts = password_hash.parse().map_err(|e: bcrypt::BcryptError| InvalidHash(e.to_string()))?;
-        if !(4..=31).contains(&parts.get_cost()) {
+        if !(MIN_COST..=MAX_COST).contains(&parts.get_cost()) {
             return Err(InvalidHash(format!("cost {}", parts.get_cost())));
         }
         Ok(AdminAuth::Basic { username: username.to_string(), password_hash: password_hash.to_string() })
@@ -110,12 +122,30 @@ pub struct AdminUi {
     pub server_id: Option<String>,
     /// How often `server_stats` is emitted (Node: 2 s).
     pub stats_interval: Duration,
+    /// Development mode: the admin events (`socket_connected`, `event_sent`, ...) each worker
+    /// emits per second, at most; the rest are dropped and counted
+    /// (`shardcast_admin_ui_events_dropped_total`). Node has no such bound (it buffers).
+    pub events_per_second: u32,
 }
 
 impl AdminUi {
     /// The admin UI with `auth`, in production mode, on `/admin`, stats every 2 s.
     pub fn new(auth: AdminAuth) -> AdminUi {
-        AdminUi { auth, mode: AdminMode::Production, namespace: "/admin".to_string(), readonly: false, server_id: None, stats_interval: Duration::from_secs(2) }
+        AdminUi {
+            auth,
+            mode: AdminMode::Production,
+            namespace: "/admin".to_string(),
+            readonly: false,
+            server_id: None,
+            stats_interval: Duration::from_secs(2),
+            events_per_second: DEFAULT_EVENTS_PER_SECOND,
+        }
+    }
+
+    /// The development mode's budget of admin events per second and worker.
+    pub fn events_per_second(mut self, n: u32) -> Self {
+        self.events_per_second = n;
+        self
     }
 
     /// Production or development mode.
@@ -174,7 +204,7 @@ impl Prepared {
             AdminAuth::Basic { username, password_hash } => Some(auth::AuthThread::spawn(username.clone(), password_hash.clone())),
         };
         let dev = cfg.mode == AdminMode::Development;
-        let tap = dev.then(|| Arc::new(Tap::new(&cfg.namespace, secure, path)));
+        let tap = dev.then(|| Arc::new(Tap::new(&cfg.namespace, secure, path, cfg.events_per_second, cfg.stats_interval * 3)));
         if dev {
             for (name, ns) in namespaces.fixed.iter_mut() {
                 if *name != cfg.namespace {
@@ -199,7 +229,7 @@ impl Prepared {
 
     /// Starts the stats thread once the workers run.
     pub(crate) fn start(self, scraper: crate::rt::threads::Scraper, handle: ServerHandle, fixed: Vec<String>) -> Running {
-        let stats = stats::StatsThread::spawn(&self.cfg, scraper, handle, fixed);
+        let stats = stats::StatsThread::spawn(&self.cfg, scraper, handle, fixed, self.tap);
         Running { auth: self.auth, stats }
     }
 }
@@ -238,7 +268,7 @@ fn admin_namespace(cfg: &AdminUi, logins: Option<auth::Sender>) -> Namespace {
     let admin = cfg.namespace.clone();
     let mut ns = Namespace::new();
     if let Some(logins) = logins {
-        ns = ns.use_deferred_middleware(move |hs, decision| logins.submit(hs.auth.as_ref(), decision));
+        ns = ns.use_deferred_middleware(move |hs, decision| logins.submit(hs.auth.as_ref(), hs.address, decision));
     }
     ns = ns.on_connection(move |s| {
         s.emit("config", std::slice::from_ref(&config));
@@ -296,5 +326,8 @@ mod tests {
         assert!(AdminAuth::basic("admin", "secret").is_err());
         assert!(AdminAuth::basic("admin", "$2a$03$abcdefghijklmnopqrstuuK1yIHzRlgM5.9v4ChdWb7/Z5.y0wW2S").is_err());
         assert!(AdminAuth::basic("admin", &bcrypt::hash("secret", 4).unwrap()).is_ok());
+        // A cost beyond 14 would let a few logins hold the login thread for minutes.
+        let e = AdminAuth::basic("admin", "$2b$15$abcdefghijklmnopqrstuuK1yIHzRlgM5.9v4ChdWb7/Z5.y0wW2S").unwrap_err();
+        assert!(e.to_string().contains("--admin-ui-auth") && e.to_string().contains("cost 15"), "{e}");
     }
 }

@@ -15,11 +15,12 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::tap::NamespaceCounts;
+use super::tap::{NamespaceCounts, Tap, WATCHING_ROOM};
 use super::AdminUi;
 use crate::app::ServerHandle;
 use crate::rt::metrics::WorkerMetrics;
@@ -34,7 +35,7 @@ pub(crate) struct StatsThread {
 }
 
 impl StatsThread {
-    pub(crate) fn spawn(cfg: &AdminUi, scraper: Scraper, handle: ServerHandle, fixed: Vec<String>) -> StatsThread {
+    pub(crate) fn spawn(cfg: &AdminUi, scraper: Scraper, handle: ServerHandle, fixed: Vec<String>, tap: Option<Arc<Tap>>) -> StatsThread {
         let (stop, stopped) = channel::<()>();
         let host = hostname();
         let mut s = Stats {
@@ -50,6 +51,11 @@ impl StatsThread {
             .name("shardcast-admin-stats".into())
             .spawn(move || loop {
                 s.emit(&scraper, &handle);
+                // Development mode in a cluster: the heartbeat that lets the other nodes
+                // publish their sockets' events while this node has an admin socket.
+                if tap.as_ref().is_some_and(|t| t.watched_here()) {
+                    let _ = handle.of(&s.admin).to(WATCHING_ROOM).emit("watching", &[]);
+                }
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return,

@@ -8,11 +8,15 @@
 //! connection, room change, disconnection, and per event only through the namespace hooks the
 //! development mode installs.
 //!
+//! Bounded: each worker emits at most `events_per_second` admin events per second (the rest
+//! are dropped and counted), and with no admin socket on this node nor a recent heartbeat from
+//! another node ([`WATCHING_ROOM`]) nothing is encoded or published.
+//!
 //! Must never: be called per packet when the admin UI is off or in production mode, or tell the
 //! admin namespace about its own sockets' events (Node does not either).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -79,6 +83,52 @@ pub struct Tap {
     /// Sockets connected to the admin namespace, on every worker. With none (and no other
     /// node to tell), nothing is encoded or posted.
     watchers: AtomicUsize,
+    /// Admin events each worker may emit per second (`AdminUi::events_per_second`).
+    per_second: u32,
+    /// When a node of the cluster last said it has an admin socket (a broadcast to
+    /// [`WATCHING_ROOM`]), in milliseconds since `epoch`; `u64::MAX`: never.
+    epoch: Instant,
+    heard_watching: AtomicU64,
+    /// How long such a heartbeat counts (three stats intervals: each node sends one per
+    /// interval while it has an admin socket).
+    watch_ttl: Duration,
+}
+
+/// The room of the admin namespace a node broadcasts to, once per stats interval and when an
+/// admin socket connects, while it has admin sockets: the heartbeat that tells the other nodes
+/// of a cluster to publish their admin events. Nobody joins it, so no admin client (nor a Node
+/// server's) gets it.
+pub(crate) const WATCHING_ROOM: &str = "shardcast#admin-ui-watching";
+
+/// A worker's admin events in the current second: past the budget, events are dropped and
+/// counted (`shardcast_admin_ui_events_dropped_total`), so that a few broadcasts to many
+/// sockets (one `event_sent` per recipient) cannot flood the admin clients.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    window: Option<Instant>,
+    used: u32,
+    /// Events dropped for the budget since the start.
+    pub(crate) dropped: u64,
+    /// Admin events the cluster adapter refused (its queue half full, or not delivered).
+    pub(crate) not_published: u64,
+}
+
+impl Budget {
+    /// Takes one event from the budget of the second `now` falls in; false (and counted) when
+    /// it is spent.
+    fn take(&mut self, now: Instant, per_second: u32) -> bool {
+        if self.window.is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1)) {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used < per_second {
+            self.used += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -86,8 +136,17 @@ fn now_ms() -> u64 {
 }
 
 impl Tap {
-    pub(crate) fn new(nsp: &str, secure: bool, path: &str) -> Tap {
-        Tap { nsp: nsp.to_string(), secure, path: path.to_string(), watchers: AtomicUsize::new(0) }
+    pub(crate) fn new(nsp: &str, secure: bool, path: &str, per_second: u32, watch_ttl: Duration) -> Tap {
+        Tap {
+            nsp: nsp.to_string(),
+            secure,
+            path: path.to_string(),
+            watchers: AtomicUsize::new(0),
+            per_second,
+            epoch: Instant::now(),
+            heard_watching: AtomicU64::new(u64::MAX),
+            watch_ttl,
+        }
     }
 
     /// A socket joins (`+1`) or leaves (`-1`) namespace `nsp`: counted when it is the admin
@@ -102,10 +161,43 @@ impl Tap {
         }
     }
 
-    /// Whether anyone may hear: an admin socket on some worker, or other nodes of a cluster
-    /// (whose admin sockets this node cannot count).
-    fn heard(&self, core: &WorkerCore) -> bool {
-        core.cluster.is_some() || self.watchers.load(Ordering::Relaxed) > 0
+    /// Whether this node has an admin socket (on any worker).
+    pub(crate) fn watched_here(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 0
+    }
+
+    /// A broadcast reached this worker: when it is a heartbeat ([`WATCHING_ROOM`]), some node
+    /// of the cluster has an admin socket now.
+    pub(crate) fn note(&self, sel: &Selector, now: Instant) {
+        if sel.nsp == self.nsp && sel.rooms.iter().any(|r| r == WATCHING_ROOM) {
+            let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            self.heard_watching.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a node of the cluster said it had an admin socket within the last `watch_ttl`.
+    fn watched_elsewhere(&self, now: Instant) -> bool {
+        let at = self.heard_watching.load(Ordering::Relaxed);
+        at != u64::MAX && (now.saturating_duration_since(self.epoch).as_millis() as u64).saturating_sub(at) <= self.watch_ttl.as_millis() as u64
+    }
+
+    /// Tells the other nodes of a cluster that this node has an admin socket (an admin socket
+    /// just connected here; the stats thread repeats it every interval).
+    pub(crate) fn announce(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>) {
+        if core.cluster.is_some() {
+            let packet = encode::event(&self.nsp, "watching", &[], None, Vec::new());
+            let sel = Selector { nsp: self.nsp.clone(), rooms: vec![WATCHING_ROOM.to_string()], ..Default::default() };
+            core.broadcast(ctx, Broadcast { sel, packet, flags: SendFlags::default(), ack: None, offset: None });
+        }
+    }
+
+    /// Whether anyone may hear: an admin socket on some worker of this node, or, in a
+    /// cluster, a recent heartbeat from a node that has one (with none anywhere, nothing is
+    /// encoded or published); and whether this worker's budget of events for this second has
+    /// room (else the event is dropped and counted).
+    fn heard(&self, core: &mut WorkerCore, ctx: &Ctx<'_, SioMail>) -> bool {
+        let now = ctx.now();
+        (self.watched_here() || (core.cluster.is_some() && self.watched_elsewhere(now))) && core.admin_budget.take(now, self.per_second)
     }
 
     fn emit(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, event: &str, args: &[Value], attachments: Vec<Bytes>) {
@@ -116,7 +208,7 @@ impl Tap {
 
     /// `room_joined` (nsp, room, id, date).
     pub(crate) fn joined(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, room: &str) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
@@ -126,7 +218,7 @@ impl Tap {
 
     /// `room_left` (nsp, room, id, date).
     pub(crate) fn left(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, nsp: &str, room: &str, id: &str) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let args = [json!(nsp), json!(room), json!(id), iso_date(now_ms())];
@@ -135,7 +227,7 @@ impl Tap {
 
     /// `socket_connected` (serialized socket, date).
     pub(crate) fn connected(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let args = [self.serialize(core, ctx, idx), iso_date(now_ms())];
@@ -144,7 +236,7 @@ impl Tap {
 
     /// `socket_disconnected` (nsp, id, reason, date).
     pub(crate) fn disconnected(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, nsp: &str, id: &str, reason: &str) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let args = [json!(nsp), json!(id), json!(reason), iso_date(now_ms())];
@@ -153,7 +245,7 @@ impl Tap {
 
     /// `socket_updated` with `fields` besides `id` and `nsp`.
     pub(crate) fn updated(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, field: &str, value: Value) {
-        if !self.heard(core) {
+        if !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
@@ -164,13 +256,10 @@ impl Tap {
     /// `event_received` (nsp, id, [event, ...args], date); binary arguments travel as
     /// attachments, as Node sends them.
     pub(crate) fn received(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, ev: &Event) {
-        if !self.heard(core) {
+        if *core.sockets.at(idx).nsp == *self.nsp || !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
-        if *s.nsp == *self.nsp {
-            return;
-        }
         let mut all = Vec::with_capacity(ev.args.len() + 1);
         all.push(json!(ev.name));
         all.extend(ev.args.iter().cloned());
@@ -181,13 +270,10 @@ impl Tap {
     /// `event_sent` (nsp, id, [event, ...args], date). The hook sees binary arguments as
     /// placeholders without their bytes: they are sent as `null`.
     pub(crate) fn sent(&self, core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, idx: u32, event: &str, args: &[Value]) {
-        if !self.heard(core) {
+        if *core.sockets.at(idx).nsp == *self.nsp || !self.heard(core, ctx) {
             return;
         }
         let s = core.sockets.at(idx);
-        if *s.nsp == *self.nsp {
-            return;
-        }
         let mut all = Vec::with_capacity(args.len() + 1);
         all.push(json!(event));
         all.extend(args.iter().map(|a| if crate::proto::sio::packet::placeholder_num(a).is_some() { Value::Null } else { a.clone() }));

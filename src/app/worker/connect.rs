@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::retain::Restored;
 use super::{guard, guarded, now_ms, refuse, RecoveryMail, SioMail, SioWorker};
 use crate::app::admin_ui::auth::EmitFirst;
-use crate::app::defer::{ConnectDecision, Verdict};
+use crate::app::defer::{ConnectDecision, Verdict, Waiting};
 use crate::app::namespace::{Gate, Handshake, Namespace};
 use crate::engine::{Ctx, SendFlags, SessionId};
 use crate::proto::sio::{encode, Packet};
@@ -42,11 +42,14 @@ pub(crate) struct PendingConnect {
     /// Workers yet to answer whether they kept the state this client asks to recover (0 when
     /// it waits for a middleware instead).
     pub(crate) restoring: usize,
+    /// While a deferred middleware decides: dropped with the connection, which its
+    /// `ConnectDecision::is_waiting` then tells.
+    pub(crate) waiting: Option<Waiting>,
 }
 
 impl PendingConnect {
     pub(crate) fn new(client: SessionId, nsp: String, ns: Arc<Namespace>, hs: Handshake) -> PendingConnect {
-        PendingConnect { client, nsp, ns, hs, next: 0, data: None, held: VecDeque::new(), held_bytes: 0, restoring: 0 }
+        PendingConnect { client, nsp, ns, hs, next: 0, data: None, held: VecDeque::new(), held_bytes: 0, restoring: 0, waiting: None }
     }
 }
 
@@ -187,9 +190,12 @@ impl SioWorker {
                 Gate::Later(m) => {
                     let (client, nsp) = (pc.client, pc.nsp.clone());
                     let hs = pc.hs.clone();
+                    let waiting = Waiting::new();
+                    let flag = waiting.flag();
+                    pc.waiting = Some(waiting);
                     // The verdict arrives by mail, never inside this call: register first.
                     let token = self.suspend(ctx, pc);
-                    let decision = ConnectDecision::new(ctx.remote(), token);
+                    let decision = ConnectDecision::new(ctx.remote(), token, flag);
                     if guard::catch("deferred connect middleware", "", || m(&hs, decision)).is_none() {
                         // The decision was dropped in the unwind: its refusal is on its way.
                         tracing::debug!(session = ?client, nsp, "deferred middleware panicked");
@@ -238,6 +244,9 @@ impl SioWorker {
         let tap = core.admin.clone();
         if let Some(tap) = &tap {
             tap.watch(&pc.nsp, true);
+            if pc.nsp == tap.nsp {
+                tap.announce(core, ctx);
+            }
             // Node's adapter tells `room_joined` for the socket's own room before the CONNECT.
             let id = core.sockets.at(idx).id.clone();
             tap.joined(core, ctx, idx, &id);

@@ -246,7 +246,14 @@ impl WorkerCore {
         // An acked broadcast goes to the other nodes as a request of its own
         // (`broadcast_with_ack`).
         if let (Some(c), None) = (&self.cluster, &b.ack) {
-            c.send(Outbound::Broadcast(b));
+            // The admin UI's events never crowd out the application's broadcasts.
+            if self.admin.as_ref().is_some_and(|t| t.nsp == b.sel.nsp) {
+                if !c.send_low(Outbound::Broadcast(b)) {
+                    self.admin_budget.not_published += 1;
+                }
+            } else {
+                c.send(Outbound::Broadcast(b));
+            }
         }
         n
     }
@@ -301,6 +308,9 @@ pub(crate) fn apply(core: &mut WorkerCore, ctx: &mut Ctx<'_, SioMail>, mail: Sio
             apply(core, ctx, SioMail::Broadcast(b));
         }
         SioMail::Broadcast(b) => {
+            if let Some(tap) = &core.admin {
+                tap.note(&b.sel, ctx.now());
+            }
             // One copy per worker, not per recipient: keeps reference counts core-local.
             let local = Arc::new(Broadcast { sel: b.sel.clone(), packet: b.packet.to_local(), flags: b.flags, ack: b.ack.clone(), offset: b.offset });
             let n = core.deliver(ctx, &local);

@@ -116,6 +116,8 @@ pub struct WorkerCore {
     sessions_closed: [u64; 6],
     /// The admin UI in development mode: told about every socket's life (`admin_ui::tap`).
     pub(crate) admin: Option<Arc<crate::app::admin_ui::Tap>>,
+    /// This worker's budget of admin events per second (development mode).
+    pub(crate) admin_budget: crate::app::admin_ui::tap::Budget,
 }
 
 /// The Engine.IO close reasons, in the order `WorkerCore::sessions_closed` counts them.
@@ -189,6 +191,7 @@ impl SioWorker {
                 sessions_opened: 0,
                 sessions_closed: [0; 6],
                 admin: None,
+                admin_budget: Default::default(),
             },
         }
     }
@@ -829,6 +832,22 @@ impl Handler for SioWorker {
             &[],
             core.deliveries,
         );
+        if core.admin.is_some() {
+            out.counter(
+                "shardcast_admin_ui_events_dropped_total",
+                "Admin UI development-mode events (socket_connected, event_sent, ...) dropped past --admin-ui-events-per-second on their worker.",
+                &[],
+                core.admin_budget.dropped,
+            );
+            if core.cluster.is_some() {
+                out.counter(
+                    "shardcast_admin_ui_events_not_published_total",
+                    "Admin UI events not published to the other nodes: the cluster adapter's queue was half full (they never crowd out the application's broadcasts) or the backend was unreachable.",
+                    &[],
+                    core.admin_budget.not_published,
+                );
+            }
+        }
         let st = self.stats();
         const CUT: &str = "Sockets (or sessions) the Socket.IO layer disconnected for passing a limit, by reason: event_rate and byte_rate (--max-event-rate, --max-byte-rate), held_overflow (packets held for an undecided deferred middleware), connect_decision_timeout.";
         for (reason, n) in [
