@@ -22,9 +22,13 @@ const BOUND: Duration = Duration::from_secs(5);
 
 fn start(ns: Namespace, limits: SocketLimits) -> RunningServer {
     // Two workers: a reply posted from a foreign thread must reach the socket's own worker.
+    start_on(2, ns, limits)
+}
+
+fn start_on(threads: usize, ns: Namespace, limits: SocketLimits) -> RunningServer {
     Server::builder()
         .bind("127.0.0.1:0".parse().unwrap())
-        .threads(2)
+        .threads(threads)
         .pin(false)
         .io(support::test_io())
         .socket_limits(limits)
@@ -239,15 +243,7 @@ fn packets_held_past_the_worker_budget_close_the_session_that_passes_it() {
     // the budget is free again for a third client.
     let (d, rx) = decisions();
     let limits = SocketLimits { max_worker_held_bytes: 30, ..SocketLimits::default() };
-    let server = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .threads(1)
-        .pin(false)
-        .io(support::test_io())
-        .socket_limits(limits)
-        .namespace("/", gated(&d))
-        .start()
-        .expect("server starts");
+    let server = start_on(1, gated(&d), limits);
     let mut clients: Vec<Ws> = ["a", "b"]
         .iter()
         .map(|name| {
@@ -298,15 +294,7 @@ fn past_the_worker_budget_the_largest_holder_is_closed_not_the_next_client() {
     // b is served.
     let (d, rx) = decisions();
     let limits = SocketLimits { max_worker_held_bytes: 60, ..SocketLimits::default() };
-    let server = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .threads(1)
-        .pin(false)
-        .io(support::test_io())
-        .socket_limits(limits)
-        .namespace("/", gated(&d))
-        .start()
-        .expect("server starts");
+    let server = start_on(1, gated(&d), limits);
     let mut a = open(&server);
     a.send_text(r#"40{"who":"a"}"#);
     for _ in 0..5 {
