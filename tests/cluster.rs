@@ -171,6 +171,19 @@ fn shardcast_with(name: &str, redis_url: &str, format: &str, extra: &[&str]) -> 
     (p, address(&lines[0]))
 }
 
+/// Node's socket.io 4.8 with `@socket.io/redis-adapter` (`createShardedAdapter` when
+/// `sharded`) on `redis_url`, with the heartbeats of [`shardcast_with`].
+fn node_reference(js: &Path, redis_url: &str, sharded: bool) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(js).arg("reference-server.js").env("REDIS_URL", redis_url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
+    if sharded {
+        cmd.env("REDIS_SHARDED", "1");
+    }
+    let p = Proc::spawn(if sharded { "node-socket.io-sharded" } else { "node-socket.io" }, &mut cmd);
+    let addr = p.listening();
+    (p, addr)
+}
+
 /// Runs `cluster-check.js` against `nodes`.
 fn check(nodes: &str, phase: &str, redis_url: &str, emitter: &str) {
     check_with(nodes, phase, redis_url, emitter, &[]);
@@ -237,10 +250,7 @@ fn node_format_cluster_with_node_socket_io_and_the_redis_emitter() {
     let mut redis = redis_server(port);
     let (mut a, a_addr) = shardcast("shardcast-a", &url, "node");
     let (mut b, b_addr) = shardcast("shardcast-b", &url, "node");
-    let mut reference = Command::new("node");
-    reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
-    let mut c = Proc::spawn("node-socket.io", &mut reference);
-    let c_addr = c.listening();
+    let (mut c, c_addr) = node_reference(&js, &url, false);
     // Every node subscribes to the request channel of `/` (the Node adapter counts them so).
     wait_subscribed(port, "socket.io-request#/#", 3);
     let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
@@ -298,10 +308,7 @@ fn bridge_mode_joins_node_python_and_shardcast_nodes_in_one_cluster() {
     let mut redis = redis_server(port);
     let (mut a, a_addr) = shardcast_with("shardcast-relay", &url, "bridge", &["--redis-relay"]);
     let (mut b, b_addr) = shardcast("shardcast-bridge", &url, "bridge");
-    let mut reference = Command::new("node");
-    reference.current_dir(&js).arg("reference-server.js").env("REDIS_URL", &url).env("PING_INTERVAL", "2000").env("PING_TIMEOUT", "5000");
-    let mut c = Proc::spawn("node-socket.io", &mut reference);
-    let c_addr = c.listening();
+    let (mut c, c_addr) = node_reference(&js, &url, false);
     let mut pynode = Command::new(&python);
     pynode.current_dir(&py).arg("cluster_node.py").env("REDIS_URL", &url);
     let mut d = Proc::spawn("python-socketio", &mut pynode);
@@ -341,16 +348,7 @@ fn sharded_cluster_with_node_socket_io_sharded_adapter() {
     let mut redis = redis_server(port);
     let (mut a, a_addr) = shardcast_with("shardcast-a", &url, "node", &["--redis-sharded"]);
     let (mut b, b_addr) = shardcast_with("shardcast-b", &url, "node", &["--redis-sharded"]);
-    let mut reference = Command::new("node");
-    reference
-        .current_dir(&js)
-        .arg("reference-server.js")
-        .env("REDIS_URL", &url)
-        .env("REDIS_SHARDED", "1")
-        .env("PING_INTERVAL", "2000")
-        .env("PING_TIMEOUT", "5000");
-    let mut c = Proc::spawn("node-socket.io-sharded", &mut reference);
-    let c_addr = c.listening();
+    let (mut c, c_addr) = node_reference(&js, &url, true);
     wait_shard_subscribed(port, "socket.io#/#", 3);
     let nodes = format!("http://{a_addr},http://{b_addr},http://{c_addr}");
     let env = [("ROOM_SUBSCRIBERS", "3")];
