@@ -232,13 +232,20 @@ fn admin_ui_matches_node_instrument() {
     require(&js.join("node_modules/@socket.io/admin-ui"), "@socket.io/admin-ui (Node's instrument())");
     let password = "pw-of-the-admin";
     let hash = bcrypt::hash_with_result(password, 4).expect("hash").format_for_version(bcrypt::Version::TwoA);
-    let (_dev_ref, dev_ref) = reference_server(&js, &[("ADMIN_UI", "development"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]);
-    let (_prod_ref, prod_ref) = reference_server(&js, &[("ADMIN_UI", "production"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]);
-    let (_open_ref, open_ref) = reference_server(&js, &[("ADMIN_UI", "production"), ("ADMIN_HASH", "none")]);
+    // Heartbeats long enough that a client process stalled by a loaded CI machine (the other
+    // interop tests run beside this one) is not dropped before its login is answered: nothing
+    // compared here depends on them.
+    fn with_slow<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        env.iter().copied().chain([("PING_INTERVAL", "2000"), ("PING_TIMEOUT", "5000")]).collect()
+    }
+    let (_dev_ref, dev_ref) = reference_server(&js, &with_slow(&[("ADMIN_UI", "development"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]));
+    let (_prod_ref, prod_ref) = reference_server(&js, &with_slow(&[("ADMIN_UI", "production"), ("ADMIN_USER", "admin"), ("ADMIN_HASH", &hash)]));
+    let (_open_ref, open_ref) = reference_server(&js, &with_slow(&[("ADMIN_UI", "production"), ("ADMIN_HASH", "none")]));
     let auth = format!("admin:{hash}");
-    let dev = Server::start(&["--threads", "2", "--admin-ui-auth", &auth, "--admin-ui-mode", "development"]);
-    let prod = Server::start_env(&["--threads", "2"], &[("SHARDCAST_ADMIN_UI_AUTH", &auth), ("SHARDCAST_ADMIN_UI_MODE", "production")]);
-    let open = Server::start(&["--threads", "1", "--admin-ui-auth", "none"]);
+    let slow = ["--ping-interval", "2000", "--ping-timeout", "5000"];
+    let dev = Server::start(&[&["--threads", "2", "--admin-ui-auth", &auth, "--admin-ui-mode", "development"][..], &slow].concat());
+    let prod = Server::start_env(&[&["--threads", "2"][..], &slow].concat(), &[("SHARDCAST_ADMIN_UI_AUTH", &auth), ("SHARDCAST_ADMIN_UI_MODE", "production")]);
+    let open = Server::start(&[&["--threads", "1", "--admin-ui-auth", "none"][..], &slow].concat());
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
         .args(["--test", "--test-force-exit", "--test-reporter=spec", "admin-ui.test.js"])
