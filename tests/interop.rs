@@ -158,18 +158,7 @@ fn js_client_recovers_connection_state() {
 fn js_recovery_suite_passes_against_node_socket_io() {
     let js = interop_dir().join("js");
     require(&js.join("node_modules/socket.io"), "Node's socket.io (the reference server)");
-    let start = |window: &str| {
-        let mut child = Command::new("node")
-            .current_dir(&js)
-            .arg("reference-server.js")
-            .env("RECOVERY_WINDOW", window)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the reference server");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        (KillOnDrop(child), line.trim().trim_start_matches("listening on ").to_string())
-    };
+    let start = |window: &str| reference_server(&js, &[("RECOVERY_WINDOW", window)]);
     let (_long, long) = start("10000");
     let (_short, short) = start("300");
     let mut cmd = Command::new("node");
